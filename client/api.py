@@ -1,0 +1,73 @@
+"""A small async client for the coordinator. gRPC errors come out as ``client.errors``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+
+from client.errors import from_rpc_error
+from protos import dellm_pb2, dellm_pb2_grpc
+
+DEFAULT_COORDINATOR = "127.0.0.1:50050"
+
+
+def default_coordinator() -> str:
+    return os.environ.get("DELLM_COORDINATOR", DEFAULT_COORDINATOR)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    ask_timeout_s: float = 300.0  # a whole query, all stages, on slow CPU-only nodes
+    unary_timeout_s: float = 10.0  # ListNodes, Feedback
+    wait_for_ready: bool = False  # fail fast when no coordinator is there
+
+
+class DellmClient:
+    """``async with DellmClient("127.0.0.1:50050") as client: async for event in client.ask(q): ...``"""
+
+    def __init__(self, address: str | None = None, config: ClientConfig | None = None) -> None:
+        self.address = address or default_coordinator()
+        self.config = config or ClientConfig()
+        self._channel = grpc.aio.insecure_channel(self.address)
+        self._stub = dellm_pb2_grpc.CoordinatorServiceStub(self._channel)
+
+    async def __aenter__(self) -> DellmClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def ask(self, query: str) -> AsyncIterator[dellm_pb2.AskEvent]:
+        call = self._stub.Ask(dellm_pb2.AskRequest(query=query), timeout=self.config.ask_timeout_s,
+                              wait_for_ready=self.config.wait_for_ready)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, self.address) from exc
+        finally:
+            call.cancel()  # leaving early cancels the query and the node streams it started
+
+    async def nodes(self) -> list[dellm_pb2.NodeStatus]:
+        try:
+            reply = await self._stub.ListNodes(dellm_pb2.ListNodesRequest(), timeout=self.config.unary_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, self.address) from exc
+        return list(reply.nodes)
+
+    async def feedback(self, query_id: str, correct: bool, answer: str = "") -> list[dellm_pb2.NodeReward]:
+        try:
+            reply = await self._stub.Feedback(
+                dellm_pb2.FeedbackRequest(query_id=query_id, correct=correct, answer=answer),
+                timeout=self.config.unary_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, self.address) from exc
+        return list(reply.rewards)

@@ -1,0 +1,86 @@
+"""``dellm-coordinator``: parse flags, build the coordinator, serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from coordinator.config import CoordinatorConfig, RouteConfig
+from coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, TemplateSynthesizer
+from coordinator.registry import SqliteRegistry
+from coordinator.server import serve
+from coordinator.service import Coordinator
+
+DEFAULT_SYNTH_MODEL = "qwen2.5-coder-0.5b-instruct"
+
+
+def default_registry_path() -> Path:
+    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return state / "dellm" / "coordinator.sqlite3"
+
+
+def build_synthesizer(spec: str, backend: str, threads: int | None, config: CoordinatorConfig) -> Synthesizer:
+    if spec == "none":
+        return TemplateSynthesizer()
+    from node.backends.factory import create_backend
+    from node.models import resolve_model
+
+    model = resolve_model(spec)
+    instruct = model.spec.instruct if model.spec is not None else None
+    return ModelSynthesizer(
+        create_backend(backend, model_path=model.path, model_name=model.name, instruct=instruct, n_threads=threads),
+        config.synthesis,
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="dellm-coordinator", description="Run a DELLM coordinator.")
+    parser.add_argument("--listen", default=os.environ.get("DELLM_COORDINATOR_LISTEN", "127.0.0.1:50050"),
+                        help="HOST:PORT to serve on (port 0 picks a free port; default %(default)s)")
+    parser.add_argument("--synth-model", default=DEFAULT_SYNTH_MODEL,
+                        help="catalogue name or .gguf path of the synthesis model, or 'none' for the template "
+                             "(default %(default)s)")
+    parser.add_argument("--synth-backend", default="llama_cpp", choices=["llama_cpp", "transformers"])
+    parser.add_argument("--synth-threads", type=int, default=None, help="CPU threads for the synthesis model")
+    parser.add_argument("--registry", type=Path, default=None,
+                        help=f"SQLite file for nodes, fitness and queries (default {default_registry_path()})")
+    parser.add_argument("--redundancy-threshold", type=float, default=RouteConfig.redundancy_threshold,
+                        help="chunks at least this complex go to two nodes (default %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk answer")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry_path = args.registry or default_registry_path()
+    registry_path.parent.mkdir(parents=True, exist_ok=True)
+    config = CoordinatorConfig(listen=args.listen, registry_path=registry_path)
+    config = replace(config, route=replace(config.route, redundancy_threshold=args.redundancy_threshold))
+    if args.max_tokens:
+        config = replace(config, dispatch=replace(config.dispatch, max_tokens=args.max_tokens))
+    try:
+        synthesizer = build_synthesizer(args.synth_model, args.synth_backend, args.synth_threads, config)
+    except Exception as exc:  # model errors: tell the user which file and how to fix it
+        print(f"dellm-coordinator: cannot load the synthesis model: {exc}\n"
+              f"  pull it with `dellm models pull {args.synth_model}` or run with --synth-model none",
+              file=sys.stderr)
+        return 2
+    coordinator = Coordinator(config, SqliteRegistry(registry_path, initial_fitness=config.reward.initial_fitness),
+                              synthesizer)
+    try:
+        asyncio.run(serve(coordinator, config.listen))
+    except OSError as exc:
+        print(f"dellm-coordinator: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Every tunable of the coordinator in one place, with the reason for each default.
+
+Only ``coordinator.cli`` reads flags and environment; everything else receives these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DecomposeConfig:
+    max_chunks: int = 8  # more parts than this are merged into the last chunk
+    max_query_chars: int = 4000  # longer queries are refused with INVALID_ARGUMENT
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    latency_weight: float = 0.7  # the seed's score: 0.7 x normalized latency ...
+    fitness_weight: float = 0.3  # ... + 0.3 x (1 - fitness)
+    redundancy: int = 2  # nodes per chunk above the complexity threshold
+    redundancy_threshold: float = 0.35  # chunks at least this complex get `redundancy` nodes
+    default_latency_ms: float = 1000.0  # prior for a node whose latency is not measured yet
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    max_tokens: int = 96  # per chunk answer; small models ramble past this
+    temperature: float = 0.0  # greedy: redundancy compares models, not samples
+    answer_timeout_s: float = 60.0  # whole-stream deadline for one node answer
+    first_token_timeout_s: float = 20.0  # a node silent this long is treated as failed
+    max_attempts: int = 4  # nodes tried per chunk slot before the chunk fails
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    correct_reward: float = 0.05  # the seed's +0.05 ...
+    wrong_reward: float = -0.05  # ... and -0.05
+    max_speed_bonus: float = 0.05  # added to a correct answer, linearly less the slower it was
+    speed_reference_ms: float = 10_000.0  # an answer this slow earns no speed bonus
+    fitness_decay: float = 0.9  # fitness = 0.9 x old + 0.1 x score(reward)
+    initial_fitness: float = 0.5
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    max_tokens: int = 160
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    listen: str = "127.0.0.1:50050"
+    registry_path: Path = field(default_factory=lambda: Path("dellm-registry.sqlite3"))
+    decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
+    route: RouteConfig = field(default_factory=RouteConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    rpc_timeout_s: float = 5.0  # Info, Feedback and other unary calls to nodes
+    feedback_timeout_s: float = 5.0
+    shutdown_grace_s: float = 5.0  # in-flight Ask streams get this long on SIGTERM
+    node_down_after_failures: int = 3  # consecutive failed streams before a node stops getting work

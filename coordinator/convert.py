@@ -1,0 +1,125 @@
+"""Protobuf <-> dataclass conversion for the coordinator: the one module that knows both."""
+
+from __future__ import annotations
+
+from coordinator.types import (
+    AnswerToken,
+    AppliedReward,
+    ChunkAssembled,
+    ChunkAssigned,
+    ChunkResult,
+    ChunkToken,
+    NodeDescription,
+    NodeRecord,
+    PipelineEvent,
+    PlanReady,
+    QueryFinished,
+    Verdict,
+)
+from protos import dellm_pb2
+
+VERDICTS = {Verdict.UNKNOWN: dellm_pb2.VERDICT_UNSPECIFIED, Verdict.CORRECT: dellm_pb2.CORRECT,
+            Verdict.WRONG: dellm_pb2.WRONG}
+
+
+def info_from_proto(message: dellm_pb2.NodeInfo) -> NodeDescription:
+    return NodeDescription(
+        node_id=message.node_id,
+        address=message.address,
+        name=message.name,
+        model=message.model,
+        backend=message.backend,
+        quantization=message.quantization,
+        context_size=message.context_size,
+        hardware=message.hardware,
+        version=message.version,
+        model_sha256=message.model_sha256,
+        protocol_version=message.protocol_version,
+    )
+
+
+def info_to_proto(info: NodeDescription) -> dellm_pb2.NodeInfo:
+    return dellm_pb2.NodeInfo(
+        node_id=info.node_id,
+        name=info.name,
+        address=info.address,
+        model=info.model,
+        backend=info.backend,
+        quantization=info.quantization,
+        context_size=info.context_size,
+        hardware=info.hardware,
+        version=info.version,
+        model_sha256=info.model_sha256,
+        protocol_version=info.protocol_version,
+    )
+
+
+def reward_to_proto(applied: AppliedReward) -> dellm_pb2.NodeReward:
+    d = applied.decision
+    return dellm_pb2.NodeReward(node_id=d.node_id, chunk_id=d.chunk_id, verdict=VERDICTS[d.verdict], reward=d.reward,
+                                fitness_before=applied.fitness_before, fitness_after=applied.fitness_after,
+                                source=d.source)
+
+
+def _chunk_result(result: ChunkResult) -> dellm_pb2.ChunkResultEvent:
+    return dellm_pb2.ChunkResultEvent(
+        chunk_id=result.chunk.chunk_id,
+        answer=result.answer,
+        winner_node_id=result.winner_node_id,
+        votes=[
+            dellm_pb2.Vote(node_id=v.node_id, answer=v.answer, normalized=v.normalized, confidence=v.confidence,
+                           fitness=v.fitness, weight=v.weight, latency_ms=v.latency_ms, failed=v.group < 0,
+                           error=v.error or "")
+            for v in result.votes
+        ],
+        unanimous=result.unanimous,
+        agreement=result.agreement,
+        groups=result.groups,
+    )
+
+
+def event_to_proto(event: PipelineEvent) -> dellm_pb2.AskEvent:
+    match event:
+        case PlanReady(query_id=query_id, plan=plan):
+            return dellm_pb2.AskEvent(plan=dellm_pb2.PlanEvent(query_id=query_id, chunks=[
+                dellm_pb2.PlannedChunk(chunk_id=c.chunk_id, operation=dellm_pb2.Operation.Value(c.operation.value),
+                                       text=c.text, token_count=c.token_count, complexity=c.complexity,
+                                       depends_on=c.depends_on)
+                for c in plan.chunks
+            ]))
+        case ChunkAssigned(assignment=a):
+            return dellm_pb2.AskEvent(assignment=dellm_pb2.AssignmentEvent(
+                chunk_id=a.chunk_id, node_ids=a.node_ids, retry=a.retry, reason=a.reason))
+        case ChunkToken(chunk_id=chunk_id, node_id=node_id, text=text):
+            return dellm_pb2.AskEvent(chunk_token=dellm_pb2.ChunkTokenEvent(chunk_id=chunk_id, node_id=node_id,
+                                                                            text=text))
+        case ChunkAssembled(result=result):
+            return dellm_pb2.AskEvent(chunk_result=_chunk_result(result))
+        case AnswerToken(text=text):
+            return dellm_pb2.AskEvent(answer_token=dellm_pb2.AnswerTokenEvent(text=text))
+        case QueryFinished():
+            return dellm_pb2.AskEvent(final=dellm_pb2.FinalEvent(
+                query_id=event.query_id,
+                answer=event.answer,
+                synthesis=event.synthesis,
+                chunks=[
+                    dellm_pb2.ChunkProvenance(
+                        chunk_id=r.chunk.chunk_id, operation=dellm_pb2.Operation.Value(r.chunk.operation.value),
+                        text=r.chunk.text, answer=r.answer, node_ids=event.node_ids_by_chunk.get(r.chunk.chunk_id, ()),
+                        winner_node_id=r.winner_node_id, unanimous=r.unanimous, agreement=r.agreement)
+                    for r in event.results
+                ],
+                timings=[dellm_pb2.StageTiming(stage=t.stage, ms=t.ms) for t in event.timings],
+                rewards=[reward_to_proto(r) for r in event.rewards],
+                total_ms=event.total_ms,
+            ))
+    raise TypeError(f"not a pipeline event: {event!r}")
+
+
+def node_status_to_proto(record: NodeRecord, in_flight: int) -> dellm_pb2.NodeStatus:
+    return dellm_pb2.NodeStatus(
+        info=info_to_proto(record.info), fitness=record.fitness,
+        latency_ms=record.latency_ms if record.latency_ms is not None else 0.0, in_flight=in_flight,
+        last_seen_unix=record.last_seen, state=record.state, answers=record.answers, correct=record.correct,
+        failures=record.failures,
+    )

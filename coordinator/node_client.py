@@ -1,0 +1,140 @@
+"""How the coordinator calls nodes: one gRPC channel per node, protobuf kept at this edge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from coordinator.convert import info_from_proto
+from coordinator.errors import NodeCallError
+from coordinator.types import NodeDescription, Operation
+from protos import dellm_pb2, dellm_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+CHANNEL_OPTIONS = (
+    ("grpc.keepalive_time_ms", 20_000),  # notice a dead peer on an idle channel
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+)
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    query_id: str
+    chunk_id: str
+    operation: Operation
+    prompt: str
+    max_tokens: int
+    temperature: float
+
+
+@dataclass(frozen=True)
+class StreamPiece:
+    text: str
+    logprobs: tuple[float, ...]
+    done: bool = False
+    finish_reason: str = ""
+    confidence: float = 0.0
+
+
+@dataclass(frozen=True)
+class NodeFeedback:
+    query_id: str
+    chunk_id: str
+    prompt: str
+    answer: str
+    verdict: int  # dellm_pb2.Verdict value
+    reward: float
+    correct_answer: str
+    fitness: float
+    source: str
+
+
+class NodeClient:
+    """Calls to one node. Every call has a deadline; errors come out as NodeCallError."""
+
+    def __init__(self, node_id: str, address: str) -> None:
+        self.node_id = node_id
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = dellm_pb2_grpc.NodeServiceStub(self._channel)
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> NodeCallError:
+        return NodeCallError(self.node_id, exc.code().name, exc.details() or "")
+
+    async def info(self, timeout: float) -> NodeDescription:
+        try:
+            return info_from_proto(await self._stub.Info(dellm_pb2.InfoRequest(), timeout=timeout))
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+
+    async def generate(self, request: ChunkRequest, timeout: float) -> AsyncIterator[StreamPiece]:
+        call = self._stub.Generate(
+            dellm_pb2.GenerateRequest(
+                query_id=request.query_id,
+                chunk_id=request.chunk_id,
+                operation=dellm_pb2.Operation.Value(request.operation.value),
+                prompt=request.prompt,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+            ),
+            timeout=timeout,
+        )
+        try:
+            async for message in call:
+                yield StreamPiece(message.text, tuple(message.logprobs), message.done, message.finish_reason,
+                                  message.confidence)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        finally:
+            call.cancel()  # no-op when finished; stops the node's work when we stopped early
+
+    async def feedback(self, feedback: NodeFeedback, timeout: float) -> int:
+        try:
+            reply = await self._stub.Feedback(
+                dellm_pb2.NodeFeedbackRequest(
+                    query_id=feedback.query_id,
+                    chunk_id=feedback.chunk_id,
+                    prompt=feedback.prompt,
+                    answer=feedback.answer,
+                    verdict=feedback.verdict,
+                    reward=feedback.reward,
+                    correct_answer=feedback.correct_answer,
+                    fitness=feedback.fitness,
+                    source=feedback.source,
+                ),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return int(reply.stored)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class NodePool:
+    """One NodeClient per node id, replaced when the node's address changes."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, NodeClient] = {}
+        self.in_flight: dict[str, int] = {}
+
+    def client(self, node_id: str, address: str) -> NodeClient:
+        existing = self._clients.get(node_id)
+        if existing is not None and existing.address == address:
+            return existing
+        if existing is not None:
+            asyncio.get_running_loop().create_task(existing.close())
+        client = self._clients[node_id] = NodeClient(node_id, address)
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)

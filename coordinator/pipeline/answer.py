@@ -1,0 +1,222 @@
+"""The one function that composes the six stages into an answered query."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+
+from coordinator.config import CoordinatorConfig
+from coordinator.errors import ChunkFailedError
+from coordinator.node_client import ChunkRequest, NodeFeedback
+from coordinator.pipeline.assemble import AssemblyError, assemble_chunk
+from coordinator.pipeline.decompose import decompose, validate_plan
+from coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, dispatch_chunk
+from coordinator.pipeline.reward import exact_answer, judge_chunk, update_fitness
+from coordinator.pipeline.synthesize import Synthesizer
+from coordinator.registry.base import NodeRegistry, QueryRecord
+from coordinator.types import (
+    AnswerToken,
+    AppliedReward,
+    ChunkAssembled,
+    ChunkResult,
+    NodeAnswer,
+    Operation,
+    PipelineEvent,
+    PlanReady,
+    QueryFinished,
+    StageTiming,
+    Verdict,
+)
+
+log = logging.getLogger(__name__)
+
+LATENCY_ALPHA = 0.3  # weight of the newest answer in a node's latency moving average
+VERDICT_CODES = {Verdict.UNKNOWN: 0, Verdict.CORRECT: 1, Verdict.WRONG: 2}  # dellm.v1.Verdict values
+
+
+@dataclass(frozen=True)
+class PipelineDeps:
+    config: CoordinatorConfig
+    registry: NodeRegistry
+    connector: NodeConnector
+    in_flight: dict[str, int]
+    synthesizer: Synthesizer
+    send_feedback: Callable[[str, NodeFeedback], None]  # node id, feedback; must not block
+
+
+def live_nodes(registry: NodeRegistry) -> list:  # type: ignore[type-arg]
+    return [n for n in registry.list_nodes() if n.state == "up"]
+
+
+def _record_answer(deps: PipelineDeps, answer: NodeAnswer) -> None:
+    record = deps.registry.record_answer(answer.node_id, answer.latency_ms, failed=answer.failed,
+                                         alpha=LATENCY_ALPHA)
+    unreachable = answer.error is not None and answer.error.startswith("UNAVAILABLE")
+    if answer.failed and (unreachable or record.failure_streak >= deps.config.node_down_after_failures):
+        log.warning("node %s marked down after: %s", answer.node_id, answer.error)
+        deps.registry.set_state(answer.node_id, "down")
+
+
+async def answer_query(query: str, deps: PipelineDeps) -> AsyncIterator[PipelineEvent]:
+    """Plan, route, dispatch, assemble, synthesize and reward one query, streaming events."""
+    config = deps.config
+    started = time.perf_counter()
+    timings: list[StageTiming] = []
+
+    def lap(stage: str, since: float) -> float:
+        now = time.perf_counter()
+        timings.append(StageTiming(stage, (now - since) * 1000))
+        return now
+
+    query_id = uuid.uuid4().hex[:16]
+    plan = decompose(query, config.decompose)
+    validate_plan(plan)
+    mark = lap("decompose", started)
+    yield PlanReady(query_id, plan)
+
+    results: dict[str, ChunkResult] = {}
+    answers: dict[str, list[NodeAnswer]] = {}
+    prompts: dict[str, str] = {}
+    done = {c.chunk_id: asyncio.Event() for c in plan.chunks}
+
+    async def run_chunk(index: int, emit: Callable[[PipelineEvent], None]) -> None:
+        chunk = plan.chunks[index]
+        for dependency in chunk.depends_on:
+            await done[dependency].wait()
+        prompts[chunk.chunk_id] = build_chunk_prompt(chunk, [results[d] for d in chunk.depends_on])
+        request = ChunkRequest(query_id, chunk.chunk_id, chunk.operation, prompts[chunk.chunk_id],
+                               config.dispatch.max_tokens, config.dispatch.temperature)
+        chunk_answers = await dispatch_chunk(
+            chunk, request, nodes=partial(live_nodes, deps.registry), in_flight=deps.in_flight,
+            connector=deps.connector, route_config=config.route, config=config.dispatch,
+            emit=emit, on_answer=partial(_record_answer, deps),
+        )
+        answers[chunk.chunk_id] = chunk_answers
+        fitness = {n.node_id: n.fitness for n in deps.registry.list_nodes()}
+        try:
+            expected = exact_answer(chunk.text) if chunk.operation is Operation.MATH_OP else None
+            result = assemble_chunk(chunk, chunk_answers, fitness, expected)
+        except AssemblyError as exc:
+            tried = ", ".join(f"{a.node_id} ({a.error})" for a in chunk_answers) or "none"
+            raise ChunkFailedError(f"chunk {chunk.chunk_id} could not be answered; nodes tried: {tried}") from exc
+        results[chunk.chunk_id] = result
+        emit(ChunkAssembled(result))
+        done[chunk.chunk_id].set()
+
+    async def run_chunks(emit: Callable[[PipelineEvent], None]) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index in range(len(plan.chunks)):
+                    group.create_task(run_chunk(index, emit))
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from group_error
+
+    async for event in _streamed(run_chunks):
+        yield event
+    mark = lap("dispatch+assemble", mark)
+
+    ordered = tuple(results[c.chunk_id] for c in plan.chunks)
+    synthesized: list[tuple[str, str]] = []
+
+    async def run_synthesis(emit: Callable[[PipelineEvent], None]) -> None:
+        synthesized.append(await deps.synthesizer.synthesize(plan.query, ordered, lambda t: emit(AnswerToken(t))))
+
+    async for event in _streamed(run_synthesis):
+        yield event
+    answer, synthesis = synthesized[0]
+    mark = lap("synthesize", mark)
+
+    applied = _reward(deps, query_id, ordered, answers, prompts)
+    lap("reward", mark)
+    total_ms = (time.perf_counter() - started) * 1000
+    deps.registry.save_query(_query_record(query_id, plan.query, answer, ordered, answers, prompts))
+    yield QueryFinished(query_id, answer, synthesis, ordered, tuple(applied), tuple(timings), total_ms,
+                        {cid: tuple(a.node_id for a in lst) for cid, lst in answers.items()})
+
+
+async def _streamed(
+    work: Callable[[Callable[[PipelineEvent], None]], Awaitable[None]],
+) -> AsyncIterator[PipelineEvent]:
+    """Run ``work(emit)`` as a task and yield what it emits, as it emits it.
+
+    An exception in ``work`` is raised here after the events before it; if the consumer
+    stops early (the client went away) the task is cancelled, and with it every node stream.
+    """
+    queue: asyncio.Queue[PipelineEvent | None] = asyncio.Queue()
+
+    async def run() -> None:
+        try:
+            await work(queue.put_nowait)
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.create_task(run())
+    try:
+        while (event := await queue.get()) is not None:
+            yield event
+        await task  # re-raises the work's exception, if any
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _reward(
+    deps: PipelineDeps,
+    query_id: str,
+    results: tuple[ChunkResult, ...],
+    answers: dict[str, list[NodeAnswer]],
+    prompts: dict[str, str],
+) -> list[AppliedReward]:
+    config = deps.config.reward
+    applied: list[AppliedReward] = []
+    for result in results:
+        chunk_answers = answers[result.chunk.chunk_id]
+        by_node = {a.node_id: a for a in chunk_answers}
+        for decision in judge_chunk(result, chunk_answers, config):
+            if decision.verdict is Verdict.UNKNOWN:
+                before = after = deps.registry.get(decision.node_id).fitness
+            else:
+                before, after = deps.registry.apply_reward(
+                    decision.node_id, decision.reward, decision.verdict is Verdict.CORRECT,
+                    partial(update_fitness, reward=decision.reward, config=config),
+                )
+            applied.append(AppliedReward(decision, before, after))
+            deps.send_feedback(decision.node_id, NodeFeedback(
+                query_id=query_id, chunk_id=decision.chunk_id, prompt=prompts[decision.chunk_id],
+                answer=by_node[decision.node_id].text, verdict=VERDICT_CODES[decision.verdict],
+                reward=decision.reward, correct_answer=decision.correct_answer, fitness=after,
+                source=decision.source,
+            ))
+    return applied
+
+
+def _query_record(
+    query_id: str,
+    query: str,
+    answer: str,
+    results: tuple[ChunkResult, ...],
+    answers: dict[str, list[NodeAnswer]],
+    prompts: dict[str, str],
+) -> QueryRecord:
+    chunks = []
+    for result in results:
+        winners = set(result.winning_node_ids)
+        chunks.append({
+            "chunk_id": result.chunk.chunk_id,
+            "operation": result.chunk.operation.value,
+            "text": result.chunk.text,
+            "prompt": prompts[result.chunk.chunk_id],
+            "answer": result.answer,
+            "answers": [
+                {"node_id": a.node_id, "text": a.text, "latency_ms": a.latency_ms, "failed": a.failed,
+                 "in_winning_group": a.node_id in winners}
+                for a in answers[result.chunk.chunk_id]
+            ],
+        })
+    return QueryRecord(query_id, query, answer, time.time(), {"chunks": chunks})

@@ -1,0 +1,119 @@
+"""Stage 4: turn the redundant answers to one chunk into one result by weighted vote.
+
+Answers are normalized so that equal answers group together: for math chunks (and any
+answer that is essentially a number) the final number, with currency, thousands
+separators and units dropped; otherwise lower-cased words, compared by word overlap.
+Each group's weight is the sum of fitness x confidence of its members. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+from coordinator.types import Chunk, ChunkResult, NodeAnswer, Operation, Vote
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_FINAL_MARKER = re.compile(r"(?:answer|result|total|=|is|equals)\s*:?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.I)
+_WORD = re.compile(r"[a-z0-9]+")
+TEXT_SIMILARITY = 0.6  # word-set Jaccard at or above which two free-text answers count as one
+MIN_FITNESS_WEIGHT = 0.01  # a node at fitness 0 still casts a (tiny) vote
+
+
+class AssemblyError(RuntimeError):
+    """No usable answer came back for a chunk."""
+
+
+def parse_number(token: str) -> float | None:
+    try:
+        return float(token.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def final_number(text: str) -> float | None:
+    """The number an answer ends on: after "answer:"/"=" when present, else the last one."""
+    marked = _FINAL_MARKER.findall(text)
+    if marked:
+        return parse_number(marked[-1])
+    numbers = _NUMBER.findall(text)
+    return parse_number(numbers[-1]) if numbers else None
+
+
+def _format_number(value: float) -> str:
+    if math.isfinite(value) and value == round(value):
+        return str(int(round(value)))
+    return f"{value:.6g}"
+
+
+def normalize_answer(text: str, operation: Operation) -> str:
+    """A key under which equal answers compare equal ("num:100", "text:paris is the capital")."""
+    stripped = text.strip()
+    words = _WORD.findall(stripped.lower())
+    numeric_only = bool(words) and all(w.isdigit() for w in words) and len(_NUMBER.findall(stripped)) == 1
+    if operation is Operation.MATH_OP or numeric_only:
+        value = final_number(stripped)
+        if value is not None:
+            return f"num:{_format_number(value)}"
+    return "text:" + " ".join(words)
+
+
+def _same(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    if a.startswith("num:") and b.startswith("num:"):
+        x, y = float(a[4:]), float(b[4:])
+        return math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9)
+    if a.startswith("text:") and b.startswith("text:"):
+        wa, wb = set(a[5:].split()), set(b[5:].split())
+        return bool(wa | wb) and len(wa & wb) / len(wa | wb) >= TEXT_SIMILARITY
+    return False
+
+
+def assemble_chunk(
+    chunk: Chunk, answers: Sequence[NodeAnswer], fitness: Mapping[str, float], expected: float | None = None
+) -> ChunkResult:
+    """Weighted vote over ``answers``; failed and empty answers get no vote.
+
+    ``expected`` is the exactly computed value of a math chunk, when known: a group that
+    matches it wins whatever the weights say (a verified answer beats a confident vote).
+    """
+    groups: list[str] = []  # representative normalized key of each group
+    votes: list[Vote] = []
+    for answer in answers:
+        node_fitness = fitness.get(answer.node_id, 0.0)
+        text = answer.text.strip()
+        if answer.failed or not text:
+            votes.append(Vote(answer.node_id, text, "", answer.confidence, node_fitness, 0.0,
+                              answer.latency_ms, -1, answer.error or "empty answer"))
+            continue
+        key = normalize_answer(text, chunk.operation)
+        group = next((i for i, rep in enumerate(groups) if _same(rep, key)), None)
+        if group is None:
+            groups.append(key)
+            group = len(groups) - 1
+        weight = max(node_fitness, MIN_FITNESS_WEIGHT) * answer.confidence
+        votes.append(Vote(answer.node_id, text, key, answer.confidence, node_fitness, weight,
+                          answer.latency_ms, group))
+
+    valid = [v for v in votes if v.group >= 0]
+    if not valid:
+        raise AssemblyError(f"no usable answer for chunk {chunk.chunk_id}")
+    weight_by_group = [sum(v.weight for v in valid if v.group == g) for g in range(len(groups))]
+    # Highest weight wins; ties go to the group that answered first (stable, reproducible).
+    winner_group = max(range(len(groups)), key=lambda g: (weight_by_group[g], -g))
+    if expected is not None:
+        expected_key = f"num:{_format_number(expected)}"
+        winner_group = next((g for g, key in enumerate(groups) if _same(key, expected_key)), winner_group)
+    winner = max((v for v in valid if v.group == winner_group), key=lambda v: v.weight)
+    total = sum(weight_by_group)
+    return ChunkResult(
+        chunk=chunk,
+        answer=winner.answer,
+        winner_node_id=winner.node_id,
+        votes=tuple(votes),
+        unanimous=len(groups) == 1 and len(valid) >= 2,
+        agreement=weight_by_group[winner_group] / total if total > 0 else 1.0 / len(groups),
+        groups=len(groups),
+    )

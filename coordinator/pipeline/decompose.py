@@ -1,0 +1,185 @@
+"""Stage 1: split a query into chunks with an operation, a complexity and dependencies.
+
+Rule-based: sequence words ("then", "after that", "based on this", ...) split the query
+into steps that depend on the step before; "and"/"also" between two clauses that each
+start with an action verb split into independent steps. A query the rules cannot split
+is one chunk. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+from coordinator.config import DecomposeConfig
+from coordinator.types import Chunk, Operation, Plan
+
+_SEQUENCE = re.compile(
+    r"(?:[,;.]\s*|\s+)(?:and\s+)?(?:then|after\s+that|afterwards|next|finally|based\s+on\s+(?:this|that|the\s+result))"
+    r"\s*,?\s+",
+    re.IGNORECASE,
+)
+_SENTENCE = re.compile(r"(?<=[.?!;])\s+(?=[A-Z])")
+
+_OPERATION_WORDS: tuple[tuple[Operation, re.Pattern[str]], ...] = (
+    (Operation.COMPARE_OP, re.compile(r"\b(compare|comparison|versus|vs\.?|difference between|better than|"
+                                      r"pros and cons|which is (?:better|cheaper|faster))\b", re.I)),
+    (Operation.MATH_OP, re.compile(r"\b(calculate|compute|how (?:much|many)|what is \d|solve|sum|total|"
+                                   r"percent|interest|multiply|divide|average)\b|\d\s*[-+*/x×÷%^]\s*\d|\d%", re.I)),
+    (Operation.SEARCH_OP, re.compile(r"\b(find|search|look up|lookup|list|which|where|best|top|recommend|"
+                                     r"who|when)\b", re.I)),
+    (Operation.GENERATE_OP, re.compile(r"\b(write|generate|draft|compose|create|summari[sz]e|explain|describe|"
+                                       r"translate|suggest|plan)\b", re.I)),
+)
+_ACTION_START = re.compile(
+    r"^(calculate|compute|find|search|look up|list|compare|write|generate|draft|compose|create|summari[sz]e|"
+    r"explain|describe|translate|suggest|solve|estimate|tell|give|name|what|how|who|which|when|where|why)\b",
+    re.I,
+)
+_CONJUNCTION = re.compile(r"\s*(?:,\s*)?\b(?:and\s+also|and|also|as\s+well\s+as)\b\s+", re.I)
+_BASE_COMPLEXITY = {
+    Operation.MATH_OP: 0.45,
+    Operation.COMPARE_OP: 0.5,
+    Operation.SEARCH_OP: 0.35,
+    Operation.GENERATE_OP: 0.4,
+    Operation.GENERAL_OP: 0.3,
+}
+_REFERS_BACK = re.compile(
+    r"\b(it|them|the result|the answer|this (?:result|amount|number|value)|that (?:result|amount|number|value))\b",
+    re.I,
+)
+_LEADING_CONJUNCTION = re.compile(r"^\s*(?:and\s+also|also|and|plus)\b\s*,?\s*", re.I)
+_LEADING_SEQUENCE = re.compile(r"^\s*(?:and\s+)?(?:then|after\s+that|afterwards|next|finally|"
+                               r"based\s+on\s+(?:this|that|the\s+result))\b\s*,?\s*", re.I)
+
+
+class InvalidQueryError(ValueError):
+    """The query is empty or too large to plan."""
+
+
+def classify(text: str) -> Operation:
+    for operation, pattern in _OPERATION_WORDS:
+        if pattern.search(text):
+            return operation
+    return Operation.GENERAL_OP
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count: words plus separate punctuation and digits groups."""
+    return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+def estimate_complexity(text: str, operation: Operation) -> float:
+    tokens = estimate_tokens(text)
+    numbers = len(re.findall(r"\d+(?:\.\d+)?", text))
+    score = _BASE_COMPLEXITY[operation] + min(0.3, max(0, tokens - 8) * 0.02) + min(0.2, numbers * 0.05)
+    return round(min(1.0, score), 3)
+
+
+def _clean(part: str) -> str:
+    return part.strip(" \t\n,;.").strip()
+
+
+def _split_conjunctions(step: str) -> list[str]:
+    """Split "find X and compare Y" into independent parts when each part starts with an action."""
+    pieces = _CONJUNCTION.split(step)
+    if len(pieces) > 1 and all(_ACTION_START.match(_clean(p)) for p in pieces if _clean(p)):
+        return [_clean(p) for p in pieces if _clean(p)]
+    return [step]
+
+
+def _units(text: str) -> list[str]:
+    """Sentences, with statements ("Janet has 16 eggs.") kept as context of the next instruction."""
+    units: list[str] = []
+    context: list[str] = []
+    for sentence in _SENTENCE.split(text):
+        body = _clean(_LEADING_CONJUNCTION.sub("", _LEADING_SEQUENCE.sub("", sentence)))
+        if not sentence.rstrip().endswith("?") and not _ACTION_START.match(body):
+            context.append(sentence.strip())
+            continue
+        units.append(" ".join([*context, sentence.strip()]))
+        context = []
+    if context:
+        if units:
+            units[-1] = " ".join([units[-1], *context])
+        else:
+            units.append(" ".join(context))
+    return units
+
+
+def decompose(query: str, config: DecomposeConfig | None = None) -> Plan:
+    """Plan ``query``: sequential steps depend on the previous step, conjunct parts run in parallel."""
+    config = config or DecomposeConfig()
+    text = " ".join(query.split())
+    if not text:
+        raise InvalidQueryError("the query is empty")
+    if len(query) > config.max_query_chars:
+        raise InvalidQueryError(
+            f"the query is {len(query)} characters; the maximum is {config.max_query_chars}"
+        )
+
+    # (text, depends_on_previous_step) per part; the parts of one step run in parallel.
+    steps: list[tuple[list[str], bool]] = []
+    for unit in _units(text):
+        unit_sequential = bool(_LEADING_SEQUENCE.match(unit))
+        body = _LEADING_CONJUNCTION.sub("", _LEADING_SEQUENCE.sub("", unit))
+        for index, step in enumerate(_SEQUENCE.split(body)):
+            step = _clean(step)
+            if not step:
+                continue
+            sequential = index > 0 or unit_sequential
+            for position, part in enumerate(_split_conjunctions(step)):
+                refers_back = bool(_REFERS_BACK.search(part))
+                if position == 0 or refers_back:  # "find X and compare it": the second waits
+                    steps.append(([part], bool(steps) and (sequential or refers_back)))
+                else:
+                    steps[-1][0].append(part)
+
+    flat = [(level, part) for level, (members, _) in enumerate(steps) for part in members]
+    if len(flat) > config.max_chunks:
+        last_level = flat[config.max_chunks - 1][0]
+        rest = " ".join(part for _, part in flat[config.max_chunks - 1 :])
+        flat = [*flat[: config.max_chunks - 1], (last_level, rest)]
+
+    chunks: list[Chunk] = []
+    ids_by_level: dict[int, list[str]] = {}
+    for number, (level, part) in enumerate(flat, start=1):
+        chunk_id = f"c{number}"
+        depends_on: tuple[str, ...] = ()
+        if steps[level][1] and level - 1 in ids_by_level:
+            depends_on = tuple(ids_by_level[level - 1])
+        operation = classify(part)
+        chunks.append(
+            Chunk(
+                chunk_id=chunk_id,
+                operation=operation,
+                text=part,
+                token_count=estimate_tokens(part),
+                complexity=estimate_complexity(part, operation),
+                depends_on=depends_on,
+            )
+        )
+        ids_by_level.setdefault(level, []).append(chunk_id)
+    if not chunks:  # only punctuation: keep the user's text as one general chunk
+        chunks.append(Chunk("c1", Operation.GENERAL_OP, text, estimate_tokens(text), 0.3))
+    return Plan(query=text, chunks=tuple(chunks))
+
+
+def validate_plan(plan: Plan) -> None:
+    """Reject a plan with duplicate ids, a missing dependency or a cycle (before any dispatch)."""
+    ids = [c.chunk_id for c in plan.chunks]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"plan has duplicate chunk ids: {ids}")
+    known = set(ids)
+    for chunk in plan.chunks:
+        missing = [d for d in chunk.depends_on if d not in known]
+        if missing:
+            raise ValueError(f"chunk {chunk.chunk_id} depends on unknown chunks {missing}")
+    deps = {c.chunk_id: set(c.depends_on) for c in plan.chunks}
+    done: set[str] = set()
+    while deps:
+        ready = [cid for cid, d in deps.items() if d <= done]
+        if not ready:
+            raise ValueError(f"plan has a dependency cycle among {sorted(deps)}")
+        for cid in ready:
+            done.add(cid)
+            del deps[cid]

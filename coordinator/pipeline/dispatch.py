@@ -1,0 +1,162 @@
+"""Stage 3: stream a chunk's answer from its nodes in parallel; re-route around failures.
+
+The only stage that does I/O, and it does it through the ``NodeConnector`` protocol
+(the real one is gRPC, see ``coordinator.node_client``). Each redundancy slot streams
+from one node; when that node fails, times out or returns nothing, the slot moves on to
+the next best node that has not been tried for this chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Protocol
+
+from coordinator.config import DispatchConfig, RouteConfig
+from coordinator.errors import NodeCallError
+from coordinator.node_client import ChunkRequest, StreamPiece
+from coordinator.pipeline.route import NoNodesAvailableError, route_chunk
+from coordinator.types import (
+    Assignment,
+    Chunk,
+    ChunkAssigned,
+    ChunkResult,
+    ChunkToken,
+    NodeAnswer,
+    NodeRecord,
+    PipelineEvent,
+)
+from node.backends.base import confidence_from_logprobs
+
+log = logging.getLogger(__name__)
+
+
+class NodeConnector(Protocol):
+    """Streams one chunk answer from one node (raises NodeCallError on failure)."""
+
+    def stream(self, node: NodeRecord, request: ChunkRequest, timeout: float) -> AsyncIterator[StreamPiece]: ...
+
+
+_PROMPTS = {
+    "MATH_OP": "{task}\nWork it out briefly, then give the final number on the last line as 'Answer: <number>'.",
+    "SEARCH_OP": "{task}\nAnswer concisely with a short list of the most relevant items.",
+    "COMPARE_OP": "{task}\nCompare concisely and state which is better and why in two or three sentences.",
+    "GENERATE_OP": "{task}\nKeep it brief.",
+    "GENERAL_OP": "{task}\nAnswer concisely.",
+}
+
+
+def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult]) -> str:
+    """The prompt a node sees: earlier results it depends on, then the task."""
+    task = _PROMPTS[chunk.operation.value].format(task=chunk.text)
+    if not dependencies:
+        return task
+    context = "\n".join(f"- {d.chunk.text}: {d.answer}" for d in dependencies)
+    return f"Results of earlier steps:\n{context}\n\nUsing those results where relevant:\n{task}"
+
+
+async def stream_answer(
+    node: NodeRecord,
+    request: ChunkRequest,
+    connector: NodeConnector,
+    config: DispatchConfig,
+    emit: Callable[[PipelineEvent], None],
+) -> NodeAnswer:
+    """One node's whole answer to one chunk, its tokens emitted as they arrive. Never raises
+    for a node's fault: the failure is in the returned answer's ``error``."""
+    started = time.perf_counter()
+    first_token_ms: float | None = None
+    parts: list[str] = []
+    logprobs: list[float] = []
+    reported_confidence = 0.0
+    finish = ""
+    error: str | None = None
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(config.first_token_timeout_s) as deadline:
+            async for piece in connector.stream(node, request, config.answer_timeout_s):
+                if first_token_ms is None:
+                    first_token_ms = (time.perf_counter() - started) * 1000
+                    deadline.reschedule(loop.time() + config.answer_timeout_s)
+                if piece.text:
+                    parts.append(piece.text)
+                    emit(ChunkToken(request.chunk_id, node.node_id, piece.text))
+                logprobs.extend(piece.logprobs)
+                if piece.done:
+                    finish, reported_confidence = piece.finish_reason, piece.confidence
+                    break
+            else:
+                error = "stream ended without a final message"
+    except NodeCallError as exc:
+        error = f"{exc.code}: {exc.details}"
+    except TimeoutError:
+        error = "timed out" if first_token_ms is not None else "no first token before the deadline"
+    text = "".join(parts)
+    if error is None and not text.strip():
+        error = "empty answer"
+    confidence = confidence_from_logprobs(logprobs) if logprobs else (reported_confidence or 0.5)
+    return NodeAnswer(
+        chunk_id=request.chunk_id,
+        node_id=node.node_id,
+        text=text,
+        confidence=confidence,
+        latency_ms=(time.perf_counter() - started) * 1000,
+        first_token_ms=first_token_ms,
+        tokens=len(logprobs),
+        finish_reason=finish,
+        error=error,
+    )
+
+
+async def dispatch_chunk(
+    chunk: Chunk,
+    request: ChunkRequest,
+    *,
+    nodes: Callable[[], Sequence[NodeRecord]],
+    in_flight: dict[str, int],
+    connector: NodeConnector,
+    route_config: RouteConfig,
+    config: DispatchConfig,
+    emit: Callable[[PipelineEvent], None],
+    on_answer: Callable[[NodeAnswer], None],
+) -> list[NodeAnswer]:
+    """All answers to ``chunk``, failed ones included (they are penalised in stage 6)."""
+    assignment = route_chunk(chunk, nodes(), in_flight, route_config)
+    emit(ChunkAssigned(assignment))
+    tried = set(assignment.node_ids)
+    answers: list[NodeAnswer] = []
+
+    def by_id() -> Mapping[str, NodeRecord]:
+        return {n.node_id: n for n in nodes()}
+
+    async def slot(node_id: str) -> None:
+        for _ in range(config.max_attempts):
+            node = by_id().get(node_id)
+            if node is None:
+                answer = NodeAnswer(chunk.chunk_id, node_id, "", 0.0, 0.0, error="node left the cluster")
+            else:
+                in_flight[node_id] = in_flight.get(node_id, 0) + 1
+                try:
+                    answer = await stream_answer(node, request, connector, config, emit)
+                finally:
+                    in_flight[node_id] -= 1
+            answers.append(answer)
+            on_answer(answer)
+            if not answer.failed:
+                return
+            log.warning("node %s failed chunk %s: %s", node_id, chunk.chunk_id, answer.error)
+            try:
+                retry = route_chunk(chunk, nodes(), in_flight, route_config, count=1, exclude=frozenset(tried))
+            except NoNodesAvailableError:
+                return
+            node_id = retry.node_ids[0]
+            tried.add(node_id)
+            emit(ChunkAssigned(Assignment(chunk.chunk_id, (node_id,), retry=True,
+                                          reason=f"{answer.node_id} failed: {answer.error}")))
+
+    async with asyncio.TaskGroup() as group:
+        for node_id in assignment.node_ids:
+            group.create_task(slot(node_id))
+    return answers

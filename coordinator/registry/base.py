@@ -1,0 +1,54 @@
+"""The registry interface every backend (SQLite now, Redis later) implements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from coordinator.types import NodeDescription, NodeRecord
+
+
+class UnknownNodeError(KeyError):
+    """No node with this id is registered."""
+
+
+class UnknownQueryError(KeyError):
+    """No query with this id was recorded."""
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    query_id: str
+    query: str
+    answer: str
+    created: float
+    detail: dict[str, Any]  # per-chunk answers and provenance, JSON-serializable
+
+
+class NodeRegistry(Protocol):
+    def upsert_node(self, info: NodeDescription, *, now: float) -> NodeRecord:
+        """Register or refresh a node; a known node id keeps its fitness and counters."""
+        ...
+
+    def set_state(self, node_id: str, state: str, *, now: float | None = None) -> None: ...
+
+    def get(self, node_id: str) -> NodeRecord: ...
+
+    def list_nodes(self) -> list[NodeRecord]: ...
+
+    def record_answer(self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float) -> NodeRecord:
+        """Fold one answer's latency into the moving average; count failures (consecutive, too)."""
+        ...
+
+    def apply_reward(
+        self, node_id: str, reward: float, correct: bool | None, update: Callable[[float], float]
+    ) -> tuple[float, float]:
+        """Atomically fitness = update(fitness); returns (before, after)."""
+        ...
+
+    def save_query(self, record: QueryRecord) -> None: ...
+
+    def get_query(self, query_id: str) -> QueryRecord: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,170 @@
+"""The embedded default registry: one SQLite file (WAL mode) that survives restarts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from coordinator.registry.base import QueryRecord, UnknownNodeError, UnknownQueryError
+from coordinator.types import NodeDescription, NodeRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY,
+    info TEXT NOT NULL,
+    fitness REAL NOT NULL,
+    latency_ms REAL,
+    state TEXT NOT NULL,
+    last_seen REAL NOT NULL,
+    answers INTEGER NOT NULL DEFAULT 0,
+    correct INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    failure_streak INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS queries (
+    query_id TEXT PRIMARY KEY,
+    query TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    created REAL NOT NULL,
+    detail TEXT NOT NULL
+);
+"""
+_COLUMNS = "node_id, info, fitness, latency_ms, state, last_seen, answers, correct, failures, failure_streak"
+
+
+class SqliteRegistry:
+    """Registry in one SQLite file; ``:memory:`` for a throwaway one.
+
+    Every read-modify-write runs in one ``BEGIN IMMEDIATE`` transaction, so concurrent
+    rewards (from this or another process on the same file) are never lost.
+    """
+
+    def __init__(self, path: Path | str, *, initial_fitness: float = 0.5) -> None:
+        self._initial_fitness = initial_fitness
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        # A coordinator that starts has not heard from anyone yet: nodes come back as they rejoin.
+        self._db.execute("UPDATE nodes SET state = 'down'")
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db, self._lock)
+
+    @staticmethod
+    def _record(row: tuple) -> NodeRecord:  # type: ignore[type-arg]
+        _, info, fitness, latency, state, last_seen, answers, correct, failures, streak = row
+        return NodeRecord(NodeDescription(**json.loads(info)), fitness, latency, state, last_seen,
+                          answers, correct, failures, streak)
+
+    def upsert_node(self, info: NodeDescription, *, now: float) -> NodeRecord:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO nodes (node_id, info, fitness, state, last_seen) VALUES (?, ?, ?, 'up', ?) "
+                "ON CONFLICT(node_id) DO UPDATE SET info = excluded.info, state = 'up', "
+                "last_seen = excluded.last_seen, failure_streak = 0",
+                (info.node_id, json.dumps(asdict(info)), self._initial_fitness, now),
+            )
+            row = db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE node_id = ?", (info.node_id,)).fetchone()
+        return self._record(row)
+
+    def set_state(self, node_id: str, state: str, *, now: float | None = None) -> None:
+        with self._transaction() as db:
+            if now is None:
+                cursor = db.execute("UPDATE nodes SET state = ? WHERE node_id = ?", (state, node_id))
+            else:
+                cursor = db.execute("UPDATE nodes SET state = ?, last_seen = ? WHERE node_id = ?",
+                                    (state, now, node_id))
+            if cursor.rowcount == 0:
+                raise UnknownNodeError(node_id)
+
+    def get(self, node_id: str) -> NodeRecord:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        if row is None:
+            raise UnknownNodeError(node_id)
+        return self._record(row)
+
+    def list_nodes(self) -> list[NodeRecord]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM nodes ORDER BY node_id").fetchall()
+        return [self._record(r) for r in rows]
+
+    def record_answer(self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float) -> NodeRecord:
+        with self._transaction() as db:
+            row = db.execute("SELECT latency_ms FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            if row is None:
+                raise UnknownNodeError(node_id)
+            latency = row[0]
+            if latency_ms is not None and not failed:
+                latency = latency_ms if latency is None else (1 - alpha) * latency + alpha * latency_ms
+            db.execute(
+                "UPDATE nodes SET latency_ms = ?, answers = answers + 1, last_seen = ?, "
+                "failures = failures + ?, failure_streak = CASE WHEN ? THEN failure_streak + 1 ELSE 0 END "
+                "WHERE node_id = ?",
+                (latency, time.time(), int(failed), failed, node_id),
+            )
+            row = db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        return self._record(row)
+
+    def apply_reward(
+        self, node_id: str, reward: float, correct: bool | None, update: Callable[[float], float]
+    ) -> tuple[float, float]:
+        with self._transaction() as db:
+            row = db.execute("SELECT fitness FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            if row is None:
+                raise UnknownNodeError(node_id)
+            before = float(row[0])
+            after = update(before)
+            db.execute("UPDATE nodes SET fitness = ?, correct = correct + ? WHERE node_id = ?",
+                       (after, int(bool(correct)), node_id))
+        return before, after
+
+    def save_query(self, record: QueryRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO queries (query_id, query, answer, created, detail) VALUES (?, ?, ?, ?, ?)",
+                (record.query_id, record.query, record.answer, record.created, json.dumps(record.detail)),
+            )
+
+    def get_query(self, query_id: str) -> QueryRecord:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT query_id, query, answer, created, detail FROM queries WHERE query_id = ?", (query_id,)
+            ).fetchone()
+        if row is None:
+            raise UnknownQueryError(query_id)
+        return QueryRecord(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class _Transaction:
+    """``with`` block holding the connection lock and one BEGIN IMMEDIATE ... COMMIT."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self._db = db
+        self._lock = lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
+        return self._db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self._lock.release()

@@ -1,0 +1,105 @@
+"""CoordinatorService over gRPC: thin methods that translate to and from ``Coordinator``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from coordinator.convert import event_to_proto, info_from_proto, node_status_to_proto, reward_to_proto
+from coordinator.errors import ChunkFailedError
+from coordinator.pipeline.decompose import InvalidQueryError
+from coordinator.pipeline.route import NoNodesAvailableError
+from coordinator.registry.base import UnknownNodeError, UnknownQueryError
+from coordinator.service import Coordinator, JoinRejectedError
+from node.serving import SERVER_OPTIONS, add_health_and_reflection, bind, set_serving, wait_for_signal
+from protos import dellm_pb2, dellm_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = dellm_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
+
+
+class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    async def Ask(  # noqa: N802 (gRPC method name)
+        self, request: dellm_pb2.AskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dellm_pb2.AskEvent]:
+        try:
+            async for event in self._coordinator.ask(request.query):
+                yield event_to_proto(event)
+        except InvalidQueryError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (NoNodesAvailableError, ChunkFailedError) as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+
+    async def Feedback(  # noqa: N802
+        self, request: dellm_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> dellm_pb2.FeedbackReply:
+        try:
+            applied = await self._coordinator.feedback(request.query_id, request.correct, request.answer)
+        except UnknownQueryError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no query with id {request.query_id!r}")
+        return dellm_pb2.FeedbackReply(rewards=[reward_to_proto(r) for r in applied])
+
+    async def ListNodes(  # noqa: N802
+        self, request: dellm_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> dellm_pb2.ListNodesReply:
+        return dellm_pb2.ListNodesReply(
+            nodes=[node_status_to_proto(record, in_flight) for record, in_flight in self._coordinator.nodes()])
+
+    async def Join(  # noqa: N802
+        self, request: dellm_pb2.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> dellm_pb2.JoinReply:
+        try:
+            record = await self._coordinator.join(info_from_proto(request.info))
+        except JoinRejectedError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return dellm_pb2.JoinReply(node_id=record.node_id, fitness=record.fitness)
+
+    async def Leave(  # noqa: N802
+        self, request: dellm_pb2.LeaveRequest, context: grpc.aio.ServicerContext
+    ) -> dellm_pb2.LeaveReply:
+        try:
+            self._coordinator.leave(request.node_id)
+        except UnknownNodeError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node with id {request.node_id!r}")
+        return dellm_pb2.LeaveReply()
+
+
+@dataclass
+class RunningCoordinator:
+    server: grpc.aio.Server
+    address: str
+    coordinator: Coordinator
+
+    async def stop(self, grace: float) -> None:
+        await self.server.stop(grace)
+        await self.coordinator.close()
+
+
+async def start_coordinator(coordinator: Coordinator, listen: str) -> RunningCoordinator:
+    """Start serving on ``listen`` (port 0: any free port) and return the running server."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    dellm_pb2_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(coordinator), server)
+    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
+    address = bind(server, listen)
+    await server.start()
+    await set_serving(health_servicer, [SERVICE_NAME], True)
+    log.info("coordinator serving on %s", address)
+    return RunningCoordinator(server, address, coordinator)
+
+
+async def serve(coordinator: Coordinator, listen: str, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then let in-flight queries finish within the grace period."""
+    running = await start_coordinator(coordinator, listen)
+    print(f"dellm-coordinator listening on {running.address}", flush=True)  # the CLI's readiness line
+    try:
+        await wait_for_signal(stop)
+        log.info("shutting down; draining in-flight queries for up to %.1fs", coordinator.config.shutdown_grace_s)
+    finally:
+        await running.stop(coordinator.config.shutdown_grace_s)

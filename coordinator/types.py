@@ -1,0 +1,201 @@
+"""Plain data the coordinator's stages pass between each other.
+
+Everything here is a frozen dataclass: stages 1, 2, 4 and 6 are pure functions over
+these, so they are tested with tables of cases and no network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Operation(StrEnum):
+    MATH_OP = "MATH_OP"
+    SEARCH_OP = "SEARCH_OP"
+    COMPARE_OP = "COMPARE_OP"
+    GENERATE_OP = "GENERATE_OP"
+    GENERAL_OP = "GENERAL_OP"
+
+
+class Verdict(StrEnum):
+    UNKNOWN = "UNKNOWN"
+    CORRECT = "CORRECT"
+    WRONG = "WRONG"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    chunk_id: str
+    operation: Operation
+    text: str
+    token_count: int
+    complexity: float
+    depends_on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    query: str
+    chunks: tuple[Chunk, ...]
+
+
+@dataclass(frozen=True)
+class NodeDescription:
+    """What a node says about itself (its Info)."""
+
+    node_id: str
+    address: str
+    name: str = ""
+    model: str = ""
+    backend: str = ""
+    quantization: str = ""
+    context_size: int = 0
+    hardware: str = ""
+    version: str = ""
+    model_sha256: str = ""
+    protocol_version: int = 1
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A node as the registry knows it: description plus learned figures."""
+
+    info: NodeDescription
+    fitness: float = 0.5
+    latency_ms: float | None = None  # moving average of whole-answer time; None until measured
+    state: str = "up"  # up | down
+    last_seen: float = 0.0
+    answers: int = 0
+    correct: int = 0
+    failures: int = 0
+    failure_streak: int = 0  # failed streams since the last good one
+
+    @property
+    def node_id(self) -> str:
+        return self.info.node_id
+
+
+@dataclass(frozen=True)
+class Assignment:
+    chunk_id: str
+    node_ids: tuple[str, ...]
+    retry: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class NodeAnswer:
+    chunk_id: str
+    node_id: str
+    text: str
+    confidence: float
+    latency_ms: float
+    first_token_ms: float | None = None
+    tokens: int = 0
+    finish_reason: str = ""
+    error: str | None = None  # set when the stream failed; text is then what arrived before
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+@dataclass(frozen=True)
+class Vote:
+    node_id: str
+    answer: str
+    normalized: str
+    confidence: float
+    fitness: float
+    weight: float
+    latency_ms: float
+    group: int  # index of the answer group; -1 for failed or empty answers
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    chunk: Chunk
+    answer: str
+    winner_node_id: str
+    votes: tuple[Vote, ...]
+    unanimous: bool
+    agreement: float  # the winning group's share of the total vote weight
+    groups: int
+
+    @property
+    def winning_node_ids(self) -> tuple[str, ...]:
+        winner_group = next((v.group for v in self.votes if v.node_id == self.winner_node_id), -1)
+        return tuple(v.node_id for v in self.votes if v.group == winner_group and v.group >= 0)
+
+
+@dataclass(frozen=True)
+class RewardDecision:
+    """Stage 6's verdict on one node answer (before it is applied to the registry)."""
+
+    node_id: str
+    chunk_id: str
+    verdict: Verdict
+    reward: float
+    source: str  # exact_check | vote | user | failure | none
+    correct_answer: str = ""
+
+
+@dataclass(frozen=True)
+class AppliedReward:
+    decision: RewardDecision
+    fitness_before: float
+    fitness_after: float
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    stage: str
+    ms: float
+
+
+# --- Events streamed by the pipeline (the servicer turns them into AskEvent) ---
+
+
+@dataclass(frozen=True)
+class PlanReady:
+    query_id: str
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class ChunkAssigned:
+    assignment: Assignment
+
+
+@dataclass(frozen=True)
+class ChunkToken:
+    chunk_id: str
+    node_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ChunkAssembled:
+    result: ChunkResult
+
+
+@dataclass(frozen=True)
+class AnswerToken:
+    text: str
+
+
+@dataclass(frozen=True)
+class QueryFinished:
+    query_id: str
+    answer: str
+    synthesis: str
+    results: tuple[ChunkResult, ...]
+    rewards: tuple[AppliedReward, ...]
+    timings: tuple[StageTiming, ...]
+    total_ms: float
+    node_ids_by_chunk: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+PipelineEvent = PlanReady | ChunkAssigned | ChunkToken | ChunkAssembled | AnswerToken | QueryFinished

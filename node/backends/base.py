@@ -1,0 +1,120 @@
+"""The one protocol every inference backend implements, and the async bridge to it.
+
+A backend is synchronous and owns one model context: ``generate`` is a blocking
+iterator that the node runs in a worker thread (never on the event loop), one
+generation at a time per backend. :func:`stream_generation` is that bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+class BackendError(RuntimeError):
+    """A backend could not load its model or failed while generating."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_tokens: int = 128
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    system: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenPiece:
+    """Text the model produced since the previous piece, with its evidence.
+
+    ``logprobs`` holds the natural-log probability of each token in ``text``
+    (empty when the backend has none). The last piece of a generation carries a
+    ``finish_reason`` (``stop``, ``length`` or ``cancelled``) and may have empty text.
+    """
+
+    text: str
+    logprobs: tuple[float, ...] = ()
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class BackendDescription:
+    backend: str  # llama_cpp | transformers | scripted
+    model: str  # catalogue name or file name
+    quantization: str = ""
+    context_size: int = 0
+    model_path: str = ""
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    def describe(self) -> BackendDescription: ...
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[TokenPiece]:
+        """Yield pieces as the model produces them; stop early once ``cancel`` is set."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def confidence_from_logprobs(logprobs: Sequence[float]) -> float:
+    """Geometric-mean token probability, exp(mean logprob); 0.5 when there is no evidence."""
+    if not logprobs:
+        return 0.5
+    return math.exp(sum(logprobs) / len(logprobs))
+
+
+@dataclass
+class _Bridge:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[TokenPiece | BaseException | None] = field(default_factory=asyncio.Queue)
+
+    def put(self, item: TokenPiece | BaseException | None) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+async def stream_generation(
+    backend: InferenceBackend, request: GenerationRequest, lock: asyncio.Lock
+) -> AsyncIterator[TokenPiece]:
+    """Run ``backend.generate`` in a worker thread and yield its pieces on the event loop.
+
+    ``lock`` serializes generations on one backend (a model context is not thread-safe).
+    Closing the iterator early (the caller went away) sets the cancel flag, and the
+    worker stops at the next token; the lock is released only once it has.
+    """
+    async with lock:
+        bridge = _Bridge(asyncio.get_running_loop())
+        cancel = threading.Event()
+
+        def work() -> None:
+            try:
+                for piece in backend.generate(request, cancel):
+                    bridge.put(piece)
+                    if cancel.is_set():
+                        break
+            except BaseException as exc:  # handed to the event loop, re-raised there
+                bridge.put(exc)
+            finally:
+                bridge.put(None)
+
+        worker = asyncio.get_running_loop().run_in_executor(None, work)
+        try:
+            while True:
+                item = await bridge.queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    if isinstance(item, BackendError):
+                        raise item
+                    raise BackendError(f"generation failed: {item}") from item
+                yield item
+        finally:
+            cancel.set()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(worker)

@@ -1,0 +1,58 @@
+"""Create the inference backend a node was configured with.
+
+Each backend module is imported only when chosen, so a node running llama.cpp never
+imports torch, and a scripted test node imports neither.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from node.backends.base import InferenceBackend
+
+logger = logging.getLogger(__name__)
+
+BACKEND_KINDS: tuple[str, ...] = ("llama_cpp", "transformers", "scripted")
+
+
+def create_backend(
+    kind: str,
+    *,
+    model_path: Path | None,
+    model_name: str,
+    instruct: bool | None,
+    n_threads: int | None,
+    script_path: Path | None = None,
+) -> InferenceBackend:
+    """Load the backend of ``kind`` (one of :data:`BACKEND_KINDS`).
+
+    Raises ``ValueError`` for an unknown kind or a missing path, and
+    :class:`~node.backends.base.BackendError` when the model cannot be loaded.
+    """
+    logger.info("creating %s backend for %s", kind, model_name)
+    if kind == "llama_cpp":
+        from node.backends.llama_cpp import LlamaCppBackend
+
+        return LlamaCppBackend(
+            _required(model_path, kind), model_name=model_name, instruct=instruct, n_threads=n_threads
+        )
+    if kind == "transformers":
+        from node.backends.hf_transformers import TransformersBackend
+
+        return TransformersBackend(
+            _required(model_path, kind), model_name=model_name, instruct=instruct, n_threads=n_threads
+        )
+    if kind == "scripted":
+        from node.backends.scripted import ScriptedBackend
+
+        if script_path is None:
+            raise ValueError("the scripted backend needs a script_path")
+        return ScriptedBackend.from_file(script_path)
+    raise ValueError(f"unknown backend kind {kind!r}; valid kinds: {', '.join(BACKEND_KINDS)}")
+
+
+def _required(model_path: Path | None, kind: str) -> Path:
+    if model_path is None:
+        raise ValueError(f"the {kind} backend needs a model_path")
+    return model_path

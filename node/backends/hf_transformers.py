@@ -1,0 +1,296 @@
+"""Transformers backend: the same GGUF file, dequantized to float32 and run by torch.
+
+``model.generate`` runs in its own thread and hands each committed token to a
+streamer; this backend's ``generate`` turns that push stream back into a blocking
+iterator. Token choice is made by one logits processor that sees the model's raw
+logits: it records the log-softmax of the token it picks (argmax, or a temperature
+sample) and masks every other token, so the logprob of each streamed token is the
+model's own, before any sampling transform.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from node.backends.base import BackendDescription, BackendError, GenerationRequest, TokenPiece
+from node.backends.prompting import (
+    FINISH_CANCELLED,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    StopSequenceFilter,
+    chat_messages,
+    plain_prompt,
+    stop_sequences,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+_TOP_K = 40  # sampling (temperature > 0) draws from the 40 likeliest tokens, as llama.cpp does
+
+
+class TransformersBackend:
+    """One GGUF model loaded with transformers' GGUF reader; one generation at a time."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        model_name: str,
+        instruct: bool | None = None,
+        n_threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._model_path = Path(model_path)
+        self._model_name = model_name
+        if not self._model_path.is_file():
+            raise BackendError(f"model file not found: {self._model_path}")
+        if n_threads:
+            torch.set_num_threads(n_threads)
+        directory, file_name = str(self._model_path.parent), self._model_path.name
+        started = time.monotonic()
+        try:
+            self._tokenizer: Any = AutoTokenizer.from_pretrained(directory, gguf_file=file_name, local_files_only=True)
+            self._model: Any = AutoModelForCausalLM.from_pretrained(
+                directory, gguf_file=file_name, dtype=torch.float32, local_files_only=True
+            )
+        except Exception as exc:
+            raise BackendError(f"could not load GGUF model {self._model_path}: {exc}") from exc
+        self._model.eval()
+        template = getattr(self._tokenizer, "chat_template", None)
+        self._instruct = bool(template) if instruct is None else instruct
+        if self._instruct and not template:
+            raise BackendError(f"{self._model_path} has no chat template; load it with instruct=False")
+        self._eos_ids = _eos_token_ids(self._model, self._tokenizer)
+        self._generator = torch.Generator().manual_seed(seed)
+        self._closed = False
+        self._description = BackendDescription(
+            backend="transformers",
+            model=model_name,
+            quantization=_gguf_quantization_name(self._model_path),
+            context_size=int(getattr(self._model.config, "max_position_embeddings", 0) or 0),
+            model_path=str(self._model_path),
+        )
+        logger.info(
+            "loaded %s from %s in %.1fs (dequantized from %s, instruct=%s, threads=%d)",
+            model_name,
+            self._model_path,
+            time.monotonic() - started,
+            self._description.quantization or "unknown quantization",
+            self._instruct,
+            torch.get_num_threads(),
+        )
+
+    @property
+    def instruct(self) -> bool:
+        return self._instruct
+
+    def describe(self) -> BackendDescription:
+        return self._description
+
+    def close(self) -> None:
+        self._closed = True
+        self._model = None
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[TokenPiece]:
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        if self._closed:
+            raise BackendError(f"{self._model_name}: backend is closed")
+        if cancel.is_set():
+            yield TokenPiece("", finish_reason=FINISH_CANCELLED)
+            return
+        inputs = self._encode(request)
+        chooser = _TokenChooser(request.temperature, self._generator)
+        tokens: queue.Queue[Any] = queue.Queue()
+        halt = threading.Event()
+        config = GenerationConfig(
+            max_new_tokens=max(request.max_tokens, 1),
+            do_sample=False,  # _TokenChooser picks the token; greedy then takes it
+            eos_token_id=sorted(self._eos_ids) or None,
+            pad_token_id=min(self._eos_ids) if self._eos_ids else None,
+        )
+
+        def run() -> None:
+            try:
+                self._model.generate(
+                    **inputs,
+                    generation_config=config,
+                    logits_processor=LogitsProcessorList([chooser]),
+                    stopping_criteria=StoppingCriteriaList([_HaltWhenSet(cancel, halt)]),
+                    streamer=_QueueStreamer(tokens, chooser),
+                )
+            except BaseException as exc:  # handed to the consuming thread
+                tokens.put(exc)
+            finally:
+                tokens.put(_DONE)
+
+        worker = threading.Thread(target=run, name=f"generate-{self._model_name}", daemon=True)
+        worker.start()
+        stops = StopSequenceFilter(stop_sequences(request, instruct=self._instruct))
+        generated: list[int] = []
+        decoded = ""
+        produced = 0
+        finish = FINISH_LENGTH
+        hit_stop_sequence = False
+        try:
+            while True:
+                item = tokens.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise BackendError(f"{self._model_name}: generation failed: {item}") from item
+                if cancel.is_set():
+                    finish = FINISH_CANCELLED
+                    break
+                token, logprob = item
+                produced += 1
+                if token in self._eos_ids:
+                    finish = FINISH_STOP
+                    break
+                generated.append(token)
+                text = self._tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                new_text = ""
+                if not text.endswith("\ufffd"):  # hold back a half-decoded character
+                    new_text, decoded = text[len(decoded) :], text
+                released = stops.feed(new_text, logprob)
+                if released.text or released.logprobs:
+                    yield TokenPiece(released.text, released.logprobs)
+                if released.stopped:
+                    finish, hit_stop_sequence = FINISH_STOP, True
+                    break
+                if produced >= request.max_tokens:
+                    break
+        finally:
+            halt.set()
+            worker.join()
+        if finish == FINISH_CANCELLED or hit_stop_sequence:
+            yield TokenPiece("", finish_reason=finish)
+            return
+        tail = stops.flush()
+        leftover = ""  # a character still half-decoded when the generation ended
+        if generated:
+            text = self._tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            leftover = text[len(decoded) :]
+        yield TokenPiece(tail.text + leftover, tail.logprobs, finish_reason=finish)
+
+    def _encode(self, request: GenerationRequest) -> dict[str, Any]:
+        if self._instruct:
+            prompt = self._tokenizer.apply_chat_template(
+                chat_messages(request), tokenize=False, add_generation_prompt=True
+            )
+            # The template writes its own special tokens.
+            return dict(self._tokenizer(prompt, return_tensors="pt", add_special_tokens=False))
+        return dict(self._tokenizer(plain_prompt(request), return_tensors="pt"))
+
+
+class _Done:
+    pass
+
+
+_DONE = _Done()
+
+
+class _TokenChooser:
+    """A logits processor that picks the next token itself and records its logprob.
+
+    It sees the raw logits (it is the only processor) and returns a mask that leaves
+    only its choice, which greedy decoding then takes.
+    """
+
+    def __init__(self, temperature: float, generator: torch.Generator) -> None:
+        self._temperature = temperature
+        self._generator = generator
+        self.chosen: collections.deque[tuple[int, float]] = collections.deque()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        import torch
+
+        logits = scores[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if self._temperature > 0:
+            top = torch.topk(logits, min(_TOP_K, logits.shape[-1]))
+            weights = torch.softmax(top.values / self._temperature, dim=-1)
+            pick = torch.multinomial(weights, 1, generator=self._generator)
+            token = int(top.indices[pick].item())
+        else:
+            token = int(torch.argmax(logits).item())
+        self.chosen.append((token, float(logprobs[token].item())))
+        only = torch.full_like(scores, float("-inf"))
+        only[:, token] = 0.0
+        return only  # type: ignore[return-value]
+
+
+class _QueueStreamer:
+    """A transformers streamer that pairs each committed token with its logprob."""
+
+    def __init__(self, sink: queue.Queue[Any], chooser: _TokenChooser) -> None:
+        self._sink = sink
+        self._chooser = chooser
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first hands over the prompt
+            self._prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            chosen, logprob = self._chooser.chosen.popleft()
+            if chosen != token:
+                raise BackendError(f"streamed token {token} is not the chosen token {chosen}")
+            self._sink.put((int(token), logprob))
+
+    def end(self) -> None:
+        pass
+
+
+class _HaltWhenSet:
+    """A stopping criterion: stop once the caller cancels or the consumer has enough."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self._events = events
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        import torch
+
+        halted = any(event.is_set() for event in self._events)
+        return torch.full((input_ids.shape[0],), halted, dtype=torch.bool)  # type: ignore[return-value]
+
+
+def _eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def _gguf_quantization_name(path: Path) -> str:
+    """The GGUF file's ``general.file_type`` as a name like ``Q4_1``; "" when unknown."""
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        field = reader.fields.get("general.file_type")
+        if field is None:
+            return ""
+        name = gguf.LlamaFileType(int(field.contents())).name
+    except Exception:  # metadata is descriptive only; a model that loaded still works
+        logger.debug("no file type in %s", path, exc_info=True)
+        return ""
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")

@@ -1,0 +1,25 @@
+"""The node daemon's settings, with the reason for each default. Only ``node.cli`` reads flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "dellm"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    listen: str = "127.0.0.1:0"  # port 0: any free port, reported to the coordinator on Join
+    name: str = ""  # human name; also picks the state folder, so two nodes on one machine differ
+    coordinator: str | None = None  # HOST:PORT to join; None serves without joining
+    state_dir: Path = default_state_dir()
+    max_tokens_cap: int = 1024  # a request asking for more is cut to this
+    default_max_tokens: int = 128  # when a request gives none
+    max_prompt_chars: int = 16_000  # longer prompts are refused with INVALID_ARGUMENT
+    join_timeout_s: float = 5.0  # one Join/Leave call
+    rejoin_interval_s: float = 15.0  # heartbeat Join; brings the node back after a coordinator restart
+    drain_grace_s: float = 30.0  # SIGTERM: in-flight streams get this long to finish

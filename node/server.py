@@ -1,0 +1,212 @@
+"""NodeService over gRPC, and the daemon's lifecycle (serve, join, drain on SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from node.backends.base import (
+    BackendError,
+    GenerationRequest,
+    InferenceBackend,
+    confidence_from_logprobs,
+    stream_generation,
+)
+from node.config import NodeConfig
+from node.serving import SERVER_OPTIONS, add_health_and_reflection, bind, set_serving, wait_for_signal
+from node.state import FeedbackEntry, FeedbackStore
+from protos import dellm_pb2, dellm_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = dellm_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+PROTOCOL_VERSION = 1
+VERSION = "0.1.0"
+
+
+def hardware_summary() -> str:
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        memory = 0.0
+    return f"{os.cpu_count()} cores, {memory:.0f} GiB RAM, {platform.system()} {platform.machine()}"
+
+
+class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
+    def __init__(self, backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedback: FeedbackStore,
+                 config: NodeConfig) -> None:
+        self._backend = backend
+        self._info = info
+        self._feedback = feedback
+        self._config = config
+        self._lock = asyncio.Lock()  # one generation at a time on this model context
+
+    @property
+    def info(self) -> dellm_pb2.NodeInfo:
+        return self._info
+
+    async def Generate(  # noqa: N802 (gRPC method name)
+        self, request: dellm_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dellm_pb2.TokenChunk]:
+        if not request.prompt.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the prompt is empty")
+        if len(request.prompt) > self._config.max_prompt_chars:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the prompt is {len(request.prompt)} characters; "
+                                f"the maximum is {self._config.max_prompt_chars}")
+        max_tokens = request.max_tokens if request.max_tokens > 0 else self._config.default_max_tokens
+        generation = GenerationRequest(
+            prompt=request.prompt,
+            max_tokens=min(max_tokens, self._config.max_tokens_cap),
+            temperature=max(0.0, request.temperature),
+            stop=tuple(request.stop),
+        )
+        logprobs: list[float] = []
+        finish = "stop"
+        try:
+            async for piece in stream_generation(self._backend, generation, self._lock):
+                logprobs.extend(piece.logprobs)
+                if piece.finish_reason:
+                    finish = piece.finish_reason
+                if piece.text:
+                    yield dellm_pb2.TokenChunk(text=piece.text, logprobs=piece.logprobs)
+        except BackendError as exc:
+            log.error("generation for chunk %s failed: %s", request.chunk_id, exc)
+            await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {exc}")
+        yield dellm_pb2.TokenChunk(done=True, finish_reason=finish, confidence=confidence_from_logprobs(logprobs),
+                                   completion_tokens=len(logprobs))
+
+    async def Feedback(  # noqa: N802
+        self, request: dellm_pb2.NodeFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> dellm_pb2.NodeFeedbackReply:
+        entry = FeedbackEntry(
+            query_id=request.query_id, chunk_id=request.chunk_id, prompt=request.prompt, answer=request.answer,
+            verdict={dellm_pb2.CORRECT: "CORRECT", dellm_pb2.WRONG: "WRONG"}.get(request.verdict, "UNKNOWN"),
+            reward=request.reward, correct_answer=request.correct_answer, fitness=request.fitness,
+            source=request.source, received_at=time.time(),
+        )
+        stored = await asyncio.to_thread(self._feedback.add, entry)
+        log.info("feedback for %s/%s: %s (reward %+.3f, fitness %.3f)", request.query_id, request.chunk_id,
+                 entry.verdict, request.reward, request.fitness)
+        return dellm_pb2.NodeFeedbackReply(stored=stored)
+
+    async def Info(  # noqa: N802
+        self, request: dellm_pb2.InfoRequest, context: grpc.aio.ServicerContext
+    ) -> dellm_pb2.NodeInfo:
+        return self._info
+
+
+@dataclass
+class RunningNode:
+    server: grpc.aio.Server
+    address: str
+    servicer: NodeServicer
+    joiner: asyncio.Task[None] | None = None
+
+    async def stop(self, grace: float, coordinator: str | None = None, join_timeout: float = 5.0) -> None:
+        if self.joiner is not None:
+            self.joiner.cancel()
+            await asyncio.gather(self.joiner, return_exceptions=True)
+        if coordinator:
+            await leave_coordinator(coordinator, self.servicer.info.node_id, join_timeout)
+        await self.server.stop(grace)
+
+
+async def join_coordinator(coordinator: str, info: dellm_pb2.NodeInfo, timeout: float) -> float:
+    """One Join call; returns the fitness the coordinator holds for this node."""
+    async with grpc.aio.insecure_channel(coordinator) as channel:
+        reply = await dellm_pb2_grpc.CoordinatorServiceStub(channel).Join(
+            dellm_pb2.JoinRequest(info=info), timeout=timeout)
+    return reply.fitness
+
+
+async def leave_coordinator(coordinator: str, node_id: str, timeout: float) -> None:
+    try:
+        async with grpc.aio.insecure_channel(coordinator) as channel:
+            await dellm_pb2_grpc.CoordinatorServiceStub(channel).Leave(
+                dellm_pb2.LeaveRequest(node_id=node_id), timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        log.warning("could not leave coordinator %s: %s", coordinator, exc.details())
+
+
+async def keep_joined(coordinator: str, info: dellm_pb2.NodeInfo, config: NodeConfig,
+                      joined: asyncio.Event | None = None) -> None:
+    """Join, retrying with backoff, then re-join every ``rejoin_interval_s`` as a heartbeat."""
+    delay = 0.5
+    was_joined = False
+    while True:
+        try:
+            fitness = await join_coordinator(coordinator, info, config.join_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if was_joined or delay == 0.5:
+                log.warning("cannot join coordinator %s: %s: %s (retrying)", coordinator, exc.code().name,
+                            exc.details())
+            was_joined = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, config.rejoin_interval_s)
+            continue
+        if not was_joined:
+            log.info("joined coordinator %s as %s (fitness %.3f)", coordinator, info.node_id, fitness)
+            if joined is not None:
+                joined.set()
+        was_joined, delay = True, 0.5
+        await asyncio.sleep(config.rejoin_interval_s)
+
+
+def advertised_address(bound: str) -> str:
+    host, _, port = bound.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        import socket
+
+        host = socket.gethostbyname(socket.gethostname())
+    return f"{host}:{port}"
+
+
+async def start_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedback: FeedbackStore,
+                     config: NodeConfig) -> RunningNode:
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    bound = bind(server, config.listen)
+    full_info = dellm_pb2.NodeInfo()
+    full_info.CopyFrom(info)
+    full_info.address = advertised_address(bound)
+    servicer = NodeServicer(backend, full_info, feedback, config)
+    dellm_pb2_grpc.add_NodeServiceServicer_to_server(servicer, server)
+    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
+    await server.start()
+    await set_serving(health_servicer, [SERVICE_NAME], True)
+    running = RunningNode(server, full_info.address, servicer)
+    if config.coordinator:
+        running.joiner = asyncio.create_task(keep_joined(config.coordinator, full_info, config))
+    return running
+
+
+async def serve_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedback: FeedbackStore,
+                     config: NodeConfig, stop: asyncio.Event | None = None) -> None:
+    running = await start_node(backend, info, feedback, config)
+    print(f"dellm-node {info.node_id} serving {info.model} ({info.backend}) on {running.address}", flush=True)
+    try:
+        await wait_for_signal(stop)
+        log.info("shutting down; draining in-flight streams for up to %.1fs", config.drain_grace_s)
+    finally:
+        await running.stop(config.drain_grace_s, config.coordinator, config.join_timeout_s)
+        with contextlib.suppress(Exception):
+            backend.close()
+
+
+def node_info(node_id: str, name: str, backend: InferenceBackend, model_sha256: str = "") -> dellm_pb2.NodeInfo:
+    described = backend.describe()
+    return dellm_pb2.NodeInfo(
+        node_id=node_id, name=name, model=described.model, backend=described.backend,
+        quantization=described.quantization, context_size=described.context_size, hardware=hardware_summary(),
+        version=VERSION, model_sha256=model_sha256, protocol_version=PROTOCOL_VERSION,
+    )
+
+
+__all__ = ["NodeServicer", "RunningNode", "node_info", "serve_node", "start_node"]

@@ -1,0 +1,246 @@
+"""LlamaCppBackend on the real Qwen2.5-Coder-0.5B-Instruct GGUF (and the factory that makes it)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.backends.base import (
+    BackendError,
+    GenerationRequest,
+    InferenceBackend,
+    TokenPiece,
+    confidence_from_logprobs,
+    stream_generation,
+)
+from node.backends.llama_cpp import LlamaCppBackend  # imports llama_cpp only when a model loads
+from node.models import default_cache_dir
+
+REQUIRE_MODELS = os.environ.get("DELLM_REQUIRE_MODELS") == "1"
+QWEN_PATH = default_cache_dir() / "qwen2.5-coder-0.5b-instruct.gguf"
+PERCENT_QUESTION = "What is 10% of 1000? Answer with just the number."
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRE_MODELS:
+        pytest.fail(f"{reason} (DELLM_REQUIRE_MODELS=1)")
+    pytest.skip(reason)
+
+
+def _require_llama_cpp() -> None:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as exc:
+        _unavailable(f"llama-cpp-python is not importable: {exc}")
+
+
+def _require_model(path: Path) -> Path:
+    if not path.is_file():
+        _unavailable(f"model file {path} is absent; run `dellm models pull {path.stem}`")
+    return path
+
+
+@pytest.fixture(scope="module")
+def qwen() -> Iterator[LlamaCppBackend]:
+    _require_llama_cpp()
+    backend = LlamaCppBackend(_require_model(QWEN_PATH), model_name="qwen2.5-coder-0.5b-instruct", n_threads=2)
+    yield backend
+    backend.close()
+
+
+def _run(
+    backend: InferenceBackend, request: GenerationRequest, cancel: threading.Event | None = None
+) -> list[TokenPiece]:
+    return list(backend.generate(request, cancel or threading.Event()))
+
+
+def _text(pieces: list[TokenPiece]) -> str:
+    return "".join(p.text for p in pieces)
+
+
+def _logprobs(pieces: list[TokenPiece]) -> list[float]:
+    return [lp for p in pieces for lp in p.logprobs]
+
+
+@pytest.mark.model
+def test_describe_reads_the_gguf_metadata(qwen: LlamaCppBackend) -> None:
+    description = qwen.describe()
+    assert description.backend == "llama_cpp"
+    assert description.model == "qwen2.5-coder-0.5b-instruct"
+    assert description.quantization == "Q4_K_M"
+    assert description.context_size == 4096
+    assert description.model_path == str(QWEN_PATH)
+    assert qwen.instruct is True  # detected from the chat template
+
+
+@pytest.mark.model
+def test_answers_a_percentage_question(qwen: LlamaCppBackend) -> None:
+    pieces = _run(qwen, GenerationRequest(PERCENT_QUESTION, max_tokens=16))
+    assert "100" in _text(pieces)
+    assert pieces[-1].finish_reason == "stop"
+    assert all(p.finish_reason is None for p in pieces[:-1])
+
+
+@pytest.mark.model
+def test_logprobs_are_real_and_give_a_confidence(qwen: LlamaCppBackend) -> None:
+    pieces = _run(qwen, GenerationRequest("Name three primary colours.", max_tokens=12))
+    logprobs = _logprobs(pieces)
+    assert len(logprobs) >= 3
+    assert all(math.isfinite(lp) and lp <= 0.0 for lp in logprobs)
+    assert any(lp < -1e-4 for lp in logprobs)  # not a placeholder of zeros
+    assert 0.0 < confidence_from_logprobs(logprobs) <= 1.0
+
+
+@pytest.mark.model
+def test_logprobs_match_llama_cpp_python_own_logprobs(qwen: LlamaCppBackend) -> None:
+    """The cheap per-token logprobs equal create_completion(logprobs=1) on a logits_all context."""
+    import llama_cpp
+
+    request = GenerationRequest("Name a primary colour.", max_tokens=6)
+    ours = _logprobs(_run(qwen, request))
+    prompt = qwen._formatter(messages=[{"role": "user", "content": request.prompt}]).prompt
+    reference = llama_cpp.Llama(model_path=str(QWEN_PATH), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    try:
+        out = reference.create_completion(prompt, max_tokens=6, temperature=0.0, logprobs=1)
+    finally:
+        reference.close()
+    completion: Any = out  # a dict (not streaming); its TypedDict marks logprobs optional
+    expected = [float(lp) for lp in completion["choices"][0]["logprobs"]["token_logprobs"]]
+    assert ours == pytest.approx(expected[: len(ours)], abs=1e-3)
+    assert len(ours) >= 3
+
+
+@pytest.mark.model
+def test_tokens_arrive_incrementally(qwen: LlamaCppBackend) -> None:
+    request = GenerationRequest("Count from 1 to 30, separated by commas.", max_tokens=40)
+    started = time.monotonic()
+    arrivals: list[float] = []
+    pieces: list[TokenPiece] = []
+    for piece in qwen.generate(request, threading.Event()):
+        arrivals.append(time.monotonic() - started)
+        pieces.append(piece)
+    assert sum(1 for p in pieces if p.text) > 10
+    first, last = arrivals[0], arrivals[-1]
+    # Streaming, not buffering: the first piece comes long before the last one.
+    assert first < 0.5 * last, (first, last)
+
+
+@pytest.mark.model
+def test_max_tokens_ends_with_length(qwen: LlamaCppBackend) -> None:
+    pieces = _run(qwen, GenerationRequest("Write a long story about a lighthouse keeper.", max_tokens=5))
+    assert pieces[-1].finish_reason == "length"
+    assert len(_logprobs(pieces)) == 5
+    assert _text(pieces).strip()
+
+
+@pytest.mark.model
+def test_stop_sequence_cuts_the_text(qwen: LlamaCppBackend) -> None:
+    request = GenerationRequest("Count from 1 to 10, separated by commas.", max_tokens=30, stop=(",",))
+    pieces = _run(qwen, request)
+    assert pieces[-1].finish_reason == "stop"
+    text = _text(pieces)
+    assert "," not in text
+    assert "1" in text
+
+
+@pytest.mark.model
+def test_cancel_stops_early(qwen: LlamaCppBackend) -> None:
+    cancel = threading.Event()
+    pieces: list[TokenPiece] = []
+    request = GenerationRequest("Write a long story about a lighthouse keeper.", max_tokens=200)
+    for piece in qwen.generate(request, cancel):
+        pieces.append(piece)
+        if len(pieces) == 3:
+            cancel.set()
+    assert pieces[-1].finish_reason == "cancelled"
+    assert pieces[-1].text == ""
+    assert len(_logprobs(pieces)) <= 4
+
+
+@pytest.mark.model
+def test_base_prompt_mode_stops_at_the_end_of_the_answer() -> None:
+    _require_llama_cpp()
+    backend = LlamaCppBackend(_require_model(QWEN_PATH), model_name="qwen-base", instruct=False, n_threads=2, n_ctx=512)
+    try:
+        pieces = _run(backend, GenerationRequest("What is the capital of France?", max_tokens=24))
+    finally:
+        backend.close()
+    text = _text(pieces)
+    assert "Paris" in text
+    assert "Question:" not in text and "\n\n" not in text
+
+
+@pytest.mark.model
+@pytest.mark.asyncio
+async def test_two_tasks_share_one_backend_through_stream_generation(qwen: LlamaCppBackend) -> None:
+    lock = asyncio.Lock()
+    events: list[str] = []
+
+    async def ask(tag: str, prompt: str) -> list[TokenPiece]:
+        pieces: list[TokenPiece] = []
+        async for piece in stream_generation(qwen, GenerationRequest(prompt, max_tokens=16), lock):
+            events.append(tag)
+            pieces.append(piece)
+        return pieces
+
+    percent, capital = await asyncio.gather(
+        ask("a", PERCENT_QUESTION),
+        ask("b", "What is the capital of France? Answer with one word."),
+    )
+    assert "100" in _text(percent)
+    assert "Paris" in _text(capital)
+    assert percent[-1].finish_reason == capital[-1].finish_reason == "stop"
+    # The lock serializes the generations: one stream ends before the other starts.
+    assert events in (sorted(events), sorted(events, reverse=True))
+
+
+def test_corrupt_gguf_raises_backend_error_naming_the_path(tmp_path: Path) -> None:
+    _require_llama_cpp()
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + os.urandom(4096))
+    with pytest.raises(BackendError, match=re.escape(str(broken))):
+        LlamaCppBackend(broken, model_name="broken")
+
+
+def test_missing_file_raises_backend_error(tmp_path: Path) -> None:
+    _require_llama_cpp()
+    with pytest.raises(BackendError, match=r"absent\.gguf"):
+        LlamaCppBackend(tmp_path / "absent.gguf", model_name="absent")
+
+
+def test_factory_rejects_an_unknown_kind() -> None:
+    from node.backends.factory import create_backend
+
+    with pytest.raises(ValueError, match="llama_cpp, transformers, scripted"):
+        create_backend("onnx", model_path=None, model_name="x", instruct=None, n_threads=None)
+
+
+def test_factory_needs_a_model_path_for_model_backends() -> None:
+    from node.backends.factory import create_backend
+
+    with pytest.raises(ValueError, match="model_path"):
+        create_backend("llama_cpp", model_path=None, model_name="x", instruct=None, n_threads=None)
+
+
+@pytest.mark.model
+def test_factory_builds_the_llama_cpp_backend() -> None:
+    _require_llama_cpp()
+    from node.backends.factory import create_backend
+
+    backend = create_backend(
+        "llama_cpp", model_path=_require_model(QWEN_PATH), model_name="qwen", instruct=None, n_threads=1
+    )
+    try:
+        assert isinstance(backend, LlamaCppBackend)
+        assert backend.describe().backend == "llama_cpp"
+    finally:
+        backend.close()
