@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from coordinator.config import DispatchConfig, RouteConfig
@@ -128,20 +128,21 @@ async def dispatch_chunk(
     tried = set(assignment.node_ids)
     answers: list[NodeAnswer] = []
 
-    def by_id() -> Mapping[str, NodeRecord]:
-        return {n.node_id: n for n in nodes()}
+    def reserve(node_id: str) -> None:  # counted from routing on, so concurrent chunks spread out
+        in_flight[node_id] = in_flight.get(node_id, 0) + 1
+
+    async def attempt(node_id: str) -> NodeAnswer:
+        try:
+            node = next((n for n in nodes() if n.node_id == node_id), None)
+            if node is None:
+                return NodeAnswer(chunk.chunk_id, node_id, "", 0.0, 0.0, error="node left the cluster")
+            return await stream_answer(node, request, connector, config, emit)
+        finally:
+            in_flight[node_id] -= 1
 
     async def slot(node_id: str) -> None:
         for _ in range(config.max_attempts):
-            node = by_id().get(node_id)
-            if node is None:
-                answer = NodeAnswer(chunk.chunk_id, node_id, "", 0.0, 0.0, error="node left the cluster")
-            else:
-                in_flight[node_id] = in_flight.get(node_id, 0) + 1
-                try:
-                    answer = await stream_answer(node, request, connector, config, emit)
-                finally:
-                    in_flight[node_id] -= 1
+            answer = await attempt(node_id)
             answers.append(answer)
             on_answer(answer)
             if not answer.failed:
@@ -153,9 +154,12 @@ async def dispatch_chunk(
                 return
             node_id = retry.node_ids[0]
             tried.add(node_id)
+            reserve(node_id)
             emit(ChunkAssigned(Assignment(chunk.chunk_id, (node_id,), retry=True,
                                           reason=f"{answer.node_id} failed: {answer.error}")))
 
+    for node_id in assignment.node_ids:
+        reserve(node_id)
     async with asyncio.TaskGroup() as group:
         for node_id in assignment.node_ids:
             group.create_task(slot(node_id))

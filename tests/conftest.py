@@ -1,0 +1,108 @@
+"""Shared fixtures: in-process scripted nodes and coordinators on port 0, real gRPC between them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.config import CoordinatorConfig
+from coordinator.pipeline.synthesize import Synthesizer, TemplateSynthesizer
+from coordinator.registry import SqliteRegistry
+from coordinator.server import RunningCoordinator, start_coordinator
+from coordinator.service import Coordinator
+from node.backends.base import InferenceBackend
+from node.backends.scripted import ScriptedBackend
+from node.config import NodeConfig
+from node.server import RunningNode, node_info, start_node
+from node.state import FeedbackStore
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+MODELS_REQUIRED = os.environ.get("DELLM_REQUIRE_MODELS") == "1"
+
+
+def require_model(name: str) -> Path:
+    """The cached model file, or skip (fail under DELLM_REQUIRE_MODELS=1, as CI sets it)."""
+    from node.models import CATALOGUE, cached_path
+
+    path = cached_path(CATALOGUE[name])
+    if not path.exists():
+        message = f"model {name} is not pulled ({path}); run `dellm models pull {name}`"
+        if MODELS_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def script(rules: list[dict[str, Any]], default: str = "I do not know.", model: str = "scripted",
+           delay: float = 0.0) -> ScriptedBackend:
+    """A scripted test-double backend from inline rules."""
+    return ScriptedBackend.from_dict({"model": model, "rule": rules, "default": {"reply": default, "delay": delay}})
+
+
+@dataclass
+class Cluster:
+    """An in-process coordinator plus scripted nodes, all over real gRPC on loopback."""
+
+    tmp: Path
+    config: CoordinatorConfig
+    synthesizer: Synthesizer = field(default_factory=TemplateSynthesizer)
+    coordinator: RunningCoordinator | None = None
+    nodes: dict[str, RunningNode] = field(default_factory=dict)
+    stores: dict[str, FeedbackStore] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        assert self.coordinator is not None
+        return self.coordinator.address
+
+    async def start_coordinator(self) -> RunningCoordinator:
+        registry = SqliteRegistry(self.tmp / "registry.sqlite3")
+        self.coordinator = await start_coordinator(Coordinator(self.config, registry, self.synthesizer),
+                                                   "127.0.0.1:0")
+        return self.coordinator
+
+    async def add_node(self, name: str, backend: InferenceBackend, *, join: bool = True) -> RunningNode:
+        config = NodeConfig(listen="127.0.0.1:0", name=name, coordinator=self.address if join else None,
+                            state_dir=self.tmp / "state", drain_grace_s=1.0)
+        store = self.stores[name] = FeedbackStore(self.tmp / f"{name}-feedback.sqlite3")
+        node = await start_node(backend, node_info(f"{name:0<32}"[:32], name, backend), store, config)
+        self.nodes[name] = node
+        if join:
+            await self.wait_for(lambda: any(n.info.node_id == node.servicer.info.node_id and n.state == "up"
+                                            for n in self.coordinator.coordinator.registry.list_nodes()))
+        return node
+
+    async def stop_node(self, name: str) -> None:
+        await self.nodes.pop(name).stop(0.1)
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("condition not met in time")
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        for name in list(self.nodes):
+            await self.stop_node(name)
+        if self.coordinator is not None:
+            await self.coordinator.stop(0.5)
+        for store in self.stores.values():
+            store.close()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, CoordinatorConfig())
+    await c.start_coordinator()
+    try:
+        yield c
+    finally:
+        await c.close()
