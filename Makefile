@@ -1,0 +1,49 @@
+# DELLM: `make demo` runs the main job, `make test` runs the tests. Both install what they need.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+PROTO_OUT = protos/dellm_pb2.py protos/dellm_pb2.pyi protos/dellm_pb2_grpc.py
+MODELS_FOR_TESTS = qwen2.5-coder-0.5b-instruct gemma-3-270m smollm2-135m-instruct
+STAMP = .install.stamp
+
+.PHONY: install demo test test-fast protos protos-check models lint bench-seed clean
+
+# torch comes first, pinned, from the CPU build on disk: otherwise the transformers extra
+# would pull a multi-GB CUDA build.
+$(STAMP): setup.cfg pyproject.toml
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[dev,transformers]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+protos: $(STAMP)
+	$(PYTHON) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/dellm.proto
+
+# Regenerate into a scratch folder and compare: fails when the committed code is stale.
+protos-check: $(STAMP)
+	@tmp=$$(mktemp -d) && mkdir -p $$tmp/protos && cp protos/dellm.proto $$tmp/protos/ && \
+	  (cd $$tmp && $(PYTHON) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/dellm.proto) && \
+	  for f in $(PROTO_OUT); do cmp -s $$f $$tmp/$$f || { echo "$$f is stale: run 'make protos' and commit"; exit 1; }; done && \
+	  echo "generated protobuf code is up to date"
+
+models: $(STAMP)
+	$(PYTHON) -m client.cli models pull $(MODELS_FOR_TESTS)
+
+demo: $(STAMP)
+	$(PYTHON) -m client.cli demo
+
+test: $(STAMP) protos-check models
+	DELLM_REQUIRE_MODELS=1 $(PYTHON) -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(PYTHON) -m pytest -q -m "not model and not slow"
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy coordinator node client
+
+bench-seed: $(STAMP)
+	$(PYTHON) scripts/bench_seed_query.py
+
+clean:
+	rm -f $(STAMP)
