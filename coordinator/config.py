@@ -31,6 +31,8 @@ class DispatchConfig:
     answer_timeout_s: float = 60.0  # whole-stream deadline for one node answer
     first_token_timeout_s: float = 20.0  # a node silent this long is treated as failed
     max_attempts: int = 4  # nodes tried per chunk slot before the chunk fails
+    # Small coder models answer with code unless told not to; this keeps answers short and votable.
+    system_prompt: str = "You are a concise assistant. Answer directly in plain text, without code."
 
 
 @dataclass(frozen=True)

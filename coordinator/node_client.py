@@ -32,6 +32,7 @@ class ChunkRequest:
     prompt: str
     max_tokens: int
     temperature: float
+    system: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class NodeClient:
                 prompt=request.prompt,
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
+                system=request.system,
             ),
             timeout=timeout,
         )

@@ -67,6 +67,7 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
             max_tokens=min(max_tokens, self._config.max_tokens_cap),
             temperature=max(0.0, request.temperature),
             stop=tuple(request.stop),
+            system=request.system or None,
         )
         logprobs: list[float] = []
         finish = "stop"

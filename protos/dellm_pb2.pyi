@@ -58,7 +58,7 @@ class NodeInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., context_size: _Optional[int] = ..., hardware: _Optional[str] = ..., version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("query_id", "chunk_id", "operation", "prompt", "max_tokens", "temperature", "stop")
+    __slots__ = ("query_id", "chunk_id", "operation", "prompt", "max_tokens", "temperature", "stop", "system")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     OPERATION_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class GenerateRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     chunk_id: str
     operation: Operation
@@ -73,7 +74,8 @@ class GenerateRequest(_message.Message):
     max_tokens: int
     temperature: float
     stop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, query_id: _Optional[str] = ..., chunk_id: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+    system: str
+    def __init__(self, query_id: _Optional[str] = ..., chunk_id: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., system: _Optional[str] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("text", "logprobs", "done", "finish_reason", "confidence", "completion_tokens")

@@ -90,7 +90,7 @@ async def answer_query(query: str, deps: PipelineDeps) -> AsyncIterator[Pipeline
             await done[dependency].wait()
         prompts[chunk.chunk_id] = build_chunk_prompt(chunk, [results[d] for d in chunk.depends_on])
         request = ChunkRequest(query_id, chunk.chunk_id, chunk.operation, prompts[chunk.chunk_id],
-                               config.dispatch.max_tokens, config.dispatch.temperature)
+                               config.dispatch.max_tokens, config.dispatch.temperature, config.dispatch.system_prompt)
         chunk_answers = await dispatch_chunk(
             chunk, request, nodes=partial(live_nodes, deps.registry), in_flight=deps.in_flight,
             connector=deps.connector, route_config=config.route, config=config.dispatch,

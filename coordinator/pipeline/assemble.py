@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from coordinator.types import Chunk, ChunkResult, NodeAnswer, Operation, Vote
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_FINAL_MARKER = re.compile(r"(?:answer|result|total|=|is|equals)\s*:?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.I)
+_ANSWER_MARKER = re.compile(r"\b(?:final answer|answer|result|total)\b\s*(?:is|:|=)", re.I)
 _WORD = re.compile(r"[a-z0-9]+")
 TEXT_SIMILARITY = 0.6  # word-set Jaccard at or above which two free-text answers count as one
 MIN_FITNESS_WEIGHT = 0.01  # a node at fitness 0 still casts a (tiny) vote
@@ -33,10 +33,19 @@ def parse_number(token: str) -> float | None:
 
 
 def final_number(text: str) -> float | None:
-    """The number an answer ends on: after "answer:"/"=" when present, else the last one."""
-    marked = _FINAL_MARKER.findall(text)
-    if marked:
-        return parse_number(marked[-1])
+    """The number an answer gives as its result.
+
+    After the last "Answer:"/"result is" marker: the number after its last "=" when it
+    shows working ("Answer: 1000 * 0.10 = 100" -> 100), else its first number ("the answer
+    is 42, not 7" -> 42). With no marker: the last number in the text.
+    """
+    markers = list(_ANSWER_MARKER.finditer(text))
+    if markers:
+        tail = text[markers[-1].end():]
+        tail = tail[tail.rfind("=") + 1:] if "=" in tail else tail
+        numbers = _NUMBER.findall(tail)
+        if numbers:
+            return parse_number(numbers[0])
     numbers = _NUMBER.findall(text)
     return parse_number(numbers[-1]) if numbers else None
 
@@ -44,7 +53,7 @@ def final_number(text: str) -> float | None:
 def _format_number(value: float) -> str:
     if math.isfinite(value) and value == round(value):
         return str(int(round(value)))
-    return f"{value:.6g}"
+    return f"{value:.12g}"
 
 
 def normalize_answer(text: str, operation: Operation) -> str:

@@ -14,8 +14,8 @@ from coordinator.config import DecomposeConfig
 from coordinator.types import Chunk, Operation, Plan
 
 _SEQUENCE = re.compile(
-    r"(?:[,;.]\s*|\s+)(?:and\s+)?(?:then|after\s+that|afterwards|next|finally|based\s+on\s+(?:this|that|the\s+result))"
-    r"\s*,?\s+",
+    r"(?:[,;.]\s*|\s+)(?:and\s+)?(?:then|after\s+that|afterwards|based\s+on\s+(?:this|that|the\s+result))\s*,?\s+"
+    r"|[,;]\s*(?:and\s+)?finally\s*,?\s+",
     re.IGNORECASE,
 )
 _SENTENCE = re.compile(r"(?<=[.?!;])\s+(?=[A-Z])")
@@ -44,12 +44,15 @@ _BASE_COMPLEXITY = {
     Operation.GENERAL_OP: 0.3,
 }
 _REFERS_BACK = re.compile(
-    r"\b(it|them|the result|the answer|this (?:result|amount|number|value)|that (?:result|amount|number|value))\b",
+    r"\b(it|its|them|the result|the answer|this (?:result|amount|number|value)|that (?:result|amount|number|value))\b",
     re.I,
 )
 _LEADING_CONJUNCTION = re.compile(r"^\s*(?:and\s+also|also|and|plus)\b\s*,?\s*", re.I)
-_LEADING_SEQUENCE = re.compile(r"^\s*(?:and\s+)?(?:then|after\s+that|afterwards|next|finally|"
-                               r"based\s+on\s+(?:this|that|the\s+result))\b\s*,?\s*", re.I)
+_LEADING_SEQUENCE = re.compile(
+    r"^\s*(?:and\s+)?(?:(?:then|after\s+that|afterwards|finally|based\s+on\s+(?:this|that|the\s+result))\b|next\s*,)"
+    r"\s*,?\s*",
+    re.I,
+)
 
 
 class InvalidQueryError(ValueError):
@@ -87,22 +90,23 @@ def _split_conjunctions(step: str) -> list[str]:
     return [step]
 
 
-def _units(text: str) -> list[str]:
-    """Sentences, with statements ("Janet has 16 eggs.") kept as context of the next instruction."""
-    units: list[str] = []
+def _units(text: str) -> list[tuple[str, str]]:
+    """(context, instruction) pairs: statement sentences ("Janet has 16 eggs.") are kept, unsplit,
+    as the context of the next instruction or question."""
+    units: list[tuple[str, str]] = []
     context: list[str] = []
     for sentence in _SENTENCE.split(text):
         body = _clean(_LEADING_CONJUNCTION.sub("", _LEADING_SEQUENCE.sub("", sentence)))
         if not sentence.rstrip().endswith("?") and not _ACTION_START.match(body):
             context.append(sentence.strip())
             continue
-        units.append(" ".join([*context, sentence.strip()]))
+        units.append((" ".join(context), sentence.strip()))
         context = []
-    if context:
+    if context:  # statements after the last instruction belong to it
         if units:
-            units[-1] = " ".join([units[-1], *context])
+            units[-1] = (units[-1][0], " ".join([units[-1][1], *context]))
         else:
-            units.append(" ".join(context))
+            units.append(("", " ".join(context)))
     return units
 
 
@@ -119,13 +123,15 @@ def decompose(query: str, config: DecomposeConfig | None = None) -> Plan:
 
     # (text, depends_on_previous_step) per part; the parts of one step run in parallel.
     steps: list[tuple[list[str], bool]] = []
-    for unit in _units(text):
-        unit_sequential = bool(_LEADING_SEQUENCE.match(unit))
-        body = _LEADING_CONJUNCTION.sub("", _LEADING_SEQUENCE.sub("", unit))
+    for context, instruction in _units(text):
+        unit_sequential = bool(_LEADING_SEQUENCE.match(instruction)) and not context
+        body = _LEADING_CONJUNCTION.sub("", _LEADING_SEQUENCE.sub("", instruction))
         for index, step in enumerate(_SEQUENCE.split(body)):
             step = _clean(step)
             if not step:
                 continue
+            if index == 0 and context:
+                step = f"{context} {step}"
             sequential = index > 0 or unit_sequential
             for position, part in enumerate(_split_conjunctions(step)):
                 refers_back = bool(_REFERS_BACK.search(part))

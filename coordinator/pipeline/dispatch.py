@@ -40,7 +40,7 @@ class NodeConnector(Protocol):
 
 
 _PROMPTS = {
-    "MATH_OP": "{task}\nWork it out briefly, then give the final number on the last line as 'Answer: <number>'.",
+    "MATH_OP": "{task}\nGive the final number on the last line as 'Answer: <number>'.",
     "SEARCH_OP": "{task}\nAnswer concisely with a short list of the most relevant items.",
     "COMPARE_OP": "{task}\nCompare concisely and state which is better and why in two or three sentences.",
     "GENERATE_OP": "{task}\nKeep it brief.",

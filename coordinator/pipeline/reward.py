@@ -29,7 +29,9 @@ _WORD_OPERATORS = (
     (re.compile(r"\bplus\b", re.I), "+"),
     (re.compile(r"\bminus\b", re.I), "-"),
 )
-_EXPRESSION = re.compile(r"[\d.,]+(?:\s*[-+*/x×÷^]\s*\(?\s*[\d.,]+\)?)+")
+_OPERAND = r"\(?\s*-?\d[\d,]*(?:\.\d+)?\s*\)?"
+# A whole expression, not part of a longer token ("2.5 * 4e3" is not read as 2.5 * 4).
+_EXPRESSION = re.compile(rf"(?<![\w.]){_OPERAND}(?:\s*[-+*/x×÷^]\s*{_OPERAND})+(?![\w.]*\d|[a-wyzA-Z])")
 _BINARY: Mapping[type[ast.operator], Callable[[float, float], float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -106,7 +108,7 @@ def update_fitness(old: float, reward: float, config: RewardConfig) -> float:
 
 
 def _format(value: float) -> str:
-    return str(int(value)) if value == int(value) else f"{value:.6g}"
+    return str(int(value)) if value == int(value) else f"{value:.12g}"
 
 
 def judge_chunk(result: ChunkResult, answers: list[NodeAnswer], config: RewardConfig) -> list[RewardDecision]:

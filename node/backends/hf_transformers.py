@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import queue
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -112,12 +113,25 @@ class TransformersBackend:
         if cancel.is_set():
             yield TokenPiece("", finish_reason=FINISH_CANCELLED)
             return
-        inputs = self._encode(request)
+        try:
+            inputs = self._encode(request)
+        except Exception as exc:  # a chat template may raise on unusual messages
+            raise BackendError(f"{self._model_name}: could not format the prompt: {exc}") from exc
+        prompt_length = int(inputs["input_ids"].shape[-1])
+        room = self._description.context_size - prompt_length if self._description.context_size else request.max_tokens
+        if room <= 0:
+            raise BackendError(
+                f"prompt of {prompt_length} tokens does not fit the context of {self._description.context_size}"
+            )
+        max_tokens = min(request.max_tokens, room)
+        if max_tokens <= 0:
+            yield TokenPiece("", finish_reason=FINISH_LENGTH)
+            return
         chooser = _TokenChooser(request.temperature, self._generator)
         tokens: queue.Queue[Any] = queue.Queue()
         halt = threading.Event()
         config = GenerationConfig(
-            max_new_tokens=max(request.max_tokens, 1),
+            max_new_tokens=max_tokens,
             do_sample=False,  # _TokenChooser picks the token; greedy then takes it
             eos_token_id=sorted(self._eos_ids) or None,
             pad_token_id=min(self._eos_ids) if self._eos_ids else None,
@@ -145,6 +159,7 @@ class TransformersBackend:
         produced = 0
         finish = FINISH_LENGTH
         hit_stop_sequence = False
+        started = time.monotonic()
         try:
             while True:
                 item = tokens.get()
@@ -171,11 +186,18 @@ class TransformersBackend:
                 if released.stopped:
                     finish, hit_stop_sequence = FINISH_STOP, True
                     break
-                if produced >= request.max_tokens:
+                if produced >= max_tokens:
                     break
         finally:
             halt.set()
             worker.join()
+            logger.debug(
+                "%s: %d prompt tokens, %d generated in %.2fs",
+                self._model_name,
+                prompt_length,
+                produced,
+                time.monotonic() - started,
+            )
         if finish == FINISH_CANCELLED or hit_stop_sequence:
             yield TokenPiece("", finish_reason=finish)
             return
@@ -285,12 +307,58 @@ def _gguf_quantization_name(path: Path) -> str:
     try:
         import gguf
 
-        reader = gguf.GGUFReader(str(path))
-        field = reader.fields.get("general.file_type")
-        if field is None:
+        file_type = _gguf_file_type(path)
+        if file_type is None:
             return ""
-        name = gguf.LlamaFileType(int(field.contents())).name
-    except Exception:  # metadata is descriptive only; a model that loaded still works
+        name = gguf.LlamaFileType(file_type).name
+    except (OSError, ValueError, OverflowError, struct.error):  # descriptive only: a model that loaded still works
         logger.debug("no file type in %s", path, exc_info=True)
         return ""
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+# GGUF metadata value types: fixed-size scalars by type id; 8 is a string, 9 an array.
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _gguf_file_type(path: Path) -> int | None:
+    """Read ``general.file_type`` from a GGUF header, stopping as soon as it is found.
+
+    ``gguf.GGUFReader`` parses every field (seconds for a 150k-token vocabulary);
+    this reads only the key/value pairs before the one wanted.
+    """
+    with path.open("rb") as f:
+
+        def read(fmt: str) -> Any:
+            size = struct.calcsize("<" + fmt)
+            return struct.unpack("<" + fmt, f.read(size))[0]
+
+        def read_string() -> bytes:
+            return f.read(read("Q"))
+
+        def skip_value(value_type: int) -> None:
+            if value_type == _GGUF_STRING:
+                f.seek(read("Q"), 1)
+            elif value_type == _GGUF_ARRAY:
+                item_type, count = read("I"), read("Q")
+                if item_type in _GGUF_SCALARS:
+                    f.seek(struct.calcsize("<" + _GGUF_SCALARS[item_type]) * count, 1)
+                else:
+                    for _ in range(count):
+                        skip_value(item_type)
+            elif value_type in _GGUF_SCALARS:
+                f.seek(struct.calcsize("<" + _GGUF_SCALARS[value_type]), 1)
+            else:
+                raise ValueError(f"unknown GGUF value type {value_type}")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError("not a GGUF file")
+        read("I")  # version
+        read("Q")  # tensor count
+        for _ in range(read("Q")):
+            key, value_type = read_string(), read("I")
+            if key == b"general.file_type" and value_type in _GGUF_SCALARS:
+                return int(read(_GGUF_SCALARS[value_type]))
+            skip_value(value_type)
+    return None

@@ -13,6 +13,7 @@ import codecs
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,11 +119,17 @@ class LlamaCppBackend:
         llm = self._llm
         if llm is None:
             raise BackendError(f"{self._model_name}: backend is closed")
-        prompt_tokens = self._prompt_tokens(llm, request)
+        try:
+            prompt_tokens = self._prompt_tokens(llm, request)
+        except Exception as exc:  # a chat template may raise on unusual messages
+            raise BackendError(f"{self._model_name}: could not format the prompt: {exc}") from exc
         room = llm.n_ctx() - len(prompt_tokens)
         if room <= 0:
             raise BackendError(f"prompt of {len(prompt_tokens)} tokens does not fit the context of {llm.n_ctx()}")
         max_tokens = min(request.max_tokens, room)
+        if max_tokens <= 0:
+            yield TokenPiece("", finish_reason=FINISH_LENGTH)
+            return
         stops = StopSequenceFilter(stop_sequences(request, instruct=self._instruct))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         if cancel.is_set():
@@ -139,6 +146,7 @@ class LlamaCppBackend:
         finish = FINISH_LENGTH
         produced = 0
         hit_stop_sequence = False
+        started = time.monotonic()
         try:
             for token in tokens:
                 if cancel.is_set():
@@ -165,6 +173,13 @@ class LlamaCppBackend:
             raise BackendError(f"{self._model_name}: generation failed: {exc}") from exc
         finally:
             tokens.close()
+            logger.debug(
+                "%s: %d prompt tokens, %d generated in %.2fs",
+                self._model_name,
+                len(prompt_tokens),
+                produced,
+                time.monotonic() - started,
+            )
         if finish == FINISH_CANCELLED:
             yield TokenPiece("", finish_reason=FINISH_CANCELLED)
             return

@@ -1,0 +1,265 @@
+"""Stage 2 (route): scores, redundancy and node choice. Pure, no network."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import statistics
+
+import pytest
+
+from coordinator.config import RouteConfig
+from coordinator.pipeline.route import NoNodesAvailableError, redundancy_for, route_chunk, score_nodes
+from coordinator.types import Chunk, NodeDescription, NodeRecord, Operation
+
+CONFIG = RouteConfig()
+
+
+def _node(node_id: str, latency_ms: float | None = 100.0, fitness: float = 0.5, state: str = "up") -> NodeRecord:
+    return NodeRecord(
+        NodeDescription(node_id, f"127.0.0.1:{5000 + len(node_id)}"),
+        fitness=fitness,
+        latency_ms=latency_ms,
+        state=state,
+    )
+
+
+def _chunk(complexity: float, chunk_id: str = "c1") -> Chunk:
+    return Chunk(chunk_id, Operation.SEARCH_OP, "find best savings accounts", 4, complexity)
+
+
+def _seed_score(latency: float, max_latency: float, fitness: float) -> float:
+    return 0.7 * latency / max_latency + 0.3 * (1.0 - fitness)
+
+
+LOW = _chunk(0.1)  # below the redundancy threshold: one node
+HIGH = _chunk(0.8)  # above it: two nodes
+
+
+@pytest.mark.parametrize(
+    ("nodes", "expected"),
+    [
+        pytest.param(
+            [_node("a", 100, 0.9), _node("b", 200, 0.5), _node("c", 400, 0.1)],
+            {"a": _seed_score(100, 400, 0.9), "b": _seed_score(200, 400, 0.5), "c": _seed_score(400, 400, 0.1)},
+            id="three-nodes",
+        ),
+        pytest.param([_node("solo", 250, 0.3)], {"solo": _seed_score(250, 250, 0.3)}, id="single-node"),
+        pytest.param(
+            [_node("a", 50, 0.0), _node("b", 50, 1.0)],
+            {"a": _seed_score(50, 50, 0.0), "b": _seed_score(50, 50, 1.0)},
+            id="fitness-extremes",
+        ),
+        pytest.param(
+            [_node("a", 100, 0.5), _node("gone", 10_000, 0.5, "down")],
+            {"a": _seed_score(100, 100, 0.5)},
+            id="down-node-not-scored-nor-in-max",
+        ),
+    ],
+)
+def test_score_is_seed_formula(nodes: list[NodeRecord], expected: dict[str, float]) -> None:
+    scores = {node_id: score for score, node_id in score_nodes(nodes, {}, CONFIG)}
+
+    assert scores == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_score_uses_configured_weights() -> None:
+    config = RouteConfig(latency_weight=0.5, fitness_weight=0.5)
+
+    scores = {n: s for s, n in score_nodes([_node("a", 100, 0.8), _node("b", 200, 0.2)], {}, config)}
+
+    assert scores == pytest.approx({"a": 0.5 * 0.5 + 0.5 * 0.2, "b": 0.5 * 1.0 + 0.5 * 0.8})
+
+
+@pytest.mark.parametrize(
+    ("nodes", "winner"),
+    [
+        pytest.param([_node("slow", 900, 0.9), _node("fast", 100, 0.9)], "fast", id="faster-wins-equal-fitness"),
+        pytest.param([_node("weak", 100, 0.1), _node("fit", 100, 0.9)], "fit", id="fitter-wins-equal-latency"),
+        pytest.param([_node("a", 800, 0.2), _node("b", 100, 0.95), _node("c", 500, 0.5)], "b", id="fast-and-fit"),
+        pytest.param(
+            [_node("fit-slow", 1000, 1.0), _node("fast-unfit", 100, 0.0)], "fast-unfit", id="latency-outweighs-fitness"
+        ),
+    ],
+)
+def test_fast_fit_node_wins(nodes: list[NodeRecord], winner: str) -> None:
+    assert route_chunk(LOW, nodes, {}, CONFIG).node_ids == (winner,)
+
+
+@pytest.mark.parametrize(
+    ("complexity", "config", "expected"),
+    [
+        pytest.param(0.0, CONFIG, 1, id="trivial"),
+        pytest.param(0.349, CONFIG, 1, id="just-below-threshold"),
+        pytest.param(0.35, CONFIG, 2, id="at-threshold"),
+        pytest.param(0.9, CONFIG, 2, id="above-threshold"),
+        pytest.param(1.0, CONFIG, 2, id="max"),
+        pytest.param(0.6, RouteConfig(redundancy=3, redundancy_threshold=0.5), 3, id="custom-redundancy"),
+        pytest.param(0.4, RouteConfig(redundancy=3, redundancy_threshold=0.5), 1, id="custom-threshold"),
+    ],
+)
+def test_redundancy_for(complexity: float, config: RouteConfig, expected: int) -> None:
+    assert redundancy_for(_chunk(complexity), config) == expected
+
+
+@pytest.mark.parametrize(
+    ("chunk", "expected"),
+    [
+        pytest.param(LOW, ("a",), id="below-threshold-one-node"),
+        pytest.param(_chunk(CONFIG.redundancy_threshold), ("a", "b"), id="at-threshold-two-nodes"),
+        pytest.param(HIGH, ("a", "b"), id="above-threshold-two-nodes"),
+    ],
+)
+def test_complexity_decides_how_many_nodes(chunk: Chunk, expected: tuple[str, ...]) -> None:
+    nodes = [_node("c", 300), _node("a", 100), _node("b", 200)]
+
+    assignment = route_chunk(chunk, nodes, {}, CONFIG)
+
+    assert assignment.chunk_id == chunk.chunk_id
+    assert assignment.node_ids == expected
+
+
+@pytest.mark.parametrize(
+    ("nodes", "count", "expected"),
+    [
+        pytest.param([_node("a"), _node("b"), _node("c")], 5, 3, id="more-wanted-than-nodes"),
+        pytest.param([_node("a")], None, 1, id="one-node-for-redundant-chunk"),
+        pytest.param([_node("a"), _node("b", state="down")], None, 1, id="one-live-node"),
+        pytest.param([_node(f"n{i}", 100 + i) for i in range(6)], 4, 4, id="explicit-count"),
+    ],
+)
+def test_never_the_same_node_twice(nodes: list[NodeRecord], count: int | None, expected: int) -> None:
+    node_ids = route_chunk(HIGH, nodes, {}, CONFIG, count=count).node_ids
+
+    assert len(node_ids) == expected
+    assert len(set(node_ids)) == len(node_ids)
+
+
+@pytest.mark.parametrize(
+    ("exclude", "count", "expected"),
+    [
+        pytest.param(frozenset({"a"}), 1, ("b",), id="best-excluded"),
+        pytest.param(frozenset({"a", "b"}), 1, ("c",), id="two-best-excluded"),
+        pytest.param(frozenset({"b"}), 2, ("a", "c"), id="middle-excluded"),
+        pytest.param(frozenset({"a", "c"}), 3, ("b",), id="only-one-left"),
+        pytest.param(frozenset({"nobody"}), 1, ("a",), id="unknown-id-ignored"),
+    ],
+)
+def test_exclude_is_respected(exclude: frozenset[str], count: int, expected: tuple[str, ...]) -> None:
+    nodes = [_node("a", 100), _node("b", 200), _node("c", 300)]
+
+    assert route_chunk(HIGH, nodes, {}, CONFIG, count=count, exclude=exclude).node_ids == expected
+
+
+def test_down_nodes_are_never_chosen() -> None:
+    nodes = [
+        _node("best", 10, 1.0, "down"),
+        _node("ok", 500, 0.5),
+        _node("also-down", 1, 1.0, "down"),
+        _node("meh", 900, 0.2),
+    ]
+
+    assert route_chunk(HIGH, nodes, {}, CONFIG, count=4).node_ids == ("ok", "meh")
+
+
+@pytest.mark.parametrize(
+    ("nodes", "exclude"),
+    [
+        pytest.param([], frozenset(), id="no-nodes"),
+        pytest.param([_node("a", state="down"), _node("b", state="down")], frozenset(), id="all-down"),
+        pytest.param([_node("a"), _node("b")], frozenset({"a", "b"}), id="all-excluded"),
+        pytest.param([_node("a", state="down"), _node("b")], frozenset({"b"}), id="down-or-excluded"),
+    ],
+)
+def test_no_live_nodes_raises(nodes: list[NodeRecord], exclude: frozenset[str]) -> None:
+    with pytest.raises(NoNodesAvailableError, match=re.escape("chunk c7")):
+        route_chunk(_chunk(0.8, "c7"), nodes, {}, CONFIG, exclude=exclude)
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "winner"),
+    [
+        pytest.param({}, "a", id="idle-tie-goes-to-first-id"),
+        pytest.param({"a": 1}, "b", id="busy-a-loses"),
+        pytest.param({"b": 2}, "a", id="busy-b-loses"),
+        pytest.param({"a": 1, "b": 1}, "a", id="equally-busy"),
+        pytest.param({"a": 3, "b": 1}, "b", id="less-busy-wins"),
+        pytest.param({"zzz": 5}, "a", id="unknown-node-load-ignored"),
+    ],
+)
+def test_in_flight_load_makes_busy_node_lose(in_flight: dict[str, int], winner: str) -> None:
+    nodes = [_node("a", 200, 0.6), _node("b", 200, 0.6)]
+
+    assert route_chunk(LOW, nodes, in_flight, CONFIG).node_ids == (winner,)
+
+
+def test_in_flight_multiplies_expected_latency() -> None:
+    nodes = [_node("a", 100, 0.5), _node("b", 100, 0.5)]
+
+    scores = {n: s for s, n in score_nodes(nodes, {"a": 2}, CONFIG)}
+
+    # a is expected to take 100 x (1 + 2) = 300 ms, the worst, b 100 ms.
+    assert scores == pytest.approx({"a": _seed_score(300, 300, 0.5), "b": _seed_score(100, 300, 0.5)})
+
+
+def test_busy_fast_node_can_still_beat_idle_slow_node() -> None:
+    nodes = [_node("fast", 100, 0.5), _node("slow", 1000, 0.5)]
+
+    assert route_chunk(LOW, nodes, {"fast": 1}, CONFIG).node_ids == ("fast",)
+
+
+@pytest.mark.parametrize(
+    ("measured", "prior"),
+    [
+        pytest.param([100.0, 300.0], 200.0, id="even-count-median"),
+        pytest.param([100.0, 200.0, 900.0], 200.0, id="odd-count-median-not-mean"),
+        pytest.param([400.0], 400.0, id="one-measured"),
+    ],
+)
+def test_unmeasured_latency_uses_median_prior(measured: list[float], prior: float) -> None:
+    nodes = [_node(f"m{i}", latency, 0.5) for i, latency in enumerate(measured)] + [_node("new", None, 0.5)]
+    worst = max([*measured, prior])
+
+    scores = {n: s for s, n in score_nodes(nodes, {}, CONFIG)}
+
+    assert prior == statistics.median(measured)
+    assert scores["new"] == pytest.approx(_seed_score(prior, worst, 0.5))
+
+
+def test_median_prior_ignores_down_nodes() -> None:
+    nodes = [_node("a", 100, 0.5), _node("b", 300, 0.5), _node("down", 100_000, 0.5, "down"), _node("new", None, 0.5)]
+
+    scores = {n: s for s, n in score_nodes(nodes, {}, CONFIG)}
+
+    assert scores["new"] == pytest.approx(_seed_score(200, 300, 0.5))
+
+
+def test_no_measured_latency_uses_default_prior() -> None:
+    nodes = [_node("a", None, 0.8), _node("b", None, 0.2)]
+    config = RouteConfig(default_latency_ms=750.0)
+
+    scores = {n: s for s, n in score_nodes(nodes, {}, config)}
+
+    assert scores == pytest.approx({"a": _seed_score(750, 750, 0.8), "b": _seed_score(750, 750, 0.2)})
+    assert route_chunk(LOW, nodes, {}, config).node_ids == ("a",)
+
+
+def test_zero_latencies_do_not_divide_by_zero() -> None:
+    scores = {n: s for s, n in score_nodes([_node("a", 0.0, 0.5), _node("b", 0.0, 1.0)], {}, CONFIG)}
+
+    assert scores == pytest.approx({"a": 0.15, "b": 0.0})
+
+
+_TIED = [_node("delta"), _node("alpha"), _node("charlie"), _node("bravo")]
+
+
+@pytest.mark.parametrize(
+    "order",
+    list(itertools.permutations(range(len(_TIED)))),
+    ids=lambda order: "order-" + "".join(map(str, order)),
+)
+def test_ties_break_on_node_id_whatever_the_input_order(order: tuple[int, ...]) -> None:
+    nodes = [_TIED[i] for i in order]
+
+    assert route_chunk(HIGH, nodes, {}, CONFIG).node_ids == ("alpha", "bravo")
+    assert route_chunk(HIGH, nodes, {}, CONFIG, count=4).node_ids == ("alpha", "bravo", "charlie", "delta")

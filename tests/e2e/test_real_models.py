@@ -1,0 +1,89 @@
+"""End to end on real weights: llama.cpp and transformers nodes as processes, real synthesis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client.api import ClientConfig, DellmClient
+from client.local_cluster import LocalCluster, NodeSpec
+from protos import dellm_pb2
+from tests.conftest import FIXTURES, require_model
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+QWEN = "qwen2.5-coder-0.5b-instruct"
+
+
+def ask(address: str, query: str) -> list[dellm_pb2.AskEvent]:
+    async def run() -> list[dellm_pb2.AskEvent]:
+        async with DellmClient(address, ClientConfig(ask_timeout_s=240)) as client:
+            return [event async for event in client.ask(query)]
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path) as cluster:
+        yield cluster
+
+
+def test_qwen_on_llama_cpp_answers_ten_percent_of_a_thousand(local: LocalCluster) -> None:
+    require_model(QWEN)
+    local.start_coordinator()
+    local.start_node(NodeSpec("qwen", QWEN, threads=2))
+    local.wait_for_nodes(1)
+    events = ask(local.coordinator_address, "What is 10% of 1000?")
+    tokens = [e.chunk_token.text for e in events if e.WhichOneof("event") == "chunk_token"]
+    assert len(tokens) > 3  # streamed token by token, not in one piece
+    final = events[-1].final
+    assert "100" in final.answer
+    (reward,) = final.rewards
+    assert reward.source == "exact_check" and reward.verdict == dellm_pb2.CORRECT
+    result = next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result")
+    assert 0.0 < result.votes[0].confidence <= 1.0  # from the model's own token probabilities
+
+
+def test_transformers_backend_node_answers(local: LocalCluster) -> None:
+    pytest.importorskip("transformers", reason="install the transformers extra: pip install 'dellm[transformers]'")
+    require_model(QWEN)
+    local.start_coordinator()
+    local.start_node(NodeSpec("qwen-hf", QWEN, backend="transformers", threads=2), ready_timeout=300)
+    local.wait_for_nodes(1)
+    events = ask(local.coordinator_address, "What is 10% of 1000?")
+    final = events[-1].final
+    assert "100" in final.answer
+    assert final.rewards[0].verdict == dellm_pb2.CORRECT
+
+
+def test_model_synthesis_merges_chunk_results(local: LocalCluster) -> None:
+    require_model(QWEN)
+    local.start_coordinator(synth_model=QWEN, extra=["--synth-threads", "2"])
+    for name in ("a", "b"):
+        local.start_node(NodeSpec(name, backend="scripted", script=FIXTURES / "good.toml"))
+    local.wait_for_nodes(2)
+    events = ask(local.coordinator_address, "Calculate 10% interest on $1000 then find best savings accounts")
+    final = events[-1].final
+    assert final.synthesis == f"model:{QWEN}"
+    answer_tokens = [e.answer_token.text for e in events if e.WhichOneof("event") == "answer_token"]
+    assert len(answer_tokens) > 3 and "".join(answer_tokens).strip() == final.answer
+    assert "100" in final.answer
+
+
+def test_mixed_network_with_gemma_base_model(local: LocalCluster) -> None:
+    require_model(QWEN)
+    require_model("gemma-3-270m")
+    local.start_coordinator()
+    local.start_node(NodeSpec("qwen", QWEN, threads=1))
+    local.start_node(NodeSpec("gemma", "gemma-3-270m", threads=1))
+    local.wait_for_nodes(2)
+    events = ask(local.coordinator_address, "What is 10% of 1000?")
+    result = next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result")
+    assert len(result.votes) == 2 and all(v.answer.strip() or v.failed for v in result.votes)
+    final = events[-1].final
+    assert "100" in final.answer  # the exact check picks the right answer whoever gave it
+    by_verdict = {r.verdict for r in final.rewards}
+    assert dellm_pb2.CORRECT in by_verdict
