@@ -34,7 +34,8 @@ async def _nodes(args: argparse.Namespace) -> int:
         nodes = await client.nodes()
     if args.json:
         for n in nodes:
-            print(json.dumps(MessageToDict(n, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)))
+            fields = MessageToDict(n, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+            print(json.dumps(fields))
     elif not nodes:
         print("no nodes have joined this coordinator yet")
     else:
@@ -48,7 +49,8 @@ async def _feedback(args: argparse.Namespace) -> int:
     print(f"feedback recorded for query {args.query_id}: {'correct' if args.correct else 'wrong'}; "
           f"{len(rewards)} node answer(s) rewarded")
     for r in rewards:
-        print(f"  {r.chunk_id} {r.node_id[:8]}: {r.reward:+.3f}, fitness {r.fitness_before:.3f} -> {r.fitness_after:.3f}")
+        print(f"  {r.chunk_id} {r.node_id[:8]}: {r.reward:+.3f}, "
+              f"fitness {r.fitness_before:.3f} -> {r.fitness_after:.3f}")
     return 0
 
 

@@ -68,7 +68,7 @@ class LocalCluster:
     def _spawn(self, name: str, argv: Sequence[str], ready_timeout: float) -> ManagedProcess:
         log_path = self.workdir / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(  # noqa: S603 (our own entry points)
+        process = subprocess.Popen(
             [self.python, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             start_new_session=True,
         )

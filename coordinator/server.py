@@ -26,7 +26,7 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
 
-    async def Ask(  # noqa: N802 (gRPC method name)
+    async def Ask(
         self, request: dellm_pb2.AskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dellm_pb2.AskEvent]:
         try:
@@ -37,7 +37,7 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         except (NoNodesAvailableError, ChunkFailedError) as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
-    async def Feedback(  # noqa: N802
+    async def Feedback(
         self, request: dellm_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.FeedbackReply:
         try:
@@ -46,13 +46,13 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no query with id {request.query_id!r}")
         return dellm_pb2.FeedbackReply(rewards=[reward_to_proto(r) for r in applied])
 
-    async def ListNodes(  # noqa: N802
+    async def ListNodes(
         self, request: dellm_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.ListNodesReply:
         return dellm_pb2.ListNodesReply(
             nodes=[node_status_to_proto(record, in_flight) for record, in_flight in self._coordinator.nodes()])
 
-    async def Join(  # noqa: N802
+    async def Join(
         self, request: dellm_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.JoinReply:
         try:
@@ -61,7 +61,7 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return dellm_pb2.JoinReply(node_id=record.node_id, fitness=record.fitness)
 
-    async def Leave(  # noqa: N802
+    async def Leave(
         self, request: dellm_pb2.LeaveRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.LeaveReply:
         try:

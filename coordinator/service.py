@@ -109,8 +109,8 @@ class Coordinator:
                 reward = reward_for(verdict, node_answer["latency_ms"], self.config.reward)
                 decision = RewardDecision(node_answer["node_id"], chunk["chunk_id"], verdict, reward, "user",
                                           answer or (record.answer if correct else ""))
-                before, after = self.registry.apply_reward(
-                    decision.node_id, reward, correct, partial(update_fitness, reward=reward, config=self.config.reward))
+                update = partial(update_fitness, reward=reward, config=self.config.reward)
+                before, after = self.registry.apply_reward(decision.node_id, reward, correct, update)
                 applied.append(AppliedReward(decision, before, after))
                 self._send_feedback(decision.node_id, NodeFeedback(
                     query_id=query_id, chunk_id=decision.chunk_id, prompt=chunk["prompt"], answer=node_answer["text"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -16,7 +16,7 @@ class NodeConfig:
     listen: str = "127.0.0.1:0"  # port 0: any free port, reported to the coordinator on Join
     name: str = ""  # human name; also picks the state folder, so two nodes on one machine differ
     coordinator: str | None = None  # HOST:PORT to join; None serves without joining
-    state_dir: Path = default_state_dir()
+    state_dir: Path = field(default_factory=default_state_dir)
     max_tokens_cap: int = 1024  # a request asking for more is cut to this
     default_max_tokens: int = 128  # when a request gives none
     max_prompt_chars: int = 16_000  # longer prompts are refused with INVALID_ARGUMENT

@@ -52,7 +52,7 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
     def info(self) -> dellm_pb2.NodeInfo:
         return self._info
 
-    async def Generate(  # noqa: N802 (gRPC method name)
+    async def Generate(
         self, request: dellm_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dellm_pb2.TokenChunk]:
         if not request.prompt.strip():
@@ -84,7 +84,7 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
         yield dellm_pb2.TokenChunk(done=True, finish_reason=finish, confidence=confidence_from_logprobs(logprobs),
                                    completion_tokens=len(logprobs))
 
-    async def Feedback(  # noqa: N802
+    async def Feedback(
         self, request: dellm_pb2.NodeFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.NodeFeedbackReply:
         entry = FeedbackEntry(
@@ -98,7 +98,7 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
                  entry.verdict, request.reward, request.fitness)
         return dellm_pb2.NodeFeedbackReply(stored=stored)
 
-    async def Info(  # noqa: N802
+    async def Info(
         self, request: dellm_pb2.InfoRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.NodeInfo:
         return self._info

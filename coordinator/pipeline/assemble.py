@@ -52,7 +52,7 @@ def final_number(text: str) -> float | None:
 
 def _format_number(value: float) -> str:
     if math.isfinite(value) and value == round(value):
-        return str(int(round(value)))
+        return str(round(value))
     return f"{value:.12g}"
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,9 +44,11 @@ async def test_seed_query_streams_every_stage_in_order(cluster: Cluster) -> None
     assert [c.operation for c in plan.chunks] == [dellm_pb2.MATH_OP, dellm_pb2.SEARCH_OP]
     assert list(plan.chunks[1].depends_on) == ["c1"]
     # tokens of a chunk stream before its result; c2 starts only after c1's result (it depends on it)
-    first_c1_token = next(i for i, e in enumerate(events) if order[i] == "chunk_token" and e.chunk_token.chunk_id == "c1")
-    c1_result = next(i for i, e in enumerate(events) if order[i] == "chunk_result" and e.chunk_result.chunk_id == "c1")
-    c2_assignment = next(i for i, e in enumerate(events) if order[i] == "assignment" and e.assignment.chunk_id == "c2")
+    positions = [(kind, getattr(e, kind).chunk_id) for kind, e in zip(order, events, strict=True)
+                 if kind in ("chunk_token", "chunk_result", "assignment")]
+    first_c1_token = positions.index(("chunk_token", "c1"))
+    c1_result = positions.index(("chunk_result", "c1"))
+    c2_assignment = positions.index(("assignment", "c2"))
     assert first_c1_token < c1_result < c2_assignment
     final = events[-1].final
     assert final.query_id == plan.query_id
@@ -230,7 +230,8 @@ async def test_independent_chunks_run_in_parallel_on_distinct_nodes(cluster: Clu
     events = await collect(cluster.address, "Find cheap laptops and find cheap phones")
     plan = events[0].plan
     assert len(plan.chunks) == 2 and not any(c.depends_on for c in plan.chunks)
-    assigned = {e.assignment.chunk_id: set(e.assignment.node_ids) for e in events if e.WhichOneof("event") == "assignment"}
+    assigned = {e.assignment.chunk_id: set(e.assignment.node_ids)
+                for e in events if e.WhichOneof("event") == "assignment"}
     assert not assigned["c1"] & assigned["c2"]  # load spreads: no node serves both at once
     order = [(e.WhichOneof("event"), getattr(e, e.WhichOneof("event")).chunk_id) for e in events[1:-1]
              if e.WhichOneof("event") in ("chunk_token", "chunk_result")]

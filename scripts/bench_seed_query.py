@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Benchmark: the seed's query end to end on three real-model nodes on this machine.
+
+Starts a coordinator (with the synthesis model) and the demo's three llama.cpp nodes as
+processes on loopback, asks the seed's query --runs times, and reports time to first
+event, time to first answer token, total time and each stage's share. Results go to
+bench-results/seed_query.json.
+
+    python scripts/bench_seed_query.py --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from client.api import ClientConfig, DellmClient
+from client.demo import DEMO_NODES, QWEN, SEED_QUERY
+from client.local_cluster import LocalCluster
+
+
+async def one_run(address: str, query: str) -> dict[str, object]:
+    started = time.perf_counter()
+    first_event = first_answer_token = None
+    final = None
+    async with DellmClient(address, ClientConfig(ask_timeout_s=300)) as client:
+        async for event in client.ask(query):
+            now = time.perf_counter() - started
+            kind = event.WhichOneof("event")
+            first_event = first_event if first_event is not None else now
+            if kind == "answer_token" and first_answer_token is None:
+                first_answer_token = now
+            if kind == "final":
+                final = event.final
+    total = time.perf_counter() - started
+    assert final is not None
+    return {
+        "time_to_first_event_s": first_event,
+        "time_to_first_answer_token_s": first_answer_token,
+        "total_s": total,
+        "stages_ms": {t.stage: t.ms for t in final.timings},
+        "synthesis": final.synthesis,
+        "answer": final.answer,
+        "chunks": [{"chunk": c.text, "answer": c.answer, "unanimous": c.unanimous, "nodes": len(c.node_ids)}
+                   for c in final.chunks],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--query", default=SEED_QUERY)
+    parser.add_argument("--synth-model", default=QWEN, help="synthesis model or 'none'")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/seed_query.json"))
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+
+    with LocalCluster() as cluster:
+        cluster.start_coordinator(synth_model=args.synth_model, extra=["--synth-threads", "2"])
+        for spec in DEMO_NODES:
+            cluster.start_node(spec)
+        cluster.wait_for_nodes(len(DEMO_NODES))
+        runs = [asyncio.run(one_run(cluster.coordinator_address, args.query)) for _ in range(args.runs)]
+
+    def median(key: str) -> float:
+        return statistics.median(float(r[key]) for r in runs if r[key] is not None)  # type: ignore[arg-type]
+
+    stages = sorted({s for r in runs for s in r["stages_ms"]})  # type: ignore[union-attr]
+    total_ms = median("total_s") * 1000
+    shares = {s: statistics.median(r["stages_ms"].get(s, 0.0) for r in runs) / total_ms  # type: ignore[union-attr]
+              for s in stages}
+    report = {
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "setup": "coordinator + 3 llama.cpp nodes (2x qwen2.5-coder-0.5b-instruct, 1x gemma-3-270m; 1 thread each)"
+                 f" on loopback, synthesis: {args.synth_model} (2 threads)",
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "query": args.query,
+        "runs": runs,
+        "median": {
+            "time_to_first_event_s": median("time_to_first_event_s"),
+            "time_to_first_answer_token_s": median("time_to_first_answer_token_s"),
+            "total_s": median("total_s"),
+            "stage_share": shares,
+        },
+        "target_total_s": 5.0,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    m = report["median"]
+    print(f"seed query, {args.runs} runs, median: first event {m['time_to_first_event_s'] * 1000:.0f} ms, "
+          f"first answer token {m['time_to_first_answer_token_s']:.2f} s, total {m['total_s']:.2f} s "
+          f"(target < 5 s)")
+    for stage, share in shares.items():
+        print(f"  {stage:<18} {share:6.1%}")
+    print(f"last answer: {runs[-1]['answer']!r}")
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
