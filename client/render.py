@@ -70,7 +70,12 @@ class ProgressPrinter:
         elif kind == "chunk_result":
             r = event.chunk_result
             valid = [v for v in r.votes if not v.failed]
-            consensus = "unanimous" if r.unanimous else f"{r.groups} different answers"
+            if r.unanimous:
+                consensus = "unanimous"
+            elif len(valid) <= 1:
+                consensus = "single answer, nothing to compare"
+            else:
+                consensus = f"{r.groups} different answers"
             self._line(f"{r.chunk_id} result from {self._label(r.winner_node_id)}: {' '.join(r.answer.split())!r}")
             for v in r.votes:
                 what = f"failed: {v.error}" if v.failed else f"{v.normalized} (weight {v.weight:.2f})"

@@ -21,6 +21,16 @@ TEXT_SIMILARITY = 0.6  # word-set Jaccard at or above which two free-text answer
 MIN_FITNESS_WEIGHT = 0.01  # a node at fitness 0 still casts a (tiny) vote
 
 
+def is_degenerate(text: str) -> bool:
+    """True for output that loops ("- 1000 * 0.10 = 1000 - 1000 * 0.10 = 1000 ..."): a small model's
+    failure mode, malformed rather than an answer."""
+    words = text.lower().split()
+    if len(words) < 12:
+        return False
+    trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    return len(set(words)) / len(words) < 0.3 or len(set(trigrams)) / len(trigrams) < 0.4
+
+
 class AssemblyError(RuntimeError):
     """No usable answer came back for a chunk."""
 
@@ -93,9 +103,10 @@ def assemble_chunk(
     for answer in answers:
         node_fitness = fitness.get(answer.node_id, 0.0)
         text = answer.text.strip()
-        if answer.failed or not text:
+        if answer.failed or not text or is_degenerate(text):
+            error = answer.error or ("empty answer" if not text else "degenerate, repeating output")
             votes.append(Vote(answer.node_id, text, "", answer.confidence, node_fitness, 0.0,
-                              answer.latency_ms, -1, answer.error or "empty answer"))
+                              answer.latency_ms, -1, error))
             continue
         key = normalize_answer(text, chunk.operation)
         group = next((i for i, rep in enumerate(groups) if _same(rep, key)), None)

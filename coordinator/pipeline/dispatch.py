@@ -17,6 +17,7 @@ from typing import Protocol
 from coordinator.config import DispatchConfig, RouteConfig
 from coordinator.errors import NodeCallError
 from coordinator.node_client import ChunkRequest, StreamPiece
+from coordinator.pipeline.assemble import final_number
 from coordinator.pipeline.route import NoNodesAvailableError, route_chunk
 from coordinator.types import (
     Assignment,
@@ -26,6 +27,7 @@ from coordinator.types import (
     ChunkToken,
     NodeAnswer,
     NodeRecord,
+    Operation,
     PipelineEvent,
 )
 from node.backends.base import confidence_from_logprobs
@@ -53,8 +55,17 @@ def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult]) -> str
     task = _PROMPTS[chunk.operation.value].format(task=chunk.text)
     if not dependencies:
         return task
-    context = "\n".join(f"- {d.chunk.text}: {d.answer}" for d in dependencies)
+    context = "\n".join(f"- {d.chunk.text}: {concise_answer(d)}" for d in dependencies)
     return f"Results of earlier steps:\n{context}\n\nUsing those results where relevant:\n{task}"
+
+
+def concise_answer(result: ChunkResult) -> str:
+    """What a dependent chunk needs of a result: a math chunk's number, else the answer itself."""
+    if result.chunk.operation is Operation.MATH_OP:
+        value = final_number(result.answer)
+        if value is not None:
+            return f"{value:.12g}"
+    return " ".join(result.answer.split())
 
 
 async def stream_answer(

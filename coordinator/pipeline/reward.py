@@ -1,10 +1,10 @@
 """Stage 6: a verdict on every node answer, the seed's reward, and the fitness update.
 
 Evidence, strongest first: an exact arithmetic check when the chunk's arithmetic can be
-read from its text; otherwise agreement with the vote winner when at least two answers
-were compared. A lone answer with nothing to check it against earns no reward either
-way: fitness must not grow from a node agreeing with itself. A failed stream, an empty
-answer or a timeout is wrong. Pure: no I/O.
+read from its text; otherwise agreement with the vote winner when at least two nodes gave
+the winning answer. A lone answer, or two that disagree, earn no reward either way:
+fitness must not grow from a node agreeing with itself, nor fall on a coin toss. A failed
+stream, an empty or degenerate (looping) answer, or a timeout is wrong. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -115,17 +115,17 @@ def judge_chunk(result: ChunkResult, answers: list[NodeAnswer], config: RewardCo
     """One decision per node answer to the chunk of ``result``."""
     chunk = result.chunk
     expected = exact_answer(chunk.text) if chunk.operation is Operation.MATH_OP else None
-    compared = sum(1 for v in result.votes if v.group >= 0)
     winners = set(result.winning_node_ids)
+    malformed = {v.node_id for v in result.votes if v.group < 0}
     decisions: list[RewardDecision] = []
     for answer in answers:
-        if answer.failed or not answer.text.strip():
+        if answer.failed or not answer.text.strip() or answer.node_id in malformed:
             verdict, source, truth = Verdict.WRONG, "failure", _format(expected) if expected is not None else ""
         elif expected is not None:
             got = final_number(answer.text)
             right = got is not None and math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-6)
             verdict, source, truth = (Verdict.CORRECT if right else Verdict.WRONG), "exact_check", _format(expected)
-        elif compared >= 2:
+        elif len(winners) >= 2:  # a real majority: at least two nodes gave the winning answer
             verdict = Verdict.CORRECT if answer.node_id in winners else Verdict.WRONG
             source, truth = "vote", result.answer
         else:

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from coordinator.config import SynthesisConfig
-from coordinator.types import ChunkResult
+from coordinator.pipeline.assemble import final_number
+from coordinator.pipeline.dispatch import concise_answer
+from coordinator.types import ChunkResult, Operation
 from node.backends.base import BackendError, GenerationRequest, InferenceBackend, stream_generation
 
 log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = (
-    "You combine the results of several steps into one short, coherent answer to the user's question. "
-    "Use the given results, keep every number exactly as given, and do not add steps."
+    "You write the final answer for the user from the results of several steps. Mention the result of every "
+    "step, keep numbers exactly as given, and write two to four plain sentences without code."
 )
+_CONTENT_WORD = re.compile(r"[a-z]{4,}")
 
 
 class Synthesizer(Protocol):
@@ -30,19 +34,36 @@ class Synthesizer(Protocol):
     async def synthesize(
         self, query: str, results: Sequence[ChunkResult], emit_token: Callable[[str], None]
     ) -> tuple[str, str]:
-        """The answer, and how it was made: "model:<name>", "template" or "single-chunk"."""
+        """The answer, and how it was made: "model:<name>", "template", "model:<name>+template"
+        (the model's summary missed a step, so the step results follow it) or "single-chunk"."""
         ...
 
 
 def template_answer(results: Sequence[ChunkResult]) -> str:
     if len(results) == 1:
         return results[0].answer.strip()
-    return "\n".join(f"{r.chunk.text}: {r.answer.strip()}" for r in results)
+    return "\n".join(f"{r.chunk.text}: {concise_answer(r)}" for r in results)
 
 
 def synthesis_prompt(query: str, results: Sequence[ChunkResult]) -> str:
-    steps = "\n".join(f"{i}. {r.chunk.text}\n   Result: {r.answer.strip()}" for i, r in enumerate(results, 1))
-    return f"Question: {query}\n\nStep results:\n{steps}\n\nWrite the final answer to the question."
+    steps = "\n".join(f"- {r.chunk.text}: {concise_answer(r)}" for r in results)
+    return f"The user asked: {query}\n\nResults of each step:\n{steps}\n\nWrite the answer to the user, covering every step."
+
+
+def covers_results(answer: str, results: Sequence[ChunkResult]) -> bool:
+    """Does a synthesized answer keep every step's result? A math step's number must appear as
+    given; another step must share at least a third of its content words with the answer."""
+    text = answer.lower()
+    for result in results:
+        value = final_number(result.answer) if result.chunk.operation is Operation.MATH_OP else None
+        if value is not None:
+            if f"{value:.12g}" not in text.replace(",", ""):
+                return False
+            continue
+        words = set(_CONTENT_WORD.findall(result.answer.lower()))
+        if words and len(words & set(_CONTENT_WORD.findall(text))) < len(words) / 3:
+            return False
+    return True
 
 
 class TemplateSynthesizer:
@@ -85,8 +106,16 @@ class ModelSynthesizer:
         except BackendError as exc:
             log.warning("synthesis model failed (%s); using the template", exc)
         answer = "".join(parts).strip()
-        if answer:
+        if answer and covers_results(answer, results):
             return answer, self.label
+        if answer:
+            log.info("synthesized answer dropped a step result; using the template")
         fallback = template_answer(results)
-        emit_token(("\n" if parts else "") + fallback)
-        return fallback, "template"
+        if not answer:
+            emit_token(fallback)
+            return fallback, "template"
+        # The model's text has already streamed: append the step results, so that what the
+        # user saw and the final answer are the same text.
+        addition = "\n\nStep results:\n" + fallback
+        emit_token(addition)
+        return ("".join(parts) + addition).strip(), f"{self.label}+template"

@@ -15,7 +15,7 @@ from node.backends.base import GenerationRequest
 
 #: Stop sequences for the plain completion prompt: the model starting a new question,
 #: or ending its answer paragraph.
-PLAIN_STOP_SEQUENCES: tuple[str, ...] = ("\nQuestion:", "\n\n")
+PLAIN_STOP_SEQUENCES: tuple[str, ...] = ("\nQuestion:", "\nAnswer:", "\n\n")
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"

@@ -216,9 +216,6 @@ def test_failed_or_empty_answer_is_wrong_by_failure(chunk: Chunk, bad: NodeAnswe
             id="majority-word-problem",
         ),
         pytest.param(SEARCH, ["Paris", "Paris"], {"n0": Verdict.CORRECT, "n1": Verdict.CORRECT}, id="two-agree"),
-        pytest.param(
-            SEARCH, ["Paris", "Berlin"], {"n0": Verdict.CORRECT, "n1": Verdict.WRONG}, id="two-disagree-tie-to-first"
-        ),
     ],
 )
 def test_vote_verdicts_with_two_or_more_compared_answers(
@@ -303,3 +300,17 @@ def test_update_fitness_converges(verdict: Verdict, latency_ms: float, limit: fl
     direction = 1 if limit > CONFIG.initial_fitness else -1
     assert all(direction * (b - a) > 0 for a, b in itertools.pairwise(history))  # strictly monotone
     assert fitness == pytest.approx(limit, abs=1e-6)
+
+
+def test_two_answers_that_disagree_earn_no_verdict() -> None:
+    decisions = _judge(SEARCH, [_answer("n0", "Paris"), _answer("n1", "Berlin")])
+
+    assert {(d.verdict, d.source, d.reward) for d in decisions.values()} == {(Verdict.UNKNOWN, "none", 0.0)}
+
+
+def test_degenerate_output_is_wrong_by_failure() -> None:
+    looping = "- 1000 * 0.10 = 1000 " * 6
+    decisions = _judge(SEARCH, [_answer("loop", looping), _answer("a", "Paris"), _answer("b", "Paris")])
+
+    assert (decisions["loop"].verdict, decisions["loop"].source) == (Verdict.WRONG, "failure")
+    assert decisions["a"].verdict is Verdict.CORRECT
