@@ -32,7 +32,7 @@ models: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m client.cli demo
 
-test: $(STAMP) protos-check models
+test: $(STAMP) protos-check lint models
 	DELLM_REQUIRE_MODELS=1 $(PYTHON) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)

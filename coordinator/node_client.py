@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from coordinator.convert import info_from_proto
+from coordinator.convert import VERDICTS, info_from_proto
 from coordinator.errors import NodeCallError
-from coordinator.types import NodeDescription, Operation
+from coordinator.types import NodeDescription, Operation, Verdict
 from protos import dellm_pb2, dellm_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class NodeFeedback:
     chunk_id: str
     prompt: str
     answer: str
-    verdict: int  # dellm_pb2.Verdict value
+    verdict: Verdict
     reward: float
     correct_answer: str
     fitness: float
@@ -105,7 +105,7 @@ class NodeClient:
                     chunk_id=feedback.chunk_id,
                     prompt=feedback.prompt,
                     answer=feedback.answer,
-                    verdict=feedback.verdict,
+                    verdict=VERDICTS[feedback.verdict],
                     reward=feedback.reward,
                     correct_answer=feedback.correct_answer,
                     fitness=feedback.fitness,

@@ -15,7 +15,7 @@ from functools import partial
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import CoordinatorError, NodeCallError
 from coordinator.node_client import ChunkRequest, NodeFeedback, NodePool, StreamPiece
-from coordinator.pipeline.answer import VERDICT_CODES, PipelineDeps, answer_query, live_nodes
+from coordinator.pipeline.answer import PipelineDeps, answer_query, live_nodes
 from coordinator.pipeline.decompose import InvalidQueryError
 from coordinator.pipeline.reward import reward_for, update_fitness
 from coordinator.pipeline.route import NoNodesAvailableError
@@ -114,7 +114,7 @@ class Coordinator:
                 applied.append(AppliedReward(decision, before, after))
                 self._send_feedback(decision.node_id, NodeFeedback(
                     query_id=query_id, chunk_id=decision.chunk_id, prompt=chunk["prompt"], answer=node_answer["text"],
-                    verdict=VERDICT_CODES[verdict], reward=reward, correct_answer=decision.correct_answer,
+                    verdict=verdict, reward=reward, correct_answer=decision.correct_answer,
                     fitness=after, source="user"))
         return applied
 

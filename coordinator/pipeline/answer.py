@@ -36,7 +36,6 @@ from coordinator.types import (
 log = logging.getLogger(__name__)
 
 LATENCY_ALPHA = 0.3  # weight of the newest answer in a node's latency moving average
-VERDICT_CODES = {Verdict.UNKNOWN: 0, Verdict.CORRECT: 1, Verdict.WRONG: 2}  # dellm.v1.Verdict values
 
 
 @dataclass(frozen=True)
@@ -189,7 +188,7 @@ def _reward(
             applied.append(AppliedReward(decision, before, after))
             deps.send_feedback(decision.node_id, NodeFeedback(
                 query_id=query_id, chunk_id=decision.chunk_id, prompt=prompts[decision.chunk_id],
-                answer=by_node[decision.node_id].text, verdict=VERDICT_CODES[decision.verdict],
+                answer=by_node[decision.node_id].text, verdict=decision.verdict,
                 reward=decision.reward, correct_answer=decision.correct_answer, fitness=after,
                 source=decision.source,
             ))

@@ -47,7 +47,8 @@ def template_answer(results: Sequence[ChunkResult]) -> str:
 
 def synthesis_prompt(query: str, results: Sequence[ChunkResult]) -> str:
     steps = "\n".join(f"- {r.chunk.text}: {concise_answer(r)}" for r in results)
-    return f"The user asked: {query}\n\nResults of each step:\n{steps}\n\nWrite the answer to the user, covering every step."
+    return (f"The user asked: {query}\n\nResults of each step:\n{steps}\n\n"
+            "Write the answer to the user, covering every step.")
 
 
 def covers_results(answer: str, results: Sequence[ChunkResult]) -> bool:
