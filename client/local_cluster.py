@@ -58,6 +58,10 @@ class LocalCluster:
     python: str = sys.executable
     processes: list[ManagedProcess] = field(default_factory=list)
     coordinator_address: str = ""
+    # Real mDNS only inside a private network namespace (see client.netns); otherwise nodes join
+    # the coordinator directly and nothing is multicast on the host's interfaces.
+    mdns: bool = False
+    cluster: str = "default"
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -98,14 +102,16 @@ class LocalCluster:
     def start_coordinator(self, *, synth_model: str = "none", extra: Sequence[str] = (),
                           ready_timeout: float = 120.0) -> str:
         argv = ["-m", "coordinator.cli", "--listen", "127.0.0.1:0", "--registry",
-                str(self.workdir / "registry.sqlite3"), "--synth-model", synth_model, *extra]
+                str(self.workdir / "registry.sqlite3"), "--synth-model", synth_model, "--cluster", self.cluster,
+                *self._discovery_flags("mdns"), *extra]
         self.coordinator_address = self._spawn("coordinator", argv, ready_timeout).address
         return self.coordinator_address
 
     def start_node(self, spec: NodeSpec, *, ready_timeout: float = 120.0) -> ManagedProcess:
         argv = ["-m", "node.cli", "--backend", spec.backend, "--name", spec.name, "--listen", "127.0.0.1:0",
-                "--state-dir", str(self.workdir / "state")]
-        if self.coordinator_address:
+                "--state-dir", str(self.workdir / "state"), "--cluster", self.cluster,
+                *self._discovery_flags("advertise")]
+        if self.coordinator_address and not self.mdns:
             argv += ["--coordinator", self.coordinator_address]
         if spec.model:
             argv += ["--model", spec.model]
@@ -114,6 +120,11 @@ class LocalCluster:
         if spec.script is not None:
             argv += ["--script", str(spec.script)]
         return self._spawn(spec.name, argv, ready_timeout)
+
+    def _discovery_flags(self, role: str) -> list[str]:
+        if role == "mdns":
+            return ["--discovery", "mdns", "--interface", "127.0.0.1"] if self.mdns else ["--discovery", "none"]
+        return ["--advertise", "--interface", "127.0.0.1"] if self.mdns else ["--no-advertise"]
 
     def node(self, name: str) -> ManagedProcess:
         return next(p for p in self.processes if p.name == name)

@@ -10,7 +10,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from coordinator.config import CoordinatorConfig, RouteConfig
+from coordinator.config import CoordinatorConfig, HealthConfig, RouteConfig
+from coordinator.discovery.base import Discovery
+from coordinator.discovery.static import StaticDiscovery
 from coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, TemplateSynthesizer
 from coordinator.registry import SqliteRegistry
 from coordinator.server import serve
@@ -38,6 +40,19 @@ def build_synthesizer(spec: str, backend: str, threads: int | None, config: Coor
     )
 
 
+def build_discovery(args: argparse.Namespace) -> list[Discovery]:
+    if args.discovery == "mdns":
+        from coordinator.discovery.mdns import MdnsDiscovery
+
+        return [MdnsDiscovery(args.cluster, args.interface)]
+    if args.discovery == "static":
+        addresses = [a.strip() for a in args.static_nodes.split(",") if a.strip()]
+        if not addresses:
+            raise SystemExit("dellm-coordinator: --discovery static needs --static-nodes HOST:PORT[,HOST:PORT...]")
+        return [StaticDiscovery(addresses, interval=args.health_interval * 5)]
+    return []
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dellm-coordinator", description="Run a DELLM coordinator.")
     parser.add_argument("--listen", default=os.environ.get("DELLM_COORDINATOR_LISTEN", "127.0.0.1:50050"),
@@ -52,6 +67,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redundancy-threshold", type=float, default=RouteConfig.redundancy_threshold,
                         help="chunks at least this complex go to two nodes (default %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk answer")
+    parser.add_argument("--cluster", default="default", help="admit only nodes of this cluster (default %(default)s)")
+    parser.add_argument("--discovery", choices=["mdns", "static", "none"], default="mdns",
+                        help="find nodes by mDNS on the LAN (default), from --static-nodes, or only by Join")
+    parser.add_argument("--static-nodes", default="", help="comma-separated HOST:PORT list for --discovery static")
+    parser.add_argument("--interface", default=None, help="address for mDNS to bind to (default: every interface)")
+    parser.add_argument("--health-interval", type=float, default=HealthConfig.interval_s,
+                        help="seconds between health checks of each node (default %(default)s)")
+    parser.add_argument("--health-misses", type=int, default=HealthConfig.max_missed,
+                        help="missed checks before a node is marked down (default %(default)s)")
+    parser.add_argument("--node-ttl", type=float, default=HealthConfig.ttl_s,
+                        help="seconds down before a node leaves the live set (default %(default)s)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -61,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry_path = args.registry or default_registry_path()
     registry_path.parent.mkdir(parents=True, exist_ok=True)
-    config = CoordinatorConfig(listen=args.listen, registry_path=registry_path)
+    config = CoordinatorConfig(
+        listen=args.listen, registry_path=registry_path, cluster=args.cluster,
+        health=HealthConfig(interval_s=args.health_interval, max_missed=args.health_misses, ttl_s=args.node_ttl),
+    )
     config = replace(config, route=replace(config.route, redundancy_threshold=args.redundancy_threshold))
     if args.max_tokens:
         config = replace(config, dispatch=replace(config.dispatch, max_tokens=args.max_tokens))
@@ -73,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     coordinator = Coordinator(config, SqliteRegistry(registry_path, initial_fitness=config.reward.initial_fitness),
-                              synthesizer)
+                              synthesizer, build_discovery(args))
     try:
         asyncio.run(serve(coordinator, config.listen))
     except OSError as exc:

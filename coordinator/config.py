@@ -52,14 +52,25 @@ class SynthesisConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    interval_s: float = 1.0  # between two rounds of checks
+    timeout_s: float = 0.8  # deadline of one check
+    max_missed: int = 2  # misses in a row before an up node is marked down (~2 s after it dies)
+    ttl_s: float = 120.0  # a node down this long is dropped from the live set
+    last_seen_write_s: float = 5.0  # refresh last_seen in the registry at most this often per node
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     listen: str = "127.0.0.1:50050"
+    cluster: str = "default"  # only nodes of this cluster are admitted
     registry_path: Path = field(default_factory=lambda: Path("dellm-registry.sqlite3"))
     decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
     route: RouteConfig = field(default_factory=RouteConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     rpc_timeout_s: float = 5.0  # Info, Feedback and other unary calls to nodes
     feedback_timeout_s: float = 5.0
     shutdown_grace_s: float = 5.0  # in-flight Ask streams get this long on SIGTERM

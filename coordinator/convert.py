@@ -35,6 +35,8 @@ def info_from_proto(message: dellm_pb2.NodeInfo) -> NodeDescription:
         version=message.version,
         model_sha256=message.model_sha256,
         protocol_version=message.protocol_version,
+        cluster=message.cluster,
+        token_required=message.token_required,
     )
 
 
@@ -51,6 +53,8 @@ def info_to_proto(info: NodeDescription) -> dellm_pb2.NodeInfo:
         version=info.version,
         model_sha256=info.model_sha256,
         protocol_version=info.protocol_version,
+        cluster=info.cluster,
+        token_required=info.token_required,
     )
 
 

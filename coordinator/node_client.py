@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.convert import VERDICTS, info_from_proto
 from coordinator.errors import NodeCallError
@@ -65,6 +66,7 @@ class NodeClient:
         self.address = address
         self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = dellm_pb2_grpc.NodeServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def _error(self, exc: grpc.aio.AioRpcError) -> NodeCallError:
         return NodeCallError(self.node_id, exc.code().name, exc.details() or "")
@@ -74,6 +76,21 @@ class NodeClient:
             return info_from_proto(await self._stub.Info(dellm_pb2.InfoRequest(), timeout=timeout))
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from exc
+
+    async def info_once(self, timeout: float) -> NodeDescription:
+        """Info over a channel opened for this one call (for addresses not kept in the pool)."""
+        try:
+            return await self.info(timeout)
+        finally:
+            await self.close()
+
+    async def healthy(self, timeout: float) -> bool:
+        """Whether the node's grpc.health.v1 service says SERVING within ``timeout``."""
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     async def generate(self, request: ChunkRequest, timeout: float) -> AsyncIterator[StreamPiece]:
         call = self._stub.Generate(

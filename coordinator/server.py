@@ -14,7 +14,7 @@ from coordinator.errors import ChunkFailedError
 from coordinator.pipeline.decompose import InvalidQueryError
 from coordinator.pipeline.route import NoNodesAvailableError
 from coordinator.registry.base import UnknownNodeError, UnknownQueryError
-from coordinator.service import Coordinator, JoinRejectedError
+from coordinator.service import AdmissionRejectedError, Coordinator
 from node.serving import SERVER_OPTIONS, add_health_and_reflection, bind, set_serving, wait_for_signal
 from protos import dellm_pb2, dellm_pb2_grpc
 
@@ -57,7 +57,7 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
     ) -> dellm_pb2.JoinReply:
         try:
             record = await self._coordinator.join(info_from_proto(request.info))
-        except JoinRejectedError as exc:
+        except AdmissionRejectedError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return dellm_pb2.JoinReply(node_id=record.node_id, fitness=record.fitness)
 
@@ -89,8 +89,9 @@ async def start_coordinator(coordinator: Coordinator, listen: str) -> RunningCoo
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     address = bind(server, listen)
     await server.start()
+    await coordinator.start()
     await set_serving(health_servicer, [SERVICE_NAME], True)
-    log.info("coordinator serving on %s", address)
+    log.info("coordinator serving on %s (cluster %r)", address, coordinator.config.cluster)
     return RunningCoordinator(server, address, coordinator)
 
 

@@ -7,20 +7,25 @@ servicer in ``coordinator.server`` only translates messages to and from these ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from functools import partial
 
 from coordinator.config import CoordinatorConfig
+from coordinator.discovery.advert import SUPPORTED_PROTOCOL_VERSIONS, Advertisement
+from coordinator.discovery.base import Discovery
 from coordinator.errors import CoordinatorError, NodeCallError
-from coordinator.node_client import ChunkRequest, NodeFeedback, NodePool, StreamPiece
+from coordinator.health import HealthMonitor
+from coordinator.node_client import ChunkRequest, NodeClient, NodeFeedback, NodePool, StreamPiece
 from coordinator.pipeline.answer import PipelineDeps, answer_query, live_nodes
 from coordinator.pipeline.decompose import InvalidQueryError
 from coordinator.pipeline.reward import reward_for, update_fitness
 from coordinator.pipeline.route import NoNodesAvailableError
 from coordinator.pipeline.synthesize import Synthesizer
-from coordinator.registry.base import NodeRegistry
+from coordinator.registry.base import NodeRegistry, UnknownNodeError
 from coordinator.types import AppliedReward, NodeDescription, NodeRecord, PipelineEvent, RewardDecision, Verdict
 
 log = logging.getLogger(__name__)
@@ -31,8 +36,8 @@ START_NODE_HINT = (
 )
 
 
-class JoinRejectedError(CoordinatorError):
-    """A node asked to join but its address does not answer as that node."""
+class AdmissionRejectedError(CoordinatorError):
+    """A node was not admitted: unreachable, of another cluster or protocol, or not who it claims."""
 
 
 class GrpcNodeConnector:
@@ -46,31 +51,103 @@ class GrpcNodeConnector:
 
 
 class Coordinator:
-    def __init__(self, config: CoordinatorConfig, registry: NodeRegistry, synthesizer: Synthesizer) -> None:
+    """Owns the registry, node connections, synthesizer, discovery and health monitor.
+
+    Nodes come in three ways, all through :meth:`admit`: the Join RPC, mDNS discovery and a
+    static list. Long-lived work (discovery, health checks, feedback delivery) starts with
+    :meth:`start` and ends with :meth:`close`.
+    """
+
+    def __init__(self, config: CoordinatorConfig, registry: NodeRegistry, synthesizer: Synthesizer,
+                 discovery: Sequence[Discovery] = ()) -> None:
         self.config = config
         self.registry = registry
         self.synthesizer = synthesizer
         self.pool = NodePool()
+        self._discovery = tuple(discovery)
+        self._health = HealthMonitor(registry, self.pool, config.health)
         self._background: set[asyncio.Task[None]] = set()
+        self._refusals: dict[str, str] = {}
+
+    async def start(self) -> None:
+        self._health.start()
+        for discovery in self._discovery:
+            await discovery.start(self)
 
     # --- membership -------------------------------------------------------------------
 
-    async def join(self, claimed: NodeDescription) -> NodeRecord:
-        """Register a node after checking that its address answers with the same identity."""
-        if not claimed.node_id or not claimed.address:
-            raise JoinRejectedError("a joining node must give its node_id and address")
-        client = self.pool.client(claimed.node_id, claimed.address)
+    async def admit(self, address: str, expected: NodeDescription | Advertisement | None = None) -> NodeRecord:
+        """Check the node at ``address`` over gRPC and register it.
+
+        ``expected`` is what the node claimed (its Join request or mDNS advertisement); the
+        node's own Info must agree with it. Raises AdmissionRejectedError saying why not.
+        """
+        probe = NodeClient(expected.node_id if expected else "?", address)
         try:
-            actual = await client.info(self.config.rpc_timeout_s)
+            actual = await probe.info_once(self.config.rpc_timeout_s)
         except NodeCallError as exc:
-            raise JoinRejectedError(f"node {claimed.node_id} at {claimed.address} did not answer Info: "
-                                    f"{exc.details or exc.code}") from exc
-        if actual.node_id != claimed.node_id:
-            raise JoinRejectedError(f"{claimed.address} answers as node {actual.node_id}, not {claimed.node_id}")
-        record = self.registry.upsert_node(actual if actual.address else claimed, now=time.time())
-        log.info("node %s joined from %s (%s, %s), fitness %.3f", record.node_id, record.info.address,
-                 record.info.model, record.info.backend, record.fitness)
+            raise AdmissionRejectedError(f"{address} did not answer Info: {exc.details or exc.code}") from exc
+        if actual.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
+            raise AdmissionRejectedError(f"node {actual.node_id} at {address} speaks protocol "
+                                         f"{actual.protocol_version}; supported: {sorted(SUPPORTED_PROTOCOL_VERSIONS)}")
+        if actual.cluster != self.config.cluster:
+            raise AdmissionRejectedError(f"node {actual.node_id} at {address} is in cluster {actual.cluster!r}, "
+                                         f"not {self.config.cluster!r}")
+        if expected is not None:
+            mismatch = [f"{field} {getattr(expected, field)!r} != {getattr(actual, field)!r}"
+                        for field in ("node_id", "model", "backend")
+                        if getattr(expected, field) and getattr(expected, field) != getattr(actual, field)]
+            if mismatch:
+                raise AdmissionRejectedError(f"{address} does not match what it claimed: {'; '.join(mismatch)}")
+        await self._refuse_duplicate(actual.node_id, address)
+        try:
+            known = self.registry.get(actual.node_id)
+        except UnknownNodeError:
+            known = None
+        record = self.registry.upsert_node(replace(actual, address=address), now=time.time())
+        if known is None or known.state != "up" or known.info.address != address:
+            log.info("node %s admitted from %s (%s, %s), fitness %.3f", record.node_id, address, record.info.model,
+                     record.info.backend, record.fitness)
         return record
+
+    async def _refuse_duplicate(self, node_id: str, address: str) -> None:
+        """A node id already live at another address that still answers as that id is a duplicate."""
+        try:
+            known = self.registry.get(node_id)
+        except UnknownNodeError:
+            return
+        if known.state != "up" or known.info.address == address:
+            return
+        try:
+            other = await NodeClient(node_id, known.info.address).info_once(self.config.rpc_timeout_s)
+        except NodeCallError:
+            return  # the old address is dead: this is the same node, moved
+        if other.node_id == node_id:
+            raise AdmissionRejectedError(f"node id {node_id} is already live at {known.info.address}; "
+                                         f"refusing the duplicate at {address}")
+
+    async def join(self, claimed: NodeDescription) -> NodeRecord:
+        """The Join RPC: a node names itself and its address."""
+        if not claimed.node_id or not claimed.address:
+            raise AdmissionRejectedError("a joining node must give its node_id and address")
+        return await self.admit(claimed.address, claimed)
+
+    async def found(self, address: str, advert: Advertisement | None, *, source: str) -> None:
+        """DiscoverySink: admit what discovery found; log a refusal once per address and reason."""
+        try:
+            await self.admit(address, advert)
+        except AdmissionRejectedError as exc:
+            if self._refusals.get(address) != str(exc):
+                self._refusals[address] = str(exc)
+                log.warning("%s: not admitting %s: %s", source, address, exc)
+        else:
+            self._refusals.pop(address, None)
+
+    async def lost(self, node_id: str, *, source: str) -> None:
+        """DiscoverySink: the node said goodbye; stop routing to it now (health checks may revive it)."""
+        with contextlib.suppress(UnknownNodeError):
+            self.registry.set_state(node_id, "down")
+            log.info("%s: node %s said goodbye: down", source, node_id)
 
     def leave(self, node_id: str) -> None:
         self.registry.set_state(node_id, "down", now=time.time())
@@ -137,6 +214,9 @@ class Coordinator:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
+        for discovery in self._discovery:
+            await discovery.stop()
+        await self._health.stop()
         if self._background:
             await asyncio.wait(self._background, timeout=self.config.feedback_timeout_s)
         await self.pool.close()

@@ -55,6 +55,8 @@ class NodeDescription:
     version: str = ""
     model_sha256: str = ""
     protocol_version: int = 1
+    cluster: str = "default"
+    token_required: bool = False
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--script", type=Path, help="script file for the scripted test-double backend")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to serve on (default %(default)s)")
     parser.add_argument("--coordinator", default=None, help="HOST:PORT of a coordinator to join")
+    parser.add_argument("--cluster", default="default", help="cluster name (default %(default)s)")
+    parser.add_argument("--advertise", action=argparse.BooleanOptionalAction, default=True,
+                        help="announce the node over mDNS so coordinators on the LAN find it (default: on)")
+    parser.add_argument("--interface", default=None,
+                        help="address for mDNS to bind to (default: every interface)")
     parser.add_argument("--name", default=None, help="node name; also keys its state folder (default: hostname)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all)")
     parser.add_argument("--state-dir", type=Path, default=None,
@@ -39,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = args.name or socket.gethostname()
-    config = NodeConfig(listen=args.listen, name=name, coordinator=args.coordinator,
+    config = NodeConfig(listen=args.listen, name=name, coordinator=args.coordinator, cluster=args.cluster,
+                        advertise=args.advertise, interface=args.interface,
                         state_dir=args.state_dir or default_state_dir())
     try:
         if args.backend == "scripted":
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     node_id = load_or_create_node_id(folder)
     feedback = FeedbackStore(folder / "feedback.sqlite3")
     try:
-        asyncio.run(serve_node(backend, node_info(node_id, name, backend, sha256), feedback, config))
+        asyncio.run(serve_node(backend, node_info(node_id, name, backend, sha256, config.cluster), feedback, config))
     except OSError as exc:
         print(f"dellm-node: {exc}", file=sys.stderr)
         return 1

@@ -16,6 +16,9 @@ class NodeConfig:
     listen: str = "127.0.0.1:0"  # port 0: any free port, reported to the coordinator on Join
     name: str = ""  # human name; also picks the state folder, so two nodes on one machine differ
     coordinator: str | None = None  # HOST:PORT to join; None serves without joining
+    cluster: str = "default"  # coordinators admit only nodes of their own cluster
+    advertise: bool = False  # announce over mDNS (the CLI turns this on by default)
+    interface: str | None = None  # address zeroconf binds to; None: every interface
     state_dir: Path = field(default_factory=default_state_dir)
     max_tokens_cap: int = 1024  # a request asking for more is cut to this
     default_max_tokens: int = 128  # when a request gives none

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from node.advertise import MdnsAdvertiser
 from node.backends.base import (
     BackendError,
     GenerationRequest,
@@ -110,8 +111,11 @@ class RunningNode:
     address: str
     servicer: NodeServicer
     joiner: asyncio.Task[None] | None = None
+    advertiser: MdnsAdvertiser | None = None
 
     async def stop(self, grace: float, coordinator: str | None = None, join_timeout: float = 5.0) -> None:
+        if self.advertiser is not None:
+            await self.advertiser.stop()  # goodbye first: coordinators stop routing here at once
         if self.joiner is not None:
             self.joiner.cancel()
             await asyncio.gather(self.joiner, return_exceptions=True)
@@ -185,6 +189,9 @@ async def start_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedba
     running = RunningNode(server, full_info.address, servicer)
     if config.coordinator:
         running.joiner = asyncio.create_task(keep_joined(config.coordinator, full_info, config))
+    if config.advertise:
+        running.advertiser = MdnsAdvertiser(full_info, config.interface)
+        await running.advertiser.start()
     return running
 
 
@@ -201,12 +208,13 @@ async def serve_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedba
             backend.close()
 
 
-def node_info(node_id: str, name: str, backend: InferenceBackend, model_sha256: str = "") -> dellm_pb2.NodeInfo:
+def node_info(node_id: str, name: str, backend: InferenceBackend, model_sha256: str = "",
+              cluster: str = "default") -> dellm_pb2.NodeInfo:
     described = backend.describe()
     return dellm_pb2.NodeInfo(
         node_id=node_id, name=name, model=described.model, backend=described.backend,
         quantization=described.quantization, context_size=described.context_size, hardware=hardware_summary(),
-        version=VERSION, model_sha256=model_sha256, protocol_version=PROTOCOL_VERSION,
+        version=VERSION, model_sha256=model_sha256, protocol_version=PROTOCOL_VERSION, cluster=cluster,
     )
 
 

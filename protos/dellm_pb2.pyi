@@ -32,7 +32,7 @@ CORRECT: Verdict
 WRONG: Verdict
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "name", "address", "model", "backend", "quantization", "context_size", "hardware", "version", "model_sha256", "protocol_version")
+    __slots__ = ("node_id", "name", "address", "model", "backend", "quantization", "context_size", "hardware", "version", "model_sha256", "protocol_version", "cluster", "token_required")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,8 @@ class NodeInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     address: str
@@ -55,7 +57,9 @@ class NodeInfo(_message.Message):
     version: str
     model_sha256: str
     protocol_version: int
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., context_size: _Optional[int] = ..., hardware: _Optional[str] = ..., version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    cluster: str
+    token_required: bool
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., context_size: _Optional[int] = ..., hardware: _Optional[str] = ..., version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., protocol_version: _Optional[int] = ..., cluster: _Optional[str] = ..., token_required: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("query_id", "chunk_id", "operation", "prompt", "max_tokens", "temperature", "stop", "system")

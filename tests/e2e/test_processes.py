@@ -145,7 +145,7 @@ def test_node_id_is_stable_across_restarts(local: LocalCluster) -> None:
 )
 def test_bad_model_exits_non_zero_naming_the_file(tmp_path: Path, make_model, message: str) -> None:
     model = make_model(tmp_path)
-    done = node_cli("--model", str(model), "--state-dir", str(tmp_path / "state"))
+    done = node_cli("--model", str(model), "--no-advertise", "--state-dir", str(tmp_path / "state"))
     assert done.returncode != 0
     assert message in done.stderr and "Traceback" not in done.stderr
 

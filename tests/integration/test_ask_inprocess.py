@@ -192,7 +192,7 @@ async def test_join_with_an_address_that_is_not_that_node_is_refused(cluster: Cl
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await dellm_pb2_grpc.CoordinatorServiceStub(channel).Join(dellm_pb2.JoinRequest(info=forged), timeout=5)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "answers as node" in caught.value.details()
+    assert "does not match what it claimed: node_id" in caught.value.details()
 
 
 async def test_list_nodes_reports_figures(cluster: Cluster) -> None:

@@ -1,0 +1,10 @@
+"""How the coordinator finds nodes: mDNS on the LAN, a static list, or nodes that Join directly.
+
+Every path ends in the same place: ``Coordinator.admit`` checks the node over gRPC and
+adds it to the registry.
+"""
+
+from coordinator.discovery.advert import Advertisement, AdvertRejectedError, parse_advert
+from coordinator.discovery.base import Discovery, DiscoverySink
+
+__all__ = ["AdvertRejectedError", "Advertisement", "Discovery", "DiscoverySink", "parse_advert"]

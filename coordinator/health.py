@@ -1,0 +1,78 @@
+"""Health checks: nodes that stop answering stop getting work, and come back when they answer.
+
+Every ``interval`` the monitor asks each known node's ``grpc.health.v1`` service (with a
+deadline). ``max_missed`` misses in a row mark an up node down; a down node that answers
+is up again; a node down for longer than ``ttl`` is ``gone``: no longer checked or routed,
+but its fitness stays stored under its id for when it rejoins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from coordinator.config import HealthConfig
+from coordinator.node_client import NodePool
+from coordinator.registry.base import NodeRegistry
+from coordinator.types import NodeRecord
+
+log = logging.getLogger(__name__)
+
+
+class HealthMonitor:
+    def __init__(self, registry: NodeRegistry, pool: NodePool, config: HealthConfig) -> None:
+        self._registry = registry
+        self._pool = pool
+        self._config = config
+        self._missed: dict[str, int] = {}
+        self._written: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check_all()
+            except Exception:  # a registry hiccup must not end health checking
+                log.exception("health round failed")
+            await asyncio.sleep(self._config.interval_s)
+
+    async def check_all(self) -> None:
+        nodes = [n for n in self._registry.list_nodes() if n.state in ("up", "down")]
+        results = await asyncio.gather(*(self._check(n) for n in nodes))
+        now = time.time()
+        for node, healthy in zip(nodes, results, strict=True):
+            self._apply(node, healthy, now)
+
+    async def _check(self, node: NodeRecord) -> bool:
+        return await self._pool.client(node.node_id, node.info.address).healthy(self._config.timeout_s)
+
+    def _apply(self, node: NodeRecord, healthy: bool, now: float) -> None:
+        node_id = node.node_id
+        if healthy:
+            self._missed[node_id] = 0
+            if node.state != "up":
+                log.info("node %s at %s answers again: up", node_id, node.info.address)
+                self._registry.set_state(node_id, "up", now=now)
+                self._written[node_id] = now
+            elif now - self._written.get(node_id, 0.0) >= self._config.last_seen_write_s:
+                self._registry.set_state(node_id, "up", now=now)
+                self._written[node_id] = now
+            return
+        missed = self._missed[node_id] = self._missed.get(node_id, 0) + 1
+        if node.state == "up" and missed >= self._config.max_missed:
+            log.warning("node %s at %s missed %d health checks: down", node_id, node.info.address, missed)
+            self._registry.set_state(node_id, "down")
+        elif node.state == "down" and now - node.last_seen > self._config.ttl_s:
+            log.info("node %s down for over %.0fs: dropped from the live set (fitness kept)", node_id,
+                     self._config.ttl_s)
+            self._registry.set_state(node_id, "gone")
+            self._missed.pop(node_id, None)
