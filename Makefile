@@ -5,7 +5,7 @@ PROTO_OUT = protos/dellm_pb2.py protos/dellm_pb2.pyi protos/dellm_pb2_grpc.py
 MODELS_FOR_TESTS = qwen2.5-coder-0.5b-instruct gemma-3-270m smollm2-135m-instruct
 STAMP = .install.stamp
 
-.PHONY: install demo test test-fast protos protos-check models lint bench-seed clean
+.PHONY: install demo demo-lan test test-fast protos protos-check models lint bench-seed clean
 
 # torch comes first, pinned, from the CPU build on disk: otherwise the transformers extra
 # would pull a multi-GB CUDA build.
@@ -31,6 +31,10 @@ models: $(STAMP)
 
 demo: $(STAMP)
 	$(PYTHON) -m client.cli demo
+
+# Coordinator and nodes find each other by mDNS alone, inside a private network namespace.
+demo-lan: $(STAMP)
+	$(PYTHON) -m client.cli demo --discovery mdns
 
 test: $(STAMP) protos-check lint models
 	DELLM_REQUIRE_MODELS=1 $(PYTHON) -m pytest -q -p no:cacheprovider

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="start a local coordinator and three real-model nodes, ask, stop")
     demo.add_argument("--query", default=None, help="the question (default: the seed's query)")
     demo.add_argument("--synth-model", default=None, help="synthesis model, or 'none'")
+    demo.add_argument("--discovery", choices=["join", "mdns"], default="join",
+                      help="nodes join by address (default), or are found by mDNS in a private network namespace")
     return parser
 
 
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from client.demo import run_demo
 
-            return run_demo(args.query, args.synth_model)
+            return run_demo(args.query, args.synth_model, args.discovery)
         if args.command == "feedback" and not args.query_id.strip():
             print("dellm feedback: the query id is empty", file=sys.stderr)
             return 2

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import time
 
 from client.api import DellmClient
 from client.local_cluster import ClusterError, LocalCluster, NodeSpec
+from client.netns import in_private_netns, inside_private_netns, netns_unavailable_reason
 from client.render import ProgressPrinter, nodes_table
 
 SEED_QUERY = "Calculate 10% interest on $1000 then find best savings accounts"
@@ -32,9 +34,21 @@ async def _ask_and_show(address: str, query: str) -> None:
         print(nodes_table(await client.nodes(), time.time()))
 
 
-def run_demo(query: str | None = None, synth_model: str | None = None) -> int:
+def run_demo(query: str | None = None, synth_model: str | None = None, discovery: str = "join") -> int:
+    """``discovery``: "join" (nodes join the coordinator by address) or "mdns" (they are found by
+    mDNS alone, inside a private network namespace so that nothing reaches the host's LAN)."""
     from node.models import ModelError, pull_model
 
+    if discovery == "mdns" and not inside_private_netns():
+        reason = netns_unavailable_reason()
+        if reason is not None:
+            print(f"dellm demo: real mDNS runs only in a private network namespace, and {reason}", file=sys.stderr)
+            return 2
+        argv = [sys.executable, "-m", "client.cli", "demo", "--discovery", "mdns", "--query", query or SEED_QUERY]
+        if synth_model:
+            argv += ["--synth-model", synth_model]
+        print("entering a private network namespace for the mDNS demo", flush=True)
+        return subprocess.run(in_private_netns(argv), check=False).returncode
     query = query or SEED_QUERY
     try:
         for name in (QWEN, GEMMA):
@@ -42,14 +56,17 @@ def run_demo(query: str | None = None, synth_model: str | None = None) -> int:
     except ModelError as exc:
         print(f"dellm demo: {exc}", file=sys.stderr)
         return 2
-    with LocalCluster() as cluster:
+    with LocalCluster(mdns=discovery == "mdns") as cluster:
         try:
             print(f"starting the coordinator (logs in {cluster.workdir})", flush=True)
             address = cluster.start_coordinator(synth_model=synth_model or QWEN, extra=["--synth-threads", "2"])
             for spec in DEMO_NODES:
                 node = cluster.start_node(spec)
                 print(f"started {spec.name} ({spec.model}) on {node.address}", flush=True)
+            waited = time.perf_counter()
             cluster.wait_for_nodes(len(DEMO_NODES))
+            how = "found by mDNS" if discovery == "mdns" else "joined"
+            print(f"all {len(DEMO_NODES)} nodes {how} in {time.perf_counter() - waited:.2f} s", flush=True)
         except ClusterError as exc:
             print(f"dellm demo: {exc}", file=sys.stderr)
             return 1
