@@ -10,6 +10,7 @@ import pytest
 
 from coordinator.config import CoordinatorConfig, HealthConfig
 from coordinator.discovery.static import StaticDiscovery
+from coordinator.pipeline.synthesize import TemplateSynthesizer
 from coordinator.registry import SqliteRegistry
 from coordinator.server import start_coordinator
 from coordinator.service import AdmissionRejectedError, Coordinator
@@ -65,7 +66,7 @@ async def test_static_discovery_admits_a_node_that_starts_later(tmp_path: Path) 
     port = node.address.rsplit(":", 1)[1]
     await node.stop(0)
     registry = SqliteRegistry(tmp_path / "reg.sqlite3")
-    coordinator = Coordinator(CoordinatorConfig(health=FAST), registry, Cluster(tmp_path, CoordinatorConfig()).synthesizer,
+    coordinator = Coordinator(CoordinatorConfig(health=FAST), registry, TemplateSynthesizer(),
                               [StaticDiscovery([f"127.0.0.1:{port}"], interval=0.1)])
     running = await start_coordinator(coordinator, "127.0.0.1:0")
     try:
