@@ -14,7 +14,7 @@ from coordinator.config import CoordinatorConfig, HealthConfig, RouteConfig
 from coordinator.discovery.base import Discovery
 from coordinator.discovery.static import StaticDiscovery
 from coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, TemplateSynthesizer
-from coordinator.registry import SqliteRegistry
+from coordinator.registry import RegistryUnavailableError, open_registry
 from coordinator.server import serve
 from coordinator.service import Coordinator
 
@@ -62,8 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default %(default)s)")
     parser.add_argument("--synth-backend", default="llama_cpp", choices=["llama_cpp", "transformers"])
     parser.add_argument("--synth-threads", type=int, default=None, help="CPU threads for the synthesis model")
-    parser.add_argument("--registry", type=Path, default=None,
-                        help=f"SQLite file for nodes, fitness and queries (default {default_registry_path()})")
+    parser.add_argument("--registry", default=None,
+                        help="where nodes, fitness and queries live: a SQLite file, or redis://HOST:PORT/DB to share "
+                             f"them between coordinators (default {default_registry_path()})")
     parser.add_argument("--redundancy-threshold", type=float, default=RouteConfig.redundancy_threshold,
                         help="chunks at least this complex go to two nodes (default %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk answer")
@@ -85,10 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    registry_path = args.registry or default_registry_path()
-    registry_path.parent.mkdir(parents=True, exist_ok=True)
+    registry_spec = args.registry or str(default_registry_path())
     config = CoordinatorConfig(
-        listen=args.listen, registry_path=registry_path, cluster=args.cluster,
+        listen=args.listen, registry=registry_spec, cluster=args.cluster,
         health=HealthConfig(interval_s=args.health_interval, max_missed=args.health_misses, ttl_s=args.node_ttl),
     )
     config = replace(config, route=replace(config.route, redundancy_threshold=args.redundancy_threshold))
@@ -101,8 +101,12 @@ def main(argv: list[str] | None = None) -> int:
               f"  pull it with `dellm models pull {args.synth_model}` or run with --synth-model none",
               file=sys.stderr)
         return 2
-    coordinator = Coordinator(config, SqliteRegistry(registry_path, initial_fitness=config.reward.initial_fitness),
-                              synthesizer, build_discovery(args))
+    try:
+        registry = open_registry(registry_spec, initial_fitness=config.reward.initial_fitness)
+    except RegistryUnavailableError as exc:
+        print(f"dellm-coordinator: {exc}", file=sys.stderr)
+        return 2
+    coordinator = Coordinator(config, registry, synthesizer, build_discovery(args))
     try:
         asyncio.run(serve(coordinator, config.listen))
     except OSError as exc:

@@ -6,7 +6,6 @@ Only ``coordinator.cli`` reads flags and environment; everything else receives t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class HealthConfig:
 class CoordinatorConfig:
     listen: str = "127.0.0.1:50050"
     cluster: str = "default"  # only nodes of this cluster are admitted
-    registry_path: Path = field(default_factory=lambda: Path("dellm-registry.sqlite3"))
+    registry: str = "dellm-registry.sqlite3"  # SQLite file, or redis://HOST:PORT/DB shared by coordinators
     decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
     route: RouteConfig = field(default_factory=RouteConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)

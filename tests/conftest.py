@@ -21,6 +21,7 @@ from node.backends.scripted import ScriptedBackend
 from node.config import NodeConfig
 from node.server import RunningNode, node_info, start_node
 from node.state import FeedbackStore
+from tests.redis_server import private_redis_server, redis_server, redis_url  # noqa: F401 (fixtures)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]

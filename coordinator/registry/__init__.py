@@ -1,6 +1,39 @@
 """Where nodes, their fitness and latency, and query records live."""
 
-from coordinator.registry.base import NodeRegistry, QueryRecord, UnknownNodeError, UnknownQueryError
+from __future__ import annotations
+
+from pathlib import Path
+
+from coordinator.registry.base import (
+    NodeRegistry,
+    QueryRecord,
+    RegistryUnavailableError,
+    UnknownNodeError,
+    UnknownQueryError,
+)
+from coordinator.registry.redis import RedisRegistry
 from coordinator.registry.sqlite import SqliteRegistry
 
-__all__ = ["NodeRegistry", "QueryRecord", "SqliteRegistry", "UnknownNodeError", "UnknownQueryError"]
+__all__ = [
+    "NodeRegistry",
+    "QueryRecord",
+    "RedisRegistry",
+    "RegistryUnavailableError",
+    "SqliteRegistry",
+    "UnknownNodeError",
+    "UnknownQueryError",
+    "open_registry",
+]
+
+
+def open_registry(spec: str, *, initial_fitness: float = 0.5) -> NodeRegistry:
+    """A registry from one string: ``redis://...`` or ``rediss://...`` is a shared Redis, anything else a SQLite file.
+
+    The SQLite file's parent folders are created as needed (``:memory:`` gives a throwaway registry).
+    """
+    if spec.startswith(("redis://", "rediss://")):
+        return RedisRegistry(spec, initial_fitness=initial_fitness)
+    if spec != ":memory:":
+        Path(spec).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        spec = str(Path(spec).expanduser())
+    return SqliteRegistry(spec, initial_fitness=initial_fitness)

@@ -17,6 +17,10 @@ class UnknownQueryError(KeyError):
     """No query with this id was recorded."""
 
 
+class RegistryUnavailableError(RuntimeError):
+    """The registry's store (e.g. a Redis server) could not be reached; the message names it, never a password."""
+
+
 @dataclass(frozen=True)
 class QueryRecord:
     query_id: str
