@@ -39,7 +39,8 @@ def _text(value: bytes | str | None) -> str:
     return value
 
 
-def parse_advert(properties: Mapping[bytes | str, bytes | str | None], address: str, cluster: str) -> Advertisement:
+def parse_advert(properties: Mapping[bytes, bytes | None] | Mapping[str, str], address: str,
+                 cluster: str) -> Advertisement:
     """The advertisement in ``properties``, or AdvertRejectedError saying why not."""
     props = {_text(k): _text(v).strip() for k, v in properties.items()}
     missing = [key for key in _REQUIRED if not props.get(key)]
