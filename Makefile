@@ -5,7 +5,7 @@ PROTO_OUT = protos/dellm_pb2.py protos/dellm_pb2.pyi protos/dellm_pb2_grpc.py
 MODELS_FOR_TESTS = qwen2.5-coder-0.5b-instruct gemma-3-270m smollm2-135m-instruct
 STAMP = .install.stamp
 
-.PHONY: install demo demo-lan test test-fast protos protos-check models lint bench-seed clean
+.PHONY: install demo demo-lan bench-discovery test test-fast protos protos-check models lint bench-seed clean
 
 # torch comes first, pinned, from the CPU build on disk: otherwise the transformers extra
 # would pull a multi-GB CUDA build.
@@ -48,6 +48,9 @@ lint: $(STAMP)
 
 bench-seed: $(STAMP)
 	$(PYTHON) scripts/bench_seed_query.py
+
+bench-discovery: $(STAMP)
+	$(PYTHON) scripts/bench_discovery.py
 
 clean:
 	rm -f $(STAMP)
