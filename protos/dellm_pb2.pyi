@@ -130,10 +130,12 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("query",)
+    __slots__ = ("query", "reference_answer")
     QUERY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ANSWER_FIELD_NUMBER: _ClassVar[int]
     query: str
-    def __init__(self, query: _Optional[str] = ...) -> None: ...
+    reference_answer: str
+    def __init__(self, query: _Optional[str] = ..., reference_answer: _Optional[str] = ...) -> None: ...
 
 class PlannedChunk(_message.Message):
     __slots__ = ("chunk_id", "operation", "text", "token_count", "complexity", "depends_on")
