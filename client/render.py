@@ -80,6 +80,8 @@ class ProgressPrinter:
             for v in r.votes:
                 what = f"failed: {v.error}" if v.failed else f"{v.normalized} (weight {v.weight:.2f})"
                 self._line(f"   vote {self._label(v.node_id)}: {what}, {v.latency_ms / 1000:.2f} s")
+            for node_id in r.cancelled_node_ids:
+                self._line(f"   cancelled {self._label(node_id)}: the chunk was settled before it finished")
             self._line(f"   consensus: {consensus}, agreement {r.agreement:.0%} over {len(valid)} answer(s)")
         elif kind == "answer_token":
             if not self._in_answer:

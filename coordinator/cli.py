@@ -67,6 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"them between coordinators (default {default_registry_path()})")
     parser.add_argument("--redundancy-threshold", type=float, default=RouteConfig.redundancy_threshold,
                         help="chunks at least this complex go to two nodes (default %(default)s)")
+    parser.add_argument("--redundancy", type=int, default=RouteConfig.redundancy,
+                        help="nodes per chunk at or above the complexity threshold (default %(default)s)")
+    parser.add_argument("--exploration", choices=["ucb", "thompson", "none"], default=RouteConfig.exploration,
+                        help="how routing tries nodes with little evidence (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=RouteConfig.seed, help="random seed of Thompson sampling")
+    parser.add_argument("--accept-labels", action="store_true",
+                        help="benchmark mode: use AskRequest.reference_answer as ground truth for rewards")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk answer")
     parser.add_argument("--cluster", default="default", help="admit only nodes of this cluster (default %(default)s)")
     parser.add_argument("--discovery", choices=["mdns", "static", "none"], default="mdns",
@@ -91,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         listen=args.listen, registry=registry_spec, cluster=args.cluster,
         health=HealthConfig(interval_s=args.health_interval, max_missed=args.health_misses, ttl_s=args.node_ttl),
     )
-    config = replace(config, route=replace(config.route, redundancy_threshold=args.redundancy_threshold))
+    if args.redundancy < 1:
+        print("dellm-coordinator: --redundancy must be at least 1", file=sys.stderr)
+        return 2
+    config = replace(config, accept_labels=args.accept_labels, route=replace(
+        config.route, redundancy_threshold=args.redundancy_threshold, redundancy=args.redundancy,
+        exploration=args.exploration, seed=args.seed))
     if args.max_tokens:
         config = replace(config, dispatch=replace(config.dispatch, max_tokens=args.max_tokens))
     try:

@@ -21,6 +21,12 @@ class RouteConfig:
     redundancy: int = 2  # nodes per chunk above the complexity threshold
     redundancy_threshold: float = 0.35  # chunks at least this complex get `redundancy` nodes
     default_latency_ms: float = 1000.0  # prior for a node whose latency is not measured yet
+    # Exploration, so that a new node gets tried and a recovered one gets another chance:
+    # "ucb" adds an optimism bonus to the fitness of rarely judged nodes, "thompson" samples each
+    # node's success rate from Beta(1 + successes, 1 + failures), "none" is pure exploitation.
+    exploration: str = "ucb"
+    exploration_weight: float = 0.15  # UCB bonus scale: w * sqrt(ln(1 + all trials) / (1 + node trials))
+    seed: int = 0  # Thompson sampling's random stream: the same seed routes the same way
 
 
 @dataclass(frozen=True)
@@ -74,3 +80,4 @@ class CoordinatorConfig:
     feedback_timeout_s: float = 5.0
     shutdown_grace_s: float = 5.0  # in-flight Ask streams get this long on SIGTERM
     node_down_after_failures: int = 3  # consecutive failed streams before a node stops getting work
+    accept_labels: bool = False  # benchmark mode: trust AskRequest.reference_answer as ground truth

@@ -79,6 +79,7 @@ def _chunk_result(result: ChunkResult) -> dellm_pb2.ChunkResultEvent:
         unanimous=result.unanimous,
         agreement=result.agreement,
         groups=result.groups,
+        cancelled_node_ids=result.cancelled,
     )
 
 

@@ -30,7 +30,7 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         self, request: dellm_pb2.AskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dellm_pb2.AskEvent]:
         try:
-            async for event in self._coordinator.ask(request.query):
+            async for event in self._coordinator.ask(request.query, request.reference_answer):
                 yield event_to_proto(event)
         except InvalidQueryError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -68,6 +69,7 @@ class Coordinator:
         self._health = HealthMonitor(registry, self.pool, config.health)
         self._background: set[asyncio.Task[None]] = set()
         self._refusals: dict[str, str] = {}
+        self._rng = random.Random(config.route.seed)
 
     async def start(self) -> None:
         self._health.start()
@@ -168,11 +170,13 @@ class Coordinator:
         if not live_nodes(self.registry):
             raise NoNodesAvailableError(f"no nodes are available; {START_NODE_HINT}")
 
-    def ask(self, query: str) -> AsyncIterator[PipelineEvent]:
+    def ask(self, query: str, reference_answer: str = "") -> AsyncIterator[PipelineEvent]:
+        """Answer ``query``; ``reference_answer`` is ground truth only with ``accept_labels`` (benchmarks)."""
         self.check_query(query)
         deps = PipelineDeps(self.config, self.registry, GrpcNodeConnector(self.pool), self.pool.in_flight,
-                            self.synthesizer, self._send_feedback)
-        return answer_query(query, deps)
+                            self.synthesizer, self._send_feedback, self._rng)
+        label = reference_answer.strip() if self.config.accept_labels else ""
+        return answer_query(query, deps, label or None)
 
     async def feedback(self, query_id: str, correct: bool, answer: str = "") -> list[AppliedReward]:
         """A user's verdict on a whole query, applied to the nodes whose answers it used."""
@@ -183,11 +187,12 @@ class Coordinator:
             for node_answer in chunk["answers"]:
                 if not node_answer["in_winning_group"]:
                     continue
-                reward = reward_for(verdict, node_answer["latency_ms"], self.config.reward)
+                reward = reward_for(verdict, node_answer["latency_ms"], self.config.reward, verified=True)
                 decision = RewardDecision(node_answer["node_id"], chunk["chunk_id"], verdict, reward, "user",
                                           answer or (record.answer if correct else ""))
                 update = partial(update_fitness, reward=reward, config=self.config.reward)
-                before, after = self.registry.apply_reward(decision.node_id, reward, correct, update)
+                before, after = self.registry.apply_reward(decision.node_id, reward, correct, update,
+                                                           chunk["operation"])
                 applied.append(AppliedReward(decision, before, after))
                 self._send_feedback(decision.node_id, NodeFeedback(
                     query_id=query_id, chunk_id=decision.chunk_id, prompt=chunk["prompt"], answer=node_answer["text"],

@@ -60,6 +60,13 @@ class NodeDescription:
 
 
 @dataclass(frozen=True)
+class OpStats:
+    fitness: float
+    trials: int = 0  # answers judged (with a verdict) at this operation type
+    successes: int = 0
+
+
+@dataclass(frozen=True)
 class NodeRecord:
     """A node as the registry knows it: description plus learned figures."""
 
@@ -72,6 +79,13 @@ class NodeRecord:
     correct: int = 0
     failures: int = 0
     failure_streak: int = 0  # failed streams since the last good one
+    # Per operation type (MATH_OP, SEARCH_OP, ...): a node good at math need not be good at search.
+    op_stats: dict[str, OpStats] = field(default_factory=dict)
+
+    def fitness_for(self, operation: str) -> float:
+        """Fitness at this kind of work; the overall fitness until the node has been judged at it."""
+        stats = self.op_stats.get(operation)
+        return stats.fitness if stats is not None and stats.trials else self.fitness
 
     @property
     def node_id(self) -> str:
@@ -125,6 +139,7 @@ class ChunkResult:
     unanimous: bool
     agreement: float  # the winning group's share of the total vote weight
     groups: int
+    cancelled: tuple[str, ...] = ()  # redundant streams stopped once the chunk was settled
 
     @property
     def winning_node_ids(self) -> tuple[str, ...]:

@@ -206,7 +206,7 @@ class Vote(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., answer: _Optional[str] = ..., normalized: _Optional[str] = ..., confidence: _Optional[float] = ..., fitness: _Optional[float] = ..., weight: _Optional[float] = ..., latency_ms: _Optional[float] = ..., failed: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ChunkResultEvent(_message.Message):
-    __slots__ = ("chunk_id", "answer", "winner_node_id", "votes", "unanimous", "agreement", "groups")
+    __slots__ = ("chunk_id", "answer", "winner_node_id", "votes", "unanimous", "agreement", "groups", "cancelled_node_ids")
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     WINNER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +214,7 @@ class ChunkResultEvent(_message.Message):
     UNANIMOUS_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     chunk_id: str
     answer: str
     winner_node_id: str
@@ -221,7 +222,8 @@ class ChunkResultEvent(_message.Message):
     unanimous: bool
     agreement: float
     groups: int
-    def __init__(self, chunk_id: _Optional[str] = ..., answer: _Optional[str] = ..., winner_node_id: _Optional[str] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., unanimous: _Optional[bool] = ..., agreement: _Optional[float] = ..., groups: _Optional[int] = ...) -> None: ...
+    cancelled_node_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, chunk_id: _Optional[str] = ..., answer: _Optional[str] = ..., winner_node_id: _Optional[str] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., unanimous: _Optional[bool] = ..., agreement: _Optional[float] = ..., groups: _Optional[int] = ..., cancelled_node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AnswerTokenEvent(_message.Message):
     __slots__ = ("text",)

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import ChunkFailedError
 from coordinator.node_client import ChunkRequest, NodeFeedback
-from coordinator.pipeline.assemble import AssemblyError, assemble_chunk
+from coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled, reference_key
 from coordinator.pipeline.decompose import decompose, validate_plan
 from coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, dispatch_chunk
 from coordinator.pipeline.reward import exact_answer, judge_chunk, update_fitness
+from coordinator.pipeline.route import redundancy_for
 from coordinator.pipeline.synthesize import Synthesizer
 from coordinator.registry.base import NodeRegistry, QueryRecord
 from coordinator.types import (
@@ -27,6 +29,7 @@ from coordinator.types import (
     NodeAnswer,
     Operation,
     PipelineEvent,
+    Plan,
     PlanReady,
     QueryFinished,
     StageTiming,
@@ -46,6 +49,7 @@ class PipelineDeps:
     in_flight: dict[str, int]
     synthesizer: Synthesizer
     send_feedback: Callable[[str, NodeFeedback], None]  # node id, feedback; must not block
+    rng: random.Random = field(default_factory=lambda: random.Random(0))  # Thompson sampling's stream
 
 
 def live_nodes(registry: NodeRegistry) -> list:  # type: ignore[type-arg]
@@ -61,8 +65,18 @@ def _record_answer(deps: PipelineDeps, answer: NodeAnswer) -> None:
         deps.registry.set_state(answer.node_id, "down")
 
 
-async def answer_query(query: str, deps: PipelineDeps) -> AsyncIterator[PipelineEvent]:
-    """Plan, route, dispatch, assemble, synthesize and reward one query, streaming events."""
+def label_chunk_id(plan: Plan) -> str | None:
+    """The chunk a whole-query label (benchmark ground truth) judges: the one chunk nothing depends on."""
+    needed = {d for c in plan.chunks for d in c.depends_on}
+    sinks = [c.chunk_id for c in plan.chunks if c.chunk_id not in needed]
+    return sinks[0] if len(sinks) == 1 else None
+
+
+async def answer_query(query: str, deps: PipelineDeps, label: str | None = None) -> AsyncIterator[PipelineEvent]:
+    """Plan, route, dispatch, assemble, synthesize and reward one query, streaming events.
+
+    ``label`` is a known right final answer (benchmark mode): it judges the final chunk.
+    """
     config = deps.config
     started = time.perf_counter()
     timings: list[StageTiming] = []
@@ -77,6 +91,7 @@ async def answer_query(query: str, deps: PipelineDeps) -> AsyncIterator[Pipeline
     validate_plan(plan)
     mark = lap("decompose", started)
     yield PlanReady(query_id, plan)
+    labels = {label_chunk_id(plan): label} if label else {}
 
     results: dict[str, ChunkResult] = {}
     answers: dict[str, list[NodeAnswer]] = {}
@@ -90,16 +105,18 @@ async def answer_query(query: str, deps: PipelineDeps) -> AsyncIterator[Pipeline
         prompts[chunk.chunk_id] = build_chunk_prompt(chunk, [results[d] for d in chunk.depends_on])
         request = ChunkRequest(query_id, chunk.chunk_id, chunk.operation, prompts[chunk.chunk_id],
                                config.dispatch.max_tokens, config.dispatch.temperature, config.dispatch.system_prompt)
-        chunk_answers = await dispatch_chunk(
+        expected = exact_answer(chunk.text) if chunk.operation is Operation.MATH_OP else None
+        reference = reference_key(chunk.operation, expected, labels.get(chunk.chunk_id))
+        outcome = await dispatch_chunk(
             chunk, request, nodes=partial(live_nodes, deps.registry), in_flight=deps.in_flight,
             connector=deps.connector, route_config=config.route, config=config.dispatch,
-            emit=emit, on_answer=partial(_record_answer, deps),
+            emit=emit, on_answer=partial(_record_answer, deps), rng=deps.rng,
+            settled=partial(is_settled, chunk, wanted=redundancy_for(chunk, config.route), reference=reference),
         )
-        answers[chunk.chunk_id] = chunk_answers
-        fitness = {n.node_id: n.fitness for n in deps.registry.list_nodes()}
+        chunk_answers = answers[chunk.chunk_id] = outcome.answers
+        fitness = {n.node_id: n.fitness_for(chunk.operation.value) for n in deps.registry.list_nodes()}
         try:
-            expected = exact_answer(chunk.text) if chunk.operation is Operation.MATH_OP else None
-            result = assemble_chunk(chunk, chunk_answers, fitness, expected)
+            result = replace(assemble_chunk(chunk, chunk_answers, fitness, reference), cancelled=outcome.cancelled)
         except AssemblyError as exc:
             tried = ", ".join(f"{a.node_id} ({a.error})" for a in chunk_answers) or "none"
             raise ChunkFailedError(f"chunk {chunk.chunk_id} could not be answered; nodes tried: {tried}") from exc
@@ -130,7 +147,7 @@ async def answer_query(query: str, deps: PipelineDeps) -> AsyncIterator[Pipeline
     answer, synthesis = synthesized[0]
     mark = lap("synthesize", mark)
 
-    applied = _reward(deps, query_id, ordered, answers, prompts)
+    applied = _reward(deps, query_id, ordered, answers, prompts, labels)
     lap("reward", mark)
     total_ms = (time.perf_counter() - started) * 1000
     deps.registry.save_query(_query_record(query_id, plan.query, answer, ordered, answers, prompts))
@@ -171,19 +188,20 @@ def _reward(
     results: tuple[ChunkResult, ...],
     answers: dict[str, list[NodeAnswer]],
     prompts: dict[str, str],
+    labels: dict[str | None, str],
 ) -> list[AppliedReward]:
     config = deps.config.reward
     applied: list[AppliedReward] = []
     for result in results:
         chunk_answers = answers[result.chunk.chunk_id]
         by_node = {a.node_id: a for a in chunk_answers}
-        for decision in judge_chunk(result, chunk_answers, config):
+        for decision in judge_chunk(result, chunk_answers, config, labels.get(result.chunk.chunk_id)):
             if decision.verdict is Verdict.UNKNOWN:
                 before = after = deps.registry.get(decision.node_id).fitness
             else:
                 before, after = deps.registry.apply_reward(
                     decision.node_id, decision.reward, decision.verdict is Verdict.CORRECT,
-                    partial(update_fitness, reward=decision.reward, config=config),
+                    partial(update_fitness, reward=decision.reward, config=config), result.chunk.operation.value,
                 )
             applied.append(AppliedReward(decision, before, after))
             deps.send_feedback(decision.node_id, NodeFeedback(

@@ -78,6 +78,11 @@ def normalize_answer(text: str, operation: Operation) -> str:
     return "text:" + " ".join(words)
 
 
+def answers_match(a: str, b: str) -> bool:
+    """Whether two normalized answers (see normalize_answer) say the same thing."""
+    return _same(a, b)
+
+
 def _same(a: str, b: str) -> bool:
     if a == b:
         return True
@@ -90,13 +95,33 @@ def _same(a: str, b: str) -> bool:
     return False
 
 
-def assemble_chunk(
-    chunk: Chunk, answers: Sequence[NodeAnswer], fitness: Mapping[str, float], expected: float | None = None
-) -> ChunkResult:
-    """Weighted vote over ``answers``; failed and empty answers get no vote.
+def reference_key(operation: Operation, expected: float | None = None, label: str | None = None) -> str | None:
+    """The normalized key of a known right answer: an exact value, or a ground-truth label."""
+    if expected is not None:
+        return f"num:{_format_number(expected)}"
+    if label:
+        return normalize_answer(label, operation)
+    return None
 
-    ``expected`` is the exactly computed value of a math chunk, when known: a group that
-    matches it wins whatever the weights say (a verified answer beats a confident vote).
+
+def is_settled(chunk: Chunk, answers: Sequence[NodeAnswer], wanted: int, reference: str | None = None) -> bool:
+    """Can the remaining redundant streams be cancelled? Yes once an answer matches the known right
+    answer, or a strict majority of the ``wanted`` answers already agree."""
+    keys = [normalize_answer(a.text, chunk.operation) for a in answers
+            if not a.failed and a.text.strip() and not is_degenerate(a.text)]
+    if reference is not None and any(_same(key, reference) for key in keys):
+        return True
+    largest = max((sum(1 for other in keys if _same(key, other)) for key in keys), default=0)
+    return len(keys) >= 2 and largest >= wanted // 2 + 1
+
+
+def assemble_chunk(
+    chunk: Chunk, answers: Sequence[NodeAnswer], fitness: Mapping[str, float], reference: str | None = None
+) -> ChunkResult:
+    """Weighted vote over ``answers``; failed, empty and degenerate answers get no vote.
+
+    ``reference`` is the key of a known right answer (a math chunk's exact value, or a benchmark
+    label; see reference_key): a group that matches it wins whatever the weights say.
     """
     groups: list[str] = []  # representative normalized key of each group
     votes: list[Vote] = []
@@ -123,9 +148,8 @@ def assemble_chunk(
     weight_by_group = [sum(v.weight for v in valid if v.group == g) for g in range(len(groups))]
     # Highest weight wins; ties go to the group that answered first (stable, reproducible).
     winner_group = max(range(len(groups)), key=lambda g: (weight_by_group[g], -g))
-    if expected is not None:
-        expected_key = f"num:{_format_number(expected)}"
-        winner_group = next((g for g, key in enumerate(groups) if _same(key, expected_key)), winner_group)
+    if reference is not None:
+        winner_group = next((g for g, key in enumerate(groups) if _same(key, reference)), winner_group)
     winner = max((v for v in valid if v.group == winner_group), key=lambda v: v.weight)
     total = sum(weight_by_group)
     return ChunkResult(

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from coordinator.config import DispatchConfig, RouteConfig
 from coordinator.errors import NodeCallError
 from coordinator.node_client import ChunkRequest, StreamPiece
 from coordinator.pipeline.assemble import final_number
+from coordinator.pipeline.reward import exact_answer
 from coordinator.pipeline.route import NoNodesAvailableError, route_chunk
 from coordinator.types import (
     Assignment,
@@ -35,6 +38,12 @@ from node.backends.base import confidence_from_logprobs
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class DispatchOutcome:
+    answers: list[NodeAnswer]
+    cancelled: tuple[str, ...] = ()  # nodes whose streams were stopped once the chunk was settled
+
+
 class NodeConnector(Protocol):
     """Streams one chunk answer from one node (raises NodeCallError on failure)."""
 
@@ -50,9 +59,16 @@ _PROMPTS = {
 }
 
 
+_WORD_PROBLEM = ("{task}\nSolve it step by step in a few short lines, then give the final number on the last "
+                 "line as 'Answer: <number>'.")
+
+
 def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult]) -> str:
     """The prompt a node sees: earlier results it depends on, then the task."""
-    task = _PROMPTS[chunk.operation.value].format(task=chunk.text)
+    template = _PROMPTS[chunk.operation.value]
+    if chunk.operation is Operation.MATH_OP and exact_answer(chunk.text) is None:
+        template = _WORD_PROBLEM  # a word problem needs its steps worked out before the number
+    task = template.format(task=chunk.text)
     if not dependencies:
         return task
     context = "\n".join(f"- {d.chunk.text}: {concise_answer(d)}" for d in dependencies)
@@ -132,9 +148,15 @@ async def dispatch_chunk(
     config: DispatchConfig,
     emit: Callable[[PipelineEvent], None],
     on_answer: Callable[[NodeAnswer], None],
-) -> list[NodeAnswer]:
-    """All answers to ``chunk``, failed ones included (they are penalised in stage 6)."""
-    assignment = route_chunk(chunk, nodes(), in_flight, route_config)
+    settled: Callable[[Sequence[NodeAnswer]], bool] | None = None,
+    rng: random.Random | None = None,
+) -> DispatchOutcome:
+    """All answers to ``chunk``, failed ones included (they are penalised in stage 6).
+
+    Once ``settled(answers)`` holds (the answers so far already agree, or one is verified),
+    the streams still running are cancelled: redundancy without paying twice.
+    """
+    assignment = route_chunk(chunk, nodes(), in_flight, route_config, rng=rng)
     emit(ChunkAssigned(assignment))
     tried = set(assignment.node_ids)
     answers: list[NodeAnswer] = []
@@ -157,21 +179,32 @@ async def dispatch_chunk(
             answers.append(answer)
             on_answer(answer)
             if not answer.failed:
+                if settled is not None and settled(answers):
+                    for other, task in running.items():
+                        if other != node_id and not task.done():
+                            cancelled.append(other)
+                            task.cancel()
                 return
             log.warning("node %s failed chunk %s: %s", node_id, chunk.chunk_id, answer.error)
             try:
-                retry = route_chunk(chunk, nodes(), in_flight, route_config, count=1, exclude=frozenset(tried))
+                retry = route_chunk(chunk, nodes(), in_flight, route_config, count=1, exclude=frozenset(tried),
+                                    rng=rng)
             except NoNodesAvailableError:
                 return
+            running[retry.node_ids[0]] = running.pop(node_id)
             node_id = retry.node_ids[0]
             tried.add(node_id)
             reserve(node_id)
             emit(ChunkAssigned(Assignment(chunk.chunk_id, (node_id,), retry=True,
                                           reason=f"{answer.node_id} failed: {answer.error}")))
 
+    running: dict[str, asyncio.Task[None]] = {}  # the node each slot is streaming from -> its task
+    cancelled: list[str] = []
     for node_id in assignment.node_ids:
         reserve(node_id)
     async with asyncio.TaskGroup() as group:
         for node_id in assignment.node_ids:
-            group.create_task(slot(node_id))
-    return answers
+            running[node_id] = group.create_task(slot(node_id))
+    if cancelled:
+        log.info("chunk %s settled early; cancelled %s", chunk.chunk_id, ", ".join(cancelled))
+    return DispatchOutcome(answers, tuple(cancelled))

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from coordinator.config import RewardConfig
-from coordinator.pipeline.assemble import final_number, parse_number
+from coordinator.pipeline.assemble import answers_match, normalize_answer, parse_number, reference_key
 from coordinator.types import ChunkResult, NodeAnswer, Operation, RewardDecision, Verdict
 
 _PERCENT_OF = re.compile(
@@ -86,9 +86,13 @@ def speed_bonus(latency_ms: float, config: RewardConfig) -> float:
     return config.max_speed_bonus * max(0.0, 1.0 - latency_ms / config.speed_reference_ms)
 
 
-def reward_for(verdict: Verdict, latency_ms: float, config: RewardConfig) -> float:
+VERIFIED_SOURCES = frozenset({"exact_check", "label", "user"})  # evidence beyond the nodes' own agreement
+
+
+def reward_for(verdict: Verdict, latency_ms: float, config: RewardConfig, *, verified: bool = True) -> float:
+    """+0.05 when correct, plus the speed bonus only when the answer was verified; -0.05 when wrong."""
     if verdict is Verdict.CORRECT:
-        return config.correct_reward + speed_bonus(latency_ms, config)
+        return config.correct_reward + (speed_bonus(latency_ms, config) if verified else 0.0)
     if verdict is Verdict.WRONG:
         return config.wrong_reward
     return 0.0
@@ -111,27 +115,33 @@ def _format(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:.12g}"
 
 
-def judge_chunk(result: ChunkResult, answers: list[NodeAnswer], config: RewardConfig) -> list[RewardDecision]:
-    """One decision per node answer to the chunk of ``result``."""
+def judge_chunk(
+    result: ChunkResult, answers: list[NodeAnswer], config: RewardConfig, label: str | None = None
+) -> list[RewardDecision]:
+    """One decision per node answer to the chunk of ``result``.
+
+    Evidence, strongest first: a ground-truth ``label`` (benchmark mode), the exact value of
+    readable arithmetic, a real majority of the vote; otherwise no verdict.
+    """
     chunk = result.chunk
     expected = exact_answer(chunk.text) if chunk.operation is Operation.MATH_OP else None
+    reference = reference_key(chunk.operation, expected, label)
     winners = set(result.winning_node_ids)
     malformed = {v.node_id for v in result.votes if v.group < 0}
+    truth_text = label if label else (_format(expected) if expected is not None else "")
     decisions: list[RewardDecision] = []
     for answer in answers:
         if answer.failed or not answer.text.strip() or answer.node_id in malformed:
-            verdict, source, truth = Verdict.WRONG, "failure", _format(expected) if expected is not None else ""
-        elif expected is not None:
-            got = final_number(answer.text)
-            right = got is not None and math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-6)
-            verdict, source, truth = (Verdict.CORRECT if right else Verdict.WRONG), "exact_check", _format(expected)
+            verdict, source, truth = Verdict.WRONG, "failure", truth_text
+        elif reference is not None:
+            right = answers_match(normalize_answer(answer.text, chunk.operation), reference)
+            source = "label" if label else "exact_check"
+            verdict, truth = (Verdict.CORRECT if right else Verdict.WRONG), truth_text
         elif len(winners) >= 2:  # a real majority: at least two nodes gave the winning answer
             verdict = Verdict.CORRECT if answer.node_id in winners else Verdict.WRONG
             source, truth = "vote", result.answer
         else:
             verdict, source, truth = Verdict.UNKNOWN, "none", ""
-        decisions.append(
-            RewardDecision(answer.node_id, chunk.chunk_id, verdict, reward_for(verdict, answer.latency_ms, config),
-                           source, truth)
-        )
+        reward = reward_for(verdict, answer.latency_ms, config, verified=source in VERIFIED_SOURCES)
+        decisions.append(RewardDecision(answer.node_id, chunk.chunk_id, verdict, reward, source, truth))
     return decisions

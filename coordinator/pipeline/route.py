@@ -9,6 +9,8 @@ Pure: no I/O.
 from __future__ import annotations
 
 import heapq
+import math
+import random
 import statistics
 from collections.abc import Iterable, Mapping
 
@@ -24,11 +26,29 @@ def redundancy_for(chunk: Chunk, config: RouteConfig) -> int:
     return config.redundancy if chunk.complexity >= config.redundancy_threshold else 1
 
 
+def effective_fitness(
+    node: NodeRecord, operation: str, total_trials: int, config: RouteConfig, rng: random.Random | None
+) -> float:
+    """The fitness routing uses: the node's fitness at ``operation``, made optimistic (UCB) or sampled
+    (Thompson) so that nodes with little evidence still get tried."""
+    stats = node.op_stats.get(operation)
+    trials = stats.trials if stats is not None else 0
+    if config.exploration == "ucb":
+        bonus = config.exploration_weight * math.sqrt(math.log(1 + total_trials) / (1 + trials))
+        return min(1.0, node.fitness_for(operation) + bonus)
+    if config.exploration == "thompson":
+        successes = stats.successes if stats is not None else 0
+        return (rng or random.Random(0)).betavariate(1 + successes, 1 + trials - successes)
+    return node.fitness_for(operation)
+
+
 def score_nodes(
-    nodes: Iterable[NodeRecord], in_flight: Mapping[str, int], config: RouteConfig
+    nodes: Iterable[NodeRecord], in_flight: Mapping[str, int], config: RouteConfig, operation: str = "",
+    rng: random.Random | None = None,
 ) -> list[tuple[float, str]]:
     """(score, node_id) for each live node; lower is better."""
     live = [n for n in nodes if n.state == "up"]
+    total_trials = sum(s.trials for n in live for op, s in n.op_stats.items() if op == operation)
     measured = [n.latency_ms for n in live if n.latency_ms is not None]
     prior = statistics.median(measured) if measured else config.default_latency_ms
     expected = {
@@ -38,7 +58,8 @@ def score_nodes(
     worst = max(expected.values(), default=1.0) or 1.0
     return [
         (
-            config.latency_weight * expected[n.node_id] / worst + config.fitness_weight * (1.0 - n.fitness),
+            config.latency_weight * expected[n.node_id] / worst
+            + config.fitness_weight * (1.0 - effective_fitness(n, operation, total_trials, config, rng)),
             n.node_id,
         )
         for n in live
@@ -53,10 +74,12 @@ def route_chunk(
     *,
     count: int | None = None,
     exclude: frozenset[str] = frozenset(),
+    rng: random.Random | None = None,
 ) -> Assignment:
     """Pick ``count`` (default: by complexity) distinct nodes, never one from ``exclude``."""
     wanted = redundancy_for(chunk, config) if count is None else count
-    candidates = [(s, node_id) for s, node_id in score_nodes(nodes, in_flight, config) if node_id not in exclude]
+    scored = score_nodes(nodes, in_flight, config, chunk.operation.value, rng)
+    candidates = [(s, node_id) for s, node_id in scored if node_id not in exclude]
     if not candidates:
         raise NoNodesAvailableError(f"no live node can take chunk {chunk.chunk_id}")
     chosen = heapq.nsmallest(wanted, candidates)  # ties break on node id: reproducible

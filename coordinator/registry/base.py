@@ -46,9 +46,12 @@ class NodeRegistry(Protocol):
         ...
 
     def apply_reward(
-        self, node_id: str, reward: float, correct: bool | None, update: Callable[[float], float]
+        self, node_id: str, reward: float, correct: bool | None, update: Callable[[float], float],
+        operation: str = "",
     ) -> tuple[float, float]:
-        """Atomically fitness = update(fitness); returns (before, after)."""
+        """Atomically fitness = update(fitness), and the same for the fitness at ``operation``
+        (starting from the overall fitness), counting a trial and a success when ``correct``;
+        returns the overall (before, after)."""
         ...
 
     def save_query(self, record: QueryRecord) -> None: ...

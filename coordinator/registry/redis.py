@@ -29,7 +29,7 @@ from redis.exceptions import WatchError
 from redis.retry import Retry
 
 from coordinator.registry.base import QueryRecord, RegistryUnavailableError, UnknownNodeError, UnknownQueryError
-from coordinator.types import NodeDescription, NodeRecord
+from coordinator.types import NodeDescription, NodeRecord, OpStats
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,12 @@ class RedisRegistry:
     @staticmethod
     def _record(fields: dict[str, str]) -> NodeRecord:
         latency = fields.get("latency_ms")
+        operations = {key.split(":")[1] for key in fields if key.startswith("op:")}
+        op_stats = {
+            op: OpStats(float(fields[f"op:{op}:fitness"]), int(fields.get(f"op:{op}:trials", 0)),
+                        int(fields.get(f"op:{op}:successes", 0)))
+            for op in operations
+        }
         return NodeRecord(
             NodeDescription(**json.loads(fields["info"])),
             fitness=float(fields["fitness"]),
@@ -147,6 +153,7 @@ class RedisRegistry:
             correct=int(fields["correct"]),
             failures=int(fields["failures"]),
             failure_streak=int(fields["failure_streak"]),
+            op_stats=op_stats,
         )
 
     @classmethod
@@ -193,7 +200,8 @@ class RedisRegistry:
         return self._from_flat(flat)
 
     def apply_reward(
-        self, node_id: str, reward: float, correct: bool | None, update: Callable[[float], float]
+        self, node_id: str, reward: float, correct: bool | None, update: Callable[[float], float],
+        operation: str = "",
     ) -> tuple[float, float]:
         key = self._node_key(node_id)
         with self._reachable(), self._client.pipeline() as pipe:
@@ -205,9 +213,15 @@ class RedisRegistry:
                         raise UnknownNodeError(node_id)
                     before = float(raw)
                     after = update(before)  # if it raises, leaving the pipeline unwatches: nothing written
+                    op_raw: Any = pipe.hget(key, f"op:{operation}:fitness") if operation else None
                     pipe.multi()
                     pipe.hset(key, "fitness", repr(float(after)))
                     pipe.hincrby(key, "correct", 1 if correct else 0)
+                    if operation:
+                        op_after = update(before if op_raw is None else float(op_raw))
+                        pipe.hset(key, f"op:{operation}:fitness", repr(float(op_after)))
+                        pipe.hincrby(key, f"op:{operation}:trials", 1)
+                        pipe.hincrby(key, f"op:{operation}:successes", 1 if correct else 0)
                     pipe.execute()
                     return before, after
                 except WatchError:

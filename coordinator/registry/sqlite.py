@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from coordinator.registry.base import QueryRecord, UnknownNodeError, UnknownQueryError
-from coordinator.types import NodeDescription, NodeRecord
+from coordinator.types import NodeDescription, NodeRecord, OpStats
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -25,6 +25,14 @@ CREATE TABLE IF NOT EXISTS nodes (
     correct INTEGER NOT NULL DEFAULT 0,
     failures INTEGER NOT NULL DEFAULT 0,
     failure_streak INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS op_stats (
+    node_id TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    fitness REAL NOT NULL,
+    trials INTEGER NOT NULL DEFAULT 0,
+    successes INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (node_id, operation)
 );
 CREATE TABLE IF NOT EXISTS queries (
     query_id TEXT PRIMARY KEY,
@@ -58,10 +66,19 @@ class SqliteRegistry:
         return _Transaction(self._db, self._lock)
 
     @staticmethod
-    def _record(row: tuple) -> NodeRecord:  # type: ignore[type-arg]
+    def _record(row: tuple, op_stats: dict[str, OpStats] | None = None) -> NodeRecord:  # type: ignore[type-arg]
         _, info, fitness, latency, state, last_seen, answers, correct, failures, streak = row
         return NodeRecord(NodeDescription(**json.loads(info)), fitness, latency, state, last_seen,
-                          answers, correct, failures, streak)
+                          answers, correct, failures, streak, op_stats or {})
+
+    def _op_stats(self, node_id: str | None = None) -> dict[str, dict[str, OpStats]]:
+        query = "SELECT node_id, operation, fitness, trials, successes FROM op_stats"
+        rows = (self._db.execute(query + " WHERE node_id = ?", (node_id,)) if node_id is not None
+                else self._db.execute(query)).fetchall()
+        stats: dict[str, dict[str, OpStats]] = {}
+        for nid, operation, fitness, trials, successes in rows:
+            stats.setdefault(nid, {})[operation] = OpStats(fitness, trials, successes)
+        return stats
 
     def upsert_node(self, info: NodeDescription, *, now: float) -> NodeRecord:
         with self._transaction() as db:
@@ -87,14 +104,16 @@ class SqliteRegistry:
     def get(self, node_id: str) -> NodeRecord:
         with self._lock:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            stats = self._op_stats(node_id)
         if row is None:
             raise UnknownNodeError(node_id)
-        return self._record(row)
+        return self._record(row, stats.get(node_id))
 
     def list_nodes(self) -> list[NodeRecord]:
         with self._lock:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM nodes ORDER BY node_id").fetchall()
-        return [self._record(r) for r in rows]
+            stats = self._op_stats()
+        return [self._record(r, stats.get(r[0])) for r in rows]
 
     def record_answer(self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float) -> NodeRecord:
         with self._transaction() as db:
@@ -114,7 +133,8 @@ class SqliteRegistry:
         return self._record(row)
 
     def apply_reward(
-        self, node_id: str, reward: float, correct: bool | None, update: Callable[[float], float]
+        self, node_id: str, reward: float, correct: bool | None, update: Callable[[float], float],
+        operation: str = "",
     ) -> tuple[float, float]:
         with self._transaction() as db:
             row = db.execute("SELECT fitness FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
@@ -124,6 +144,15 @@ class SqliteRegistry:
             after = update(before)
             db.execute("UPDATE nodes SET fitness = ?, correct = correct + ? WHERE node_id = ?",
                        (after, int(bool(correct)), node_id))
+            if operation:
+                op = db.execute("SELECT fitness FROM op_stats WHERE node_id = ? AND operation = ?",
+                                (node_id, operation)).fetchone()
+                db.execute(
+                    "INSERT INTO op_stats (node_id, operation, fitness, trials, successes) VALUES (?, ?, ?, 1, ?) "
+                    "ON CONFLICT(node_id, operation) DO UPDATE SET fitness = excluded.fitness, "
+                    "trials = trials + 1, successes = successes + excluded.successes",
+                    (node_id, operation, update(before if op is None else float(op[0])), int(bool(correct))),
+                )
         return before, after
 
     def save_query(self, record: QueryRecord) -> None:

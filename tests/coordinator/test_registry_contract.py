@@ -375,3 +375,17 @@ def test_save_query_replaces_same_id(registry: NodeRegistry) -> None:
     registry.save_query(QueryRecord("q-1", "second", "b", 2.0, {"v": 2}))
 
     assert registry.get_query("q-1") == QueryRecord("q-1", "second", "b", 2.0, {"v": 2})
+
+
+def test_rewards_are_kept_per_operation_type(registry: NodeRegistry) -> None:
+    registry.upsert_node(INFO, now=1.0)
+    registry.apply_reward("node-a", 0.1, True, lambda f: f + 0.1, "MATH_OP")
+    registry.apply_reward("node-a", 0.1, True, lambda f: f + 0.1, "MATH_OP")
+    registry.apply_reward("node-a", -0.05, False, lambda f: f - 0.2, "SEARCH_OP")
+    record = registry.get("node-a")
+    assert record.fitness == pytest.approx(0.5)  # +0.1 +0.1 -0.2 overall
+    math_stats, search_stats = record.op_stats["MATH_OP"], record.op_stats["SEARCH_OP"]
+    assert (math_stats.trials, math_stats.successes) == (2, 2) and math_stats.fitness == pytest.approx(0.7)
+    assert (search_stats.trials, search_stats.successes) == (1, 0)
+    assert search_stats.fitness == pytest.approx(0.5)  # started from the overall fitness then (0.7), minus 0.2
+    assert registry.list_nodes()[0].op_stats == record.op_stats

@@ -56,7 +56,12 @@ async def test_seed_query_streams_every_stage_in_order(cluster: Cluster) -> None
     assert final.synthesis == "template"
     assert {t.stage for t in final.timings} >= {"decompose", "dispatch+assemble", "synthesize", "reward"}
     c1 = final.chunks[0]
-    assert len(c1.node_ids) == 2 and c1.unanimous and c1.agreement == pytest.approx(1.0)
+    c1_result = next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result")
+    # two nodes were assigned; the first verified answer (10% of 1000 = 100) settled the chunk and
+    # the other stream was cancelled: redundancy without paying twice
+    assigned = next(e.assignment for e in events if e.WhichOneof("event") == "assignment")
+    assert len(assigned.node_ids) == 2
+    assert len(c1.node_ids) + len(c1_result.cancelled_node_ids) == 2 and c1.agreement == pytest.approx(1.0)
     assert all(r.verdict == dellm_pb2.CORRECT for r in final.rewards if r.chunk_id == "c1")
     assert all(r.fitness_after > r.fitness_before for r in final.rewards if r.chunk_id == "c1")
 
@@ -75,9 +80,10 @@ async def test_exact_check_beats_a_confident_wrong_node(cluster: Cluster) -> Non
 async def test_node_feedback_arrives_and_is_stored(cluster: Cluster) -> None:
     await cluster.add_node("a", script(RIGHT))
     await cluster.add_node("b", script(RIGHT))
-    await collect(cluster.address, "What is 10% of 1000?")
-    await cluster.wait_for(lambda: all(len(s.entries()) == 1 for s in cluster.stores.values()))
-    entry = cluster.stores["a"].entries()[0]
+    events = await collect(cluster.address, "What is 10% of 1000?")
+    answered = {r.node_id[:1] for r in events[-1].final.rewards}  # the other stream may have been cancelled
+    await cluster.wait_for(lambda: all(len(cluster.stores[n].entries()) == 1 for n in answered))
+    entry = cluster.stores[sorted(answered)[0]].entries()[0]
     assert entry.verdict == "CORRECT" and entry.correct_answer == "100" and "10% of 1000" in entry.prompt
     assert entry.source == "exact_check"
 
@@ -210,7 +216,7 @@ async def test_fitness_survives_a_coordinator_restart(cluster: Cluster) -> None:
     for _ in range(3):
         await collect(cluster.address, "What is 10% of 1000?")
     before = {n.node_id: n.fitness for n in cluster.coordinator.coordinator.registry.list_nodes()}
-    assert all(f > 0.5 for f in before.values())
+    assert max(before.values()) > 0.5
     for name in list(cluster.nodes):
         await cluster.stop_node(name)
     await cluster.coordinator.stop(0.1)

@@ -44,16 +44,17 @@ async def test_two_coordinators_share_nodes_and_fitness(redis_url: str, tmp_path
                     await asyncio.sleep(0.05)
                 assert {n.info.name for n in await client.nodes() if n.state == "up"} == {"n0", "n1"}
 
-        async def ask(address: str) -> None:
+        async def ask(address: str) -> int:
             async with DellmClient(address) as client:
-                async for _ in client.ask("What is 10% of 1000?"):
-                    pass
+                events = [event async for event in client.ask("What is 10% of 1000?")]
+            return len(events[-1].final.rewards)  # one per finished answer (a settled chunk cancels the rest)
 
         # 6 queries through each coordinator at once: every answer and reward lands on one shared record
-        await asyncio.gather(*(ask(running.address) for running in coordinators for _ in range(6)))
+        rewarded = sum(await asyncio.gather(*(ask(running.address) for running in coordinators for _ in range(6))))
         records = RedisRegistry(redis_url).list_nodes()
-        assert sum(r.answers for r in records) == 24  # 12 queries x 2 redundant answers
-        assert sum(r.correct for r in records) == 24
+        assert rewarded >= 12
+        assert sum(r.answers for r in records) == rewarded
+        assert sum(r.correct for r in records) == rewarded
         assert all(r.fitness > 0.5 for r in records)
         async with DellmClient(coordinators[1].address) as client:
             seen = {n.info.node_id: n.fitness for n in await client.nodes()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.pipeline.assemble import AssemblyError, assemble_chunk, final_number, normalize_answer
+from coordinator.pipeline.assemble import AssemblyError, assemble_chunk, final_number, normalize_answer, reference_key
 from coordinator.types import Chunk, NodeAnswer, Operation
 
 MATH = Chunk("c1", Operation.MATH_OP, "Calculate 10% interest on $10000", 7, 0.55)
@@ -324,7 +324,7 @@ def test_no_usable_answer_raises(answers: list[NodeAnswer]) -> None:
 def test_expected_value_makes_matching_group_win(
     answers: list[NodeAnswer], fitness: dict[str, float], expected: float, winner: str
 ) -> None:
-    result = assemble_chunk(MATH, answers, fitness, expected=expected)
+    result = assemble_chunk(MATH, answers, fitness, reference_key(Operation.MATH_OP, expected))
 
     assert result.winner_node_id == winner
 
@@ -332,7 +332,7 @@ def test_expected_value_makes_matching_group_win(
 def test_expected_win_reports_true_weight_share() -> None:
     answers = [_answer("s1", "1001"), _answer("weak", "1000")]
 
-    result = assemble_chunk(MATH, answers, {"s1": 0.9, "weak": 0.1}, expected=1000.0)
+    result = assemble_chunk(MATH, answers, {"s1": 0.9, "weak": 0.1}, reference_key(Operation.MATH_OP, 1000.0))
 
     assert result.answer == "1000"
     assert result.agreement == pytest.approx(0.1)
@@ -343,7 +343,7 @@ def test_numbers_differing_beyond_six_digits_are_different_answers() -> None:
     chunk = Chunk("c1", Operation.MATH_OP, "What is 1234.5 * 100.1?", 8, 0.6)
     answers = [_answer("right", "123573.45"), _answer("rounded", "123573")]
 
-    result = assemble_chunk(chunk, answers, {"right": 0.3, "rounded": 0.9}, expected=123573.45)
+    result = assemble_chunk(chunk, answers, {"right": 0.3, "rounded": 0.9}, reference_key(Operation.MATH_OP, 123573.45))
 
     assert result.groups == 2
     assert (result.winner_node_id, result.answer) == ("right", "123573.45")

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from coordinator.config import RewardConfig
-from coordinator.pipeline.assemble import assemble_chunk
+from coordinator.pipeline.assemble import assemble_chunk, reference_key
 from coordinator.pipeline.reward import exact_answer, judge_chunk, reward_for, speed_bonus, update_fitness
 from coordinator.types import Chunk, ChunkResult, NodeAnswer, Operation, RewardDecision, Verdict
 
@@ -229,7 +229,7 @@ def test_vote_verdicts_with_two_or_more_compared_answers(
     assert {d.source for d in decisions.values()} == {"vote"}
     assert {d.correct_answer for d in decisions.values()} == {texts[0]}
     for node_id, decision in decisions.items():
-        assert decision.reward == pytest.approx(reward_for(expected[node_id], 1_000.0, CONFIG))
+        assert decision.reward == pytest.approx(reward_for(expected[node_id], 1_000.0, CONFIG, verified=False))
 
 
 @pytest.mark.parametrize(
@@ -314,3 +314,24 @@ def test_degenerate_output_is_wrong_by_failure() -> None:
 
     assert (decisions["loop"].verdict, decisions["loop"].source) == (Verdict.WRONG, "failure")
     assert decisions["a"].verdict is Verdict.CORRECT
+
+
+def test_a_label_is_the_strongest_evidence_and_earns_the_speed_bonus() -> None:
+    word_problem = Chunk("c1", Operation.MATH_OP, "Janet has 16 eggs and eats 3. How many are left?", 12, 0.6)
+    answers = [_answer("right", "Answer: 13", 100.0), _answer("wrong", "Answer: 12", 100.0),
+               _answer("wrong2", "12", 100.0)]
+    result = assemble_chunk(word_problem, answers, {a.node_id: 0.5 for a in answers}, reference_key(
+        Operation.MATH_OP, label="13"))
+    decisions = {d.node_id: d for d in judge_chunk(result, answers, CONFIG, label="13")}
+
+    assert result.answer == "Answer: 13"  # the labelled answer wins against a majority
+    assert {n: (d.verdict, d.source) for n, d in decisions.items()} == {
+        "right": (Verdict.CORRECT, "label"), "wrong": (Verdict.WRONG, "label"), "wrong2": (Verdict.WRONG, "label")}
+    assert decisions["right"].reward == pytest.approx(reward_for(Verdict.CORRECT, 100.0, CONFIG))
+    assert decisions["right"].reward > CONFIG.correct_reward  # verified: speed bonus
+    assert decisions["right"].correct_answer == "13"
+
+
+def test_a_vote_earns_no_speed_bonus() -> None:
+    decisions = _judge(SEARCH, [_answer("a", "Paris", 10.0), _answer("b", "Paris", 10.0)])
+    assert {d.reward for d in decisions.values()} == {CONFIG.correct_reward}

@@ -263,3 +263,58 @@ def test_ties_break_on_node_id_whatever_the_input_order(order: tuple[int, ...]) 
 
     assert route_chunk(HIGH, nodes, {}, CONFIG).node_ids == ("alpha", "bravo")
     assert route_chunk(HIGH, nodes, {}, CONFIG, count=4).node_ids == ("alpha", "bravo", "charlie", "delta")
+
+
+# --- fitness per operation type, and exploration ------------------------------------------------
+
+def _specialist(node_id: str, op_fitness: dict[str, tuple[float, int, int]], fitness: float = 0.5) -> NodeRecord:
+    from coordinator.types import OpStats
+
+    return NodeRecord(NodeDescription(node_id, "127.0.0.1:1"), fitness=fitness, latency_ms=100.0,
+                      op_stats={op: OpStats(*stats) for op, stats in op_fitness.items()})
+
+
+def _math_chunk() -> Chunk:
+    return Chunk("c1", Operation.MATH_OP, "What is 2 + 2?", 6, 0.1)
+
+
+def test_fitness_is_kept_per_operation_type() -> None:
+    mathematician = _specialist("math", {"MATH_OP": (0.9, 20, 19), "SEARCH_OP": (0.2, 20, 3)})
+    librarian = _specialist("lib", {"MATH_OP": (0.2, 20, 3), "SEARCH_OP": (0.9, 20, 19)})
+    config = RouteConfig(exploration="none")
+    nodes = [mathematician, librarian]
+    assert route_chunk(_math_chunk(), nodes, {}, config).node_ids == ("math",)
+    assert route_chunk(_chunk(0.1), nodes, {}, config).node_ids == ("lib",)
+
+
+def test_a_node_not_yet_judged_at_an_operation_uses_its_overall_fitness() -> None:
+    node = _specialist("n", {"SEARCH_OP": (0.9, 5, 5)}, fitness=0.4)
+    assert node.fitness_for("MATH_OP") == 0.4 and node.fitness_for("SEARCH_OP") == 0.9
+
+
+def test_ucb_gives_an_untried_node_a_chance_and_fades_with_evidence() -> None:
+    veteran = _specialist("veteran", {"MATH_OP": (0.7, 200, 150)})
+    newcomer = _specialist("newcomer", {}, fitness=0.5)
+    chosen = route_chunk(_math_chunk(), [veteran, newcomer], {}, RouteConfig(exploration="ucb"))
+    assert chosen.node_ids == ("newcomer",)  # optimism for the unknown
+    assert route_chunk(_math_chunk(), [veteran, newcomer], {}, RouteConfig(exploration="none")).node_ids == (
+        "veteran",)
+    tried_and_weak = _specialist("newcomer", {"MATH_OP": (0.3, 60, 10)})
+    assert route_chunk(_math_chunk(), [veteran, tried_and_weak], {}, RouteConfig(exploration="ucb")).node_ids == (
+        "veteran",)
+
+
+def test_thompson_sampling_is_reproducible_with_a_seed_and_mostly_exploits() -> None:
+    import random
+
+    good = _specialist("good", {"MATH_OP": (0.8, 50, 40)})
+    weak = _specialist("weak", {"MATH_OP": (0.6, 10, 6)})  # less evidence: still sampled now and then
+    config = RouteConfig(exploration="thompson")
+
+    def picks(seed: int) -> list[str]:
+        rng = random.Random(seed)
+        return [route_chunk(_math_chunk(), [good, weak], {}, config, rng=rng).node_ids[0] for _ in range(200)]
+
+    assert picks(7) == picks(7)
+    assert picks(7) != picks(8)
+    assert 150 < picks(7).count("good") < 200
