@@ -22,11 +22,19 @@ class RouteConfig:
     redundancy_threshold: float = 0.35  # chunks at least this complex get `redundancy` nodes
     default_latency_ms: float = 1000.0  # prior for a node whose latency is not measured yet
     # Exploration, so that a new node gets tried and a recovered one gets another chance:
-    # "ucb" adds an optimism bonus to the fitness of rarely judged nodes, "thompson" samples each
-    # node's success rate from Beta(1 + successes, 1 + failures), "none" is pure exploitation.
-    exploration: str = "ucb"
+    # "thompson" samples each node's success rate from its Beta posterior (prior centred on its
+    # fitness), "ucb" adds an optimism bonus to the fitness of rarely judged nodes, "none" is pure
+    # exploitation. Measured (scripts/bench_fitness_growth.py): UCB at this weight settles on the
+    # first good node it meets; Thompson keeps looking and finds better ones.
+    exploration: str = "thompson"
+    thompson_prior_strength: float = 2.0  # pseudo-trials the fitness prior is worth
     exploration_weight: float = 0.15  # UCB bonus scale: w * sqrt(ln(1 + all trials) / (1 + node trials))
     seed: int = 0  # Thompson sampling's random stream: the same seed routes the same way
+    # Quarantine: a node whose fitness at an operation fell below this, after at least
+    # quarantine_min_trials judged answers there, gets none of that work while any other node can
+    # take it. Without it the seed's score (latency weighs 0.7) keeps a fast wrong node in front.
+    quarantine_fitness: float = 0.2
+    quarantine_min_trials: int = 5
 
 
 @dataclass(frozen=True)

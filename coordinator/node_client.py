@@ -77,6 +77,15 @@ class NodeClient:
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from exc
 
+    async def connect(self, timeout: float) -> bool:
+        """Open the channel now, so that the node's first chunk does not pay for the connection
+        (and its first latency sample is not inflated by it)."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def info_once(self, timeout: float) -> NodeDescription:
         """Info over a channel opened for this one call (for addresses not kept in the pool)."""
         try:

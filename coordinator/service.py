@@ -107,6 +107,7 @@ class Coordinator:
         except UnknownNodeError:
             known = None
         record = self.registry.upsert_node(replace(actual, address=address), now=time.time())
+        await self.pool.client(record.node_id, address).connect(self.config.rpc_timeout_s)
         if known is None or known.state != "up" or known.info.address != address:
             log.info("node %s admitted from %s (%s, %s), fitness %.3f", record.node_id, address, record.info.model,
                      record.info.backend, record.fitness)

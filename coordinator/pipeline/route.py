@@ -38,16 +38,28 @@ def effective_fitness(
         return min(1.0, node.fitness_for(operation) + bonus)
     if config.exploration == "thompson":
         successes = stats.successes if stats is not None else 0
-        return (rng or random.Random(0)).betavariate(1 + successes, 1 + trials - successes)
+        prior = config.thompson_prior_strength
+        fitness = min(0.99, max(0.01, node.fitness))
+        return (rng or random.Random(0)).betavariate(prior * fitness + successes,
+                                                     prior * (1 - fitness) + trials - successes)
     return node.fitness_for(operation)
+
+
+def quarantined(node: NodeRecord, operation: str, config: RouteConfig) -> bool:
+    stats = node.op_stats.get(operation)
+    return (stats is not None and stats.trials >= config.quarantine_min_trials
+            and stats.fitness < config.quarantine_fitness)
 
 
 def score_nodes(
     nodes: Iterable[NodeRecord], in_flight: Mapping[str, int], config: RouteConfig, operation: str = "",
     rng: random.Random | None = None,
 ) -> list[tuple[float, str]]:
-    """(score, node_id) for each live node; lower is better."""
+    """(score, node_id) for each live node; lower is better. Quarantined nodes are left out
+    while any other live node remains."""
     live = [n for n in nodes if n.state == "up"]
+    trusted = [n for n in live if not quarantined(n, operation, config)]
+    live = trusted or live
     total_trials = sum(s.trials for n in live for op, s in n.op_stats.items() if op == operation)
     measured = [n.latency_ms for n in live if n.latency_ms is not None]
     prior = statistics.median(measured) if measured else config.default_latency_ms

@@ -17,11 +17,17 @@ Script format (TOML)::
 
     [default]                        # used when no rule matches
     reply = "I do not know."
+
+    [arithmetic]                     # optional: "A op B" in the prompt is computed ...
+    accuracy = 0.8                   # ... and answered right with this probability,
+    seed = 1                         # ... else off by a few (a node of set, known accuracy)
+    delay = 0.01
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
 import threading
 import tomllib
@@ -45,6 +51,31 @@ class ScriptError(ValueError):
     """The script file is missing or malformed."""
 
 
+_ARITHMETIC = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/x])\s*(-?\d+(?:\.\d+)?)")
+_OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "x": lambda a, b: a * b,
+               "/": lambda a, b: a / b if b else math.nan}
+
+
+@dataclass
+class ArithmeticRule:
+    """Answers "A op B" right with probability ``accuracy`` (seeded), else a near miss."""
+
+    accuracy: float
+    rng: random.Random
+    delay: float = 0.0
+
+    def reply(self, prompt: str) -> str | None:
+        match = _ARITHMETIC.search(prompt)
+        if match is None:
+            return None
+        a, op, b = float(match.group(1)), match.group(2), float(match.group(3))
+        value = _OPERATIONS[op](a, b)
+        if self.rng.random() >= self.accuracy:
+            value += self.rng.choice([-10, -2, -1, 1, 2, 10])
+        shown = int(value) if value == int(value) else round(value, 4)
+        return f"{match.group(0)} = {shown}. Answer: {shown}"
+
+
 def _parse_rule(raw: dict[str, object], where: str) -> ScriptRule:
     try:
         pattern = re.compile(str(raw.get("pattern", "")))
@@ -66,10 +97,12 @@ def _parse_rule(raw: dict[str, object], where: str) -> ScriptRule:
 class ScriptedBackend:
     """Test double: replies word by word from scripted rules (see module docstring)."""
 
-    def __init__(self, rules: list[ScriptRule], default: ScriptRule, model: str = "scripted") -> None:
+    def __init__(self, rules: list[ScriptRule], default: ScriptRule, model: str = "scripted",
+                 arithmetic: ArithmeticRule | None = None) -> None:
         self._rules = rules
         self._default = default
         self._model = model
+        self._arithmetic = arithmetic
 
     @classmethod
     def from_file(cls, path: Path | None) -> ScriptedBackend:
@@ -93,13 +126,31 @@ class ScriptedBackend:
         if not isinstance(raw_default, dict):
             raise ScriptError(f"{source}: 'default' must be a table")
         default = _parse_rule(raw_default, f"{source} default")
-        return cls(rules, default, model=str(data.get("model", "scripted")))
+        arithmetic = None
+        raw_arithmetic = data.get("arithmetic")
+        if raw_arithmetic is not None:
+            if not isinstance(raw_arithmetic, dict):
+                raise ScriptError(f"{source}: 'arithmetic' must be a table")
+            try:
+                accuracy = float(raw_arithmetic.get("accuracy", 1.0))
+                arithmetic = ArithmeticRule(accuracy, random.Random(int(raw_arithmetic.get("seed", 0))),
+                                            float(raw_arithmetic.get("delay", 0.0)))
+            except (TypeError, ValueError) as exc:
+                raise ScriptError(f"{source} arithmetic: {exc}") from exc
+            if not 0.0 <= accuracy <= 1.0:
+                raise ScriptError(f"{source} arithmetic: accuracy must be in [0, 1], got {accuracy}")
+        return cls(rules, default, model=str(data.get("model", "scripted")), arithmetic=arithmetic)
 
     def describe(self) -> BackendDescription:
         return BackendDescription(backend="scripted", model=self._model, quantization="", context_size=0)
 
     def _rule_for(self, prompt: str) -> ScriptRule:
-        return next((r for r in self._rules if r.pattern.search(prompt)), self._default)
+        rule = next((r for r in self._rules if r.pattern.search(prompt)), None)
+        if rule is None and self._arithmetic is not None:
+            reply = self._arithmetic.reply(prompt)
+            if reply is not None:
+                return ScriptRule(re.compile(""), reply, self._arithmetic.delay, 0.9)
+        return rule or self._default
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[TokenPiece]:
         rule = self._rule_for(request.prompt)

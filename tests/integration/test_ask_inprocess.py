@@ -131,7 +131,9 @@ async def test_failed_slot_is_retried_on_the_next_node(cluster: Cluster) -> None
     await cluster.add_node("ok", script(RIGHT, delay=0.3))
     events = await collect(cluster.address, "What is 10% of 1000?")
     retries = [e.assignment for e in events if e.WhichOneof("event") == "assignment" and e.assignment.retry]
-    assert retries and retries[0].node_ids[0].startswith("ok") and "failed" in retries[0].reason
+    assert retries and all("failed" in r.reason for r in retries)
+    answered = {r.node_id[:2] for r in events[-1].final.rewards if r.verdict == dellm_pb2.CORRECT}
+    assert answered == {"ok"}  # whichever slot reached it, the working node answered
     assert "100" in events[-1].final.answer
 
 

@@ -12,7 +12,7 @@ from coordinator.config import RouteConfig
 from coordinator.pipeline.route import NoNodesAvailableError, redundancy_for, route_chunk, score_nodes
 from coordinator.types import Chunk, NodeDescription, NodeRecord, Operation
 
-CONFIG = RouteConfig()
+CONFIG = RouteConfig(exploration="none")  # the seed's score exactly; exploration is tested at the end
 
 
 def _node(node_id: str, latency_ms: float | None = 100.0, fitness: float = 0.5, state: str = "up") -> NodeRecord:
@@ -64,7 +64,7 @@ def test_score_is_seed_formula(nodes: list[NodeRecord], expected: dict[str, floa
 
 
 def test_score_uses_configured_weights() -> None:
-    config = RouteConfig(latency_weight=0.5, fitness_weight=0.5)
+    config = RouteConfig(latency_weight=0.5, fitness_weight=0.5, exploration="none")
 
     scores = {n: s for s, n in score_nodes([_node("a", 100, 0.8), _node("b", 200, 0.2)], {}, config)}
 
@@ -236,7 +236,7 @@ def test_median_prior_ignores_down_nodes() -> None:
 
 def test_no_measured_latency_uses_default_prior() -> None:
     nodes = [_node("a", None, 0.8), _node("b", None, 0.2)]
-    config = RouteConfig(default_latency_ms=750.0)
+    config = RouteConfig(default_latency_ms=750.0, exploration="none")
 
     scores = {n: s for s, n in score_nodes(nodes, {}, config)}
 
