@@ -84,13 +84,14 @@ def test_another_clusters_node_is_not_admitted_and_logged_once(tmp_path: Path, l
 
 def test_goodbye_and_sigkill_stop_routing_and_a_restart_restores_fitness(lan: LocalCluster) -> None:
     first = lan.start_node(scripted("victim"))
-    lan.start_node(scripted("keeper"))
-    lan.wait_for_nodes(2)
-    for _ in range(3):  # earn some fitness
+    lan.wait_for_nodes(1)
+    for _ in range(3):  # earn some fitness, alone
         subprocess.run([sys.executable, "-m", "client.cli", "ask", "What is 10% of 1000?", "--coordinator",
                         lan.coordinator_address], capture_output=True, timeout=60, cwd=REPO, check=True)
     fitness = nodes(lan)["victim"]["fitness"]
     assert fitness > 0.5
+    lan.start_node(scripted("keeper"))
+    lan.wait_for_nodes(2)
 
     first.process.send_signal(signal.SIGKILL)  # no goodbye: health checks must notice
     took = wait_until(lambda: nodes(lan)["victim"]["state"] == "down", timeout=10)
