@@ -13,6 +13,7 @@ from pathlib import Path
 from coordinator.config import CoordinatorConfig, HealthConfig, RouteConfig
 from coordinator.discovery.base import Discovery
 from coordinator.discovery.static import StaticDiscovery
+from coordinator.pipeline.planner import ModelPlanner
 from coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, TemplateSynthesizer
 from coordinator.registry import RegistryUnavailableError, open_registry
 from coordinator.server import serve
@@ -26,18 +27,24 @@ def default_registry_path() -> Path:
     return state / "dellm" / "coordinator.sqlite3"
 
 
-def build_synthesizer(spec: str, backend: str, threads: int | None, config: CoordinatorConfig) -> Synthesizer:
+def build_model_stages(
+    spec: str, backend: str, threads: int | None, config: CoordinatorConfig, planner: str
+) -> tuple[Synthesizer, ModelPlanner | None]:
+    """The synthesizer and (with --planner model) the planner, sharing one model and its lock."""
     if spec == "none":
-        return TemplateSynthesizer()
+        if planner == "model":
+            raise ValueError("--planner model needs a coordinator model: give --synth-model")
+        return TemplateSynthesizer(), None
     from node.backends.factory import create_backend
     from node.models import resolve_model
 
     model = resolve_model(spec)
     instruct = model.spec.instruct if model.spec is not None else None
-    return ModelSynthesizer(
-        create_backend(backend, model_path=model.path, model_name=model.name, instruct=instruct, n_threads=threads),
-        config.synthesis,
-    )
+    loaded = create_backend(backend, model_path=model.path, model_name=model.name, instruct=instruct,
+                            n_threads=threads)
+    lock = asyncio.Lock()
+    return (ModelSynthesizer(loaded, config.synthesis, lock),
+            ModelPlanner(loaded, config.decompose, lock=lock) if planner == "model" else None)
 
 
 def build_discovery(args: argparse.Namespace) -> list[Discovery]:
@@ -61,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="catalogue name or .gguf path of the synthesis model, or 'none' for the template "
                              "(default %(default)s)")
     parser.add_argument("--synth-backend", default="llama_cpp", choices=["llama_cpp", "transformers"])
+    parser.add_argument("--planner", choices=["rules", "model"], default="rules",
+                        help="plan queries with the rules (default) or ask the coordinator's model, falling back "
+                             "to the rules when its plan is invalid")
     parser.add_argument("--synth-threads", type=int, default=None, help="CPU threads for the synthesis model")
     parser.add_argument("--registry", default=None,
                         help="where nodes, fitness and queries live: a SQLite file, or redis://HOST:PORT/DB to share "
@@ -107,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_tokens:
         config = replace(config, dispatch=replace(config.dispatch, max_tokens=args.max_tokens))
     try:
-        synthesizer = build_synthesizer(args.synth_model, args.synth_backend, args.synth_threads, config)
+        synthesizer, planner = build_model_stages(args.synth_model, args.synth_backend, args.synth_threads, config,
+                                                  args.planner)
     except Exception as exc:  # model errors: tell the user which file and how to fix it
         print(f"dellm-coordinator: cannot load the synthesis model: {exc}\n"
               f"  pull it with `dellm models pull {args.synth_model}` or run with --synth-model none",
@@ -118,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryUnavailableError as exc:
         print(f"dellm-coordinator: {exc}", file=sys.stderr)
         return 2
-    coordinator = Coordinator(config, registry, synthesizer, build_discovery(args))
+    coordinator = Coordinator(config, registry, synthesizer, build_discovery(args), planner)
     try:
         asyncio.run(serve(coordinator, config.listen))
     except OSError as exc:

@@ -85,8 +85,8 @@ def _chunk_result(result: ChunkResult) -> dellm_pb2.ChunkResultEvent:
 
 def event_to_proto(event: PipelineEvent) -> dellm_pb2.AskEvent:
     match event:
-        case PlanReady(query_id=query_id, plan=plan):
-            return dellm_pb2.AskEvent(plan=dellm_pb2.PlanEvent(query_id=query_id, chunks=[
+        case PlanReady(query_id=query_id, plan=plan, planner=planner):
+            return dellm_pb2.AskEvent(plan=dellm_pb2.PlanEvent(query_id=query_id, planner=planner, chunks=[
                 dellm_pb2.PlannedChunk(chunk_id=c.chunk_id, operation=dellm_pb2.Operation.Value(c.operation.value),
                                        text=c.text, token_count=c.token_count, complexity=c.complexity,
                                        depends_on=c.depends_on)

@@ -23,6 +23,7 @@ from coordinator.health import HealthMonitor
 from coordinator.node_client import ChunkRequest, NodeClient, NodeFeedback, NodePool, StreamPiece
 from coordinator.pipeline.answer import PipelineDeps, answer_query, live_nodes
 from coordinator.pipeline.decompose import InvalidQueryError
+from coordinator.pipeline.planner import ModelPlanner
 from coordinator.pipeline.reward import reward_for, update_fitness
 from coordinator.pipeline.route import NoNodesAvailableError
 from coordinator.pipeline.synthesize import Synthesizer
@@ -60,7 +61,7 @@ class Coordinator:
     """
 
     def __init__(self, config: CoordinatorConfig, registry: NodeRegistry, synthesizer: Synthesizer,
-                 discovery: Sequence[Discovery] = ()) -> None:
+                 discovery: Sequence[Discovery] = (), planner: ModelPlanner | None = None) -> None:
         self.config = config
         self.registry = registry
         self.synthesizer = synthesizer
@@ -70,6 +71,7 @@ class Coordinator:
         self._background: set[asyncio.Task[None]] = set()
         self._refusals: dict[str, str] = {}
         self._rng = random.Random(config.route.seed)
+        self._planner = planner
 
     async def start(self) -> None:
         self._health.start()
@@ -175,7 +177,7 @@ class Coordinator:
         """Answer ``query``; ``reference_answer`` is ground truth only with ``accept_labels`` (benchmarks)."""
         self.check_query(query)
         deps = PipelineDeps(self.config, self.registry, GrpcNodeConnector(self.pool), self.pool.in_flight,
-                            self.synthesizer, self._send_feedback, self._rng)
+                            self.synthesizer, self._send_feedback, self._rng, self._planner)
         label = reference_answer.strip() if self.config.accept_labels else ""
         return answer_query(query, deps, label or None)
 

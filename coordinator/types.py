@@ -179,6 +179,7 @@ class StageTiming:
 class PlanReady:
     query_id: str
     plan: Plan
+    planner: str = "rules"
 
 
 @dataclass(frozen=True)

@@ -154,12 +154,14 @@ class PlannedChunk(_message.Message):
     def __init__(self, chunk_id: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., text: _Optional[str] = ..., token_count: _Optional[int] = ..., complexity: _Optional[float] = ..., depends_on: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PlanEvent(_message.Message):
-    __slots__ = ("query_id", "chunks")
+    __slots__ = ("query_id", "chunks", "planner")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    PLANNER_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     chunks: _containers.RepeatedCompositeFieldContainer[PlannedChunk]
-    def __init__(self, query_id: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[PlannedChunk, _Mapping]]] = ...) -> None: ...
+    planner: str
+    def __init__(self, query_id: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[PlannedChunk, _Mapping]]] = ..., planner: _Optional[str] = ...) -> None: ...
 
 class AssignmentEvent(_message.Message):
     __slots__ = ("chunk_id", "node_ids", "retry", "reason")

@@ -17,6 +17,7 @@ from coordinator.node_client import ChunkRequest, NodeFeedback
 from coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled, reference_key
 from coordinator.pipeline.decompose import decompose, validate_plan
 from coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, dispatch_chunk
+from coordinator.pipeline.planner import ModelPlanner
 from coordinator.pipeline.reward import exact_answer, judge_chunk, update_fitness
 from coordinator.pipeline.route import redundancy_for
 from coordinator.pipeline.synthesize import Synthesizer
@@ -50,6 +51,7 @@ class PipelineDeps:
     synthesizer: Synthesizer
     send_feedback: Callable[[str, NodeFeedback], None]  # node id, feedback; must not block
     rng: random.Random = field(default_factory=lambda: random.Random(0))  # Thompson sampling's stream
+    planner: ModelPlanner | None = None  # None: the rule-based decomposer
 
 
 def live_nodes(registry: NodeRegistry) -> list:  # type: ignore[type-arg]
@@ -87,10 +89,13 @@ async def answer_query(query: str, deps: PipelineDeps, label: str | None = None)
         return now
 
     query_id = uuid.uuid4().hex[:16]
-    plan = decompose(query, config.decompose)
+    if deps.planner is not None:
+        plan, planner = await deps.planner.plan(query)
+    else:
+        plan, planner = decompose(query, config.decompose), "rules"
     validate_plan(plan)
     mark = lap("decompose", started)
-    yield PlanReady(query_id, plan)
+    yield PlanReady(query_id, plan, planner)
     labels = {label_chunk_id(plan): label} if label else {}
 
     results: dict[str, ChunkResult] = {}

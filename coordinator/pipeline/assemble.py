@@ -19,6 +19,7 @@ _ANSWER_MARKER = re.compile(r"\b(?:final answer|answer|result|total)\b\s*(?:is|:
 _WORD = re.compile(r"[a-z0-9]+")
 TEXT_SIMILARITY = 0.6  # word-set Jaccard at or above which two free-text answers count as one
 MIN_FITNESS_WEIGHT = 0.01  # a node at fitness 0 still casts a (tiny) vote
+MAX_ANSWER_CHARS = 8000  # longer than any chunk answer asked for: malformed, not an answer
 
 
 def is_degenerate(text: str) -> bool:
@@ -128,8 +129,9 @@ def assemble_chunk(
     for answer in answers:
         node_fitness = fitness.get(answer.node_id, 0.0)
         text = answer.text.strip()
-        if answer.failed or not text or is_degenerate(text):
-            error = answer.error or ("empty answer" if not text else "degenerate, repeating output")
+        if answer.failed or not text or is_degenerate(text) or len(text) > MAX_ANSWER_CHARS:
+            error = answer.error or ("empty answer" if not text else
+                                     "too long" if len(text) > MAX_ANSWER_CHARS else "degenerate, repeating output")
             votes.append(Vote(answer.node_id, text, "", answer.confidence, node_fitness, 0.0,
                               answer.latency_ms, -1, error))
             continue

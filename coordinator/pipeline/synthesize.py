@@ -81,10 +81,10 @@ class TemplateSynthesizer:
 class ModelSynthesizer:
     """Merges with a small model; falls back to the template if the model fails or says nothing."""
 
-    def __init__(self, backend: InferenceBackend, config: SynthesisConfig) -> None:
+    def __init__(self, backend: InferenceBackend, config: SynthesisConfig, lock: asyncio.Lock | None = None) -> None:
         self._backend = backend
         self._config = config
-        self._lock = asyncio.Lock()
+        self._lock = lock or asyncio.Lock()  # one generation at a time on this backend
         self.label = f"model:{backend.describe().model}"
 
     async def synthesize(

@@ -347,3 +347,11 @@ def test_numbers_differing_beyond_six_digits_are_different_answers() -> None:
 
     assert result.groups == 2
     assert (result.winner_node_id, result.answer) == ("right", "123573.45")
+
+
+def test_a_too_long_answer_gets_no_vote_and_does_not_crash() -> None:
+    answers = [NodeAnswer("c1", "flood", "word " * 5000, 0.9, 10.0), NodeAnswer("c1", "ok", "Paris", 0.9, 10.0)]
+    chunk = Chunk("c1", Operation.SEARCH_OP, "Find the capital of France", 5, 0.35)
+    result = assemble_chunk(chunk, answers, {"flood": 0.9, "ok": 0.5})
+    assert result.answer == "Paris"
+    assert next(v for v in result.votes if v.node_id == "flood").error == "too long"
