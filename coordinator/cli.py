@@ -82,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--exploration", choices=["ucb", "thompson", "none"], default=RouteConfig.exploration,
                         help="how routing tries nodes with little evidence (default %(default)s)")
     parser.add_argument("--seed", type=int, default=RouteConfig.seed, help="random seed of Thompson sampling")
+    parser.add_argument("--latency-weight", type=float, default=RouteConfig.latency_weight,
+                        help="weight of normalized latency in the routing score (the seed's %(default)s)")
+    parser.add_argument("--fitness-weight", type=float, default=RouteConfig.fitness_weight,
+                        help="weight of (1 - fitness) in the routing score (the seed's %(default)s)")
     parser.add_argument("--accept-labels", action="store_true",
                         help="benchmark mode: use AskRequest.reference_answer as ground truth for rewards")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk answer")
@@ -113,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = replace(config, accept_labels=args.accept_labels, route=replace(
         config.route, redundancy_threshold=args.redundancy_threshold, redundancy=args.redundancy,
-        exploration=args.exploration, seed=args.seed))
+        exploration=args.exploration, seed=args.seed, latency_weight=args.latency_weight,
+        fitness_weight=args.fitness_weight))
     if args.max_tokens:
         config = replace(config, dispatch=replace(config.dispatch, max_tokens=args.max_tokens))
     try:

@@ -35,6 +35,7 @@ class RouteConfig:
     # take it. Without it the seed's score (latency weighs 0.7) keeps a fast wrong node in front.
     quarantine_fitness: float = 0.2
     quarantine_min_trials: int = 5
+    quarantine_probe_rate: float = 0.02  # chance a quarantined node is considered anyway: it may have recovered
 
 
 @dataclass(frozen=True)

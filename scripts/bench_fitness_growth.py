@@ -119,8 +119,10 @@ def run(args: argparse.Namespace) -> dict:
     records: list[dict] = []
     snapshots: list[dict] = []
     with LocalCluster() as cluster:
+        latency_weight, fitness_weight = args.weights.split(",")
         cluster.start_coordinator(extra=["--redundancy", "1", "--exploration", args.exploration,
-                                         "--seed", str(args.seed), "--max-tokens", "48"])
+                                         "--seed", str(args.seed), "--max-tokens", "48",
+                                         "--latency-weight", latency_weight, "--fitness-weight", fitness_weight])
         if args.network == "scripted":
             specs = [scripted_spec(cluster.workdir, name, acc, i) for i, (name, acc) in enumerate(SCRIPTED.items())]
         else:
@@ -156,6 +158,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=None, help="default: 1000 scripted, 200 real")
     parser.add_argument("--exploration", choices=["ucb", "thompson", "none"], default="ucb")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--weights", default="0.7,0.3", help="latency,fitness weights of the routing score")
     parser.add_argument("--snapshot-every", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -179,6 +182,7 @@ def main() -> int:
         "command": " ".join(["scripts/bench_fitness_growth.py", *sys.argv[1:]]),
         "network": args.network,
         "exploration": args.exploration,
+        "weights": {"latency": float(args.weights.split(",")[0]), "fitness": float(args.weights.split(",")[1])},
         "queries": len(records),
         "accuracy_first_100": first,
         "accuracy_last_100": last,

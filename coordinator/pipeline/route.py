@@ -56,9 +56,10 @@ def score_nodes(
     rng: random.Random | None = None,
 ) -> list[tuple[float, str]]:
     """(score, node_id) for each live node; lower is better. Quarantined nodes are left out
-    while any other live node remains."""
+    while any other live node remains, but for a rare probe (with ``rng``) to see if they recovered."""
     live = [n for n in nodes if n.state == "up"]
-    trusted = [n for n in live if not quarantined(n, operation, config)]
+    probe = rng.random() < config.quarantine_probe_rate if rng is not None else False
+    trusted = [n for n in live if probe or not quarantined(n, operation, config)]
     live = trusted or live
     total_trials = sum(s.trials for n in live for op, s in n.op_stats.items() if op == operation)
     measured = [n.latency_ms for n in live if n.latency_ms is not None]
