@@ -1,4 +1,8 @@
-"""``dellm-node``: parse flags, load the model, serve NodeService (and join a coordinator)."""
+"""``dellm-node``: parse flags, load the model, serve NodeService (and join a coordinator).
+
+``dellm-node train ...`` instead fine-tunes a LoRA adapter on the node's verified feedback
+(see :mod:`node.train`); ``dellm-node --backend transformers --adapter DIR`` serves with it.
+"""
 
 from __future__ import annotations
 
@@ -36,17 +40,90 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help=f"where the node id and feedback live (default {default_state_dir()})")
+    parser.add_argument("--few-shot", type=int, default=NodeConfig.few_shot, metavar="N",
+                        help="put the N most similar verified examples from the node's feedback before each prompt "
+                             "(default %(default)s; 0 disables)")
+    parser.add_argument("--adapter", type=Path, default=None, metavar="DIR",
+                        help="serve with the LoRA adapter `dellm-node train` wrote in DIR (transformers backend only)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
 
+def parse_train_args(argv: list[str] | None) -> argparse.Namespace:
+    from node.train import TrainConfig
+
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="dellm-node train",
+        description="Fine-tune a LoRA adapter on the node's verified feedback "
+                    "(needs `pip install 'dellm[transformers]'`).",
+    )
+    parser.add_argument("--model", required=True, help="catalogue name (see `dellm models list`) or a local .gguf path")
+    parser.add_argument("--name", default=None, help="the node's name, which keys its state folder (default: hostname)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help=f"where the node's feedback lives (default {default_state_dir()})")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the adapter to")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help="passes over the pairs (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate (default %(default)s)")
+    parser.add_argument("--rank", type=int, default=defaults.rank, help="LoRA rank (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="pairs per step (default %(default)s)")
+    parser.add_argument("--max-pairs", type=int, default=500, help="train on the newest N pairs (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for training (default: all)")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def train_main(argv: list[str]) -> int:
+    """``dellm-node train``: 0 when the adapter was written, 2 for bad input, 1 when training failed."""
+    args = parse_train_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from node.train import NoVerifiedFeedbackError, TrainConfig, TrainingError, feedback_path, read_training_pairs
+    from node.train import train_adapter as run_training
+
+    name = args.name or socket.gethostname()
+    try:
+        model = resolve_model(args.model)
+        pairs = read_training_pairs(feedback_path(args.state_dir or default_state_dir(), name), args.max_pairs)
+        config = TrainConfig(epochs=args.epochs, learning_rate=args.lr, rank=args.rank, batch_size=args.batch_size)
+        result = run_training(
+            model.path, pairs, args.out, model_name=model.name,
+            model_sha256=model.spec.sha256 if model.spec is not None else "",
+            instruct=model.spec.instruct if model.spec is not None else None,
+            config=config, n_threads=args.threads or os.cpu_count(),
+        )
+    except (ModelError, NoVerifiedFeedbackError, ValueError) as exc:
+        print(f"dellm-node train: {exc}", file=sys.stderr)
+        return 2
+    except (TrainingError, BackendError) as exc:
+        print(f"dellm-node train: {exc}", file=sys.stderr)
+        return 1
+    curve = " -> ".join(f"{loss:.3f}" for loss in result.epoch_losses)
+    print(f"trained a LoRA adapter for {model.name} on {result.pairs} pairs ({result.skipped} left out) in "
+          f"{result.train_seconds:.1f}s, {result.steps} steps; loss by epoch {curve}", flush=True)
+    print(f"saved in {result.adapter_dir}; serve it with `dellm-node --model {args.model} --backend transformers "
+          f"--adapter {result.adapter_dir}`", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "train":
+        return train_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.adapter is not None and args.backend != "transformers":
+        print(f"dellm-node: --adapter needs --backend transformers (the {args.backend} backend cannot serve a "
+              "LoRA adapter)", file=sys.stderr)
+        return 2
+    if args.few_shot < 0:
+        print("dellm-node: --few-shot must be 0 or more", file=sys.stderr)
+        return 2
     name = args.name or socket.gethostname()
     config = NodeConfig(listen=args.listen, name=name, coordinator=args.coordinator, cluster=args.cluster,
                         advertise=args.advertise, interface=args.interface,
-                        state_dir=args.state_dir or default_state_dir())
+                        state_dir=args.state_dir or default_state_dir(), few_shot=args.few_shot)
     try:
         if args.backend == "scripted":
             backend = create_backend("scripted", model_path=None, model_name=args.model or "scripted",
@@ -60,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             backend = create_backend(
                 args.backend, model_path=model.path, model_name=model.name,
                 instruct=model.spec.instruct if model.spec is not None else None,
-                n_threads=args.threads or os.cpu_count(),
+                n_threads=args.threads or os.cpu_count(), adapter=args.adapter,
             )
             sha256 = model.spec.sha256 if model.spec is not None else ""
     except (ModelError, BackendError, ScriptError, ValueError) as exc:

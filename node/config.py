@@ -26,3 +26,5 @@ class NodeConfig:
     join_timeout_s: float = 5.0  # one Join/Leave call
     rejoin_interval_s: float = 15.0  # heartbeat Join; brings the node back after a coordinator restart
     drain_grace_s: float = 30.0  # SIGTERM: in-flight streams get this long to finish
+    few_shot: int = 2  # verified examples from the node's feedback put before each prompt; 0 disables
+    few_shot_max_chars: int = 4000  # examples beyond this many characters in all are left out: room for the question

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import platform
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
             temperature=max(0.0, request.temperature),
             stop=tuple(request.stop),
             system=request.system or None,
+            examples=await self._few_shot_examples(request.prompt, request.chunk_id),
         )
         logprobs: list[float] = []
         finish = "stop"
@@ -84,6 +86,20 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {exc}")
         yield dellm_pb2.TokenChunk(done=True, finish_reason=finish, confidence=confidence_from_logprobs(logprobs),
                                    completion_tokens=len(logprobs))
+
+    async def _few_shot_examples(self, prompt: str, chunk_id: str) -> tuple[tuple[str, str], ...]:
+        """The most similar verified examples from this node's feedback (SQLite, off the event loop)."""
+        if self._config.few_shot <= 0:
+            return ()
+        try:
+            found = await asyncio.to_thread(self._feedback.verified_examples, prompt, self._config.few_shot)
+        except sqlite3.Error as exc:
+            log.warning("chunk %s: few-shot lookup failed, answering without examples: %s", chunk_id, exc)
+            return ()
+        examples = fit_examples([(e.prompt, e.answer) for e in found], self._config.few_shot_max_chars)
+        log.debug("chunk %s: %d few-shot examples (similarity %s)", chunk_id, len(examples),
+                  ", ".join(f"{e.similarity:.2f}" for e in found[: len(examples)]) or "-")
+        return examples
 
     async def Feedback(
         self, request: dellm_pb2.NodeFeedbackRequest, context: grpc.aio.ServicerContext
@@ -103,6 +119,18 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
         self, request: dellm_pb2.InfoRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.NodeInfo:
         return self._info
+
+
+def fit_examples(examples: list[tuple[str, str]], max_chars: int) -> tuple[tuple[str, str], ...]:
+    """The leading examples (best first) whose prompts and answers fit in ``max_chars`` together."""
+    kept: list[tuple[str, str]] = []
+    used = 0
+    for prompt, answer in examples:
+        used += len(prompt) + len(answer)
+        if used > max_chars:
+            break
+        kept.append((prompt, answer))
+    return tuple(kept)
 
 
 @dataclass

@@ -1,20 +1,49 @@
-"""What a node keeps on disk: its stable id and the feedback it has received."""
+"""What a node keeps on disk: its stable id and the feedback it has received.
+
+The feedback is also what the node learns from. Only entries whose verdict rests on real
+evidence (:data:`EVIDENCE_SOURCES`: an exact check, a label, a user's word) count as
+verified; a majority vote does not, since the majority can be wrong. From those the node
+takes few-shot examples for its prompts (:meth:`FeedbackStore.verified_examples`) and
+``dellm-node train`` takes LoRA training pairs (:meth:`FeedbackStore.training_pairs`).
+"""
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+#: Feedback sources that carry real evidence of right or wrong (not "vote", "failure" or "none").
+EVIDENCE_SOURCES: tuple[str, ...] = ("exact_check", "label", "user")
 
-def node_state_dir(state_dir: Path, name: str) -> Path:
+#: How many of the latest verified entries few-shot lookups rank (keeps each lookup cheap).
+MAX_EXAMPLE_CANDIDATES = 2000
+
+_WORD = re.compile(r"[^\W_]+")
+
+#: English function words left out of the similarity: TF-IDF still gives a word found in every
+#: prompt some weight, and "the" alone must not make two questions look alike.
+STOP_WORDS: frozenset[str] = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "could", "do", "does", "for", "from",
+    "had", "has", "have", "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on",
+    "or", "our", "so", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "those",
+    "to", "was", "we", "were", "what", "when", "where", "which", "who", "whom", "why", "will", "with", "would", "you",
+    "your",
+})
+
+
+def node_state_dir(state_dir: Path, name: str, *, create: bool = True) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "default"
     path = state_dir / "nodes" / safe
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -46,17 +75,30 @@ class FeedbackEntry:
     received_at: float
 
 
+@dataclass(frozen=True)
+class FewShotExample:
+    """A verified (prompt, answer) pair, and how similar its prompt is to the one asked."""
+
+    prompt: str
+    answer: str
+    similarity: float
+
+
 class FeedbackStore:
     """Feedback the node has received, in SQLite: what it was asked, its answer, the verdict."""
 
     def __init__(self, path: Path | str) -> None:
         self._lock = threading.Lock()
+        self._index_lock = threading.Lock()  # builds the few-shot index once per change, not once per caller
+        self._index: tuple[int, list[tuple[str, str]], list[str], TfidfIndex] | None = None
         self._db = sqlite3.connect(str(path), check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS feedback (query_id TEXT, chunk_id TEXT, prompt TEXT, answer TEXT, "
             "verdict TEXT, reward REAL, correct_answer TEXT, fitness REAL, source TEXT, received_at REAL)"
         )
+        self._db.execute("CREATE INDEX IF NOT EXISTS feedback_by_source ON feedback (source, received_at)")
+        self._db.commit()
 
     def add(self, entry: FeedbackEntry) -> int:
         with self._lock, self._db:
@@ -67,12 +109,145 @@ class FeedbackStore:
             )
             return int(self._db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
 
+    def count(self) -> int:
+        """How many feedback entries the node holds (verified or not)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+
     def entries(self, limit: int = 1000) -> list[FeedbackEntry]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM feedback ORDER BY received_at DESC LIMIT ?", (limit,)).fetchall()
         return [FeedbackEntry(*row) for row in rows]
 
+    def training_pairs(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """Verified (prompt, answer) pairs, newest first, one per prompt (the latest usable entry wins).
+
+        A CORRECT entry gives the node's own answer; a WRONG one gives ``"Answer: "`` plus the
+        correct answer, when the feedback carried one. ``limit`` caps the number of pairs.
+        """
+        pairs = _verified_pairs(self._verified_rows(None))
+        return pairs if limit is None else pairs[: max(0, limit)]
+
+    def verified_examples(self, prompt: str, k: int) -> list[FewShotExample]:
+        """The ``k`` verified pairs whose prompts are most like ``prompt`` (TF-IDF cosine > 0).
+
+        Candidates are the latest :data:`MAX_EXAMPLE_CANDIDATES` verified entries, one per
+        prompt. A candidate whose prompt is ``prompt`` itself (ignoring case and spacing) is
+        skipped: a question asked again must not be answered from memory. Ties go to the
+        newer entry. The TF-IDF index over the candidates is kept until new feedback arrives.
+        """
+        if k <= 0:
+            return []
+        pairs, normalized, index = self._example_index()
+        asked = _normalized(prompt)
+        scores = index.similarities(prompt)
+        ranked = sorted(range(len(pairs)), key=lambda i: -scores[i])  # stable: newer first among ties
+        found: list[FewShotExample] = []
+        for i in ranked:
+            if len(found) >= k or scores[i] <= 0.0:
+                break
+            if normalized[i] != asked:
+                found.append(FewShotExample(pairs[i][0], pairs[i][1], scores[i]))
+        return found
+
+    def _example_index(self) -> tuple[list[tuple[str, str]], list[str], TfidfIndex]:
+        """The few-shot candidates, their normalized prompts and their TF-IDF index (cached)."""
+        with self._lock:
+            latest = int(self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM feedback").fetchone()[0])
+        with self._index_lock:
+            if self._index is None or self._index[0] != latest:
+                pairs = _verified_pairs(self._verified_rows(MAX_EXAMPLE_CANDIDATES))
+                index = TfidfIndex([prompt for prompt, _ in pairs])
+                self._index = (latest, pairs, [_normalized(prompt) for prompt, _ in pairs], index)
+            _, pairs, normalized, index = self._index
+        return pairs, normalized, index
+
+    def _verified_rows(self, limit: int | None) -> list[tuple[str, str, str, str]]:
+        marks = ", ".join("?" for _ in EVIDENCE_SOURCES)
+        with self._lock:
+            return self._db.execute(
+                f"SELECT prompt, answer, verdict, correct_answer FROM feedback WHERE source IN ({marks}) "
+                "AND verdict IN ('CORRECT', 'WRONG') ORDER BY received_at DESC, rowid DESC LIMIT ?",
+                (*EVIDENCE_SOURCES, -1 if limit is None else limit),
+            ).fetchall()
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _verified_pairs(rows: Sequence[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
+    """(prompt, answer) from verified rows given newest first; the newest usable entry per prompt wins."""
+    pairs: dict[str, str] = {}
+    for prompt, answer, verdict, correct_answer in rows:
+        if not prompt.strip() or prompt in pairs:
+            continue
+        if verdict == "CORRECT" and answer.strip():
+            pairs[prompt] = answer
+        elif verdict == "WRONG" and correct_answer.strip():
+            truth = correct_answer.strip()
+            pairs[prompt] = truth if truth.startswith("Answer:") else f"Answer: {truth}"
+        # An entry without a usable answer contributes nothing, so it does not hide an older pair.
+    return list(pairs.items())
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def word_tokens(text: str) -> list[str]:
+    """Lower-cased word tokens (letters and digits; punctuation and underscores split words)."""
+    return _WORD.findall(text.lower())
+
+
+def _terms(text: str) -> Counter[str]:
+    return Counter(t for t in word_tokens(text) if t not in STOP_WORDS)
+
+
+class TfidfIndex:
+    """TF-IDF vectors of a fixed list of documents, for cosine similarity against any query.
+
+    Terms are :func:`word_tokens` less :data:`STOP_WORDS`. Term frequency is the raw count;
+    inverse document frequency is smoothed, ``ln((1 + n) / (1 + df)) + 1``, so a word found
+    in every document still counts a little, and one found in none (only in the query)
+    weighs most but matches nothing. Built once, an index answers a query by walking the
+    postings of the query's terms only.
+    """
+
+    def __init__(self, documents: Sequence[str]) -> None:
+        counts = [_terms(d) for d in documents]
+        frequency: Counter[str] = Counter()
+        for c in counts:
+            frequency.update(c.keys())
+        self._size = len(counts)
+        self._idf = {t: math.log((1 + self._size) / (1 + df)) + 1.0 for t, df in frequency.items()}
+        self._unseen_idf = math.log(1 + self._size) + 1.0
+        self._postings: dict[str, list[tuple[int, float]]] = {}
+        norms: list[float] = []
+        for index, c in enumerate(counts):
+            weights = {t: f * self._idf[t] for t, f in c.items()}
+            for term, weight in weights.items():
+                self._postings.setdefault(term, []).append((index, weight))
+            norms.append(math.sqrt(sum(w * w for w in weights.values())))
+        self._norms = norms
+
+    def __len__(self) -> int:
+        return self._size
+
+    def similarities(self, query: str) -> list[float]:
+        """Cosine similarity of ``query`` with each document, in document order."""
+        weights = {t: f * self._idf.get(t, self._unseen_idf) for t, f in _terms(query).items()}
+        query_norm = math.sqrt(sum(w * w for w in weights.values()))
+        dots = [0.0] * self._size
+        if query_norm == 0.0:
+            return dots
+        for term, weight in weights.items():
+            for index, document_weight in self._postings.get(term, ()):
+                dots[index] += weight * document_weight
+        return [dot / (query_norm * self._norms[i]) if dot else 0.0 for i, dot in enumerate(dots)]
+
+
+def tfidf_similarities(query: str, documents: Sequence[str]) -> list[float]:
+    """Cosine similarity between ``query`` and each document, in the :class:`TfidfIndex` of ``documents``."""
+    return TfidfIndex(documents).similarities(query)

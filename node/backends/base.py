@@ -27,6 +27,8 @@ class GenerationRequest:
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
     system: str | None = None
+    #: Few-shot (prompt, answer) pairs, shown to the model before ``prompt`` (see ``node.backends.prompting``).
+    examples: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,17 @@ def create_backend(
     instruct: bool | None,
     n_threads: int | None,
     script_path: Path | None = None,
+    adapter: Path | None = None,
 ) -> InferenceBackend:
     """Load the backend of ``kind`` (one of :data:`BACKEND_KINDS`).
 
-    Raises ``ValueError`` for an unknown kind or a missing path, and
-    :class:`~node.backends.base.BackendError` when the model cannot be loaded.
+    ``adapter`` is a LoRA adapter folder (from ``dellm-node train``); only the transformers
+    backend serves one. Raises ``ValueError`` for an unknown kind, a missing path or an
+    adapter given to another backend, and :class:`~node.backends.base.BackendError` when the
+    model or adapter cannot be loaded.
     """
+    if adapter is not None and kind != "transformers":
+        raise ValueError(f"a LoRA adapter (--adapter) needs the transformers backend, not {kind}")
     logger.info("creating %s backend for %s", kind, model_name)
     if kind == "llama_cpp":
         from node.backends.llama_cpp import LlamaCppBackend
@@ -41,7 +46,8 @@ def create_backend(
         from node.backends.hf_transformers import TransformersBackend
 
         return TransformersBackend(
-            _required(model_path, kind), model_name=model_name, instruct=instruct, n_threads=n_threads
+            _required(model_path, kind), model_name=model_name, instruct=instruct, n_threads=n_threads,
+            adapter=adapter,
         )
     if kind == "scripted":
         from node.backends.scripted import ScriptedBackend

@@ -11,11 +11,13 @@ model's own, before any sampling transform.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import queue
 import struct
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,25 +52,20 @@ class TransformersBackend:
         instruct: bool | None = None,
         n_threads: int | None = None,
         seed: int = 0,
+        adapter: Path | None = None,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self._model_path = Path(model_path)
         self._model_name = model_name
-        if not self._model_path.is_file():
-            raise BackendError(f"model file not found: {self._model_path}")
         if n_threads:
             torch.set_num_threads(n_threads)
-        directory, file_name = str(self._model_path.parent), self._model_path.name
         started = time.monotonic()
-        try:
-            self._tokenizer: Any = AutoTokenizer.from_pretrained(directory, gguf_file=file_name, local_files_only=True)
-            self._model: Any = AutoModelForCausalLM.from_pretrained(
-                directory, gguf_file=file_name, dtype=torch.float32, local_files_only=True
-            )
-        except Exception as exc:
-            raise BackendError(f"could not load GGUF model {self._model_path}: {exc}") from exc
+        if adapter is not None:
+            check_adapter_folder(Path(adapter))  # before the slow model load: fail fast
+        self._tokenizer, self._model = load_gguf_model(self._model_path)
+        if adapter is not None:
+            self._model = _with_adapter(self._model, Path(adapter), model_name)
         self._model.eval()
         template = getattr(self._tokenizer, "chat_template", None)
         self._instruct = bool(template) if instruct is None else instruct
@@ -79,14 +76,14 @@ class TransformersBackend:
         self._closed = False
         self._description = BackendDescription(
             backend="transformers",
-            model=model_name,
+            model=model_name if adapter is None else f"{model_name}+lora:{Path(adapter).name}",
             quantization=_gguf_quantization_name(self._model_path),
             context_size=int(getattr(self._model.config, "max_position_embeddings", 0) or 0),
             model_path=str(self._model_path),
         )
         logger.info(
             "loaded %s from %s in %.1fs (dequantized from %s, instruct=%s, threads=%d)",
-            model_name,
+            self._description.model,
             self._model_path,
             time.monotonic() - started,
             self._description.quantization or "unknown quantization",
@@ -216,6 +213,74 @@ class TransformersBackend:
             # The template writes its own special tokens.
             return dict(self._tokenizer(prompt, return_tensors="pt", add_special_tokens=False))
         return dict(self._tokenizer(plain_prompt(request), return_tensors="pt"))
+
+
+def load_gguf_model(model_path: Path) -> tuple[Any, Any]:
+    """(tokenizer, model) from a GGUF file, dequantized to float32 by transformers' GGUF reader.
+
+    Never touches the network. The model is returned as loaded (train mode is the caller's
+    choice). Raises :class:`BackendError` when the file is missing or cannot be read.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise BackendError(f"model file not found: {path}")
+    directory, file_name = str(path.parent), path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file_name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=file_name, dtype=torch.float32, local_files_only=True
+        )
+    except Exception as exc:
+        raise BackendError(f"could not load GGUF model {path}: {exc}") from exc
+    return tokenizer, model
+
+
+#: The file peft writes into every adapter folder; its absence means the folder holds no adapter.
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+#: What ``dellm-node train`` writes beside the adapter: base model, pairs, epochs, losses.
+ADAPTER_METADATA_FILE = "dellm_adapter.json"
+
+
+def check_adapter_folder(adapter: Path) -> None:
+    """Raise :class:`BackendError` unless ``adapter`` holds a peft adapter and peft is installed."""
+    if not adapter.is_dir():
+        raise BackendError(f"adapter folder not found: {adapter}")
+    if not (adapter / ADAPTER_CONFIG_FILE).is_file():
+        raise BackendError(
+            f"{adapter} holds no LoRA adapter (no {ADAPTER_CONFIG_FILE}); make one with `dellm-node train`"
+        )
+    try:
+        import peft  # noqa: F401
+    except ImportError as exc:
+        raise BackendError(f"serving a LoRA adapter needs peft ({exc}); pip install 'dellm[transformers]'") from exc
+
+
+def _with_adapter(model: Any, adapter: Path, model_name: str) -> Any:
+    """``model`` with the LoRA adapter in ``adapter`` merged into its weights."""
+    from peft import PeftModel
+
+    trained_on = _adapter_base_model(adapter)
+    if trained_on and trained_on != model_name:
+        logger.warning("adapter %s was trained on %s, not on %s", adapter, trained_on, model_name)
+    try:
+        # Merged: generation then runs on plain weights, as fast as without an adapter.
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
+    except Exception as exc:
+        raise BackendError(f"could not apply the LoRA adapter {adapter} to {model_name}: {exc}") from exc
+
+
+def _adapter_base_model(adapter: Path) -> str:
+    """The base model named in the adapter's ``dellm_adapter.json``; "" when unknown."""
+    try:
+        metadata = json.loads((adapter / ADAPTER_METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(metadata.get("base_model", "")) if isinstance(metadata, dict) else ""
 
 
 class _Done:

@@ -8,6 +8,7 @@ decoded tokens into pieces that never show any part of a stop sequence.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,18 +24,35 @@ FINISH_CANCELLED = "cancelled"
 
 
 def plain_prompt(request: GenerationRequest) -> str:
-    """The completion prompt for a base (non-instruct) model."""
-    prompt = f"Question: {request.prompt.strip()}\nAnswer:"
+    """The completion prompt for a base (non-instruct) model.
+
+    Few-shot examples come first as ``Question: ...\nAnswer: ...`` blocks, each ended by a
+    blank line (the plain stop sequence), so the model sees where an answer ends.
+    """
+    blocks = [f"Question: {p.strip()}\nAnswer: {plain_example_answer(a)}\n\n" for p, a in request.examples]
+    prompt = "".join(blocks) + f"Question: {request.prompt.strip()}\nAnswer:"
     if request.system:
         return f"{request.system.strip()}\n\n{prompt}"
     return prompt
 
 
+def plain_example_answer(answer: str) -> str:
+    """An example answer fit for a plain block: no doubled ``Answer:`` label, no blank lines inside."""
+    text = answer.strip()
+    if text.startswith("Answer:"):
+        text = text.removeprefix("Answer:").lstrip()
+    return re.sub(r"\n\s*\n", "\n", text)
+
+
 def chat_messages(request: GenerationRequest) -> list[dict[str, str]]:
-    """The request as chat messages, with ``system`` first when given."""
+    """The request as chat messages: ``system`` first when given, then each few-shot example
+    as a user turn and an assistant turn, then the prompt."""
     messages: list[dict[str, str]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
+    for prompt, answer in request.examples:
+        messages.append({"role": "user", "content": prompt})
+        messages.append({"role": "assistant", "content": answer})
     messages.append({"role": "user", "content": request.prompt})
     return messages
 
