@@ -45,6 +45,13 @@ class DispatchConfig:
     answer_timeout_s: float = 60.0  # whole-stream deadline for one node answer
     first_token_timeout_s: float = 20.0  # a node silent this long is treated as failed
     max_attempts: int = 4  # nodes tried per chunk slot before the chunk fails
+    # Bounds on one node answer: a node that streams past them is cut off and penalised.
+    max_answer_pieces: int = 2048  # streamed messages (a node may not stream forever)
+    max_answer_bytes: int = 64 * 1024  # UTF-8 bytes of answer text
+    # Hedging: a node still streaming after hedge_factor x its usual answer time (at least
+    # hedge_min_s) gets a second node racing it; the first whole answer wins, the other is cancelled.
+    hedge_factor: float = 3.0
+    hedge_min_s: float = 2.0
     # Small coder models answer with code unless told not to; this keeps answers short and votable.
     system_prompt: str = "You are a concise assistant. Answer directly in plain text, without code."
 

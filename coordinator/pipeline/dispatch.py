@@ -100,6 +100,7 @@ async def stream_answer(
     reported_confidence = 0.0
     finish = ""
     error: str | None = None
+    pieces = size = 0
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(config.first_token_timeout_s) as deadline:
@@ -107,6 +108,12 @@ async def stream_answer(
                 if first_token_ms is None:
                     first_token_ms = (time.perf_counter() - started) * 1000
                     deadline.reschedule(loop.time() + config.answer_timeout_s)
+                pieces += 1
+                size += len(piece.text.encode("utf-8"))
+                if pieces > config.max_answer_pieces or size > config.max_answer_bytes:
+                    error = (f"cut off: streamed more than {config.max_answer_pieces} messages or "
+                             f"{config.max_answer_bytes} bytes")
+                    break
                 if piece.text:
                     parts.append(piece.text)
                     emit(ChunkToken(request.chunk_id, node.node_id, piece.text))
@@ -173,11 +180,50 @@ async def dispatch_chunk(
         finally:
             in_flight[node_id] -= 1
 
+    def next_node(reason: str) -> str | None:
+        """Route one more node for this chunk (never one already tried), announced as a retry."""
+        try:
+            extra = route_chunk(chunk, nodes(), in_flight, route_config, count=1, exclude=frozenset(tried), rng=rng)
+        except NoNodesAvailableError:
+            return None
+        node_id = extra.node_ids[0]
+        tried.add(node_id)
+        reserve(node_id)
+        emit(ChunkAssigned(Assignment(chunk.chunk_id, (node_id,), retry=True, reason=reason)))
+        return node_id
+
+    async def hedged(node_id: str) -> list[NodeAnswer]:
+        """The answer from ``node_id``; if it runs past its usual time, a second node races it."""
+        usual_s = next((n.latency_ms for n in nodes() if n.node_id == node_id), None) or 0.0
+        hedge_after = max(config.hedge_min_s, config.hedge_factor * usual_s / 1000)
+        tasks = {asyncio.ensure_future(attempt(node_id)): node_id}
+        finished: list[NodeAnswer] = []
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=hedge_after)
+            if not done:
+                hedge = next_node(f"hedge: {node_id} is slower than {hedge_after:.1f}s")
+                if hedge is not None:
+                    tasks[asyncio.ensure_future(attempt(hedge))] = hedge
+            for next_done in asyncio.as_completed(list(tasks)):
+                answer = await next_done
+                finished.append(answer)
+                if not answer.failed:
+                    break
+            return finished
+        finally:
+            for task, other in tasks.items():
+                if not task.done():
+                    cancelled.append(other)
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def slot(node_id: str) -> None:
         for _ in range(config.max_attempts):
-            answer = await attempt(node_id)
-            answers.append(answer)
-            on_answer(answer)
+            results = await hedged(node_id)
+            for answer in results:
+                answers.append(answer)
+                on_answer(answer)
+            answer = results[-1]
             if not answer.failed:
                 if settled is not None and settled(answers):
                     for other, task in running.items():
@@ -185,18 +231,12 @@ async def dispatch_chunk(
                             cancelled.append(other)
                             task.cancel()
                 return
-            log.warning("node %s failed chunk %s: %s", node_id, chunk.chunk_id, answer.error)
-            try:
-                retry = route_chunk(chunk, nodes(), in_flight, route_config, count=1, exclude=frozenset(tried),
-                                    rng=rng)
-            except NoNodesAvailableError:
+            log.warning("node %s failed chunk %s: %s", answer.node_id, chunk.chunk_id, answer.error)
+            retry = next_node(f"{answer.node_id} failed: {answer.error}")
+            if retry is None:
                 return
-            running[retry.node_ids[0]] = running.pop(node_id)
-            node_id = retry.node_ids[0]
-            tried.add(node_id)
-            reserve(node_id)
-            emit(ChunkAssigned(Assignment(chunk.chunk_id, (node_id,), retry=True,
-                                          reason=f"{answer.node_id} failed: {answer.error}")))
+            running[retry] = running.pop(node_id)
+            node_id = retry
 
     running: dict[str, asyncio.Task[None]] = {}  # the node each slot is streaming from -> its task
     cancelled: list[str] = []
@@ -207,4 +247,4 @@ async def dispatch_chunk(
             running[node_id] = group.create_task(slot(node_id))
     if cancelled:
         log.info("chunk %s settled early; cancelled %s", chunk.chunk_id, ", ".join(cancelled))
-    return DispatchOutcome(answers, tuple(cancelled))
+    return DispatchOutcome(answers, tuple(dict.fromkeys(cancelled)))

@@ -1,0 +1,76 @@
+"""Faults and bounds over real gRPC: flooding nodes are cut off, slow nodes are hedged."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client.api import DellmClient
+from coordinator.config import CoordinatorConfig, DispatchConfig, RouteConfig
+from node.backends.base import BackendDescription, GenerationRequest, TokenPiece
+from protos import dellm_pb2
+from tests.conftest import Cluster, script
+
+
+class FloodingBackend:
+    """Test double: a hostile node that ignores max_tokens and streams until it is cut off."""
+
+    def describe(self) -> BackendDescription:
+        return BackendDescription(backend="scripted", model="flood")
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[TokenPiece]:
+        while not cancel.is_set():
+            yield TokenPiece("spam ", (-0.01,))
+        yield TokenPiece("", finish_reason="cancelled")
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def bounded(tmp_path: Path):
+    config = CoordinatorConfig(
+        dispatch=DispatchConfig(max_answer_pieces=300, max_answer_bytes=4096, hedge_min_s=0.4, hedge_factor=1.0),
+        route=RouteConfig(redundancy_threshold=2.0),  # one node per chunk: faults are not hidden by a second
+    )
+    c = Cluster(tmp_path, config)
+    await c.start_coordinator()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def ask(address: str, query: str) -> list[dellm_pb2.AskEvent]:
+    async with DellmClient(address) as client:
+        return [event async for event in client.ask(query)]
+
+
+async def test_a_node_that_streams_forever_is_cut_off_penalised_and_replaced(bounded: Cluster) -> None:
+    await bounded.add_node("flood", FloodingBackend())
+    events_task = asyncio.create_task(ask(bounded.address, "Tell me about Paris"))
+    await asyncio.sleep(0.05)
+    await bounded.add_node("honest", script([{"pattern": ".", "reply": "Paris is in France."}]))
+    events = await events_task
+    final = events[-1].final
+    penalty = next(r for r in final.rewards if r.node_id.startswith("flood"))  # the only node at first
+    assert penalty.source == "failure" and penalty.reward < 0
+    result = next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result")
+    assert "cut off" in next(v.error for v in result.votes if v.node_id.startswith("flood"))
+    assert final.answer == "Paris is in France."
+
+
+async def test_a_slow_node_is_hedged_by_the_next_one(bounded: Cluster) -> None:
+    await bounded.add_node("slow", script([{"pattern": ".", "reply": "Paris " * 40, "delay": 0.25}]))
+    events_task = asyncio.create_task(ask(bounded.address, "Tell me about Paris"))
+    await asyncio.sleep(0.1)  # the slow node has the chunk; now a faster one joins
+    await bounded.add_node("fast", script([{"pattern": ".", "reply": "Paris is in France."}]))
+    events = await asyncio.wait_for(events_task, timeout=5)  # the slow answer alone would take 10 s
+    hedges = [e.assignment for e in events if e.WhichOneof("event") == "assignment" and e.assignment.retry]
+    assert hedges and hedges[0].reason.startswith("hedge: slow")
+    result = next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result")
+    assert result.answer == "Paris is in France." and [n[:4] for n in result.cancelled_node_ids] == ["slow"]
