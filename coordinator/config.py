@@ -97,3 +97,6 @@ class CoordinatorConfig:
     shutdown_grace_s: float = 5.0  # in-flight Ask streams get this long on SIGTERM
     node_down_after_failures: int = 3  # consecutive failed streams before a node stops getting work
     accept_labels: bool = False  # benchmark mode: trust AskRequest.reference_answer as ground truth
+    canary_interval_s: float = 60.0  # mean seconds between canary chunks (known answers); 0 disables
+    max_queries: int = 256  # queries in flight at once; more are refused with RESOURCE_EXHAUSTED
+    max_queries_per_client: int = 16  # the same, per client address

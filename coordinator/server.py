@@ -14,7 +14,7 @@ from coordinator.errors import ChunkFailedError
 from coordinator.pipeline.decompose import InvalidQueryError
 from coordinator.pipeline.route import NoNodesAvailableError
 from coordinator.registry.base import UnknownNodeError, UnknownQueryError
-from coordinator.service import AdmissionRejectedError, Coordinator
+from coordinator.service import AdmissionRejectedError, Coordinator, TooManyQueriesError
 from node.serving import SERVER_OPTIONS, add_health_and_reflection, bind, set_serving, wait_for_signal
 from protos import dellm_pb2, dellm_pb2_grpc
 
@@ -30,10 +30,13 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         self, request: dellm_pb2.AskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dellm_pb2.AskEvent]:
         try:
-            async for event in self._coordinator.ask(request.query, request.reference_answer):
+            client = context.peer().rsplit(":", 1)[0]  # "ipv4:127.0.0.1:5555" -> the client's host
+            async for event in self._coordinator.ask(request.query, request.reference_answer, client):
                 yield event_to_proto(event)
         except InvalidQueryError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TooManyQueriesError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except (NoNodesAvailableError, ChunkFailedError) as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from functools import partial
 
+from coordinator.canary import CanaryProbe
 from coordinator.config import CoordinatorConfig
 from coordinator.discovery.advert import SUPPORTED_PROTOCOL_VERSIONS, Advertisement
 from coordinator.discovery.base import Discovery
@@ -40,6 +41,31 @@ START_NODE_HINT = (
 
 class AdmissionRejectedError(CoordinatorError):
     """A node was not admitted: unreachable, of another cluster or protocol, or not who it claims."""
+
+
+class TooManyQueriesError(CoordinatorError):
+    """The coordinator, or this client, has as many queries in flight as it allows."""
+
+
+class QueryLimiter:
+    """Counts queries in flight, in total and per client; refuses past the limits, never queues."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self._total, self._per_client = total, per_client
+        self._by_client: dict[str, int] = {}
+
+    def acquire(self, client: str) -> None:
+        if sum(self._by_client.values()) >= self._total:
+            raise TooManyQueriesError(f"the coordinator is answering {self._total} queries already; retry shortly")
+        if self._by_client.get(client, 0) >= self._per_client:
+            raise TooManyQueriesError(f"{client or 'this client'} has {self._per_client} queries in flight already; "
+                                      "wait for one to finish")
+        self._by_client[client] = self._by_client.get(client, 0) + 1
+
+    def release(self, client: str) -> None:
+        self._by_client[client] -= 1
+        if not self._by_client[client]:
+            del self._by_client[client]
 
 
 class GrpcNodeConnector:
@@ -72,9 +98,13 @@ class Coordinator:
         self._refusals: dict[str, str] = {}
         self._rng = random.Random(config.route.seed)
         self._planner = planner
+        self._limiter = QueryLimiter(config.max_queries, config.max_queries_per_client)
+        self.canaries = CanaryProbe(config, registry, GrpcNodeConnector(self.pool), self._send_feedback,
+                                    random.Random(config.route.seed + 1))
 
     async def start(self) -> None:
         self._health.start()
+        self.canaries.start()
         for discovery in self._discovery:
             await discovery.start(self)
 
@@ -173,13 +203,19 @@ class Coordinator:
         if not live_nodes(self.registry):
             raise NoNodesAvailableError(f"no nodes are available; {START_NODE_HINT}")
 
-    def ask(self, query: str, reference_answer: str = "") -> AsyncIterator[PipelineEvent]:
-        """Answer ``query``; ``reference_answer`` is ground truth only with ``accept_labels`` (benchmarks)."""
+    async def ask(self, query: str, reference_answer: str = "", client: str = "") -> AsyncIterator[PipelineEvent]:
+        """Answer ``query`` for ``client`` (its address: the per-client limit counts by it);
+        ``reference_answer`` is ground truth only with ``accept_labels`` (benchmarks)."""
         self.check_query(query)
-        deps = PipelineDeps(self.config, self.registry, GrpcNodeConnector(self.pool), self.pool.in_flight,
-                            self.synthesizer, self._send_feedback, self._rng, self._planner)
-        label = reference_answer.strip() if self.config.accept_labels else ""
-        return answer_query(query, deps, label or None)
+        self._limiter.acquire(client)
+        try:
+            deps = PipelineDeps(self.config, self.registry, GrpcNodeConnector(self.pool), self.pool.in_flight,
+                                self.synthesizer, self._send_feedback, self._rng, self._planner)
+            label = reference_answer.strip() if self.config.accept_labels else ""
+            async for event in answer_query(query, deps, label or None):
+                yield event
+        finally:
+            self._limiter.release(client)
 
     async def feedback(self, query_id: str, correct: bool, answer: str = "") -> list[AppliedReward]:
         """A user's verdict on a whole query, applied to the nodes whose answers it used."""
@@ -225,6 +261,7 @@ class Coordinator:
         for discovery in self._discovery:
             await discovery.stop()
         await self._health.stop()
+        await self.canaries.stop()
         if self._background:
             await asyncio.wait(self._background, timeout=self.config.feedback_timeout_s)
         await self.pool.close()

@@ -101,7 +101,7 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, CoordinatorConfig())
+    c = Cluster(tmp_path, CoordinatorConfig(canary_interval_s=0))  # canaries only where a test sends them
     await c.start_coordinator()
     try:
         yield c

@@ -11,7 +11,10 @@ import pytest
 
 from client.api import DellmClient
 from coordinator.config import CoordinatorConfig, DispatchConfig, RouteConfig
+from coordinator.pipeline.route import quarantined
+from coordinator.types import Verdict
 from node.backends.base import BackendDescription, GenerationRequest, TokenPiece
+from node.backends.scripted import ScriptedBackend
 from protos import dellm_pb2
 from tests.conftest import Cluster, script
 
@@ -36,6 +39,7 @@ async def bounded(tmp_path: Path):
     config = CoordinatorConfig(
         dispatch=DispatchConfig(max_answer_pieces=300, max_answer_bytes=4096, hedge_min_s=0.4, hedge_factor=1.0),
         route=RouteConfig(redundancy_threshold=2.0),  # one node per chunk: faults are not hidden by a second
+        canary_interval_s=0,
     )
     c = Cluster(tmp_path, config)
     await c.start_coordinator()
@@ -74,3 +78,35 @@ async def test_a_slow_node_is_hedged_by_the_next_one(bounded: Cluster) -> None:
     assert hedges and hedges[0].reason.startswith("hedge: slow")
     result = next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result")
     assert result.answer == "Paris is in France." and [n[:4] for n in result.cancelled_node_ids] == ["slow"]
+
+
+async def test_canaries_catch_a_node_that_answers_wrongly_and_quarantine_it(cluster: Cluster) -> None:
+    liar = await cluster.add_node("liar", ScriptedBackend.from_dict({"arithmetic": {"accuracy": 0.0, "seed": 1}}))
+    await cluster.add_node("truth", ScriptedBackend.from_dict({"arithmetic": {"accuracy": 1.0}}))
+    service = cluster.coordinator.coordinator
+    liar_id = liar.servicer.info.node_id
+    for _ in range(10):
+        record = service.registry.get(liar_id)
+        result = await service.canaries.probe(record)
+        assert result.verdict is Verdict.WRONG and result.fitness_after < result.fitness_before
+    assert quarantined(service.registry.get(liar_id), "MATH_OP", service.config.route)
+    await cluster.wait_for(lambda: any(e.source == "canary" for e in cluster.stores["liar"].entries()))
+    # arithmetic now goes to the truthful node
+    for _ in range(5):
+        events = await ask(cluster.address, "What is 41 * 7?")
+        assert "287" in events[-1].final.answer
+        assert all(r.node_id.startswith("truth") for r in events[-1].final.rewards)
+
+
+async def test_too_many_queries_at_once_are_refused_not_queued(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, CoordinatorConfig(max_queries=2, canary_interval_s=0))
+    await c.start_coordinator()
+    try:
+        await c.add_node("slow", script([{"pattern": ".", "reply": "one two three", "delay": 0.3}]))
+        results = await asyncio.gather(*(ask(c.address, "Tell me a story") for _ in range(4)),
+                                       return_exceptions=True)
+        refused = [r for r in results if isinstance(r, Exception)]
+        assert len(refused) == 2 and all("RESOURCE_EXHAUSTED" in str(r) for r in refused)
+        assert len([r for r in results if not isinstance(r, Exception)]) == 2
+    finally:
+        await c.close()

@@ -26,7 +26,7 @@ REPLY = [{"pattern": ".", "reply": "ok then"}]
 
 @pytest.fixture
 async def fast(tmp_path: Path):
-    c = Cluster(tmp_path, CoordinatorConfig(health=FAST))
+    c = Cluster(tmp_path, CoordinatorConfig(health=FAST, canary_interval_s=0))
     await c.start_coordinator()
     try:
         yield c

@@ -1,0 +1,101 @@
+"""Canary chunks: at a low rate, a node gets a question whose answer is known exactly.
+
+A canary looks like any MATH_OP chunk (same prompt, same RPC), so a lazy node, a node that
+copies answers, or one that claims a bigger model than it runs cannot tell it apart. Its
+answer is checked exactly and rewarded like any verified answer (source "canary"): nodes that
+fail canaries lose fitness and end up quarantined from the work they fail at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from coordinator.config import CoordinatorConfig
+from coordinator.node_client import ChunkRequest, NodeFeedback
+from coordinator.pipeline.assemble import final_number
+from coordinator.pipeline.decompose import estimate_complexity, estimate_tokens
+from coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, stream_answer
+from coordinator.pipeline.reward import reward_for, update_fitness
+from coordinator.registry.base import NodeRegistry
+from coordinator.types import Chunk, NodeRecord, Operation, Verdict
+
+log = logging.getLogger(__name__)
+
+
+def make_canary(rng: random.Random) -> tuple[str, float]:
+    """A short arithmetic question and its exact answer."""
+    op = rng.choice(["+", "-", "*"])
+    a, b = (rng.randint(11, 99), rng.randint(3, 19)) if op == "*" else (rng.randint(100, 999), rng.randint(10, 99))
+    value = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return f"What is {a} {op} {b}?", float(value)
+
+
+@dataclass(frozen=True)
+class CanaryResult:
+    node_id: str
+    question: str
+    expected: float
+    answer: str
+    verdict: Verdict
+    fitness_before: float
+    fitness_after: float
+
+
+class CanaryProbe:
+    """Sends one canary to a random live node every ``config.canary_interval_s`` (0: never)."""
+
+    def __init__(self, config: CoordinatorConfig, registry: NodeRegistry, connector: NodeConnector,
+                 send_feedback: Callable[[str, NodeFeedback], None], rng: random.Random) -> None:
+        self._config = config
+        self._registry = registry
+        self._connector = connector
+        self._send_feedback = send_feedback
+        self._rng = rng
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._config.canary_interval_s > 0:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._rng.expovariate(1 / self._config.canary_interval_s))
+            live = [n for n in self._registry.list_nodes() if n.state == "up"]
+            if live:
+                try:
+                    await self.probe(self._rng.choice(live))
+                except Exception:  # a failed canary round must not end canaries
+                    log.exception("canary round failed")
+
+    async def probe(self, node: NodeRecord) -> CanaryResult:
+        question, expected = make_canary(self._rng)
+        chunk = Chunk("canary", Operation.MATH_OP, question, estimate_tokens(question),
+                      estimate_complexity(question, Operation.MATH_OP))
+        prompt = build_chunk_prompt(chunk, [])
+        dispatch = self._config.dispatch
+        request = ChunkRequest(uuid.uuid4().hex[:16], "c1", Operation.MATH_OP, prompt, dispatch.max_tokens,
+                               dispatch.temperature, dispatch.system_prompt)
+        answer = await stream_answer(node, request, self._connector, dispatch, lambda event: None)
+        got = None if answer.failed else final_number(answer.text)
+        verdict = Verdict.CORRECT if got is not None and abs(got - expected) < 1e-6 else Verdict.WRONG
+        reward = reward_for(verdict, answer.latency_ms, self._config.reward)
+        before, after = self._registry.apply_reward(
+            node.node_id, reward, verdict is Verdict.CORRECT,
+            partial(update_fitness, reward=reward, config=self._config.reward), Operation.MATH_OP.value)
+        truth = str(int(expected))
+        self._send_feedback(node.node_id, NodeFeedback(request.query_id, "c1", prompt, answer.text, verdict, reward,
+                                                       truth, after, "canary"))
+        log.info("canary to %s: %s -> %r (%s), fitness %.3f -> %.3f", node.node_id, question, answer.text[-40:],
+                 verdict.value, before, after)
+        return CanaryResult(node.node_id, question, expected, answer.text, verdict, before, after)
