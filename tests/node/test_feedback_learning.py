@@ -310,3 +310,16 @@ async def test_few_shot_zero_sends_no_examples(recording_node: tuple[RunningNode
     await _feedback(node.address, "What is 10% of 1000?" + MATH, "Answer: 100", dellm_pb2.CORRECT, "exact_check")
     await _generate(node.address, "What is 10% of 500?" + MATH)
     assert backend.requests[-1].examples == ()
+
+
+def test_a_correction_of_worked_steps_is_not_turned_into_a_bare_example(tmp_path: Path) -> None:
+    store = FeedbackStore(tmp_path / "fb.sqlite3")
+    try:
+        worked = "Step 1: she has 16 eggs. Step 2: she eats 3 and bakes 4, so 9 are left. " * 3 + "Answer: 9"
+        store.add(FeedbackEntry("q1", "c1", "Janet's ducks lay 16 eggs... how much?", worked, "WRONG", -0.05,
+                                "18", 0.45, "label", 1.0))
+        store.add(FeedbackEntry("q2", "c1", "What is 37 * 12?", "Answer: 440", "WRONG", -0.05, "444", 0.45,
+                                "exact_check", 2.0))
+        assert store.training_pairs() == [("What is 37 * 12?", "Answer: 444")]
+    finally:
+        store.close()
