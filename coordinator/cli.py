@@ -18,6 +18,7 @@ from coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, Templ
 from coordinator.registry import RegistryUnavailableError, open_registry
 from coordinator.server import serve
 from coordinator.service import Coordinator
+from node.serving import SecurityError, add_security_arguments, security_from_arguments
 
 DEFAULT_SYNTH_MODEL = "qwen2.5-coder-0.5b-instruct"
 
@@ -86,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="weight of normalized latency in the routing score (the seed's %(default)s)")
     parser.add_argument("--fitness-weight", type=float, default=RouteConfig.fitness_weight,
                         help="weight of (1 - fitness) in the routing score (the seed's %(default)s)")
+    parser.add_argument("--canary-interval", type=float, default=CoordinatorConfig.canary_interval_s,
+                        help="mean seconds between canary chunks with known answers; 0 disables (default %(default)s)")
     parser.add_argument("--accept-labels", action="store_true",
                         help="benchmark mode: use AskRequest.reference_answer as ground truth for rewards")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk answer")
@@ -101,12 +104,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--node-ttl", type=float, default=HealthConfig.ttl_s,
                         help="seconds down before a node leaves the live set (default %(default)s)")
     parser.add_argument("--log-level", default="INFO")
+    add_security_arguments(parser, server=True)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        security = security_from_arguments(args, os.environ.get("DELLM_TOKEN"), server=True)
+    except SecurityError as exc:
+        print(f"dellm-coordinator: {exc}", file=sys.stderr)
+        return 2
     registry_spec = args.registry or str(default_registry_path())
     config = CoordinatorConfig(
         listen=args.listen, registry=registry_spec, cluster=args.cluster,
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.redundancy < 1:
         print("dellm-coordinator: --redundancy must be at least 1", file=sys.stderr)
         return 2
-    config = replace(config, accept_labels=args.accept_labels, route=replace(
+    config = replace(config, accept_labels=args.accept_labels, canary_interval_s=args.canary_interval, route=replace(
         config.route, redundancy_threshold=args.redundancy_threshold, redundancy=args.redundancy,
         exploration=args.exploration, seed=args.seed, latency_weight=args.latency_weight,
         fitness_weight=args.fitness_weight))
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     coordinator = Coordinator(config, registry, synthesizer, build_discovery(args), planner)
     try:
-        asyncio.run(serve(coordinator, config.listen))
+        asyncio.run(serve(coordinator, config.listen, security=security))
     except OSError as exc:
         print(f"dellm-coordinator: {exc}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -158,3 +159,27 @@ def test_models_list_names_all_four() -> None:
         assert name in done.stdout
     unknown = dellm("models", "pull", "not-a-model")
     assert unknown.returncode == 2 and "not-a-model" in unknown.stderr
+
+
+def test_a_killed_coordinator_restarts_with_its_fitness_queries_and_nodes(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with LocalCluster(tmp_path) as cluster:
+        listen = ["--listen", f"127.0.0.1:{port}", "--canary-interval", "0"]
+        cluster.start_coordinator(extra=listen)
+        cluster.start_node(GOOD)
+        cluster.wait_for_nodes(1)
+        asked = dellm("ask", "What is 10% of 1000?", "--json", "--coordinator", cluster.coordinator_address)
+        query_id = json.loads(asked.stdout.splitlines()[-1])["final"]["query_id"]
+        before = json.loads(dellm("nodes", "--json", "--coordinator", cluster.coordinator_address).stdout)
+        coordinator = cluster.node("coordinator")
+        coordinator.process.send_signal(signal.SIGKILL)
+        coordinator.process.wait()
+        cluster.processes.remove(coordinator)
+        cluster.start_coordinator(extra=listen)
+        cluster.wait_for_nodes(1, timeout=20)  # the node is back with no manual step (health checks)
+        after = json.loads(dellm("nodes", "--json", "--coordinator", cluster.coordinator_address).stdout)
+        assert after["fitness"] == pytest.approx(before["fitness"]) and after["state"] == "up"
+        feedback = dellm("feedback", query_id, "--correct", "--coordinator", cluster.coordinator_address)
+        assert feedback.returncode == 0, feedback.stderr  # the query record survived the crash

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Chaos and load: real processes, real faults, and a count of how every query ended.
+
+Starts a coordinator and scripted test-double nodes as processes on loopback, then runs a fixed
+number of queries from --clients concurrent clients while faults are injected:
+
+  kill     SIGKILL a random node every --kill-every seconds (restarted a second later)
+  stop     SIGSTOP a random node for 2 s (a node that hangs mid-stream), every 3 s
+  garbage  one node answers with malformed, looping output
+  restart  the coordinator is killed (SIGKILL) once, mid-run, and restarted on the same port
+           and registry; nodes come back by themselves
+
+Every query must end in an answer or a clear gRPC status; "lost" (no answer and no status within
+the client's deadline) must be zero. Results: bench-results/chaos_<scenario>.json.
+
+    python scripts/chaos.py --scenario calm --queries 300 --clients 16
+    python scripts/chaos.py --scenario kill --queries 300 --clients 16
+    python scripts/chaos.py --scenario all --queries 400 --clients 16
+    python scripts/chaos.py --scenario calm --queries 2000 --clients 64 --nodes 20   # load
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from client.api import ClientConfig, DellmClient  # noqa: E402
+from client.errors import DellmError  # noqa: E402
+from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
+
+QUESTIONS = ["What is 12 * 7?", "Tell me about Paris", "What is 250 + 125?", "Find cheap laptops and find cheap phones"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_scripts(workdir: Path) -> tuple[Path, Path]:
+    good = workdir / "good.toml"
+    good.write_text('model = "scripted-good"\n\n[arithmetic]\naccuracy = 1.0\ndelay = 0.02\n\n'
+                    '[default]\nreply = "Paris is the capital of France and a fine city."\ndelay = 0.02\n')
+    garbage = workdir / "garbage.toml"
+    garbage.write_text('model = "scripted-garbage"\n\n[default]\nreply = "' + "la " * 60 + '"\n')
+    return good, garbage
+
+
+class Faults:
+    """Injects the scenario's faults from a thread until stopped."""
+
+    def __init__(self, cluster: LocalCluster, specs: dict[str, NodeSpec], scenario: str, kill_every: float,
+                 restart_at: float, port: int) -> None:
+        self.cluster, self.specs, self.scenario = cluster, specs, scenario
+        self.kill_every, self.restart_at, self.port = kill_every, restart_at, port
+        self.log: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _victim(self) -> str:
+        return random.choice([n for n in self.specs if n != "garbage"])
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        next_kill = next_stop = started + 1.0
+        restarted = False
+        while not self._stop.wait(0.05):
+            now = time.monotonic()
+            if self.scenario in ("kill", "all") and now >= next_kill:
+                name = self._victim()
+                self._signal(name, signal.SIGKILL)
+                self._stop.wait(1.0)
+                self._respawn(name)
+                next_kill = time.monotonic() + self.kill_every
+            if self.scenario in ("stop", "all") and now >= next_stop:
+                name = self._victim()
+                self._signal(name, signal.SIGSTOP)
+                self._stop.wait(2.0)
+                self._signal(name, signal.SIGCONT)
+                next_stop = time.monotonic() + 3.0
+            if self.scenario in ("restart", "all") and not restarted and now - started >= self.restart_at:
+                restarted = True
+                coordinator = next(p for p in self.cluster.processes if p.name == "coordinator")
+                coordinator.process.send_signal(signal.SIGKILL)
+                coordinator.process.wait()
+                self.cluster.processes.remove(coordinator)
+                self.log.append(f"{now - started:.1f}s SIGKILL coordinator")
+                self.cluster.start_coordinator(extra=["--listen", f"127.0.0.1:{self.port}", "--canary-interval",
+                                                      "0"])
+                self.log.append(f"{time.monotonic() - started:.1f}s coordinator restarted")
+
+    def _signal(self, name: str, sig: signal.Signals) -> None:
+        managed = next((p for p in self.cluster.processes if p.name == name), None)
+        if managed is not None and managed.process.poll() is None:
+            managed.process.send_signal(sig)
+            self.log.append(f"{sig.name} {name}")
+
+    def _respawn(self, name: str) -> None:
+        managed = next((p for p in self.cluster.processes if p.name == name), None)
+        if managed is not None:
+            managed.process.wait()
+            self.cluster.processes.remove(managed)
+        self.cluster.start_node(self.specs[name])
+
+
+async def ask_once(client: DellmClient, query: str) -> tuple[str, str]:
+    try:
+        final = None
+        async for event in client.ask(query):
+            if event.WhichOneof("event") == "final":
+                final = event.final
+        if final is not None and final.answer.strip():
+            return "answered", ""
+        return "lost", "stream ended without a final event"
+    except DellmError as exc:
+        return "failed", str(exc).split(":")[0]
+    except Exception as exc:  # anything without a status is a lost query
+        return "lost", repr(exc)
+
+
+async def client_loop(address: str, jobs: asyncio.Queue[str], outcomes: list[dict], deadline_s: float,
+                      retries: int) -> None:
+    """Like a user: an UNAVAILABLE answer (coordinator restarting, no node) is retried after a pause."""
+    async with DellmClient(address, ClientConfig(ask_timeout_s=deadline_s)) as client:
+        while True:
+            try:
+                query = jobs.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            started = time.perf_counter()
+            for attempt in range(retries + 1):
+                outcome, detail = await ask_once(client, query)
+                if outcome != "failed" or detail != "UNAVAILABLE" or attempt == retries:
+                    break
+                await asyncio.sleep(0.5 * (attempt + 1))
+            outcomes.append({"query": query, "outcome": outcome, "detail": detail, "attempts": attempt + 1,
+                             "s": time.perf_counter() - started})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=["calm", "kill", "stop", "garbage", "restart", "all"], default="all")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--nodes", type=int, default=6)
+    parser.add_argument("--kill-every", type=float, default=1.0)
+    parser.add_argument("--restart-at", type=float, default=5.0, help="seconds into the run")
+    parser.add_argument("--deadline", type=float, default=60.0, help="client deadline per query (s)")
+    parser.add_argument("--retries", type=int, default=4, help="retries of a query refused as UNAVAILABLE")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.queries < 1 or args.clients < 1 or args.nodes < 2 or args.kill_every <= 0:
+        parser.error("--queries and --clients must be >= 1, --nodes >= 2, --kill-every > 0")
+    if args.clients > args.queries:
+        parser.error("--clients larger than --queries leaves clients with nothing to do")
+
+    port = free_port()
+    with LocalCluster() as cluster:
+        good, garbage = write_scripts(cluster.workdir)
+        address = cluster.start_coordinator(extra=["--listen", f"127.0.0.1:{port}", "--canary-interval", "0"])
+        specs = {f"node-{i}": NodeSpec(f"node-{i}", backend="scripted", script=good) for i in range(args.nodes)}
+        if args.scenario in ("garbage", "all"):
+            specs["garbage"] = NodeSpec("garbage", backend="scripted", script=garbage)
+        for spec in specs.values():
+            cluster.start_node(spec)
+        cluster.wait_for_nodes(len(specs))
+        faults = Faults(cluster, specs, args.scenario, args.kill_every, args.restart_at, port)
+        jobs: asyncio.Queue[str] = asyncio.Queue()
+        for i in range(args.queries):
+            jobs.put_nowait(QUESTIONS[i % len(QUESTIONS)])
+        outcomes: list[dict] = []
+
+        async def run() -> None:
+            await asyncio.gather(*(client_loop(address, jobs, outcomes, args.deadline, args.retries)
+                                   for _ in range(args.clients)))
+
+        faults.start()
+        started = time.perf_counter()
+        try:
+            asyncio.run(run())
+        finally:
+            faults.stop()
+        wall = time.perf_counter() - started
+
+    counts = {k: sum(1 for o in outcomes if o["outcome"] == k) for k in ("answered", "failed", "lost")}
+    latencies = sorted(o["s"] for o in outcomes if o["outcome"] == "answered")
+    failures: dict[str, int] = {}
+    for o in outcomes:
+        if o["outcome"] != "answered":
+            failures[o["detail"]] = failures.get(o["detail"], 0) + 1
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else float("nan")
+
+    report = {
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "command": " ".join(["scripts/chaos.py", *sys.argv[1:]]),
+        "scenario": args.scenario, "queries": args.queries, "clients": args.clients, "nodes": len(specs),
+        "counts": counts, "failures_by_status": failures, "wall_s": wall,
+        "answered_after_retry": sum(1 for o in outcomes if o["outcome"] == "answered" and o["attempts"] > 1),
+        "qps_answered": counts["answered"] / wall,
+        "latency_s": {"p50": statistics.median(latencies) if latencies else None, "p99": pct(0.99)},
+        "faults": faults.log,
+    }
+    out = args.out or ROOT / "bench-results" / f"chaos_{args.scenario}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"{args.scenario}: {args.queries} queries from {args.clients} clients on {len(specs)} nodes in {wall:.1f} s: "
+          f"answered {counts['answered']}, failed with a clear status {counts['failed']} {failures or ''}, "
+          f"lost {counts['lost']}; answered after a retry {report['answered_after_retry']}")
+    print(f"  latency p50 {report['latency_s']['p50'] or float('nan'):.3f} s, p99 {pct(0.99):.3f} s; "
+          f"{report['qps_answered']:.1f} answered queries/s; faults injected: {len(faults.log)}")
+    return 0 if counts["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
