@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 import grpc
 
 from client.errors import from_rpc_error
+from node.serving import SecurityConfig, channel
 from protos import dellm_pb2, dellm_pb2_grpc
 
 DEFAULT_COORDINATOR = "127.0.0.1:50050"
@@ -24,6 +25,7 @@ class ClientConfig:
     ask_timeout_s: float = 300.0  # a whole query, all stages, on slow CPU-only nodes
     unary_timeout_s: float = 10.0  # ListNodes, Feedback
     wait_for_ready: bool = False  # fail fast when no coordinator is there
+    security: SecurityConfig = field(default_factory=SecurityConfig)  # cluster token and TLS towards the coordinator
 
 
 class DellmClient:
@@ -32,7 +34,7 @@ class DellmClient:
     def __init__(self, address: str | None = None, config: ClientConfig | None = None) -> None:
         self.address = address or default_coordinator()
         self.config = config or ClientConfig()
-        self._channel = grpc.aio.insecure_channel(self.address)
+        self._channel = channel(self.address, self.config.security)
         self._stub = dellm_pb2_grpc.CoordinatorServiceStub(self._channel)
 
     async def __aenter__(self) -> DellmClient:
@@ -45,8 +47,11 @@ class DellmClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def ask(self, query: str) -> AsyncIterator[dellm_pb2.AskEvent]:
-        call = self._stub.Ask(dellm_pb2.AskRequest(query=query), timeout=self.config.ask_timeout_s,
+    async def ask(self, query: str, reference_answer: str = "") -> AsyncIterator[dellm_pb2.AskEvent]:
+        """Stream the events of one query. ``reference_answer`` is the known right final answer
+        (benchmark mode): a coordinator started with ``--accept-labels`` rewards nodes by it."""
+        request = dellm_pb2.AskRequest(query=query, reference_answer=reference_answer)
+        call = self._stub.Ask(request, timeout=self.config.ask_timeout_s,
                               wait_for_ready=self.config.wait_for_ready)
         try:
             async for event in call:

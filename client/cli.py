@@ -1,22 +1,34 @@
-"""``dellm``: ask the network, list nodes, give feedback, manage models, run the demo."""
+"""``dellm``: ask the network, list nodes, give feedback, manage models, run the demo and the benchmarks."""
 
 from __future__ import annotations
+
+import os
+
+# Before grpc is imported: its core would print an INFO line of its own for every failed TLS
+# handshake, which the one-line error below already explains.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import argparse
 import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 
-from client.api import DellmClient, default_coordinator
+from client.api import ClientConfig, DellmClient, default_coordinator
 from client.errors import DellmError
 from client.render import ProgressPrinter, event_json, nodes_table
+from node.serving import SecurityError, add_security_arguments, security_from_arguments
+
+
+def _client(args: argparse.Namespace) -> DellmClient:
+    return DellmClient(args.coordinator, ClientConfig(security=args.security))
 
 
 async def _ask(args: argparse.Namespace) -> int:
-    async with DellmClient(args.coordinator) as client:
+    async with _client(args) as client:
         names: dict[str, str] = {}
         if not args.json:
             names = {n.info.node_id: n.info.name or n.info.model for n in await client.nodes()}
@@ -30,7 +42,7 @@ async def _ask(args: argparse.Namespace) -> int:
 
 
 async def _nodes(args: argparse.Namespace) -> int:
-    async with DellmClient(args.coordinator) as client:
+    async with _client(args) as client:
         nodes = await client.nodes()
     if args.json:
         for n in nodes:
@@ -44,7 +56,7 @@ async def _nodes(args: argparse.Namespace) -> int:
 
 
 async def _feedback(args: argparse.Namespace) -> int:
-    async with DellmClient(args.coordinator) as client:
+    async with _client(args) as client:
         rewards = await client.feedback(args.query_id, args.correct, args.answer or "")
     print(f"feedback recorded for query {args.query_id}: {'correct' if args.correct else 'wrong'}; "
           f"{len(rewards)} node answer(s) rewarded")
@@ -81,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     def with_coordinator(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--coordinator", default=default_coordinator(),
                        help="HOST:PORT of the coordinator (default: $DELLM_COORDINATOR or 127.0.0.1:50050)")
+        add_security_arguments(p, server=False)
         return p
 
     ask = with_coordinator(commands.add_parser("ask", help="ask a question and watch it being answered"))
@@ -108,12 +121,78 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--synth-model", default=None, help="synthesis model, or 'none'")
     demo.add_argument("--discovery", choices=["join", "mdns"], default="join",
                       help="nodes join by address (default), or are found by mDNS in a private network namespace")
+
+    bench = commands.add_parser("bench", help="benchmarks on real processes on this machine")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    _add_gsm8k_parser(bench_commands)
     return parser
 
 
+def _add_gsm8k_parser(bench_commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from client.bench import (
+        DEFAULT_DATA,
+        DEFAULT_MAX_TOKENS,
+        DEFAULT_MODELS,
+        DEFAULT_N,
+        DEFAULT_OUT,
+        DEFAULT_SINGLE_MODEL,
+        DEFAULT_TRAIN_N,
+    )
+
+    gsm8k = bench_commands.add_parser(
+        "gsm8k", help="GSM8K accuracy: one node alone, the network with voting, the network after learning",
+        description="(a) one node alone, (b) the network with redundancy and voting, (c) the network after a "
+                    "labelled training slice; writes results.json, summary.md and accuracy.png.")
+    gsm8k.add_argument("--n", type=int, default=DEFAULT_N, help="evaluation problems (default %(default)s)")
+    gsm8k.add_argument("--offset", type=int, default=0, help="first evaluation problem, 0-based (default %(default)s)")
+    gsm8k.add_argument("--train-n", type=int, default=DEFAULT_TRAIN_N,
+                       help="training problems for (c), taken right after the evaluation slice (default %(default)s)")
+    gsm8k.add_argument("--data", type=Path, default=DEFAULT_DATA, help="GSM8K JSONL file (default %(default)s)")
+    gsm8k.add_argument("--single-model", default=DEFAULT_SINGLE_MODEL, help="the model of (a) (default %(default)s)")
+    gsm8k.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                       help="comma-separated models of the network in (b) and (c), one node each (default %(default)s)")
+    gsm8k.add_argument("--redundancy", type=int, default=None,
+                       help="nodes per chunk in (b) and (c) (default: every node)")
+    gsm8k.add_argument("--threads", type=int, default=None,
+                       help="CPU threads per node (default: all cores in (a), cores / number of models in (b), (c))")
+    gsm8k.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                       help="tokens per answer (default %(default)s)")
+    gsm8k.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default %(default)s)")
+
+
+def _bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from client.bench import BenchConfig, BenchError, run_gsm8k_bench, summary_table
+    from client.local_cluster import ClusterError
+
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    config = BenchConfig(n=args.n, offset=args.offset, train_n=args.train_n, data=args.data,
+                         single_model=args.single_model, models=models, threads=args.threads,
+                         max_tokens=args.max_tokens, out=args.out, redundancy=args.redundancy)
+    try:
+        results = run_gsm8k_bench(config, command=" ".join(["dellm", *argv]),
+                                  progress=lambda message: print(message, flush=True))
+    except BenchError as exc:
+        print(f"dellm bench: {exc}", file=sys.stderr)
+        return 2
+    except ClusterError as exc:
+        print(f"dellm bench: the local cluster failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ndellm bench: interrupted; the cluster is stopped and the partial results are in {args.out}",
+              file=sys.stderr)
+        return 130
+    print()
+    print(summary_table(results))
+    print(f"\nwall time {results['wall_s']:.0f} s; results in {args.out}/ (results.json, summary.md, accuracy.png)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "bench":
+            return _bench(args, argv)
         if args.command == "models":
             return _models(args)
         if args.command == "demo":
@@ -122,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args.query, args.synth_model, args.discovery)
         if args.command == "feedback" and not args.query_id.strip():
             print("dellm feedback: the query id is empty", file=sys.stderr)
+            return 2
+        try:
+            args.security = security_from_arguments(args, os.environ.get("DELLM_TOKEN"), server=False)
+        except SecurityError as exc:
+            print(f"dellm {args.command}: {exc}", file=sys.stderr)
             return 2
         handler = {"ask": _ask, "nodes": _nodes, "feedback": _feedback}[args.command]
         return asyncio.run(handler(args))

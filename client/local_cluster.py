@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.api import DellmClient
+from client.api import ClientConfig, DellmClient
+from node.serving import SecurityConfig
 
 log = logging.getLogger(__name__)
 _LISTENING = re.compile(r"(?:listening on|on) (\S+:\d+)\s*$")
@@ -62,6 +63,34 @@ class LocalCluster:
     # the coordinator directly and nothing is multicast on the host's interfaces.
     mdns: bool = False
     cluster: str = "default"
+    # Security, passed to every process: the token through a file only its owner reads (a flag would
+    # show in `ps`), and one TLS certificate for all of them (it must name 127.0.0.1).
+    token: str | None = field(default=None, repr=False)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_client_auth: bool = True  # with tls_ca: servers require client certificates (mutual TLS)
+
+    @property
+    def security(self) -> SecurityConfig:
+        """What this cluster's processes use, and what a client of the cluster needs."""
+        return SecurityConfig(token=self.token, tls_cert=self.tls_cert, tls_key=self.tls_key, tls_ca=self.tls_ca,
+                              client_auth=self.tls_client_auth)
+
+    def _security_flags(self) -> list[str]:
+        flags: list[str] = []
+        if self.token is not None:
+            token_file = self.workdir / "cluster.token"
+            token_file.touch(mode=0o600)
+            token_file.chmod(0o600)
+            token_file.write_text(self.token + "\n")
+            flags += ["--token-file", str(token_file)]
+        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key), ("--tls-ca", self.tls_ca)):
+            if path is not None:
+                flags += [flag, str(path)]
+        if not self.tls_client_auth:
+            flags.append("--no-tls-client-auth")
+        return flags
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -71,7 +100,8 @@ class LocalCluster:
 
     def _spawn(self, name: str, argv: Sequence[str], ready_timeout: float) -> ManagedProcess:
         log_path = self.workdir / f"{name}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {key: value for key, value in os.environ.items() if key != "DELLM_TOKEN"}  # only what we pass
+        env["PYTHONUNBUFFERED"] = "1"
         process = subprocess.Popen(
             [self.python, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             start_new_session=True,
@@ -103,14 +133,14 @@ class LocalCluster:
                           ready_timeout: float = 120.0) -> str:
         argv = ["-m", "coordinator.cli", "--listen", "127.0.0.1:0", "--registry",
                 str(self.workdir / "registry.sqlite3"), "--synth-model", synth_model, "--cluster", self.cluster,
-                *self._discovery_flags("mdns"), *extra]
+                *self._discovery_flags("mdns"), *self._security_flags(), *extra]
         self.coordinator_address = self._spawn("coordinator", argv, ready_timeout).address
         return self.coordinator_address
 
     def start_node(self, spec: NodeSpec, *, ready_timeout: float = 120.0) -> ManagedProcess:
         argv = ["-m", "node.cli", "--backend", spec.backend, "--name", spec.name, "--listen", "127.0.0.1:0",
                 "--state-dir", str(self.workdir / "state"), "--cluster", self.cluster,
-                *self._discovery_flags("advertise")]
+                *self._discovery_flags("advertise"), *self._security_flags()]
         if self.coordinator_address and not self.mdns:
             argv += ["--coordinator", self.coordinator_address]
         if spec.model:
@@ -132,7 +162,7 @@ class LocalCluster:
     def wait_for_nodes(self, count: int, timeout: float = 60.0) -> None:
         async def poll() -> None:
             deadline = time.monotonic() + timeout
-            async with DellmClient(self.coordinator_address) as client:
+            async with DellmClient(self.coordinator_address, ClientConfig(security=self.security)) as client:
                 while True:
                     with contextlib.suppress(Exception):
                         if sum(n.state == "up" for n in await client.nodes()) >= count:

@@ -18,6 +18,7 @@ from coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, Templ
 from coordinator.registry import RegistryUnavailableError, open_registry
 from coordinator.server import serve
 from coordinator.service import Coordinator
+from node.serving import SecurityError, add_security_arguments, security_from_arguments
 
 DEFAULT_SYNTH_MODEL = "qwen2.5-coder-0.5b-instruct"
 
@@ -103,12 +104,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--node-ttl", type=float, default=HealthConfig.ttl_s,
                         help="seconds down before a node leaves the live set (default %(default)s)")
     parser.add_argument("--log-level", default="INFO")
+    add_security_arguments(parser, server=True)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        security = security_from_arguments(args, os.environ.get("DELLM_TOKEN"), server=True)
+    except SecurityError as exc:
+        print(f"dellm-coordinator: {exc}", file=sys.stderr)
+        return 2
     registry_spec = args.registry or str(default_registry_path())
     config = CoordinatorConfig(
         listen=args.listen, registry=registry_spec, cluster=args.cluster,
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryUnavailableError as exc:
         print(f"dellm-coordinator: {exc}", file=sys.stderr)
         return 2
-    coordinator = Coordinator(config, registry, synthesizer, build_discovery(args), planner)
+    coordinator = Coordinator(config, registry, synthesizer, build_discovery(args), planner, security)
     try:
         asyncio.run(serve(coordinator, config.listen))
     except OSError as exc:

@@ -1,4 +1,9 @@
-"""How the coordinator calls nodes: one gRPC channel per node, protobuf kept at this edge."""
+"""How the coordinator calls nodes: one gRPC channel per node, protobuf kept at this edge.
+
+Every channel comes from ``node.serving.channel``, so calls carry the cluster token and use TLS
+exactly as the coordinator's own ``SecurityConfig`` says (Generate, Feedback, Info, health checks
+and admission probes alike).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from coordinator.convert import VERDICTS, info_from_proto
 from coordinator.errors import NodeCallError
 from coordinator.types import NodeDescription, Operation, Verdict
+from node.serving import SecurityConfig, channel
 from protos import dellm_pb2, dellm_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -23,7 +29,6 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
 )
-
 
 @dataclass(frozen=True)
 class ChunkRequest:
@@ -61,10 +66,10 @@ class NodeFeedback:
 class NodeClient:
     """Calls to one node. Every call has a deadline; errors come out as NodeCallError."""
 
-    def __init__(self, node_id: str, address: str) -> None:
+    def __init__(self, node_id: str, address: str, security: SecurityConfig | None = None) -> None:
         self.node_id = node_id
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = channel(address, security or SecurityConfig(), options=CHANNEL_OPTIONS)
         self._stub = dellm_pb2_grpc.NodeServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -150,9 +155,14 @@ class NodeClient:
 class NodePool:
     """One NodeClient per node id, replaced when the node's address changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, security: SecurityConfig | None = None) -> None:
         self._clients: dict[str, NodeClient] = {}
         self.in_flight: dict[str, int] = {}
+        self._security = security
+
+    def probe(self, node_id: str, address: str) -> NodeClient:
+        """A client outside the pool, for one call (``info_once``) to an address not admitted yet."""
+        return NodeClient(node_id, address, self._security)
 
     def client(self, node_id: str, address: str) -> NodeClient:
         existing = self._clients.get(node_id)
@@ -160,7 +170,7 @@ class NodePool:
             return existing
         if existing is not None:
             asyncio.get_running_loop().create_task(existing.close())
-        client = self._clients[node_id] = NodeClient(node_id, address)
+        client = self._clients[node_id] = NodeClient(node_id, address, self._security)
         return client
 
     async def close(self) -> None:

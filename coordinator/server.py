@@ -15,7 +15,7 @@ from coordinator.pipeline.decompose import InvalidQueryError
 from coordinator.pipeline.route import NoNodesAvailableError
 from coordinator.registry.base import UnknownNodeError, UnknownQueryError
 from coordinator.service import AdmissionRejectedError, Coordinator, TooManyQueriesError
-from node.serving import SERVER_OPTIONS, add_health_and_reflection, bind, set_serving, wait_for_signal
+from node.serving import add_health_and_reflection, bind, new_server, peer_host, set_serving, wait_for_signal
 from protos import dellm_pb2, dellm_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         self, request: dellm_pb2.AskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dellm_pb2.AskEvent]:
         try:
-            client = context.peer().rsplit(":", 1)[0]  # "ipv4:127.0.0.1:5555" -> the client's host
+            client = peer_host(context.peer()) or context.peer()  # the per-client limit counts by host
             async for event in self._coordinator.ask(request.query, request.reference_answer, client):
                 yield event_to_proto(event)
         except InvalidQueryError as exc:
@@ -86,15 +86,19 @@ class RunningCoordinator:
 
 
 async def start_coordinator(coordinator: Coordinator, listen: str) -> RunningCoordinator:
-    """Start serving on ``listen`` (port 0: any free port) and return the running server."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    """Start serving on ``listen`` (port 0: any free port) and return the running server.
+
+    The coordinator's ``security`` (token, TLS) guards this server as it guards its calls to nodes.
+    """
+    security = coordinator.security
+    server = new_server(security)
     dellm_pb2_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(coordinator), server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
-    address = bind(server, listen)
+    address = bind(server, listen, security)
     await server.start()
     await coordinator.start()
     await set_serving(health_servicer, [SERVICE_NAME], True)
-    log.info("coordinator serving on %s (cluster %r)", address, coordinator.config.cluster)
+    log.info("coordinator serving on %s (cluster %r; %s)", address, coordinator.config.cluster, security.describe())
     return RunningCoordinator(server, address, coordinator)
 
 

@@ -21,7 +21,7 @@ from coordinator.discovery.advert import SUPPORTED_PROTOCOL_VERSIONS, Advertisem
 from coordinator.discovery.base import Discovery
 from coordinator.errors import CoordinatorError, NodeCallError
 from coordinator.health import HealthMonitor
-from coordinator.node_client import ChunkRequest, NodeClient, NodeFeedback, NodePool, StreamPiece
+from coordinator.node_client import ChunkRequest, NodeFeedback, NodePool, StreamPiece
 from coordinator.pipeline.answer import PipelineDeps, answer_query, live_nodes
 from coordinator.pipeline.decompose import InvalidQueryError
 from coordinator.pipeline.planner import ModelPlanner
@@ -30,6 +30,7 @@ from coordinator.pipeline.route import NoNodesAvailableError
 from coordinator.pipeline.synthesize import Synthesizer
 from coordinator.registry.base import NodeRegistry, UnknownNodeError
 from coordinator.types import AppliedReward, NodeDescription, NodeRecord, PipelineEvent, RewardDecision, Verdict
+from node.serving import SecurityConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,13 @@ class Coordinator:
     """
 
     def __init__(self, config: CoordinatorConfig, registry: NodeRegistry, synthesizer: Synthesizer,
-                 discovery: Sequence[Discovery] = (), planner: ModelPlanner | None = None) -> None:
+                 discovery: Sequence[Discovery] = (), planner: ModelPlanner | None = None,
+                 security: SecurityConfig | None = None) -> None:
         self.config = config
         self.registry = registry
         self.synthesizer = synthesizer
-        self.pool = NodePool()
+        self.security = security or SecurityConfig()  # this server's token and TLS, and its calls to nodes
+        self.pool = NodePool(self.security)
         self._discovery = tuple(discovery)
         self._health = HealthMonitor(registry, self.pool, config.health)
         self._background: set[asyncio.Task[None]] = set()
@@ -116,7 +119,7 @@ class Coordinator:
         ``expected`` is what the node claimed (its Join request or mDNS advertisement); the
         node's own Info must agree with it. Raises AdmissionRejectedError saying why not.
         """
-        probe = NodeClient(expected.node_id if expected else "?", address)
+        probe = self.pool.probe(expected.node_id if expected else "?", address)
         try:
             actual = await probe.info_once(self.config.rpc_timeout_s)
         except NodeCallError as exc:
@@ -154,7 +157,7 @@ class Coordinator:
         if known.state != "up" or known.info.address == address:
             return
         try:
-            other = await NodeClient(node_id, known.info.address).info_once(self.config.rpc_timeout_s)
+            other = await self.pool.probe(node_id, known.info.address).info_once(self.config.rpc_timeout_s)
         except NodeCallError:
             return  # the old address is dead: this is the same node, moved
         if other.node_id == node_id:

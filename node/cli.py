@@ -20,6 +20,7 @@ from node.backends.scripted import ScriptError
 from node.config import NodeConfig, default_state_dir
 from node.models import ModelError, resolve_model
 from node.server import node_info, serve_node
+from node.serving import SecurityError, add_security_arguments, security_from_arguments
 from node.state import FeedbackStore, load_or_create_node_id, node_state_dir
 
 
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--adapter", type=Path, default=None, metavar="DIR",
                         help="serve with the LoRA adapter `dellm-node train` wrote in DIR (transformers backend only)")
     parser.add_argument("--log-level", default="INFO")
+    add_security_arguments(parser, server=True)
     return parser.parse_args(argv)
 
 
@@ -120,10 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.few_shot < 0:
         print("dellm-node: --few-shot must be 0 or more", file=sys.stderr)
         return 2
+    try:
+        security = security_from_arguments(args, os.environ.get("DELLM_TOKEN"), server=True)
+    except SecurityError as exc:
+        print(f"dellm-node: {exc}", file=sys.stderr)
+        return 2
     name = args.name or socket.gethostname()
     config = NodeConfig(listen=args.listen, name=name, coordinator=args.coordinator, cluster=args.cluster,
                         advertise=args.advertise, interface=args.interface,
-                        state_dir=args.state_dir or default_state_dir(), few_shot=args.few_shot)
+                        state_dir=args.state_dir or default_state_dir(), few_shot=args.few_shot, security=security)
     try:
         if args.backend == "scripted":
             backend = create_backend("scripted", model_path=None, model_name=args.model or "scripted",

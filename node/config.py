@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.serving import SecurityConfig
+
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "dellm"
@@ -28,3 +30,4 @@ class NodeConfig:
     drain_grace_s: float = 30.0  # SIGTERM: in-flight streams get this long to finish
     few_shot: int = 2  # verified examples from the node's feedback put before each prompt; 0 disables
     few_shot_max_chars: int = 4000  # examples beyond this many characters in all are left out: room for the question
+    security: SecurityConfig = field(default_factory=SecurityConfig)  # token and TLS, served and used to join

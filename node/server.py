@@ -7,10 +7,11 @@ import contextlib
 import logging
 import os
 import platform
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -23,7 +24,17 @@ from node.backends.base import (
     stream_generation,
 )
 from node.config import NodeConfig
-from node.serving import SERVER_OPTIONS, add_health_and_reflection, bind, set_serving, wait_for_signal
+from node.serving import (
+    SecurityConfig,
+    add_health_and_reflection,
+    bind,
+    channel,
+    new_server,
+    normalized_ip,
+    peer_host,
+    set_serving,
+    wait_for_signal,
+)
 from node.state import FeedbackEntry, FeedbackStore
 from protos import dellm_pb2, dellm_pb2_grpc
 
@@ -41,13 +52,54 @@ def hardware_summary() -> str:
     return f"{os.cpu_count()} cores, {memory:.0f} GiB RAM, {platform.system()} {platform.machine()}"
 
 
+class JoinedCoordinator:
+    """Whom a node takes Feedback from. Started with ``--coordinator``: only callers from the host of
+    the coordinator it joined (nobody before the first Join succeeds); without: any caller.
+
+    Without mutual TLS nothing stronger than the peer's address can be checked, so every process
+    on the coordinator's host is trusted alike; the cluster token, when there is one, is required
+    on top of it (by the server's TokenInterceptor).
+    """
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self.hosts: frozenset[str] = frozenset()
+
+    async def resolve(self) -> None:
+        """Learn the coordinator's IP addresses (a name may have several); called after each Join."""
+        if self.address is None:
+            return
+        host = self.address.rpartition(":")[0].strip("[]")
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            log.warning("cannot resolve coordinator %s (%s); keeping %s", host, exc, sorted(self.hosts) or "none")
+            return
+        hosts = {normalized_ip(str(sockaddr[0])) for _, _, _, _, sockaddr in found}
+        self.hosts = frozenset(h for h in hosts if h is not None)
+
+    def refusal(self, peer: str) -> str | None:
+        """None when ``peer`` (``context.peer()``) may send feedback, else why not."""
+        if self.address is None:
+            return None
+        host = peer_host(peer)
+        if host is not None and host in self.hosts:
+            return None
+        if not self.hosts:
+            return (f"this node takes feedback only from the coordinator it joins ({self.address}), and has not "
+                    f"joined it yet; refused {host or peer}")
+        return (f"this node takes feedback only from the coordinator it joined ({self.address}, at "
+                f"{', '.join(sorted(self.hosts))}); refused {host or peer}")
+
+
 class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
     def __init__(self, backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedback: FeedbackStore,
-                 config: NodeConfig) -> None:
+                 config: NodeConfig, joined: JoinedCoordinator | None = None) -> None:
         self._backend = backend
         self._info = info
         self._feedback = feedback
         self._config = config
+        self._joined = joined or JoinedCoordinator(None)
         self._lock = asyncio.Lock()  # one generation at a time on this model context
 
     @property
@@ -104,6 +156,10 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
     async def Feedback(
         self, request: dellm_pb2.NodeFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.NodeFeedbackReply:
+        refused = self._joined.refusal(context.peer())
+        if refused is not None:
+            log.warning("feedback for %s/%s refused: %s", request.query_id, request.chunk_id, refused)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         entry = FeedbackEntry(
             query_id=request.query_id, chunk_id=request.chunk_id, prompt=request.prompt, answer=request.answer,
             verdict={dellm_pb2.CORRECT: "CORRECT", dellm_pb2.WRONG: "WRONG"}.get(request.verdict, "UNKNOWN"),
@@ -140,6 +196,7 @@ class RunningNode:
     servicer: NodeServicer
     joiner: asyncio.Task[None] | None = None
     advertiser: MdnsAdvertiser | None = None
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     async def stop(self, grace: float, coordinator: str | None = None, join_timeout: float = 5.0) -> None:
         if self.advertiser is not None:
@@ -148,35 +205,38 @@ class RunningNode:
             self.joiner.cancel()
             await asyncio.gather(self.joiner, return_exceptions=True)
         if coordinator:
-            await leave_coordinator(coordinator, self.servicer.info.node_id, join_timeout)
+            await leave_coordinator(coordinator, self.servicer.info.node_id, join_timeout, self.security)
         await self.server.stop(grace)
 
 
-async def join_coordinator(coordinator: str, info: dellm_pb2.NodeInfo, timeout: float) -> float:
+async def join_coordinator(coordinator: str, info: dellm_pb2.NodeInfo, timeout: float,
+                           security: SecurityConfig | None = None) -> float:
     """One Join call; returns the fitness the coordinator holds for this node."""
-    async with grpc.aio.insecure_channel(coordinator) as channel:
-        reply = await dellm_pb2_grpc.CoordinatorServiceStub(channel).Join(
+    async with channel(coordinator, security) as joined:
+        reply = await dellm_pb2_grpc.CoordinatorServiceStub(joined).Join(
             dellm_pb2.JoinRequest(info=info), timeout=timeout)
     return reply.fitness
 
 
-async def leave_coordinator(coordinator: str, node_id: str, timeout: float) -> None:
+async def leave_coordinator(coordinator: str, node_id: str, timeout: float,
+                            security: SecurityConfig | None = None) -> None:
     try:
-        async with grpc.aio.insecure_channel(coordinator) as channel:
-            await dellm_pb2_grpc.CoordinatorServiceStub(channel).Leave(
+        async with channel(coordinator, security) as joined:
+            await dellm_pb2_grpc.CoordinatorServiceStub(joined).Leave(
                 dellm_pb2.LeaveRequest(node_id=node_id), timeout=timeout)
     except grpc.aio.AioRpcError as exc:
         log.warning("could not leave coordinator %s: %s", coordinator, exc.details())
 
 
 async def keep_joined(coordinator: str, info: dellm_pb2.NodeInfo, config: NodeConfig,
-                      joined: asyncio.Event | None = None) -> None:
-    """Join, retrying with backoff, then re-join every ``rejoin_interval_s`` as a heartbeat."""
+                      joined: asyncio.Event | None = None, trusted: JoinedCoordinator | None = None) -> None:
+    """Join, retrying with backoff, then re-join every ``rejoin_interval_s`` as a heartbeat.
+    After each Join, ``trusted`` learns the coordinator's addresses (Feedback is taken only from them)."""
     delay = 0.5
     was_joined = False
     while True:
         try:
-            fitness = await join_coordinator(coordinator, info, config.join_timeout_s)
+            fitness = await join_coordinator(coordinator, info, config.join_timeout_s, config.security)
         except grpc.aio.AioRpcError as exc:
             if was_joined or delay == 0.5:
                 log.warning("cannot join coordinator %s: %s: %s (retrying)", coordinator, exc.code().name,
@@ -185,6 +245,8 @@ async def keep_joined(coordinator: str, info: dellm_pb2.NodeInfo, config: NodeCo
             await asyncio.sleep(delay)
             delay = min(delay * 2, config.rejoin_interval_s)
             continue
+        if trusted is not None:
+            await trusted.resolve()
         if not was_joined:
             log.info("joined coordinator %s as %s (fitness %.3f)", coordinator, info.node_id, fitness)
             if joined is not None:
@@ -204,19 +266,22 @@ def advertised_address(bound: str) -> str:
 
 async def start_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedback: FeedbackStore,
                      config: NodeConfig) -> RunningNode:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    bound = bind(server, config.listen)
+    server = new_server(config.security)
+    bound = bind(server, config.listen, config.security)
     full_info = dellm_pb2.NodeInfo()
     full_info.CopyFrom(info)
     full_info.address = advertised_address(bound)
-    servicer = NodeServicer(backend, full_info, feedback, config)
+    full_info.token_required = config.security.token_required
+    joined = JoinedCoordinator(config.coordinator or None)
+    servicer = NodeServicer(backend, full_info, feedback, config, joined)
     dellm_pb2_grpc.add_NodeServiceServicer_to_server(servicer, server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     await server.start()
     await set_serving(health_servicer, [SERVICE_NAME], True)
-    running = RunningNode(server, full_info.address, servicer)
+    log.info("node %s serving on %s (%s)", full_info.node_id, full_info.address, config.security.describe())
+    running = RunningNode(server, full_info.address, servicer, security=config.security)
     if config.coordinator:
-        running.joiner = asyncio.create_task(keep_joined(config.coordinator, full_info, config))
+        running.joiner = asyncio.create_task(keep_joined(config.coordinator, full_info, config, trusted=joined))
     if config.advertise:
         running.advertiser = MdnsAdvertiser(full_info, config.interface)
         await running.advertiser.start()

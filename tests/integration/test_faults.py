@@ -54,14 +54,19 @@ async def ask(address: str, query: str) -> list[dellm_pb2.AskEvent]:
         return [event async for event in client.ask(query)]
 
 
-async def test_a_node_that_streams_forever_is_cut_off_penalised_and_replaced(bounded: Cluster) -> None:
-    await bounded.add_node("flood", FloodingBackend())
-    events_task = asyncio.create_task(ask(bounded.address, "Tell me about Paris"))
-    await asyncio.sleep(0.05)
-    await bounded.add_node("honest", script([{"pattern": ".", "reply": "Paris is in France."}]))
-    events = await events_task
+async def test_a_node_that_streams_forever_is_cut_off_penalised_and_replaced(tmp_path: Path) -> None:
+    config = CoordinatorConfig(dispatch=DispatchConfig(max_answer_pieces=300, max_answer_bytes=4096),
+                               route=RouteConfig(redundancy_threshold=0.0), canary_interval_s=0)  # both nodes
+    bounded = Cluster(tmp_path, config)
+    await bounded.start_coordinator()
+    try:
+        await bounded.add_node("flood", FloodingBackend())
+        await bounded.add_node("honest", script([{"pattern": ".", "reply": "Paris is in France.", "delay": 0.1}]))
+        events = await ask(bounded.address, "Tell me about Paris")
+    finally:
+        await bounded.close()
     final = events[-1].final
-    penalty = next(r for r in final.rewards if r.node_id.startswith("flood"))  # the only node at first
+    penalty = next(r for r in final.rewards if r.node_id.startswith("flood"))
     assert penalty.source == "failure" and penalty.reward < 0
     result = next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result")
     assert "cut off" in next(v.error for v in result.votes if v.node_id.startswith("flood"))

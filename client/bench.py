@@ -1,0 +1,760 @@
+"""``dellm bench gsm8k``: how well one node, the network, and the network after learning solve GSM8K.
+
+Three runs, each on its own real processes on loopback (``client.local_cluster``):
+
+(a) single    one coordinator and ONE node (``--single-model``), redundancy off: the baseline.
+(b) network   one coordinator and one node per ``--models`` entry, every chunk sent to all of them
+              (``--redundancy`` = number of models), answers voted on; no labels are sent, so this is
+              the network as a user sees it. Fresh registry, fresh node state.
+(c) learned   the same network on a fresh coordinator started with ``--accept-labels``, fresh node
+              state. First a TRAINING slice of GSM8K (problems ``offset+n .. offset+n+train_n``, never
+              the evaluation slice) is asked WITH its labels: the coordinator rewards every node by the
+              label (fitness per operation type) and sends each node verified feedback, which the node
+              keeps and reuses as few-shot examples. Then the evaluation slice is asked without labels.
+
+The evaluation slice is problems ``offset .. offset+n`` for all three runs. A question is right
+when the final number of the answer (``coordinator.pipeline.assemble.final_number``) equals the
+label after ``####`` (numeric compare, tolerance 1e-6). A question that errors (no node, deadline)
+counts as an error and as not right, and the run goes on.
+
+Defaults were chosen from measurements on the 2-core development machine (no GPU):
+qwen2.5-coder-0.5b-instruct writes a worked GSM8K answer (~100-320 tokens) in 4-11 s with both
+cores (p50 7.3 s); beside it, on one core each, the pair answers in ~10 s (p50), 15 s (p95). See
+``DEFAULT_*`` below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from client.api import ClientConfig, DellmClient
+from client.errors import DellmError
+from client.local_cluster import ClusterError, LocalCluster, NodeSpec
+from coordinator.pipeline.assemble import final_number
+from protos import dellm_pb2
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+DEFAULT_OUT = Path("bench-results") / "gsm8k"
+# 30 evaluation + 30 training problems. Measured on the 2-core machine with the default models (while other
+# work shared the cores): (a) 220 s, (b) 300 s, (c) 1050 s (training 490 s + evaluation 550 s; few-shot
+# examples lengthen every prompt), 1570 s in all: well under an hour. 30 problems resolve ~3.3 points each.
+DEFAULT_N = 30
+DEFAULT_TRAIN_N = 30
+DEFAULT_SINGLE_MODEL = "qwen2.5-coder-0.5b-instruct"
+# Redundancy only helps when the redundant answers can differ: nodes decode greedily, so two copies of
+# one model answer identically. The network pairs the baseline model with a stronger, slower one.
+DEFAULT_MODELS = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
+DEFAULT_MAX_TOKENS = 320  # a worked answer plus its 'Answer: <number>' line; 96 (the coordinator's) cuts it off
+DEFAULT_QUESTION_TIMEOUT_S = 600.0  # one whole question; the coordinator's own per-stream deadline is shorter
+TOLERANCE = 1e-6
+RUNS = ("single", "network", "learning")  # one cluster each: (a), (b), (c)
+PHASES = ("single", "network", "train", "learned")  # what a record belongs to; (c) asks "train" then "learned"
+PHASE_TITLES = {
+    "single": "(a) one node alone",
+    "network": "(b) DELLM, redundancy + vote",
+    "learned": "(c) DELLM after learning",
+    "train": "training slice (labels sent)",
+}
+
+
+class BenchError(ValueError):
+    """The benchmark's parameters or data cannot give a meaningful run."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    index: int  # 0-based position in the data file
+    question: str
+    label: str  # the final answer after '####', thousands separators removed
+    value: float
+
+
+def parse_label(answer: str) -> str:
+    """The final answer of a GSM8K solution: the text after its last '####', without commas."""
+    if "####" not in answer:
+        raise ValueError("no '####' line in the solution")
+    label = answer.rsplit("####", 1)[1].strip().replace(",", "").replace("$", "").strip()
+    try:
+        value = float(label)
+    except ValueError as exc:
+        raise ValueError(f"the final answer {label!r} is not a number") from exc
+    if not math.isfinite(value):
+        raise ValueError(f"the final answer {label!r} is not a finite number")
+    return label
+
+
+def count_problems(path: Path) -> int:
+    with path.open(encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def load_problems(path: Path, start: int, count: int) -> list[Problem]:
+    """Problems ``start .. start+count`` (0-based, blank lines skipped) of a GSM8K JSONL file."""
+    problems: list[Problem] = []
+    if count <= 0:
+        return problems
+    with path.open(encoding="utf-8") as f:
+        index = 0
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if index >= start:
+                try:
+                    row = json.loads(line)
+                    label = parse_label(str(row["answer"]))
+                    question = str(row["question"]).strip()
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    raise BenchError(f"{path} line {line_number}: not a GSM8K problem ({exc})") from exc
+                problems.append(Problem(index, question, label, float(label)))
+                if len(problems) == count:
+                    break
+            index += 1
+    return problems
+
+
+def is_correct(predicted: float | None, label: float) -> bool:
+    return predicted is not None and math.isclose(predicted, label, rel_tol=TOLERANCE, abs_tol=TOLERANCE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and its checks
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    n: int = DEFAULT_N
+    offset: int = 0
+    train_n: int = DEFAULT_TRAIN_N
+    data: Path = DEFAULT_DATA
+    single_model: str = DEFAULT_SINGLE_MODEL
+    models: tuple[str, ...] = DEFAULT_MODELS
+    threads: int | None = None  # per node; None: all cores for (a), cores / number of models for (b), (c)
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    out: Path = DEFAULT_OUT
+    redundancy: int | None = None  # nodes per chunk in (b) and (c); None: every node
+    question_timeout_s: float = DEFAULT_QUESTION_TIMEOUT_S
+    backend: str = "llama_cpp"  # "scripted" runs test-double nodes (tests); models then name scripts
+    scripts: Mapping[str, Path] = field(default_factory=dict)  # model name -> script, for "scripted"
+
+    def node_threads(self, nodes: int) -> int:
+        cores = os.cpu_count() or 1
+        return self.threads or max(1, cores // max(1, nodes))
+
+    def network_redundancy(self) -> int:
+        return self.redundancy or len(self.models)
+
+
+def validate_config(config: BenchConfig) -> int:
+    """Refuse parameters that cannot give a meaningful run; returns the number of problems in the file."""
+    if config.n < 1:
+        raise BenchError(f"--n must be at least 1, got {config.n}")
+    if config.offset < 0:
+        raise BenchError(f"--offset must be 0 or more, got {config.offset}")
+    if config.train_n < 0:
+        raise BenchError(f"--train-n must be 0 or more, got {config.train_n}")
+    if config.max_tokens < 16:
+        raise BenchError(f"--max-tokens must be at least 16 for a worked answer, got {config.max_tokens}")
+    if config.threads is not None and config.threads < 1:
+        raise BenchError(f"--threads must be at least 1, got {config.threads}")
+    if not config.models:
+        raise BenchError("--models needs at least one model")
+    if len(set(config.models)) != len(config.models):
+        raise BenchError(f"--models names a model twice ({', '.join(config.models)}): greedy copies of one "
+                         "model give identical answers, so redundancy would only cost time")
+    if config.redundancy is not None and not 1 <= config.redundancy <= len(config.models):
+        raise BenchError(f"--redundancy must be between 1 and the number of models ({len(config.models)}), "
+                         f"got {config.redundancy}")
+    if config.question_timeout_s <= 0:
+        raise BenchError("the question timeout must be positive")
+    if not config.data.is_file():
+        raise BenchError(f"GSM8K data file not found: {config.data} (give one with --data PATH)")
+    total = count_problems(config.data)
+    if config.offset >= total:
+        raise BenchError(f"--offset {config.offset} is beyond the {total} problems in {config.data}")
+    if config.offset + config.n > total:
+        raise BenchError(f"--offset {config.offset} --n {config.n} needs problems up to {config.offset + config.n}, "
+                         f"but {config.data} has {total}")
+    if config.offset + config.n + config.train_n > total:
+        raise BenchError(f"the training slice (problems {config.offset + config.n} .. "
+                         f"{config.offset + config.n + config.train_n}, after the evaluation slice) runs past the "
+                         f"{total} problems in {config.data}; lower --train-n or --offset")
+    for model in {config.single_model, *config.models}:
+        _check_model(model, config)
+    return total
+
+
+def _check_model(model: str, config: BenchConfig) -> None:
+    if config.backend == "scripted":
+        script = config.scripts.get(model)
+        if script is None or not Path(script).is_file():
+            raise BenchError(f"unknown model {model!r}: no script for it among {sorted(config.scripts)}")
+        return
+    from node.models import CATALOGUE, ModelError, resolve_model
+
+    try:
+        resolve_model(model, verify=False)  # the node verifies the sha256 when it loads the file
+    except ModelError as exc:
+        known = ", ".join(CATALOGUE)
+        raise BenchError(f"unknown or unavailable model {model!r}: {exc} (catalogue: {known})") from exc
+
+
+def node_spec(name: str, model: str, config: BenchConfig, threads: int) -> NodeSpec:
+    if config.backend == "scripted":
+        return NodeSpec(name, model, backend="scripted", script=Path(config.scripts[model]))
+    return NodeSpec(name, model, backend=config.backend, threads=threads)
+
+
+def node_name(model: str) -> str:
+    stem = Path(model).stem if model.endswith(".gguf") else model
+    return f"bench-{stem}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Records and their summary (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QuestionRecord:
+    phase: str
+    index: int
+    question: str
+    label: str
+    answer: str = ""
+    predicted: float | None = None
+    correct: bool = False
+    error: str = ""
+    error_kind: str = ""  # no_usable_answer | unavailable | deadline | other (see error_kind)
+    latency_s: float = 0.0  # client wall clock, request sent to final event
+    coordinator_ms: float = 0.0  # the coordinator's own total
+    query_id: str = ""
+    labelled: bool = False  # the label was sent as reference_answer
+    # One entry per chunk: its nodes, consensus, and every node's answer with its own verdict.
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    rewards: list[dict[str, Any]] = field(default_factory=list)
+
+
+def error_kind(message: str) -> str:
+    """What kind of failure an error message reports: the network answered nothing usable (every
+    answer failed, was empty or looped), no node or coordinator was reachable, the deadline passed."""
+    if not message:
+        return ""
+    if "could not be answered" in message:
+        return "no_usable_answer"
+    if message.startswith("DEADLINE_EXCEEDED"):
+        return "deadline"
+    if message.startswith(("UNAVAILABLE", "RESOURCE_EXHAUSTED")):
+        return "unavailable"
+    return "other"
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100), linear between closest ranks (numpy's default); None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _valid_votes(chunk: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [v for v in chunk.get("votes", []) if not v.get("failed") and v.get("normalized")]
+
+
+def summarize(records: Sequence[QuestionRecord]) -> dict[str, Any]:
+    """Accuracy, consensus and latency of one run's records."""
+    questions = len(records)
+    errors = sum(1 for r in records if r.error)
+    correct = sum(1 for r in records if r.correct)
+    compared = unanimous = 0
+    disagreed = vote_right_on_disagreement = any_right = 0
+    per_node: dict[str, dict[str, int]] = {}
+    for record in records:
+        record_any_right = False
+        for chunk in record.chunks:
+            valid = _valid_votes(chunk)
+            if len(valid) >= 2:
+                compared += 1
+                unanimous += bool(chunk.get("unanimous"))
+            for vote in chunk.get("votes", []):
+                stats = per_node.setdefault(vote.get("node") or vote.get("node_id", "?"),
+                                            {"answers": 0, "correct": 0, "failed": 0})
+                stats["answers"] += 1
+                stats["failed"] += bool(vote.get("failed"))
+                stats["correct"] += bool(vote.get("correct"))
+                record_any_right |= bool(vote.get("correct"))
+        any_right += record_any_right
+        final_chunk = record.chunks[-1] if record.chunks else None
+        if final_chunk is not None and len({v.get("normalized") for v in _valid_votes(final_chunk)}) >= 2:
+            disagreed += 1
+            vote_right_on_disagreement += record.correct
+    latencies = [r.latency_s for r in records if not r.error]
+    for stats in per_node.values():
+        stats["accuracy"] = stats["correct"] / stats["answers"] if stats["answers"] else 0.0  # type: ignore[assignment]
+    return {
+        "questions": questions,
+        "answered": questions - errors,
+        "errors": errors,
+        "errors_by_kind": dict(Counter(error_kind(r.error) for r in records if r.error)),
+        "correct": correct,
+        "accuracy": correct / questions if questions else None,
+        "chunks_with_2plus_answers": compared,
+        "unanimous_chunks": unanimous,
+        "consensus_rate": unanimous / compared if compared else None,
+        "final_chunk_disagreements": disagreed,
+        "vote_right_on_disagreement": vote_right_on_disagreement,
+        "any_node_right": any_right,
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "latency_mean_s": sum(latencies) / len(latencies) if latencies else None,
+        "per_node": per_node,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Asking questions
+# ---------------------------------------------------------------------------------------------
+
+
+def _vote_entry(vote: dellm_pb2.Vote, names: Mapping[str, str], label: float) -> dict[str, Any]:
+    number = final_number(vote.answer) if vote.answer and not vote.failed else None
+    return {
+        "node_id": vote.node_id, "node": names.get(vote.node_id, vote.node_id[:8]), "answer": vote.answer,
+        "normalized": vote.normalized, "number": number, "correct": is_correct(number, label) and not vote.failed,
+        "confidence": round(vote.confidence, 4), "weight": round(vote.weight, 4),
+        "latency_ms": round(vote.latency_ms, 1),
+        "failed": vote.failed, "error": vote.error,
+    }
+
+
+async def ask_problem(client: DellmClient, problem: Problem, phase: str, names: Mapping[str, str],
+                      send_label: bool) -> QuestionRecord:
+    """Ask one problem; an error of the network becomes the record's ``error``, never an exception."""
+    record = QuestionRecord(phase, problem.index, problem.question, problem.label, labelled=send_label)
+    chunks: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    final: dellm_pb2.FinalEvent | None = None
+    try:
+        async for event in client.ask(problem.question, reference_answer=problem.label if send_label else ""):
+            kind = event.WhichOneof("event")
+            if kind == "plan":
+                record.query_id = event.plan.query_id
+            elif kind == "chunk_result":
+                r = event.chunk_result
+                chunks[r.chunk_id] = {
+                    "chunk_id": r.chunk_id, "answer": r.answer, "winner": names.get(r.winner_node_id, r.winner_node_id),
+                    "unanimous": r.unanimous, "agreement": round(r.agreement, 4), "groups": r.groups,
+                    "cancelled": [names.get(n, n) for n in r.cancelled_node_ids],
+                    "votes": [_vote_entry(v, names, problem.value) for v in r.votes],
+                }
+            elif kind == "final":
+                final = event.final
+    except DellmError as exc:
+        record.error = str(exc)
+    except TimeoutError:
+        record.error = "DEADLINE_EXCEEDED: no answer in time"
+    record.latency_s = time.perf_counter() - started
+    record.chunks = list(chunks.values())
+    if final is None:
+        record.error = record.error or "the stream ended without a final answer"
+        record.error_kind = error_kind(record.error)
+        return record
+    record.query_id = final.query_id
+    record.answer = final.answer
+    record.coordinator_ms = final.total_ms
+    record.predicted = final_number(final.answer)
+    record.correct = is_correct(record.predicted, problem.value)
+    for provenance in final.chunks:
+        chunks.setdefault(provenance.chunk_id, {"chunk_id": provenance.chunk_id, "votes": []}).update(
+            {"operation": dellm_pb2.Operation.Name(provenance.operation), "text": provenance.text})
+    record.rewards = [
+        {"node": names.get(r.node_id, r.node_id[:8]), "chunk_id": r.chunk_id,
+         "verdict": dellm_pb2.Verdict.Name(r.verdict), "source": r.source, "reward": round(r.reward, 4),
+         "fitness_after": round(r.fitness_after, 4)}
+        for r in final.rewards
+    ]
+    return record
+
+
+async def _node_names(client: DellmClient) -> dict[str, str]:
+    return {n.info.node_id: n.info.name or n.info.model for n in await client.nodes()}
+
+
+async def ask_all(address: str, problems: Sequence[Problem], phase: str, *, send_labels: bool, timeout_s: float,
+                  progress: Callable[[str], None], sink: list[QuestionRecord]) -> None:
+    """Ask ``problems`` one after the other, appending each record to ``sink`` as it completes."""
+    async with DellmClient(address, ClientConfig(ask_timeout_s=timeout_s)) as client:
+        names = await _node_names(client)
+        for number, problem in enumerate(problems, start=1):
+            record = await ask_problem(client, problem, phase, names, send_labels)
+            sink.append(record)
+            mark = "ERROR " + record.error if record.error else ("right" if record.correct else "wrong")
+            done = [r for r in sink if r.phase == phase]
+            right = sum(r.correct for r in done)
+            progress(f"  [{phase} {number}/{len(problems)}] #{problem.index}: label {problem.label}, "
+                     f"got {_fmt_number(record.predicted)} ({mark}) in {record.latency_s:.1f}s; "
+                     f"{right}/{len(done)} right so far")
+
+
+async def node_fitness(address: str) -> list[dict[str, Any]]:
+    async with DellmClient(address) as client:
+        nodes = await client.nodes()
+    return [
+        {"name": n.info.name, "model": n.info.model, "node_id": n.info.node_id, "fitness": round(n.fitness, 4),
+         "answers": n.answers, "correct": n.correct, "failures": n.failures, "state": n.state}
+        for n in sorted(nodes, key=lambda n: n.info.name)
+    ]
+
+
+def _fmt_number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return str(int(value)) if value == int(value) and abs(value) < 1e15 else f"{value:.6g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The three runs
+# ---------------------------------------------------------------------------------------------
+
+
+def code_version() -> dict[str, Any]:
+    """The commit the bench ran on, and which tracked files differed from it (others may be editing)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        modified = git("status", "--porcelain", "--untracked-files=no").splitlines()
+        return {"commit": git("rev-parse", "HEAD"), "modified": [line.split(maxsplit=1)[-1] for line in modified]}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+@dataclass
+class BenchState:
+    """Everything measured so far; written out even when the bench is interrupted."""
+
+    config: BenchConfig
+    command: str
+    eval_problems: list[Problem]
+    train_problems: list[Problem]
+    records: list[QuestionRecord] = field(default_factory=list)
+    fitness: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # phase -> nodes at its end
+    phase_wall_s: dict[str, float] = field(default_factory=dict)
+    nodes: dict[str, list[str]] = field(default_factory=dict)  # phase -> "name (model, threads)"
+    started_unix: float = field(default_factory=time.time)
+    wall_s: float = 0.0
+    interrupted: bool = False
+    failure: str = ""
+    load_before: tuple[float, ...] = ()
+    load_after: tuple[float, ...] = ()
+    code: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> commit and modified files at its start
+
+
+def _cluster(config: BenchConfig, phase: str) -> LocalCluster:
+    workdir = config.out / "work" / phase
+    if workdir.exists():
+        shutil.rmtree(workdir)  # fresh registry and fresh node state for every run
+    workdir.mkdir(parents=True)
+    return LocalCluster(workdir=workdir)
+
+
+def _start_nodes(cluster: LocalCluster, config: BenchConfig, models: Sequence[str], threads: int) -> list[str]:
+    started = []
+    for model in models:
+        spec = node_spec(node_name(model), model, config, threads)
+        cluster.start_node(spec, ready_timeout=300.0)
+        started.append(f"{spec.name} ({model}, {spec.backend}, {threads} thread(s))")
+    cluster.wait_for_nodes(len(models), timeout=120.0)
+    return started
+
+
+def _coordinator_flags(config: BenchConfig, redundancy: int | None, labels: bool = False) -> list[str]:
+    flags = ["--max-tokens", str(config.max_tokens)]
+    if redundancy is None:  # a threshold above any complexity (at most 1.0): every chunk to one node
+        flags += ["--redundancy-threshold", "2"]
+    else:
+        flags += ["--redundancy-threshold", "0", "--redundancy", str(redundancy)]
+    if labels:
+        flags.append("--accept-labels")
+    return flags
+
+
+def _run_phase(state: BenchState, phase: str, progress: Callable[[str], None]) -> None:
+    """One run on its own cluster: "single" (a), "network" (b) or "learning" (c: train, then "learned")."""
+    config = state.config
+    started = time.monotonic()
+    asks: list[tuple[str, list[Problem], bool]]
+    if phase == "single":
+        models: Sequence[str] = (config.single_model,)
+        flags = _coordinator_flags(config, None)
+        asks = [("single", state.eval_problems, False)]
+    elif phase == "network":
+        models = config.models
+        flags = _coordinator_flags(config, config.network_redundancy())
+        asks = [("network", state.eval_problems, False)]
+    elif phase == "learning":
+        models = config.models
+        flags = _coordinator_flags(config, config.network_redundancy(), labels=True)
+        asks = [("train", state.train_problems, True), ("learned", state.eval_problems, False)]
+    else:
+        raise ValueError(f"unknown run {phase!r}; expected one of {RUNS}")
+    threads = config.node_threads(len(models))
+    state.code[phase] = code_version()  # others may commit while the bench runs: each run says what it ran
+    progress(f"{PHASE_TITLES[asks[-1][0]]}: starting a coordinator and {len(models)} node(s)")
+    with _cluster(config, phase) as cluster:
+        address = cluster.start_coordinator(synth_model="none", extra=flags)
+        state.nodes[asks[-1][0]] = _start_nodes(cluster, config, models, threads)
+        for name, problems, send_labels in asks:
+            if not problems:
+                continue
+            what = "with labels" if send_labels else "without labels"
+            progress(f"  {name}: {len(problems)} problem(s) #{problems[0].index}..#{problems[-1].index}, {what}")
+            ask_started = time.monotonic()
+            try:
+                asyncio.run(ask_all(address, problems, name, send_labels=send_labels,
+                                    timeout_s=config.question_timeout_s, progress=progress, sink=state.records))
+            finally:
+                state.phase_wall_s[name] = round(time.monotonic() - ask_started, 1)
+            state.fitness[name] = asyncio.run(node_fitness(address))
+    state.phase_wall_s[f"{phase}_total"] = round(time.monotonic() - started, 1)
+
+
+def run_gsm8k_bench(config: BenchConfig, *, command: str = "", progress: Callable[[str], None] | None = None,
+                    runs: Sequence[str] = RUNS) -> dict[str, Any]:
+    """Run the benchmark, write ``results.json``, ``summary.md`` and ``accuracy.png`` to ``config.out``,
+    and return the results. Raises BenchError for nonsense parameters (before starting anything);
+    on Ctrl-C the clusters are stopped and what was measured is written before KeyboardInterrupt goes on."""
+    say = progress or (lambda message: log.info("%s", message))
+    validate_config(config)
+    config = replace(config, out=Path(config.out), data=Path(config.data))
+    eval_problems = load_problems(config.data, config.offset, config.n)
+    train_problems = load_problems(config.data, config.offset + config.n, config.train_n)
+    if {p.index for p in eval_problems} & {p.index for p in train_problems}:  # cannot happen: slices are disjoint
+        raise BenchError("the training slice overlaps the evaluation slice")
+    config.out.mkdir(parents=True, exist_ok=True)
+    state = BenchState(config, command, eval_problems, train_problems, load_before=_loadavg())
+    clock = time.monotonic()
+    try:
+        for run in runs:
+            _run_phase(state, run, say)
+    except KeyboardInterrupt:
+        state.interrupted = True
+        raise
+    except (ClusterError, OSError) as exc:
+        state.failure = str(exc)
+        raise
+    finally:
+        state.wall_s = round(time.monotonic() - clock, 1)
+        state.load_after = _loadavg()
+        results = build_results(state)
+        write_outputs(results, config.out)
+    return results
+
+
+def _loadavg() -> tuple[float, ...]:
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())
+    except OSError:
+        return ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(), "machine": platform.machine(), "platform": platform.platform(),
+        "python": platform.python_version(), "gpu": "none used (llama.cpp on the CPU)",
+    }
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+        info["cpu_model"] = model
+    except OSError:
+        pass
+    try:
+        import llama_cpp
+
+        info["llama_cpp_python"] = llama_cpp.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def build_results(state: BenchState) -> dict[str, Any]:
+    config = state.config
+    summaries = {}
+    for phase in PHASES:
+        records = [r for r in state.records if r.phase == phase]
+        if records:
+            summaries[phase] = {**summarize(records), "nodes": state.nodes.get(phase, state.nodes.get("learned", [])),
+                                "fitness_at_end": state.fitness.get(phase, []), "wall_s": state.phase_wall_s.get(phase)}
+    eval_range = [config.offset, config.offset + config.n]
+    train_range = [config.offset + config.n, config.offset + config.n + config.train_n]
+    config_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "scripts"}
+    config_dict["scripts"] = {k: str(v) for k, v in config.scripts.items()}
+    config_dict["redundancy"] = config.network_redundancy()
+    config_dict["threads_single"] = config.node_threads(1)
+    config_dict["threads_network"] = config.node_threads(len(config.models))
+    return {
+        "benchmark": "gsm8k",
+        "command": state.command,
+        "config": config_dict,
+        "slices": {"evaluation": eval_range, "training": train_range,
+                   "note": "0-based problem indices, end exclusive; the two slices never overlap"},
+        "machine": {**machine_info(), "loadavg_before": list(state.load_before),
+                    "loadavg_after": list(state.load_after)},
+        "code": state.code,
+        "started_unix": round(state.started_unix, 1),
+        "wall_s": state.wall_s,
+        "phase_wall_s": state.phase_wall_s,
+        "interrupted": state.interrupted,
+        "failure": state.failure,
+        "summary": summaries,
+        "records": [asdict(r) for r in state.records],
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _secs(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def summary_table(results: Mapping[str, Any]) -> str:
+    """The markdown table of the three runs (and a line for the training slice)."""
+    lines = [
+        "| run | nodes | accuracy | correct | errors | unanimous consensus | latency p50 (s) | latency p95 (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for phase in ("single", "network", "learned"):
+        s = results["summary"].get(phase)
+        if s is None:
+            continue
+        consensus = (f"{_pct(s['consensus_rate'])} ({s['unanimous_chunks']}/{s['chunks_with_2plus_answers']})"
+                     if s["chunks_with_2plus_answers"] else "n/a (one answer per chunk)")
+        nodes = ", ".join(n.split(" ")[0].removeprefix("bench-") for n in s["nodes"]) or "-"
+        lines.append(f"| {PHASE_TITLES[phase]} | {nodes} | {_pct(s['accuracy'])} | {s['correct']}/{s['questions']} | "
+                     f"{s['errors']} | {consensus} | {_secs(s['latency_p50_s'])} | {_secs(s['latency_p95_s'])} |")
+    return "\n".join(lines)
+
+
+def summary_markdown(results: Mapping[str, Any]) -> str:
+    config = results["config"]
+    slices = results["slices"]
+    parts = [
+        "# GSM8K: one node vs the DELLM network", "",
+        f"Command: `{results['command'] or 'run_gsm8k_bench(...)'}`  ",
+        f"Evaluation: problems {slices['evaluation'][0]}..{slices['evaluation'][1] - 1} of `{config['data']}`; "
+        f"training (c): problems {slices['training'][0]}..{slices['training'][1] - 1} (labels sent).  ",
+        f"Machine: {results['machine'].get('cpu_count')} cores ({results['machine'].get('cpu_model', '?')}), no GPU; "
+        f"load average before/after {results['machine']['loadavg_before']} / {results['machine']['loadavg_after']}.  ",
+        f"max_tokens {config['max_tokens']}, redundancy {config['redundancy']} in (b)/(c), threads per node "
+        f"{config['threads_single']} in (a), {config['threads_network']} in (b)/(c). "
+        f"Wall time {results['wall_s']:.0f} s.",
+    ]
+    if results.get("interrupted"):
+        parts.append("\n**Interrupted**: the figures cover only the questions answered before Ctrl-C.")
+    if results.get("failure"):
+        parts.append(f"\n**Stopped by a failure**: {results['failure']}")
+    parts += ["", summary_table(results), ""]
+    for phase in ("single", "network", "train", "learned"):
+        s = results["summary"].get(phase)
+        if s is None:
+            continue
+        parts.append(f"**{PHASE_TITLES[phase]}**: "
+                     + "; ".join(f"{name} {st['correct']}/{st['answers']} right" + (
+                         f" ({st['failed']} failed)" if st["failed"] else "") for name, st in s["per_node"].items()))
+        if s["final_chunk_disagreements"]:
+            parts[-1] += (f"; nodes disagreed on {s['final_chunk_disagreements']} question(s), the vote was right on "
+                          f"{s['vote_right_on_disagreement']}")
+        parts[-1] += f"; at least one node right on {s['any_node_right']}/{s['questions']}"
+        if s["errors"]:
+            kinds = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in s["errors_by_kind"].items())
+            parts[-1] += f"; errors: {kinds}"
+        parts[-1] += ".  "
+        if phase == "train":
+            parts[-1] += "(The label decides the vote here, so this slice's accuracy measures nothing.)  "
+        fitness = ", ".join(f"{f['name'].removeprefix('bench-')} {f['fitness']:.3f}" for f in s["fitness_at_end"])
+        if fitness:
+            parts.append(f"fitness at the end: {fitness}.")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def write_plot(results: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = [p for p in ("single", "network", "learned") if p in results["summary"]]
+    if not phases:
+        return
+    summaries = [results["summary"][p] for p in phases]
+    titles = [PHASE_TITLES[p].replace(", ", ",\n").replace(" after", "\nafter") for p in phases]
+    colors = ["#888888", "#1f77b4", "#2ca02c"][: len(phases)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    accuracy = [100 * (s["accuracy"] or 0.0) for s in summaries]
+    bars = left.bar(titles, accuracy, color=colors)
+    for bar, s in zip(bars, summaries, strict=True):
+        left.annotate(f"{s['correct']}/{s['questions']}" + (f"\n{s['errors']} err" if s["errors"] else ""),
+                      (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=9)
+    left.set_ylabel("accuracy (%)")
+    left.set_ylim(0, 110)
+    left.set_title("GSM8K accuracy")
+    x = range(len(phases))
+    p50 = [s["latency_p50_s"] or 0.0 for s in summaries]
+    p95 = [s["latency_p95_s"] or 0.0 for s in summaries]
+    right.bar([i - 0.2 for i in x], p50, width=0.4, label="p50", color="#1f77b4")
+    right.bar([i + 0.2 for i in x], p95, width=0.4, label="p95", color="#ff7f0e")
+    right.set_xticks(list(x), titles)
+    right.set_ylabel("seconds per question")
+    right.set_title("latency")
+    right.legend()
+    slices = results["slices"]["evaluation"]
+    fig.suptitle(f"DELLM on GSM8K problems {slices[0]}..{slices[1] - 1} "
+                 f"({results['machine'].get('cpu_count')} CPU cores, no GPU)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(results: Mapping[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
+    try:
+        write_plot(results, out / "accuracy.png")
+    except ImportError as exc:
+        log.warning("matplotlib is not installed (%s); no plot written", exc)
