@@ -89,6 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="weight of (1 - fitness) in the routing score (the seed's %(default)s)")
     parser.add_argument("--canary-interval", type=float, default=CoordinatorConfig.canary_interval_s,
                         help="mean seconds between canary chunks with known answers; 0 disables (default %(default)s)")
+    parser.add_argument("--max-queries", type=int, default=CoordinatorConfig.max_queries,
+                        help="queries in flight at once before RESOURCE_EXHAUSTED (default %(default)s)")
+    parser.add_argument("--max-queries-per-client", type=int, default=CoordinatorConfig.max_queries_per_client,
+                        help="the same, per client address (default %(default)s)")
     parser.add_argument("--accept-labels", action="store_true",
                         help="benchmark mode: use AskRequest.reference_answer as ground truth for rewards")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk answer")
@@ -124,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.redundancy < 1:
         print("dellm-coordinator: --redundancy must be at least 1", file=sys.stderr)
         return 2
-    config = replace(config, accept_labels=args.accept_labels, canary_interval_s=args.canary_interval, route=replace(
+    if args.max_queries < 1 or args.max_queries_per_client < 1:
+        print("dellm-coordinator: --max-queries and --max-queries-per-client must be at least 1", file=sys.stderr)
+        return 2
+    config = replace(config, accept_labels=args.accept_labels, canary_interval_s=args.canary_interval,
+                     max_queries=args.max_queries, max_queries_per_client=args.max_queries_per_client, route=replace(
         config.route, redundancy_threshold=args.redundancy_threshold, redundancy=args.redundancy,
         exploration=args.exploration, seed=args.seed, latency_weight=args.latency_weight,
         fitness_weight=args.fitness_weight))

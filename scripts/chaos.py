@@ -64,8 +64,9 @@ class Faults:
     """Injects the scenario's faults from a thread until stopped."""
 
     def __init__(self, cluster: LocalCluster, specs: dict[str, NodeSpec], scenario: str, kill_every: float,
-                 restart_at: float, port: int) -> None:
+                 restart_at: float, port: int, coordinator_flags: list[str]) -> None:
         self.cluster, self.specs, self.scenario = cluster, specs, scenario
+        self.coordinator_flags = coordinator_flags
         self.kill_every, self.restart_at, self.port = kill_every, restart_at, port
         self.log: list[str] = []
         self._stop = threading.Event()
@@ -107,8 +108,7 @@ class Faults:
                 coordinator.process.wait()
                 self.cluster.processes.remove(coordinator)
                 self.log.append(f"{now - started:.1f}s SIGKILL coordinator")
-                self.cluster.start_coordinator(extra=["--listen", f"127.0.0.1:{self.port}", "--canary-interval",
-                                                      "0"])
+                self.cluster.start_coordinator(extra=self.coordinator_flags)
                 self.log.append(f"{time.monotonic() - started:.1f}s coordinator restarted")
 
     def _signal(self, name: str, sig: signal.Signals) -> None:
@@ -179,14 +179,18 @@ def main() -> int:
     port = free_port()
     with LocalCluster() as cluster:
         good, garbage = write_scripts(cluster.workdir)
-        address = cluster.start_coordinator(extra=["--listen", f"127.0.0.1:{port}", "--canary-interval", "0"])
+        # every client of this test is on 127.0.0.1: let the per-client limit admit all of them
+        limits = ["--max-queries-per-client", str(max(16, args.clients))]
+        address = cluster.start_coordinator(extra=["--listen", f"127.0.0.1:{port}", "--canary-interval", "0",
+                                                   *limits])
         specs = {f"node-{i}": NodeSpec(f"node-{i}", backend="scripted", script=good) for i in range(args.nodes)}
         if args.scenario in ("garbage", "all"):
             specs["garbage"] = NodeSpec("garbage", backend="scripted", script=garbage)
         for spec in specs.values():
             cluster.start_node(spec)
         cluster.wait_for_nodes(len(specs))
-        faults = Faults(cluster, specs, args.scenario, args.kill_every, args.restart_at, port)
+        flags = ["--listen", f"127.0.0.1:{port}", "--canary-interval", "0", *limits]
+        faults = Faults(cluster, specs, args.scenario, args.kill_every, args.restart_at, port, flags)
         jobs: asyncio.Queue[str] = asyncio.Queue()
         for i in range(args.queries):
             jobs.put_nowait(QUESTIONS[i % len(QUESTIONS)])
