@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -28,16 +29,29 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS_REQUIRED = os.environ.get("DELLM_REQUIRE_MODELS") == "1"
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip for want of a model or a library; fail instead under DELLM_REQUIRE_MODELS=1 (CI)."""
+    if MODELS_REQUIRED:
+        pytest.fail(f"{reason} (DELLM_REQUIRE_MODELS=1)")
+    pytest.skip(reason)
+
+
+def require_modules(*names: str) -> None:
+    """Import ``names`` (e.g. "torch", "peft") or skip/fail as :func:`unavailable` says."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            unavailable(f"{name} is not importable: {exc}; install the transformers extra")
+
+
 def require_model(name: str) -> Path:
-    """The cached model file, or skip (fail under DELLM_REQUIRE_MODELS=1, as CI sets it)."""
+    """The cached model file, or skip/fail as :func:`unavailable` says."""
     from node.models import CATALOGUE, cached_path
 
     path = cached_path(CATALOGUE[name])
     if not path.exists():
-        message = f"model {name} is not pulled ({path}); run `dellm models pull {name}`"
-        if MODELS_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"model {name} is not pulled ({path}); run `dellm models pull {name}`")
     return path
 
 

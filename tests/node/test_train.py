@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import pytest
 from node.backends.base import BackendError, GenerationRequest, InferenceBackend, TokenPiece
 from node.backends.factory import create_backend
 from node.cli import main
-from node.models import CATALOGUE, cached_path
+from node.models import CATALOGUE
 from node.state import FeedbackEntry, FeedbackStore, node_state_dir
 from node.train import (
     NoVerifiedFeedbackError,
@@ -39,9 +38,8 @@ from node.train import (
     train_adapter,
 )
 from protos import dellm_pb2, dellm_pb2_grpc
-from tests.conftest import REPO
+from tests.conftest import REPO, require_model, require_modules
 
-REQUIRE_MODELS = os.environ.get("DELLM_REQUIRE_MODELS") == "1"
 MODEL = "smollm2-135m-instruct"
 NODE = "learner"
 MATH = "\nGive the final number on the last line as 'Answer: <number>'."
@@ -60,24 +58,9 @@ FEEDBACK = [
 TRAIN_CONFIG = TrainConfig(epochs=3, learning_rate=2e-3, batch_size=6, seed=0)
 
 
-def _unavailable(reason: str) -> None:
-    if REQUIRE_MODELS:
-        pytest.fail(f"{reason} (DELLM_REQUIRE_MODELS=1)")
-    pytest.skip(reason)
-
-
 def _require_training() -> Path:
-    try:
-        import gguf  # noqa: F401
-        import peft  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as exc:
-        _unavailable(f"training needs torch, transformers, gguf and peft: {exc}")
-    path = cached_path(CATALOGUE[MODEL])
-    if not path.is_file():
-        _unavailable(f"model file {path} is absent; run `dellm models pull {MODEL}`")
-    return path
+    require_modules("gguf", "peft", "torch", "transformers")
+    return require_model(MODEL)
 
 
 def _write_feedback(state_dir: Path, rows: list[tuple[str, str, str, str]], source: str = "exact_check") -> None:

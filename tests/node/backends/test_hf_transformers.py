@@ -15,39 +15,16 @@ import pytest
 
 from node.backends.base import BackendError, GenerationRequest, TokenPiece, confidence_from_logprobs, stream_generation
 from node.backends.hf_transformers import TransformersBackend  # imports torch only when a model loads
-from node.models import default_cache_dir
-
-REQUIRE_MODELS = os.environ.get("DELLM_REQUIRE_MODELS") == "1"
-SMOLLM_PATH = default_cache_dir() / "smollm2-135m-instruct.gguf"
+from tests.conftest import require_model, require_modules
 
 pytestmark = pytest.mark.slow
 
 
-def _unavailable(reason: str) -> None:
-    if REQUIRE_MODELS:
-        pytest.fail(f"{reason} (DELLM_REQUIRE_MODELS=1)")
-    pytest.skip(reason)
-
-
-def _require_transformers() -> None:
-    try:
-        import gguf  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as exc:
-        _unavailable(f"the transformers backend's packages are not importable: {exc}")
-
-
-def _require_model(path: Path) -> Path:
-    if not path.is_file():
-        _unavailable(f"model file {path} is absent; run `dellm models pull {path.stem}`")
-    return path
-
-
 @pytest.fixture(scope="module")
 def smollm() -> Iterator[TransformersBackend]:
-    _require_transformers()
-    backend = TransformersBackend(_require_model(SMOLLM_PATH), model_name="smollm2-135m-instruct", n_threads=2)
+    require_modules("gguf", "torch", "transformers")
+    backend = TransformersBackend(require_model("smollm2-135m-instruct"), model_name="smollm2-135m-instruct",
+                                  n_threads=2)
     yield backend
     backend.close()
 
@@ -165,7 +142,7 @@ async def test_two_tasks_share_one_backend_through_stream_generation(smollm: Tra
 
 
 def test_corrupt_gguf_raises_backend_error_naming_the_path(tmp_path: Path) -> None:
-    _require_transformers()
+    require_modules("gguf", "torch", "transformers")
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + os.urandom(4096))
     with pytest.raises(BackendError, match=re.escape(str(broken))):

@@ -24,35 +24,18 @@ from node.backends.base import (
 )
 from node.backends.llama_cpp import LlamaCppBackend  # imports llama_cpp only when a model loads
 from node.models import default_cache_dir
+from tests.conftest import require_model, require_modules
 
-REQUIRE_MODELS = os.environ.get("DELLM_REQUIRE_MODELS") == "1"
 QWEN_PATH = default_cache_dir() / "qwen2.5-coder-0.5b-instruct.gguf"
 PERCENT_QUESTION = "What is 10% of 1000? Answer with just the number."
 
 
-def _unavailable(reason: str) -> None:
-    if REQUIRE_MODELS:
-        pytest.fail(f"{reason} (DELLM_REQUIRE_MODELS=1)")
-    pytest.skip(reason)
-
-
-def _require_llama_cpp() -> None:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError as exc:
-        _unavailable(f"llama-cpp-python is not importable: {exc}")
-
-
-def _require_model(path: Path) -> Path:
-    if not path.is_file():
-        _unavailable(f"model file {path} is absent; run `dellm models pull {path.stem}`")
-    return path
-
-
 @pytest.fixture(scope="module")
 def qwen() -> Iterator[LlamaCppBackend]:
-    _require_llama_cpp()
-    backend = LlamaCppBackend(_require_model(QWEN_PATH), model_name="qwen2.5-coder-0.5b-instruct", n_threads=2)
+    require_modules("llama_cpp")
+    backend = LlamaCppBackend(
+        require_model("qwen2.5-coder-0.5b-instruct"), model_name="qwen2.5-coder-0.5b-instruct", n_threads=2
+    )
     yield backend
     backend.close()
 
@@ -168,8 +151,10 @@ def test_cancel_stops_early(qwen: LlamaCppBackend) -> None:
 
 @pytest.mark.model
 def test_base_prompt_mode_stops_at_the_end_of_the_answer() -> None:
-    _require_llama_cpp()
-    backend = LlamaCppBackend(_require_model(QWEN_PATH), model_name="qwen-base", instruct=False, n_threads=2, n_ctx=512)
+    require_modules("llama_cpp")
+    backend = LlamaCppBackend(
+        require_model("qwen2.5-coder-0.5b-instruct"), model_name="qwen-base", instruct=False, n_threads=2, n_ctx=512
+    )
     try:
         pieces = _run(backend, GenerationRequest("What is the capital of France?", max_tokens=24))
     finally:
@@ -204,7 +189,7 @@ async def test_two_tasks_share_one_backend_through_stream_generation(qwen: Llama
 
 
 def test_corrupt_gguf_raises_backend_error_naming_the_path(tmp_path: Path) -> None:
-    _require_llama_cpp()
+    require_modules("llama_cpp")
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + os.urandom(4096))
     with pytest.raises(BackendError, match=re.escape(str(broken))):
@@ -212,7 +197,7 @@ def test_corrupt_gguf_raises_backend_error_naming_the_path(tmp_path: Path) -> No
 
 
 def test_missing_file_raises_backend_error(tmp_path: Path) -> None:
-    _require_llama_cpp()
+    require_modules("llama_cpp")
     with pytest.raises(BackendError, match=r"absent\.gguf"):
         LlamaCppBackend(tmp_path / "absent.gguf", model_name="absent")
 
@@ -233,11 +218,15 @@ def test_factory_needs_a_model_path_for_model_backends() -> None:
 
 @pytest.mark.model
 def test_factory_builds_the_llama_cpp_backend() -> None:
-    _require_llama_cpp()
+    require_modules("llama_cpp")
     from node.backends.factory import create_backend
 
     backend = create_backend(
-        "llama_cpp", model_path=_require_model(QWEN_PATH), model_name="qwen", instruct=None, n_threads=1
+        "llama_cpp",
+        model_path=require_model("qwen2.5-coder-0.5b-instruct"),
+        model_name="qwen",
+        instruct=None,
+        n_threads=1,
     )
     try:
         assert isinstance(backend, LlamaCppBackend)
