@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from coordinator.config import CoordinatorConfig, HealthConfig, RouteConfig
+from coordinator.config import CoordinatorConfig, DecomposeConfig, HealthConfig, RouteConfig
 from coordinator.discovery.base import Discovery
 from coordinator.discovery.static import StaticDiscovery
 from coordinator.pipeline.planner import ModelPlanner
@@ -96,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--accept-labels", action="store_true",
                         help="benchmark mode: use AskRequest.reference_answer as ground truth for rewards")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk answer")
+    parser.add_argument("--max-chunks", type=int, default=DecomposeConfig.max_chunks,
+                        help="chunks per query; more parts are merged into the last (default %(default)s)")
     parser.add_argument("--cluster", default="default", help="admit only nodes of this cluster (default %(default)s)")
     parser.add_argument("--discovery", choices=["mdns", "static", "none"], default="mdns",
                         help="find nodes by mDNS on the LAN (default), from --static-nodes, or only by Join")
@@ -136,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         config.route, redundancy_threshold=args.redundancy_threshold, redundancy=args.redundancy,
         exploration=args.exploration, seed=args.seed, latency_weight=args.latency_weight,
         fitness_weight=args.fitness_weight))
+    if args.max_chunks < 1:
+        print("dellm-coordinator: --max-chunks must be at least 1", file=sys.stderr)
+        return 2
+    config = replace(config, decompose=replace(config.decompose, max_chunks=args.max_chunks))
     if args.max_tokens:
         config = replace(config, dispatch=replace(config.dispatch, max_tokens=args.max_tokens))
     try:

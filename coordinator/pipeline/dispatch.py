@@ -163,7 +163,10 @@ async def dispatch_chunk(
     Once ``settled(answers)`` holds (the answers so far already agree, or one is verified),
     the streams still running are cancelled: redundancy without paying twice.
     """
-    assignment = route_chunk(chunk, nodes(), in_flight, route_config, rng=rng)
+    # One registry read per routing decision, not one per lookup: the snapshot is refreshed only
+    # when another node has to be routed (a retry or a hedge).
+    snapshot = {n.node_id: n for n in nodes()}
+    assignment = route_chunk(chunk, snapshot.values(), in_flight, route_config, rng=rng)
     emit(ChunkAssigned(assignment))
     tried = set(assignment.node_ids)
     answers: list[NodeAnswer] = []
@@ -173,7 +176,7 @@ async def dispatch_chunk(
 
     async def attempt(node_id: str) -> NodeAnswer:
         try:
-            node = next((n for n in nodes() if n.node_id == node_id), None)
+            node = snapshot.get(node_id)
             if node is None:
                 return NodeAnswer(chunk.chunk_id, node_id, "", 0.0, 0.0, error="node left the cluster")
             return await stream_answer(node, request, connector, config, emit)
@@ -183,7 +186,10 @@ async def dispatch_chunk(
     def next_node(reason: str) -> str | None:
         """Route one more node for this chunk (never one already tried), announced as a retry."""
         try:
-            extra = route_chunk(chunk, nodes(), in_flight, route_config, count=1, exclude=frozenset(tried), rng=rng)
+            snapshot.clear()
+            snapshot.update((n.node_id, n) for n in nodes())
+            extra = route_chunk(chunk, snapshot.values(), in_flight, route_config, count=1, exclude=frozenset(tried),
+                                rng=rng)
         except NoNodesAvailableError:
             return None
         node_id = extra.node_ids[0]
@@ -194,7 +200,8 @@ async def dispatch_chunk(
 
     async def hedged(node_id: str) -> list[NodeAnswer]:
         """The answer from ``node_id``; if it runs past its usual time, a second node races it."""
-        usual_s = next((n.latency_ms for n in nodes() if n.node_id == node_id), None) or 0.0
+        known = snapshot.get(node_id)
+        usual_s = (known.latency_ms if known is not None else None) or 0.0
         hedge_after = max(config.hedge_min_s, config.hedge_factor * usual_s / 1000)
         tasks = {asyncio.ensure_future(attempt(node_id)): node_id}
         finished: list[NodeAnswer] = []

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Benchmark: k independent chunks on k nodes take the time of one.
+
+For each k, a query of k independent parts ("Find item 1 and find item 2 and ...") goes to a
+coordinator with k scripted test-double nodes whose answers each take D seconds (one word after a
+D-second delay), redundancy 1. Reports end-to-end time against D (ideal) and k x D (sequential).
+Issue 6 target: at most 1.2 x D for every k up to the number of nodes. Results:
+bench-results/parallel.json.
+
+    python scripts/bench_parallel.py --ks 1,2,4,8,16 --delay 0.2 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from client.api import DellmClient  # noqa: E402
+from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
+
+
+def query_of(k: int) -> str:
+    return " and ".join(f"find item {i}" for i in range(1, k + 1)).capitalize()
+
+
+async def timed(address: str, query: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    async with DellmClient(address) as client:
+        events = [e async for e in client.ask(query)]
+    plan = events[0].plan
+    return time.perf_counter() - started, len(plan.chunks)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ks", default="1,2,4,8,16")
+    parser.add_argument("--delay", type=float, default=0.2, help="D: seconds each answer takes")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--nodes", type=int, default=None, help="default: the largest k")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "parallel.json")
+    args = parser.parse_args()
+    ks = [int(k) for k in args.ks.split(",")]
+    nodes = args.nodes or max(ks)
+    if args.delay <= 0 or min(ks) < 1 or args.rounds < 1:
+        parser.error("--delay must be positive, every k and --rounds at least 1")
+    if max(ks) > nodes:
+        parser.error(f"k={max(ks)} is larger than the {nodes} nodes: k chunks cannot run on k distinct nodes")
+    results = []
+    with LocalCluster() as cluster:
+        script = cluster.workdir / "slow.toml"
+        script.write_text(f'model = "scripted-slow"\n\n[default]\nreply = "done"\ndelay = {args.delay}\n')
+        cluster.start_coordinator(extra=["--canary-interval", "0", "--redundancy", "1", "--max-chunks",
+                                         str(max(ks)), "--exploration", "none"])
+        for i in range(nodes):
+            cluster.start_node(NodeSpec(f"slow-{i}", backend="scripted", script=script))
+        cluster.wait_for_nodes(nodes)
+        asyncio.run(timed(cluster.coordinator_address, query_of(1)))  # warm up
+        for k in ks:
+            runs = [asyncio.run(timed(cluster.coordinator_address, query_of(k))) for _ in range(args.rounds)]
+            assert all(chunks == k for _, chunks in runs), f"the plan did not have {k} chunks"
+            median = statistics.median(t for t, _ in runs)
+            results.append({"k": k, "median_s": median, "ratio_to_D": median / args.delay,
+                            "sequential_s": k * args.delay})
+            print(f"k={k:2d}: {median:.3f} s = {median / args.delay:.2f} x D (sequential would be "
+                  f"{k * args.delay:.1f} s; target <= 1.2 x D)", flush=True)
+    report = {
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "command": " ".join(["scripts/bench_parallel.py", *sys.argv[1:]]),
+        "delay_s": args.delay, "nodes": nodes, "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
