@@ -40,8 +40,8 @@ def effective_fitness(
         successes = stats.successes if stats is not None else 0
         prior = config.thompson_prior_strength
         fitness = min(0.99, max(0.01, node.fitness))
-        return (rng or random.Random(0)).betavariate(prior * fitness + successes,
-                                                     prior * (1 - fitness) + trials - successes)
+        failures = max(0, trials - successes)  # never negative, whatever a registry holds
+        return (rng or random.Random(0)).betavariate(prior * fitness + successes, prior * (1 - fitness) + failures)
     return node.fitness_for(operation)
 
 
