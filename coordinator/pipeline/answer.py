@@ -28,6 +28,7 @@ from coordinator.types import (
     ChunkAssembled,
     ChunkResult,
     NodeAnswer,
+    NodeRecord,
     Operation,
     PipelineEvent,
     Plan,
@@ -54,7 +55,7 @@ class PipelineDeps:
     planner: ModelPlanner | None = None  # None: the rule-based decomposer
 
 
-def live_nodes(registry: NodeRegistry) -> list:  # type: ignore[type-arg]
+def live_nodes(registry: NodeRegistry) -> list[NodeRecord]:
     return [n for n in registry.list_nodes() if n.state == "up"]
 
 
