@@ -8,7 +8,6 @@ fail canaries lose fitness and end up quarantined from the work they fail at.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import uuid
@@ -18,6 +17,7 @@ from functools import partial
 
 from coordinator.config import CoordinatorConfig
 from coordinator.node_client import ChunkRequest, NodeFeedback
+from coordinator.periodic import Periodic
 from coordinator.pipeline.assemble import final_number
 from coordinator.pipeline.decompose import estimate_complexity, estimate_tokens
 from coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, stream_answer
@@ -57,26 +57,20 @@ class CanaryProbe:
         self._connector = connector
         self._send_feedback = send_feedback
         self._rng = rng
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("canaries", self._probe_someone,
+                                  lambda: self._rng.expovariate(1 / config.canary_interval_s), pause_first=True)
 
     def start(self) -> None:
         if self._config.canary_interval_s > 0:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._periodic.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._rng.expovariate(1 / self._config.canary_interval_s))
-            live = [n for n in self._registry.list_nodes() if n.state == "up"]
-            if live:
-                try:
-                    await self.probe(self._rng.choice(live))
-                except Exception:  # a failed canary round must not end canaries
-                    log.exception("canary round failed")
+    async def _probe_someone(self) -> None:
+        live = [n for n in self._registry.list_nodes() if n.state == "up"]
+        if live:
+            await self.probe(self._rng.choice(live))
 
     async def probe(self, node: NodeRecord) -> CanaryResult:
         question, expected = make_canary(self._rng)

@@ -14,6 +14,7 @@ import time
 
 from coordinator.config import HealthConfig
 from coordinator.node_client import NodePool
+from coordinator.periodic import Periodic
 from coordinator.registry.base import NodeRegistry
 from coordinator.types import NodeRecord
 
@@ -27,23 +28,13 @@ class HealthMonitor:
         self._config = config
         self._missed: dict[str, int] = {}
         self._written: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("health checks", self.check_all, lambda: config.interval_s)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.check_all()
-            except Exception:  # a registry hiccup must not end health checking
-                log.exception("health round failed")
-            await asyncio.sleep(self._config.interval_s)
+        await self._periodic.stop()
 
     async def check_all(self) -> None:
         nodes = [n for n in self._registry.list_nodes() if n.state in ("up", "down")]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 from coordinator.discovery.base import DiscoverySink
+from coordinator.periodic import Periodic
 
 
 class StaticDiscovery:
@@ -19,18 +19,15 @@ class StaticDiscovery:
     def __init__(self, addresses: Sequence[str], interval: float = 5.0) -> None:
         self._addresses = tuple(addresses)
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._periodic: Periodic | None = None
 
     async def start(self, sink: DiscoverySink) -> None:
-        async def offer_forever() -> None:
-            while True:
-                await asyncio.gather(*(sink.found(address, None, source="static") for address in self._addresses))
-                await asyncio.sleep(self._interval)
+        async def offer_all() -> None:
+            await asyncio.gather(*(sink.found(address, None, source="static") for address in self._addresses))
 
-        self._task = asyncio.get_running_loop().create_task(offer_forever())
+        self._periodic = Periodic("static discovery", offer_all, lambda: self._interval)
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._periodic is not None:
+            await self._periodic.stop()
