@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from client.api import ClientConfig, DellmClient
 from client.demo import DEMO_NODES, QWEN, SEED_QUERY
-from client.local_cluster import LocalCluster
+from client.local_cluster import LocalCluster, NodeSpec
 
 
 async def one_run(address: str, query: str) -> dict[str, object]:
@@ -55,15 +55,64 @@ async def one_run(address: str, query: str) -> dict[str, object]:
     }
 
 
+async def one_node_alone(address: str, query: str) -> dict[str, object]:
+    """The whole query asked of one node's Generate, no decomposition, voting or synthesis."""
+    import grpc
+
+    from coordinator.config import DispatchConfig
+    from protos import dellm_pb2, dellm_pb2_grpc
+
+    started = time.perf_counter()
+    first = None
+    parts: list[str] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        request = dellm_pb2.GenerateRequest(prompt=query, max_tokens=256, system=DispatchConfig().system_prompt)
+        async for chunk in dellm_pb2_grpc.NodeServiceStub(channel).Generate(request, timeout=300):
+            if chunk.text:
+                first = first if first is not None else time.perf_counter() - started
+                parts.append(chunk.text)
+    return {"time_to_first_answer_token_s": first, "total_s": time.perf_counter() - started,
+            "answer": "".join(parts)}
+
+
+def run_alone(args: argparse.Namespace) -> int:
+    with LocalCluster() as cluster:
+        cluster.start_coordinator(extra=["--canary-interval", "0"])
+        node = cluster.start_node(NodeSpec("alone", QWEN, threads=2))
+        cluster.wait_for_nodes(1)
+        runs = [asyncio.run(one_node_alone(node.address, args.query)) for _ in range(args.runs)]
+    report = {
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "setup": f"one llama.cpp node ({QWEN}, 2 threads) answering the whole query alone",
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "query": args.query, "runs": runs,
+        "median": {key: statistics.median(float(r[key]) for r in runs)  # type: ignore[arg-type]
+                   for key in ("time_to_first_answer_token_s", "total_s")},
+    }
+    out = args.out.with_name(args.out.stem + "_alone.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    m = report["median"]
+    print(f"one node alone, {args.runs} runs, median: first answer token {m['time_to_first_answer_token_s']:.2f} s, "
+          f"total {m['total_s']:.2f} s")
+    print(f"last answer: {runs[-1]['answer']!r}")
+    print(f"written to {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--query", default=SEED_QUERY)
     parser.add_argument("--synth-model", default=QWEN, help="synthesis model or 'none'")
     parser.add_argument("--out", type=Path, default=Path("bench-results/seed_query.json"))
+    parser.add_argument("--alone", action="store_true",
+                        help="instead: one llama.cpp node answers the whole query alone (the comparison)")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.alone:
+        return run_alone(args)
 
     with LocalCluster() as cluster:
         cluster.start_coordinator(synth_model=args.synth_model, extra=["--synth-threads", "2"])
