@@ -23,7 +23,7 @@ from coordinator.errors import CoordinatorError, NodeCallError
 from coordinator.health import HealthMonitor
 from coordinator.node_client import ChunkRequest, NodeFeedback, NodePool, StreamPiece
 from coordinator.pipeline.answer import PipelineDeps, answer_query, live_nodes
-from coordinator.pipeline.decompose import InvalidQueryError
+from coordinator.pipeline.decompose import check_query as check_query_text
 from coordinator.pipeline.planner import ModelPlanner
 from coordinator.pipeline.reward import reward_for, update_fitness
 from coordinator.pipeline.route import NoNodesAvailableError
@@ -198,11 +198,7 @@ class Coordinator:
 
     def check_query(self, query: str) -> None:
         """Fail fast, before any stream starts: InvalidQueryError or NoNodesAvailableError."""
-        if not query.strip():
-            raise InvalidQueryError("the query is empty")
-        if len(query) > self.config.decompose.max_query_chars:
-            raise InvalidQueryError(
-                f"the query is {len(query)} characters; the maximum is {self.config.decompose.max_query_chars}")
+        check_query_text(query, self.config.decompose)
         if not live_nodes(self.registry):
             raise NoNodesAvailableError(f"no nodes are available; {START_NODE_HINT}")
 

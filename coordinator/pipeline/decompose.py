@@ -110,16 +110,19 @@ def _units(text: str) -> list[tuple[str, str]]:
     return units
 
 
+def check_query(query: str, config: DecomposeConfig) -> None:
+    """InvalidQueryError, saying why, for an empty, whitespace-only or over-long query."""
+    if not query.strip():
+        raise InvalidQueryError("the query is empty")
+    if len(query) > config.max_query_chars:
+        raise InvalidQueryError(f"the query is {len(query)} characters; the maximum is {config.max_query_chars}")
+
+
 def decompose(query: str, config: DecomposeConfig | None = None) -> Plan:
     """Plan ``query``: sequential steps depend on the previous step, conjunct parts run in parallel."""
     config = config or DecomposeConfig()
+    check_query(query, config)
     text = " ".join(query.split())
-    if not text:
-        raise InvalidQueryError("the query is empty")
-    if len(query) > config.max_query_chars:
-        raise InvalidQueryError(
-            f"the query is {len(query)} characters; the maximum is {config.max_query_chars}"
-        )
 
     # (text, depends_on_previous_step) per part; the parts of one step run in parallel.
     steps: list[tuple[list[str], bool]] = []
