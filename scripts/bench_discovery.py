@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -33,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from client.api import DellmClient  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
 from client.netns import in_private_netns, inside_private_netns, netns_unavailable_reason  # noqa: E402
+from scripts.bench_report import machine, write_report  # noqa: E402
 
 SCRIPT = ROOT / "tests" / "fixtures" / "good.toml"
 
@@ -125,15 +123,14 @@ def main() -> int:
     results = run(args)
     med = {k: statistics.median(v) for k, v in results.items() if isinstance(v, list)}
     report = {
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "machine": machine(),
         "command": " ".join(["scripts/bench_discovery.py", *sys.argv[1:]]),
         "health": "coordinator defaults: health check every 1.0 s, 0.8 s deadline, down after 2 misses",
         "results": results,
         "median": med,
         "targets": {"start_to_routable_s": 2.0, "sigkill_to_routed_around_s": 3.0, "many_found": args.many},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     many = results["many"]
     print(f"start -> routable (scripted node): median {med['start_to_routable_scripted_s']:.2f} s "
           f"(runs: {', '.join(f'{x:.2f}' for x in results['start_to_routable_scripted_s'])}; target < 2 s)")

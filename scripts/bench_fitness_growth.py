@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import random
 import sys
 import time
@@ -36,6 +33,7 @@ from client.api import ClientConfig, DellmClient  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
 from coordinator.pipeline.assemble import final_number  # noqa: E402
 from coordinator.pipeline.reward import exact_answer  # noqa: E402
+from scripts.bench_report import machine, write_report  # noqa: E402
 
 # name: (accuracy, seconds per word). The liar is the fastest: the seed's score (latency weighs 0.7)
 # prefers it until its fitness says otherwise.
@@ -178,7 +176,7 @@ def main() -> int:
                 counts[name] = counts.get(name, 0) + 1
         share[label] = dict(sorted(counts.items()))
     report = {
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "machine": machine(),
         "command": " ".join(["scripts/bench_fitness_growth.py", *sys.argv[1:]]),
         "network": args.network,
         "exploration": args.exploration,
@@ -193,8 +191,7 @@ def main() -> int:
         **result,
     }
     out = args.out or ROOT / "bench-results" / f"fitness_{args.network}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_report(out, report)
     plot(report, out.with_suffix(".png"))
     gain = report["relative_gain"]
     print(f"{args.network} network, {len(records)} queries: accuracy first 100 = {first:.2f}, last 100 = {last:.2f}"

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from client.api import DellmClient  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
+from scripts.bench_report import machine, write_report  # noqa: E402
 
 QUERY = "Find cheap laptops and find cheap phones"
 ECHO_SERVER = r'''
@@ -100,15 +98,14 @@ def main() -> int:
         echo.terminate()
         echo.wait()
     report = {
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "machine": machine(),
         "command": " ".join(["scripts/bench_overhead.py", *sys.argv[1:]]),
         "bare_ms": {"p50": statistics.median(bare), "p99": percentile(bare, 0.99)},
         "dellm_ms": {"p50": statistics.median(dellm), "p99": percentile(dellm, 0.99)},
         "ratio_p50": statistics.median(dellm) / statistics.median(bare),
         "target_ratio_p50": 3.0,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     print(f"bare grpc.aio stream: p50 {report['bare_ms']['p50']:.2f} ms, p99 {report['bare_ms']['p99']:.2f} ms")
     print(f"DELLM 2 chunks x 2 nodes: p50 {report['dellm_ms']['p50']:.2f} ms, p99 {report['dellm_ms']['p99']:.2f} ms")
     print(f"ratio of p50: {report['ratio_p50']:.1f}x (target at most 3x)")

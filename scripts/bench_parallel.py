@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from client.api import DellmClient  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
+from scripts.bench_report import machine, write_report  # noqa: E402
 
 
 def query_of(k: int) -> str:
@@ -74,12 +72,11 @@ def main() -> int:
             print(f"k={k:2d}: {median:.3f} s = {median / args.delay:.2f} x D (sequential would be "
                   f"{k * args.delay:.1f} s; target <= 1.2 x D)", flush=True)
     report = {
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "machine": machine(),
         "command": " ".join(["scripts/bench_parallel.py", *sys.argv[1:]]),
         "delay_s": args.delay, "nodes": nodes, "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     return 0
 
 

@@ -12,9 +12,6 @@ nodes. Results: bench-results/routing_scale.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -30,6 +27,7 @@ from coordinator.config import RouteConfig  # noqa: E402
 from coordinator.pipeline.route import route_chunk  # noqa: E402
 from coordinator.registry import SqliteRegistry  # noqa: E402
 from coordinator.types import Chunk, NodeDescription, NodeRecord, Operation, OpStats  # noqa: E402
+from scripts.bench_report import machine, write_report  # noqa: E402
 
 CHUNK = Chunk("c1", Operation.MATH_OP, "What is 12 * 7?", 6, 0.55)
 
@@ -86,11 +84,10 @@ def main() -> int:
         print(f"{n:6d} nodes: route p50 {row['route_p50_us_none']:.0f} us (none) / {row['route_p50_us_ucb']:.0f} us"
               f" (ucb) / {row['route_p50_us_thompson']:.0f} us (thompson); registry read "
               f"{row['registry_read_ms']:.1f} ms; {per_entry:.0f} bytes per entry", flush=True)
-    report = {"machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+    report = {"machine": machine(),
               "command": " ".join(["scripts/bench_routing_scale.py", *sys.argv[1:]]), "rows": rows,
               "target_route_p50_us_at_10000": 100}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     return 0
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from client.api import ClientConfig, DellmClient
 from client.demo import DEMO_NODES, QWEN, SEED_QUERY
 from client.local_cluster import LocalCluster, NodeSpec
+from scripts.bench_report import machine, write_report
 
 
 async def one_run(address: str, query: str) -> dict[str, object]:
@@ -82,7 +80,7 @@ def run_alone(args: argparse.Namespace) -> int:
         cluster.wait_for_nodes(1)
         runs = [asyncio.run(one_node_alone(node.address, args.query)) for _ in range(args.runs)]
     report = {
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "machine": machine(),
         "setup": f"one llama.cpp node ({QWEN}, 2 threads) answering the whole query alone",
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "query": args.query, "runs": runs,
@@ -90,8 +88,7 @@ def run_alone(args: argparse.Namespace) -> int:
                    for key in ("time_to_first_answer_token_s", "total_s")},
     }
     out = args.out.with_name(args.out.stem + "_alone.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_report(out, report)
     m = report["median"]
     print(f"one node alone, {args.runs} runs, median: first answer token {m['time_to_first_answer_token_s']:.2f} s, "
           f"total {m['total_s']:.2f} s")
@@ -129,7 +126,7 @@ def main() -> int:
     shares = {s: statistics.median(r["stages_ms"].get(s, 0.0) for r in runs) / total_ms  # type: ignore[union-attr]
               for s in stages}
     report = {
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "machine": machine(),
         "setup": "coordinator + 3 llama.cpp nodes (2x qwen2.5-coder-0.5b-instruct, 1x gemma-3-270m; 1 thread each)"
                  f" on loopback, synthesis: {args.synth_model} (2 threads)",
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -143,8 +140,7 @@ def main() -> int:
         },
         "target_total_s": 5.0,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     m = report["median"]
     print(f"seed query, {args.runs} runs, median: first event {m['time_to_first_event_s'] * 1000:.0f} ms, "
           f"first answer token {m['time_to_first_answer_token_s']:.2f} s, total {m['total_s']:.2f} s "

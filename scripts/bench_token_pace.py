@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +28,7 @@ from client.api import DellmClient  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
 from coordinator.config import DispatchConfig  # noqa: E402
 from protos import dellm_pb2, dellm_pb2_grpc  # noqa: E402
+from scripts.bench_report import machine, write_report  # noqa: E402
 
 QUERY = "Tell me about the history of the city of Paris in detail"
 MAX_TOKENS = 160
@@ -78,13 +76,12 @@ def main() -> int:
             node_rates.append(asyncio.run(at_node(node.address)))
             client_rates.append(asyncio.run(at_client(cluster.coordinator_address)))
     report = {
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "machine": machine(),
         "command": " ".join(["scripts/bench_token_pace.py", *sys.argv[1:]]),
         "tokens_per_s_at_node": node_rates, "tokens_per_s_at_client": client_rates,
         "median_at_node": statistics.median(node_rates), "median_at_client": statistics.median(client_rates),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     print(f"tokens/s straight from the node: median {report['median_at_node']:.1f} "
           f"({', '.join(f'{r:.1f}' for r in node_rates)})")
     print(f"tokens/s at the client, through the coordinator: median {report['median_at_client']:.1f} "

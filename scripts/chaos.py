@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import random
 import signal
 import socket
@@ -41,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from client.api import ClientConfig, DellmClient  # noqa: E402
 from client.errors import DellmError  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
+from scripts.bench_report import machine, write_report  # noqa: E402
 
 QUESTIONS = ["What is 12 * 7?", "Tell me about Paris", "What is 250 + 125?", "Find cheap laptops and find cheap phones"]
 
@@ -219,7 +217,7 @@ def main() -> int:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else float("nan")
 
     report = {
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "machine": machine(),
         "command": " ".join(["scripts/chaos.py", *sys.argv[1:]]),
         "scenario": args.scenario, "queries": args.queries, "clients": args.clients, "nodes": len(specs),
         "counts": counts, "failures_by_status": failures, "wall_s": wall,
@@ -229,8 +227,7 @@ def main() -> int:
         "faults": faults.log,
     }
     out = args.out or ROOT / "bench-results" / f"chaos_{args.scenario}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_report(out, report)
     print(f"{args.scenario}: {args.queries} queries from {args.clients} clients on {len(specs)} nodes in {wall:.1f} s: "
           f"answered {counts['answered']}, failed with a clear status {counts['failed']} {failures or ''}, "
           f"lost {counts['lost']}; answered after a retry {report['answered_after_retry']}")
