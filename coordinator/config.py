@@ -36,6 +36,13 @@ class RouteConfig:
     quarantine_fitness: float = 0.2
     quarantine_min_trials: int = 5
     quarantine_probe_rate: float = 0.02  # chance a quarantined node is considered anyway: it may have recovered
+    # At scale a decision scores a shortlist, not every node: the shortlist_size best idle nodes by a
+    # ranking rebuilt at most every shortlist_refresh_s (busy nodes ranked above them come too, with their
+    # queue counted), plus shortlist_explorers live nodes drawn at random so that every node gets tried.
+    # Networks of up to shortlist_size live nodes are scored whole.
+    shortlist_size: int = 32
+    shortlist_explorers: int = 4
+    shortlist_refresh_s: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ from coordinator.discovery.base import Discovery
 from coordinator.errors import CoordinatorError, NodeCallError
 from coordinator.health import HealthMonitor
 from coordinator.node_client import ChunkRequest, NodeFeedback, NodePool, StreamPiece
-from coordinator.pipeline.answer import PipelineDeps, answer_query, live_nodes
+from coordinator.pipeline.answer import PipelineDeps, answer_query, node_table
 from coordinator.pipeline.decompose import check_query as check_query_text
 from coordinator.pipeline.planner import ModelPlanner
 from coordinator.pipeline.reward import reward_for, update_fitness
-from coordinator.pipeline.route import NoNodesAvailableError
+from coordinator.pipeline.route import NoNodesAvailableError, Shortlist
 from coordinator.pipeline.synthesize import Synthesizer
 from coordinator.registry.base import NodeRegistry, UnknownNodeError
 from coordinator.types import AppliedReward, NodeDescription, NodeRecord, PipelineEvent, RewardDecision, Verdict
@@ -100,6 +100,7 @@ class Coordinator:
         self._background: set[asyncio.Task[None]] = set()
         self._refusals: dict[str, str] = {}
         self._rng = random.Random(config.route.seed)
+        self._shortlist = Shortlist(config.route)
         self._planner = planner
         self._limiter = QueryLimiter(config.max_queries, config.max_queries_per_client)
         self.canaries = CanaryProbe(config, registry, GrpcNodeConnector(self.pool), self._send_feedback,
@@ -199,7 +200,7 @@ class Coordinator:
     def check_query(self, query: str) -> None:
         """Fail fast, before any stream starts: InvalidQueryError or NoNodesAvailableError."""
         check_query_text(query, self.config.decompose)
-        if not live_nodes(self.registry):
+        if not len(node_table(self.registry)):
             raise NoNodesAvailableError(f"no nodes are available; {START_NODE_HINT}")
 
     async def ask(self, query: str, reference_answer: str = "", client: str = "") -> AsyncIterator[PipelineEvent]:
@@ -209,7 +210,8 @@ class Coordinator:
         self._limiter.acquire(client)
         try:
             deps = PipelineDeps(self.config, self.registry, GrpcNodeConnector(self.pool), self.pool.in_flight,
-                                self.synthesizer, self._send_feedback, self._rng, self._planner)
+                                self.synthesizer, self._send_feedback, self._rng, shortlist=self._shortlist,
+                                planner=self._planner)
             label = reference_answer.strip() if self.config.accept_labels else ""
             async for event in answer_query(query, deps, label or None):
                 yield event

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark: the cost of one routing decision, and of a node entry, as the registry grows.
 
-Times route_chunk (stage 2, pure) over N NodeRecords with per-operation stats, for the exploration
-modes, and the registry read that precedes it in the coordinator (SqliteRegistry.list_nodes).
-Memory per entry is measured with tracemalloc. Issue 6 target: p50 under 100 microseconds at 10000
-nodes. Results: bench-results/routing_scale.json.
+A decision as the coordinator makes it: the candidates from the shortlist over the in-memory node
+table (``Shortlist.candidates``), then the seed's score over them (``route_chunk``), for each
+exploration mode, with N nodes carrying per-operation stats. Also timed: the shortlist's ranking
+rebuild (at most every ``shortlist_refresh_s`` while the table changes), scoring every node (what a
+decision cost before the shortlist), and the SQLite read the coordinator now does once, at start.
+Memory per entry (record plus table index) is measured with tracemalloc. Issue 6 target: p50 under
+100 microseconds at 10000 nodes. Results: bench-results/routing_scale.json.
 
     python scripts/bench_routing_scale.py --sizes 10,100,1000,10000
 """
@@ -18,14 +21,16 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from coordinator.config import RouteConfig  # noqa: E402
-from coordinator.pipeline.route import route_chunk  # noqa: E402
-from coordinator.registry import SqliteRegistry  # noqa: E402
+from coordinator.pipeline.route import Shortlist, route_chunk  # noqa: E402
+from coordinator.registry import NodeTable, SqliteRegistry  # noqa: E402
 from coordinator.types import Chunk, NodeDescription, NodeRecord, Operation, OpStats  # noqa: E402
 from scripts.bench_report import machine, write_report  # noqa: E402
 
@@ -42,14 +47,34 @@ def make_nodes(n: int, rng: random.Random) -> list[NodeRecord]:
     ]
 
 
-def time_route(nodes: list[NodeRecord], exploration: str, repeats: int) -> float:
+def time_decisions(table: NodeTable, exploration: str, repeats: int) -> dict[str, float]:
+    """p50 and p99 of one decision (shortlist + score) with the ranking warm, in microseconds."""
     config = RouteConfig(exploration=exploration)
+    shortlist = Shortlist(config)
     rng = random.Random(0)
+    in_flight: dict[str, int] = {}
+    samples = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        candidates = shortlist.candidates(table, CHUNK.operation.value, in_flight, (), rng)
+        route_chunk(CHUNK, candidates, in_flight, config, rng=rng)
+        samples.append((time.perf_counter() - started) * 1e6)
+    samples = sorted(samples[1:])  # the first decision builds the ranking: timed on its own
+    return {"p50": statistics.median(samples), "p99": samples[int(0.99 * (len(samples) - 1))]}
+
+
+def rebuild(config: RouteConfig, table: NodeTable) -> None:
+    """A first decision with a fresh shortlist: the ranking is built from every node."""
+    Shortlist(config).candidates(table, CHUNK.operation.value, {})
+
+
+def time_call(call: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of ``call``."""
     samples = []
     for _ in range(repeats):
         started = time.perf_counter()
-        route_chunk(CHUNK, nodes, {}, config, rng=rng)
-        samples.append((time.perf_counter() - started) * 1e6)
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
     return statistics.median(samples)
 
 
@@ -66,24 +91,31 @@ def main() -> int:
     for n in sizes:
         tracemalloc.start()
         nodes = make_nodes(n, rng)
+        table = NodeTable(nodes)
         per_entry = tracemalloc.get_traced_memory()[0] / n
         tracemalloc.stop()
-        repeats = max(20, min(2000, 200_000 // n))
-        row = {"nodes": n, "bytes_per_entry": per_entry,
-               **{f"route_p50_us_{mode}": time_route(nodes, mode, repeats) for mode in ("none", "ucb", "thompson")}}
+        row: dict[str, float] = {"nodes": n, "bytes_per_entry": per_entry}
+        for mode in ("none", "ucb", "thompson"):
+            timed = time_decisions(table, mode, 2000)
+            row[f"route_p50_us_{mode}"], row[f"route_p99_us_{mode}"] = timed["p50"], timed["p99"]
+        config = RouteConfig(exploration="thompson")
+        repeats = max(3, min(200, 20_000 // n))
+        row["rebuild_ms"] = time_call(partial(rebuild, config, table), repeats)
+        row["score_all_us_thompson"] = 1000 * time_call(
+            partial(route_chunk, CHUNK, nodes, {}, config, rng=random.Random(0)), repeats)
         with tempfile.TemporaryDirectory() as tmp:
             registry = SqliteRegistry(Path(tmp) / "r.sqlite3")
-            for node in nodes:
-                registry.upsert_node(node.info, now=1.0)
-            started = time.perf_counter()
-            for _ in range(5):
-                registry.list_nodes()
-            row["registry_read_ms"] = (time.perf_counter() - started) * 1000 / 5
+            with registry.batch():
+                for node in nodes:
+                    registry.upsert_node(node.info, now=1.0)
+            row["registry_load_ms"] = time_call(registry.list_nodes, 3)
             registry.close()
         rows.append(row)
-        print(f"{n:6d} nodes: route p50 {row['route_p50_us_none']:.0f} us (none) / {row['route_p50_us_ucb']:.0f} us"
-              f" (ucb) / {row['route_p50_us_thompson']:.0f} us (thompson); registry read "
-              f"{row['registry_read_ms']:.1f} ms; {per_entry:.0f} bytes per entry", flush=True)
+        print(f"{n:6d} nodes: decision p50 {row['route_p50_us_none']:.0f} / {row['route_p50_us_ucb']:.0f} / "
+              f"{row['route_p50_us_thompson']:.0f} us (none / ucb / thompson), p99 {row['route_p99_us_thompson']:.0f}"
+              f" us (thompson); ranking rebuild {row['rebuild_ms']:.2f} ms; scoring every node "
+              f"{row['score_all_us_thompson']:.0f} us; SQLite load at start {row['registry_load_ms']:.1f} ms; "
+              f"{per_entry:.0f} bytes per entry", flush=True)
     report = {"machine": machine(),
               "command": " ".join(["scripts/bench_routing_scale.py", *sys.argv[1:]]), "rows": rows,
               "target_route_p50_us_at_10000": 100}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -19,16 +20,16 @@ from coordinator.pipeline.decompose import decompose, validate_plan
 from coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, dispatch_chunk
 from coordinator.pipeline.planner import ModelPlanner
 from coordinator.pipeline.reward import exact_answer, judge_chunk, update_fitness
-from coordinator.pipeline.route import redundancy_for
+from coordinator.pipeline.route import Shortlist, redundancy_for
 from coordinator.pipeline.synthesize import Synthesizer
-from coordinator.registry.base import NodeRegistry, QueryRecord
+from coordinator.registry.base import NodeRegistry, QueryRecord, UnknownNodeError
+from coordinator.registry.memory import CachedRegistry, NodeTable
 from coordinator.types import (
     AnswerToken,
     AppliedReward,
     ChunkAssembled,
     ChunkResult,
     NodeAnswer,
-    NodeRecord,
     Operation,
     PipelineEvent,
     Plan,
@@ -52,11 +53,21 @@ class PipelineDeps:
     synthesizer: Synthesizer
     send_feedback: Callable[[str, NodeFeedback], None]  # node id, feedback; must not block
     rng: random.Random = field(default_factory=lambda: random.Random(0))  # Thompson sampling's stream
+    shortlist: Shortlist | None = None  # kept across queries by the coordinator: its rankings are reused
     planner: ModelPlanner | None = None  # None: the rule-based decomposer
 
 
-def live_nodes(registry: NodeRegistry) -> list[NodeRecord]:
-    return [n for n in registry.list_nodes() if n.state == "up"]
+def node_table(registry: NodeRegistry) -> NodeTable:
+    """The live nodes: the cached registry's own table, or one built from a fresh read (Redis: shared state)."""
+    return registry.table() if isinstance(registry, CachedRegistry) else NodeTable(registry.list_nodes())
+
+
+def current_fitness(registry: NodeRegistry, answers: Iterable[NodeAnswer], operation: str) -> dict[str, float]:
+    fitness = {}
+    for answer in answers:
+        with contextlib.suppress(UnknownNodeError):
+            fitness[answer.node_id] = registry.get(answer.node_id).fitness_for(operation)
+    return fitness
 
 
 def _record_answer(deps: PipelineDeps, answer: NodeAnswer) -> None:
@@ -114,13 +125,13 @@ async def answer_query(query: str, deps: PipelineDeps, label: str | None = None)
         expected = exact_answer(chunk.text) if chunk.operation is Operation.MATH_OP else None
         reference = reference_key(chunk.operation, expected, labels.get(chunk.chunk_id))
         outcome = await dispatch_chunk(
-            chunk, request, nodes=partial(live_nodes, deps.registry), in_flight=deps.in_flight,
+            chunk, request, nodes=partial(node_table, deps.registry), in_flight=deps.in_flight,
             connector=deps.connector, route_config=config.route, config=config.dispatch,
-            emit=emit, on_answer=partial(_record_answer, deps), rng=deps.rng,
+            emit=emit, on_answer=partial(_record_answer, deps), rng=deps.rng, shortlist=deps.shortlist,
             settled=partial(is_settled, chunk, wanted=redundancy_for(chunk, config.route), reference=reference),
         )
         chunk_answers = answers[chunk.chunk_id] = outcome.answers
-        fitness = {n.node_id: n.fitness_for(chunk.operation.value) for n in deps.registry.list_nodes()}
+        fitness = current_fitness(deps.registry, chunk_answers, chunk.operation.value)
         try:
             result = replace(assemble_chunk(chunk, chunk_answers, fitness, reference), cancelled=outcome.cancelled)
         except AssemblyError as exc:

@@ -21,7 +21,8 @@ from coordinator.errors import NodeCallError
 from coordinator.node_client import ChunkRequest, StreamPiece
 from coordinator.pipeline.assemble import final_number
 from coordinator.pipeline.reward import exact_answer
-from coordinator.pipeline.route import NoNodesAvailableError, route_chunk
+from coordinator.pipeline.route import NoNodesAvailableError, Shortlist, route_chunk
+from coordinator.registry.memory import NodeTable
 from coordinator.types import (
     Assignment,
     Chunk,
@@ -148,7 +149,7 @@ async def dispatch_chunk(
     chunk: Chunk,
     request: ChunkRequest,
     *,
-    nodes: Callable[[], Sequence[NodeRecord]],
+    nodes: Callable[[], NodeTable],
     in_flight: dict[str, int],
     connector: NodeConnector,
     route_config: RouteConfig,
@@ -157,16 +158,23 @@ async def dispatch_chunk(
     on_answer: Callable[[NodeAnswer], None],
     settled: Callable[[Sequence[NodeAnswer]], bool] | None = None,
     rng: random.Random | None = None,
+    shortlist: Shortlist | None = None,
 ) -> DispatchOutcome:
     """All answers to ``chunk``, failed ones included (they are penalised in stage 6).
 
     Once ``settled(answers)`` holds (the answers so far already agree, or one is verified),
     the streams still running are cancelled: redundancy without paying twice.
     """
-    # One registry read per routing decision, not one per lookup: the snapshot is refreshed only
-    # when another node has to be routed (a retry or a hedge).
-    snapshot = {n.node_id: n for n in nodes()}
-    assignment = route_chunk(chunk, snapshot.values(), in_flight, route_config, rng=rng)
+    shortlist = shortlist or Shortlist(route_config)
+    snapshot: dict[str, NodeRecord] = {}  # the records of the nodes routed to, as routing saw them
+
+    def route(count: int | None, exclude: frozenset[str]) -> Assignment:
+        candidates = shortlist.candidates(nodes(), chunk.operation.value, in_flight, exclude, rng)
+        assignment = route_chunk(chunk, candidates, in_flight, route_config, count=count, exclude=exclude, rng=rng)
+        snapshot.update((n.node_id, n) for n in candidates if n.node_id in assignment.node_ids)
+        return assignment
+
+    assignment = route(None, frozenset())
     emit(ChunkAssigned(assignment))
     tried = set(assignment.node_ids)
     answers: list[NodeAnswer] = []
@@ -186,10 +194,7 @@ async def dispatch_chunk(
     def next_node(reason: str) -> str | None:
         """Route one more node for this chunk (never one already tried), announced as a retry."""
         try:
-            snapshot.clear()
-            snapshot.update((n.node_id, n) for n in nodes())
-            extra = route_chunk(chunk, snapshot.values(), in_flight, route_config, count=1, exclude=frozenset(tried),
-                                rng=rng)
+            extra = route(1, frozenset(tried))
         except NoNodesAvailableError:
             return None
         node_id = extra.node_ids[0]

@@ -41,8 +41,11 @@ class NodeRegistry(Protocol):
 
     def list_nodes(self) -> list[NodeRecord]: ...
 
-    def record_answer(self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float) -> NodeRecord:
-        """Fold one answer's latency into the moving average; count failures (consecutive, too)."""
+    def record_answer(
+        self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float, now: float | None = None,
+    ) -> NodeRecord:
+        """Fold one answer's latency into the moving average; count failures (consecutive, too);
+        ``now`` (default: the clock) is the node's last-seen time."""
         ...
 
     def apply_reward(

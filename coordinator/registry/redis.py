@@ -190,9 +190,11 @@ class RedisRegistry:
             rows: list[dict[str, str]] = pipe.execute()
         return [self._record(fields) for fields in rows if fields]
 
-    def record_answer(self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float) -> NodeRecord:
+    def record_answer(
+        self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float, now: float | None = None,
+    ) -> NodeRecord:
         args = ["" if latency_ms is None else repr(float(latency_ms)), "1" if failed else "0",
-                repr(float(alpha)), repr(time.time())]
+                repr(float(alpha)), repr(time.time() if now is None else now)]
         with self._reachable():
             flat = self._record_answer(keys=[self._node_key(node_id)], args=args)
         if flat is None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,7 +55,8 @@ class SqliteRegistry:
 
     def __init__(self, path: Path | str, *, initial_fitness: float = 0.5) -> None:
         self._initial_fitness = initial_fitness
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._batch_depth = 0  # inside batch(): the calls join its transaction
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -62,8 +64,30 @@ class SqliteRegistry:
         # A coordinator that starts has not heard from anyone yet: nodes come back as they rejoin.
         self._db.execute("UPDATE nodes SET state = 'down'")
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Hold the connection lock in one BEGIN IMMEDIATE ... COMMIT (or join the batch already open)."""
+        with self._lock:
+            if self._batch_depth:
+                yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run many calls in one transaction: one commit for a whole batch of updates."""
+        with self._transaction():
+            self._batch_depth += 1
+            try:
+                yield
+            finally:
+                self._batch_depth -= 1
 
     @staticmethod
     def _record(row: tuple, op_stats: dict[str, OpStats] | None = None) -> NodeRecord:  # type: ignore[type-arg]
@@ -115,7 +139,9 @@ class SqliteRegistry:
             stats = self._op_stats()
         return [self._record(r, stats.get(r[0])) for r in rows]
 
-    def record_answer(self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float) -> NodeRecord:
+    def record_answer(
+        self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float, now: float | None = None,
+    ) -> NodeRecord:
         with self._transaction() as db:
             row = db.execute("SELECT latency_ms FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
             if row is None:
@@ -127,7 +153,7 @@ class SqliteRegistry:
                 "UPDATE nodes SET latency_ms = ?, answers = answers + 1, last_seen = ?, "
                 "failures = failures + ?, failure_streak = CASE WHEN ? THEN failure_streak + 1 ELSE 0 END "
                 "WHERE node_id = ?",
-                (latency, time.time(), int(failed), failed, node_id),
+                (latency, time.time() if now is None else now, int(failed), failed, node_id),
             )
             row = db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return self._record(row)
@@ -174,26 +200,3 @@ class SqliteRegistry:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-class _Transaction:
-    """``with`` block holding the connection lock and one BEGIN IMMEDIATE ... COMMIT."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
-        self._db = db
-        self._lock = lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._lock.acquire()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-        return self._db
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        try:
-            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        finally:
-            self._lock.release()

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from coordinator.registry import (
+    CachedRegistry,
     QueryRecord,
     RedisRegistry,
     RegistryUnavailableError,
@@ -182,11 +183,16 @@ def test_open_registry_returns_a_working_redis_registry(redis_url: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["registry.sqlite3", "nested/deeper/registry.sqlite3"])
-def test_open_registry_makes_a_sqlite_file_and_its_folders(tmp_path: Path, name: str) -> None:
+def test_open_registry_makes_a_cached_sqlite_file_and_its_folders(tmp_path: Path, name: str) -> None:
     registry = open_registry(str(tmp_path / name), initial_fitness=0.4)
     try:
-        assert isinstance(registry, SqliteRegistry)
+        assert isinstance(registry, CachedRegistry)
         assert registry.upsert_node(INFO, now=1.0).fitness == 0.4
         assert (tmp_path / name).is_file()
     finally:
         registry.close()
+    reopened = SqliteRegistry(tmp_path / name)  # the cache wrote the node through to the file on close
+    try:
+        assert reopened.get(INFO.node_id).fitness == 0.4
+    finally:
+        reopened.close()

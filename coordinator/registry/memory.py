@@ -1,0 +1,229 @@
+"""The coordinator's in-memory node table, and the write-behind cache in front of a registry it owns.
+
+Routing reads the nodes for every chunk. Reading them from SQLite costs a query and a JSON decode per
+node (86 ms at 10,000 nodes); ``CachedRegistry`` keeps every record in memory instead, applies each
+update there at once, and writes the updates to the file in batches from a background thread (one
+transaction per batch instead of one per answer and per reward). The file is owned by this
+coordinator: several coordinators share state through Redis, which is read directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+
+from coordinator.registry.base import NodeRegistry, QueryRecord, UnknownNodeError, UnknownQueryError
+from coordinator.types import NodeDescription, NodeRecord, OpStats
+
+log = logging.getLogger(__name__)
+
+
+class NodeTable:
+    """The live nodes, indexed for routing: lookup by id and a random sample in O(1), and a
+    ``version`` that changes with every update (a cached ranking knows when it is stale)."""
+
+    def __init__(self, records: Iterable[NodeRecord] = ()) -> None:
+        self._live: dict[str, NodeRecord] = {}
+        self._ids: list[str] = []  # the live ids, for sampling
+        self._position: dict[str, int] = {}
+        self.version = 0
+        for record in records:
+            self.put(record)
+
+    def put(self, record: NodeRecord) -> None:
+        """Insert, refresh or (when its state is not "up") drop a node."""
+        node_id = record.node_id
+        self.version += 1
+        if record.state != "up":
+            self.discard(node_id)
+            return
+        if node_id not in self._live:
+            self._position[node_id] = len(self._ids)
+            self._ids.append(node_id)
+        self._live[node_id] = record
+
+    def discard(self, node_id: str) -> None:
+        if self._live.pop(node_id, None) is None:
+            return
+        self.version += 1
+        index = self._position.pop(node_id)
+        last = self._ids.pop()
+        if last != node_id:  # move the last id into the hole
+            self._ids[index] = last
+            self._position[last] = index
+
+    def get(self, node_id: str) -> NodeRecord | None:
+        return self._live.get(node_id)
+
+    def sample(self, rng: random.Random, count: int) -> list[NodeRecord]:
+        """Up to ``count`` distinct live nodes, uniformly at random."""
+        if count >= len(self._ids):
+            return list(self._live.values())
+        return [self._live[self._ids[int(rng.random() * len(self._ids))]] for _ in range(count)]
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __iter__(self) -> Iterator[NodeRecord]:
+        return iter(self._live.values())
+
+
+class CachedRegistry:
+    """A ``NodeRegistry`` whose reads come from memory and whose writes reach ``backing`` in the background.
+
+    Every write is applied to the in-memory record first (so the next read sees it) and queued as the
+    same call on ``backing``; a flusher thread replays the queue every ``flush_interval_s``, inside one
+    ``backing.batch()`` transaction when the backing offers it. ``close`` flushes what is left, so a
+    clean stop loses nothing; a crash loses at most the last interval of fitness and latency updates.
+    """
+
+    def __init__(self, backing: NodeRegistry, *, initial_fitness: float = 0.5, flush_interval_s: float = 0.2) -> None:
+        self._backing = backing
+        self._initial_fitness = initial_fitness
+        self._records = {record.node_id: record for record in backing.list_nodes()}
+        self._table = NodeTable(self._records.values())
+        self._queries: dict[str, QueryRecord] = {}  # saved, not yet flushed
+        self._pending: list[Callable[[], object]] = []
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._interval = flush_interval_s
+        self._flusher = threading.Thread(target=self._flush_loop, name="registry-flush", daemon=True)
+        self._flusher.start()
+
+    # --- reads: memory only ---------------------------------------------------------
+
+    def table(self) -> NodeTable:
+        return self._table
+
+    def get(self, node_id: str) -> NodeRecord:
+        try:
+            return self._records[node_id]
+        except KeyError:
+            raise UnknownNodeError(node_id) from None
+
+    def list_nodes(self) -> list[NodeRecord]:
+        return [self._records[node_id] for node_id in sorted(self._records)]
+
+    def get_query(self, query_id: str) -> QueryRecord:
+        with self._pending_lock:
+            record = self._queries.get(query_id)
+        if record is not None:
+            return record
+        try:
+            return self._backing.get_query(query_id)
+        except UnknownQueryError:
+            with self._pending_lock:  # it may have been flushed between the two looks
+                if query_id in self._queries:
+                    return self._queries[query_id]
+            raise
+
+    # --- writes: memory now, the backing store later -----------------------------------
+
+    def _store(self, record: NodeRecord) -> NodeRecord:
+        self._records[record.node_id] = record
+        self._table.put(record)
+        return record
+
+    def _queue(self, call: Callable[[], object]) -> None:
+        with self._pending_lock:
+            self._pending.append(call)
+
+    def upsert_node(self, info: NodeDescription, *, now: float) -> NodeRecord:
+        known = self._records.get(info.node_id)
+        record = (replace(known, info=info, state="up", last_seen=now, failure_streak=0) if known is not None
+                  else NodeRecord(info, self._initial_fitness, None, "up", now))
+        self._queue(lambda: self._backing.upsert_node(info, now=now))
+        return self._store(record)
+
+    def set_state(self, node_id: str, state: str, *, now: float | None = None) -> None:
+        known = self.get(node_id)
+        self._store(replace(known, state=state, last_seen=known.last_seen if now is None else now))
+        self._queue(lambda: self._backing.set_state(node_id, state, now=now))
+
+    def record_answer(
+        self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float, now: float | None = None,
+    ) -> NodeRecord:
+        known = self.get(node_id)
+        latency = known.latency_ms
+        if latency_ms is not None and not failed:
+            latency = latency_ms if latency is None else (1 - alpha) * latency + alpha * latency_ms
+        now = time.time() if now is None else now
+        record = replace(known, latency_ms=latency, answers=known.answers + 1, last_seen=now,
+                         failures=known.failures + int(failed),
+                         failure_streak=known.failure_streak + 1 if failed else 0)
+        self._queue(lambda: self._backing.record_answer(node_id, latency_ms, failed=failed, alpha=alpha,
+                                                               now=now))
+        return self._store(record)
+
+    def apply_reward(
+        self, node_id: str, reward: float, correct: bool | None, update: Callable[[float], float],
+        operation: str = "",
+    ) -> tuple[float, float]:
+        known = self.get(node_id)
+        before = known.fitness
+        after = update(before)
+        op_stats = known.op_stats
+        if operation:
+            old = op_stats.get(operation)
+            op_stats = {**op_stats, operation: OpStats(update(before if old is None else old.fitness),
+                                                       (old.trials if old else 0) + 1,
+                                                       (old.successes if old else 0) + int(bool(correct)))}
+        self._store(replace(known, fitness=after, correct=known.correct + int(bool(correct)), op_stats=op_stats))
+        self._queue(lambda: self._backing.apply_reward(node_id, reward, correct, update, operation))
+        return before, after
+
+    def save_query(self, record: QueryRecord) -> None:
+        with self._pending_lock:
+            self._queries[record.query_id] = record  # readable at once, from memory until flushed
+            self._pending.append(lambda: self._backing.save_query(record))
+
+    # --- the flusher -------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write everything queued so far to the backing store (called by the flusher and by ``close``)."""
+        with self._pending_lock:
+            calls, self._pending = self._pending, []
+            saved = list(self._queries)
+        if not calls:
+            return
+        batch = getattr(self._backing, "batch", None)
+        try:
+            if batch is not None:
+                with batch():
+                    self._replay(calls)
+            else:
+                self._replay(calls)
+        except Exception:  # the store itself failed (disk full, locked): memory stays right, say so
+            log.exception("registry: %d updates could not be written to the store", len(calls))
+            return  # the queries stay readable from memory
+        with self._pending_lock:
+            for query_id in saved:
+                self._queries.pop(query_id, None)
+
+    @staticmethod
+    def _replay(calls: list[Callable[[], object]]) -> None:
+        for call in calls:
+            try:
+                call()
+            except UnknownNodeError as exc:  # cannot happen while this cache is the only writer
+                log.warning("registry: update for unknown node %s dropped", exc)
+
+    def _flush_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self.flush()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        self._flusher.join()
+        self.flush()
+        self._backing.close()
