@@ -101,6 +101,7 @@ class CoordinatorConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     rpc_timeout_s: float = 5.0  # Info, Feedback and other unary calls to nodes
     feedback_timeout_s: float = 5.0
+    feedback_linger_s: float = 0.25  # a node's feedback is gathered this long and sent in one call
     shutdown_grace_s: float = 5.0  # in-flight Ask streams get this long on SIGTERM
     node_down_after_failures: int = 3  # consecutive failed streams before a node stops getting work
     accept_labels: bool = False  # benchmark mode: trust AskRequest.reference_answer as ground truth

@@ -8,8 +8,9 @@ and admission probes alike).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -63,6 +64,70 @@ class NodeFeedback:
     source: str
 
 
+def _feedback_to_proto(feedback: NodeFeedback) -> dellm_pb2.NodeFeedbackRequest:
+    return dellm_pb2.NodeFeedbackRequest(
+        query_id=feedback.query_id, chunk_id=feedback.chunk_id, prompt=feedback.prompt, answer=feedback.answer,
+        verdict=VERDICTS[feedback.verdict], reward=feedback.reward, correct_answer=feedback.correct_answer,
+        fitness=feedback.fitness, source=feedback.source,
+    )
+
+
+class FeedbackSender:
+    """Feedback to nodes, gathered per node for ``linger_s`` and sent in one call per node.
+
+    A query rewards every node that answered it; one unary call per answer cost the coordinator
+    more than the query's own routing. Sending never blocks the caller, and a failed delivery is
+    logged (with how many answers it carried), never raised: feedback is how nodes learn, not part
+    of anyone's answer.
+    """
+
+    def __init__(self, pool: NodePool, linger_s: float, timeout_s: float) -> None:
+        self._pool = pool
+        self._linger_s = linger_s
+        self._timeout_s = timeout_s
+        self._queued: dict[str, tuple[str, list[NodeFeedback]]] = {}  # node id -> (address, feedback)
+        self._flushing: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def send(self, node_id: str, address: str, feedback: NodeFeedback) -> None:
+        queued = self._queued.get(node_id)
+        if queued is None or queued[0] != address:
+            queued = self._queued[node_id] = (address, queued[1] if queued else [])
+        queued[1].append(feedback)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        """Sleep out the linger, then send everything queued; stop when nothing more came."""
+        while self._queued:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._linger_s)
+            self._send_queued()
+
+    def _send_queued(self) -> None:
+        queued, self._queued = self._queued, {}
+        for node_id, (address, batch) in queued.items():
+            task = asyncio.get_running_loop().create_task(self._deliver(node_id, address, batch))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _deliver(self, node_id: str, address: str, batch: list[NodeFeedback]) -> None:
+        try:
+            await self._pool.client(node_id, address).feedback_batch(batch, self._timeout_s)
+        except NodeCallError as exc:
+            log.warning("feedback on %d answer(s) to node %s not delivered: %s", len(batch), node_id, exc)
+
+    async def close(self) -> None:
+        """Send what is queued now, and wait (up to the call timeout) for deliveries to end."""
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._send_queued()
+        if self._flushing:
+            await asyncio.wait(self._flushing, timeout=self._timeout_s)
+
+
 class NodeClient:
     """Calls to one node. Every call has a deadline; errors come out as NodeCallError."""
 
@@ -72,6 +137,7 @@ class NodeClient:
         self._channel = channel(address, security or SecurityConfig(), options=CHANNEL_OPTIONS)
         self._stub = dellm_pb2_grpc.NodeServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._batch_feedback = True  # until the node says UNIMPLEMENTED
 
     def _error(self, exc: grpc.aio.AioRpcError) -> NodeCallError:
         return NodeCallError(self.node_id, exc.code().name, exc.details() or "")
@@ -129,24 +195,26 @@ class NodeClient:
             call.cancel()  # no-op when finished; stops the node's work when we stopped early
 
     async def feedback(self, feedback: NodeFeedback, timeout: float) -> int:
+        return await self.feedback_batch([feedback], timeout)
+
+    async def feedback_batch(self, batch: Sequence[NodeFeedback], timeout: float) -> int:
+        """Deliver feedback for several answers in one call (one by one to a node without FeedbackBatch)."""
+        items = [_feedback_to_proto(f) for f in batch]
         try:
-            reply = await self._stub.Feedback(
-                dellm_pb2.NodeFeedbackRequest(
-                    query_id=feedback.query_id,
-                    chunk_id=feedback.chunk_id,
-                    prompt=feedback.prompt,
-                    answer=feedback.answer,
-                    verdict=VERDICTS[feedback.verdict],
-                    reward=feedback.reward,
-                    correct_answer=feedback.correct_answer,
-                    fitness=feedback.fitness,
-                    source=feedback.source,
-                ),
-                timeout=timeout,
-            )
+            if self._batch_feedback:
+                try:
+                    reply = await self._stub.FeedbackBatch(dellm_pb2.NodeFeedbackBatch(items=items), timeout=timeout)
+                    return int(reply.stored)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+                    self._batch_feedback = False  # an older node: Feedback only
+            stored = 0
+            for item in items:
+                stored = int((await self._stub.Feedback(item, timeout=timeout)).stored)
+            return stored
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from exc
-        return int(reply.stored)
 
     async def close(self) -> None:
         await self._channel.close()

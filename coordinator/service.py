@@ -6,7 +6,6 @@ servicer in ``coordinator.server`` only translates messages to and from these ca
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
@@ -21,7 +20,7 @@ from coordinator.discovery.advert import SUPPORTED_PROTOCOL_VERSIONS, Advertisem
 from coordinator.discovery.base import Discovery
 from coordinator.errors import CoordinatorError, NodeCallError
 from coordinator.health import HealthMonitor
-from coordinator.node_client import ChunkRequest, NodeFeedback, NodePool, StreamPiece
+from coordinator.node_client import ChunkRequest, FeedbackSender, NodeFeedback, NodePool, StreamPiece
 from coordinator.pipeline.answer import PipelineDeps, answer_query, node_table
 from coordinator.pipeline.decompose import check_query as check_query_text
 from coordinator.pipeline.planner import ModelPlanner
@@ -95,9 +94,9 @@ class Coordinator:
         self.synthesizer = synthesizer
         self.security = security or SecurityConfig()  # this server's token and TLS, and its calls to nodes
         self.pool = NodePool(self.security)
+        self._feedback = FeedbackSender(self.pool, config.feedback_linger_s, config.feedback_timeout_s)
         self._discovery = tuple(discovery)
         self._health = HealthMonitor(registry, self.pool, config.health)
-        self._background: set[asyncio.Task[None]] = set()
         self._refusals: dict[str, str] = {}
         self._rng = random.Random(config.route.seed)
         self._shortlist = Shortlist(config.route)
@@ -246,24 +245,13 @@ class Coordinator:
             node = self.registry.get(node_id)
         except KeyError:
             return
-        client = self.pool.client(node_id, node.info.address)
-
-        async def deliver() -> None:
-            try:
-                await client.feedback(feedback, self.config.feedback_timeout_s)
-            except NodeCallError as exc:
-                log.warning("feedback to node %s not delivered: %s", node_id, exc)
-
-        task = asyncio.get_running_loop().create_task(deliver())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._feedback.send(node_id, node.info.address, feedback)
 
     async def close(self) -> None:
         for discovery in self._discovery:
             await discovery.stop()
         await self._health.stop()
         await self.canaries.stop()
-        if self._background:
-            await asyncio.wait(self._background, timeout=self.config.feedback_timeout_s)
+        await self._feedback.close()
         await self.pool.close()
         self.registry.close()

@@ -10,6 +10,7 @@ import platform
 import socket
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -156,19 +157,36 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
     async def Feedback(
         self, request: dellm_pb2.NodeFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.NodeFeedbackReply:
+        return await self._store_feedback([request], context)
+
+    async def FeedbackBatch(
+        self, request: dellm_pb2.NodeFeedbackBatch, context: grpc.aio.ServicerContext
+    ) -> dellm_pb2.NodeFeedbackReply:
+        return await self._store_feedback(list(request.items), context)
+
+    async def _store_feedback(
+        self, items: list[dellm_pb2.NodeFeedbackRequest], context: grpc.aio.ServicerContext
+    ) -> dellm_pb2.NodeFeedbackReply:
         refused = self._joined.refusal(context.peer())
         if refused is not None:
-            log.warning("feedback for %s/%s refused: %s", request.query_id, request.chunk_id, refused)
+            log.warning("feedback for %s refused: %s", ", ".join(f"{r.query_id}/{r.chunk_id}" for r in items), refused)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
-        entry = FeedbackEntry(
-            query_id=request.query_id, chunk_id=request.chunk_id, prompt=request.prompt, answer=request.answer,
-            verdict={dellm_pb2.CORRECT: "CORRECT", dellm_pb2.WRONG: "WRONG"}.get(request.verdict, "UNKNOWN"),
-            reward=request.reward, correct_answer=request.correct_answer, fitness=request.fitness,
-            source=request.source, received_at=time.time(),
-        )
-        stored = await asyncio.to_thread(self._feedback.add, entry)
-        log.info("feedback for %s/%s: %s (reward %+.3f, fitness %.3f)", request.query_id, request.chunk_id,
-                 entry.verdict, request.reward, request.fitness)
+        received = time.time()
+        entries = [
+            FeedbackEntry(
+                query_id=r.query_id, chunk_id=r.chunk_id, prompt=r.prompt, answer=r.answer,
+                verdict={dellm_pb2.CORRECT: "CORRECT", dellm_pb2.WRONG: "WRONG"}.get(r.verdict, "UNKNOWN"),
+                reward=r.reward, correct_answer=r.correct_answer, fitness=r.fitness, source=r.source,
+                received_at=received,
+            )
+            for r in items
+        ]
+        stored = await asyncio.to_thread(self._feedback.add_many, entries) if entries else self._feedback.count()
+        if entries:  # one line per call: a busy node gets feedback for many answers a second
+            verdicts = Counter(e.verdict for e in entries)
+            log.info("feedback for %s%s: %s; fitness %.3f", f"{entries[-1].query_id}/{entries[-1].chunk_id}",
+                     f" and {len(entries) - 1} more" if len(entries) > 1 else "",
+                     ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())), entries[-1].fitness)
         return dellm_pb2.NodeFeedbackReply(stored=stored)
 
     async def Info(

@@ -101,11 +101,15 @@ class FeedbackStore:
         self._db.commit()
 
     def add(self, entry: FeedbackEntry) -> int:
+        return self.add_many([entry])
+
+    def add_many(self, entries: Sequence[FeedbackEntry]) -> int:
+        """Store entries in one transaction; returns how many the node now holds."""
         with self._lock, self._db:
-            self._db.execute(
+            self._db.executemany(
                 "INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (entry.query_id, entry.chunk_id, entry.prompt, entry.answer, entry.verdict, entry.reward,
-                 entry.correct_answer, entry.fitness, entry.source, entry.received_at or time.time()),
+                [(e.query_id, e.chunk_id, e.prompt, e.answer, e.verdict, e.reward, e.correct_answer, e.fitness,
+                  e.source, e.received_at or time.time()) for e in entries],
             )
             return int(self._db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
 

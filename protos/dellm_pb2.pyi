@@ -119,6 +119,12 @@ class NodeFeedbackRequest(_message.Message):
     source: str
     def __init__(self, query_id: _Optional[str] = ..., chunk_id: _Optional[str] = ..., prompt: _Optional[str] = ..., answer: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reward: _Optional[float] = ..., correct_answer: _Optional[str] = ..., fitness: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
 
+class NodeFeedbackBatch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[NodeFeedbackRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[NodeFeedbackRequest, _Mapping]]] = ...) -> None: ...
+
 class NodeFeedbackReply(_message.Message):
     __slots__ = ("stored",)
     STORED_FIELD_NUMBER: _ClassVar[int]

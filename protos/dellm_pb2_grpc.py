@@ -44,6 +44,11 @@ class NodeServiceStub:
                 request_serializer=protos_dot_dellm__pb2.NodeFeedbackRequest.SerializeToString,
                 response_deserializer=protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
                 _registered_method=True)
+        self.FeedbackBatch = channel.unary_unary(
+                '/dellm.v1.NodeService/FeedbackBatch',
+                request_serializer=protos_dot_dellm__pb2.NodeFeedbackBatch.SerializeToString,
+                response_deserializer=protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/dellm.v1.NodeService/Info',
                 request_serializer=protos_dot_dellm__pb2.InfoRequest.SerializeToString,
@@ -66,6 +71,12 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FeedbackBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -83,6 +94,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
             'Feedback': grpc.unary_unary_rpc_method_handler(
                     servicer.Feedback,
                     request_deserializer=protos_dot_dellm__pb2.NodeFeedbackRequest.FromString,
+                    response_serializer=protos_dot_dellm__pb2.NodeFeedbackReply.SerializeToString,
+            ),
+            'FeedbackBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.FeedbackBatch,
+                    request_deserializer=protos_dot_dellm__pb2.NodeFeedbackBatch.FromString,
                     response_serializer=protos_dot_dellm__pb2.NodeFeedbackReply.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
@@ -144,6 +160,33 @@ class NodeService:
             target,
             '/dellm.v1.NodeService/Feedback',
             protos_dot_dellm__pb2.NodeFeedbackRequest.SerializeToString,
+            protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FeedbackBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dellm.v1.NodeService/FeedbackBatch',
+            protos_dot_dellm__pb2.NodeFeedbackBatch.SerializeToString,
             protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
             options,
             channel_credentials,
