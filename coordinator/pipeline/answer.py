@@ -29,6 +29,7 @@ from coordinator.types import (
     AppliedReward,
     ChunkAssembled,
     ChunkResult,
+    ChunkToken,
     NodeAnswer,
     Operation,
     PipelineEvent,
@@ -190,13 +191,39 @@ async def _streamed(
 
     task = asyncio.create_task(run())
     try:
-        while (event := await queue.get()) is not None:
-            yield event
+        finished = False
+        while not finished:
+            waiting = [await queue.get()]
+            while not queue.empty():  # what came in while the last event was being sent
+                waiting.append(queue.get_nowait())
+            for event in merge_tokens(waiting):
+                if event is None:
+                    finished = True
+                    break
+                yield event
         await task  # re-raises the work's exception, if any
     finally:
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def merge_tokens(events: list[PipelineEvent | None]) -> list[PipelineEvent | None]:
+    """Consecutive token events of the same stream made one: the same text in the same order, fewer messages.
+
+    Only events already waiting are merged, so a token is never held back for one that has not come.
+    """
+    merged: list[PipelineEvent | None] = []
+    for event in events:
+        last = merged[-1] if merged else None
+        if isinstance(event, ChunkToken) and isinstance(last, ChunkToken) and (
+                (event.chunk_id, event.node_id) == (last.chunk_id, last.node_id)):
+            merged[-1] = ChunkToken(last.chunk_id, last.node_id, last.text + event.text)
+        elif isinstance(event, AnswerToken) and isinstance(last, AnswerToken):
+            merged[-1] = AnswerToken(last.text + event.text)
+        else:
+            merged.append(event)
+    return merged
 
 
 def _reward(

@@ -106,9 +106,19 @@ async def stream_generation(
                 bridge.put(None)
 
         worker = asyncio.get_running_loop().run_in_executor(None, work)
+        carried: list[TokenPiece | BaseException | None] = []  # an item taken while merging, not merged
         try:
             while True:
-                item = await bridge.queue.get()
+                item = carried.pop() if carried else await bridge.queue.get()
+                # Pieces already waiting (the consumer was busy) go out as one: the same text and logprobs
+                # in the same order, in fewer messages. A model generating slower than it is read is unaffected.
+                while isinstance(item, TokenPiece) and item.finish_reason is None and not bridge.queue.empty():
+                    following = bridge.queue.get_nowait()
+                    if not isinstance(following, TokenPiece):
+                        carried.append(following)
+                        break
+                    item = TokenPiece(item.text + following.text, item.logprobs + following.logprobs,
+                                      following.finish_reason)
                 if item is None:
                     break
                 if isinstance(item, BaseException):
