@@ -212,10 +212,11 @@ async def dispatch_chunk(
         finished: list[NodeAnswer] = []
         try:
             done, _ = await asyncio.wait(tasks, timeout=hedge_after)
-            if not done:
-                hedge = next_node(f"hedge: {node_id} is slower than {hedge_after:.1f}s")
-                if hedge is not None:
-                    tasks[asyncio.ensure_future(attempt(hedge))] = hedge
+            if done:  # the usual case: answered in time, nothing to race
+                return [done.pop().result()]
+            hedge = next_node(f"hedge: {node_id} is slower than {hedge_after:.1f}s")
+            if hedge is not None:
+                tasks[asyncio.ensure_future(attempt(hedge))] = hedge
             for next_done in asyncio.as_completed(list(tasks)):
                 answer = await next_done
                 finished.append(answer)
@@ -258,5 +259,5 @@ async def dispatch_chunk(
         for node_id in assignment.node_ids:
             running[node_id] = group.create_task(slot(node_id))
     if cancelled:
-        log.info("chunk %s settled early; cancelled %s", chunk.chunk_id, ", ".join(cancelled))
+        log.debug("chunk %s settled early; cancelled %s", chunk.chunk_id, ", ".join(cancelled))
     return DispatchOutcome(answers, tuple(dict.fromkeys(cancelled)))

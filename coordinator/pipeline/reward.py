@@ -10,6 +10,7 @@ stream, an empty or degenerate (looping) answer, or a timeout is wrong. Pure: no
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 import re
@@ -56,6 +57,7 @@ def _evaluate(node: ast.AST) -> float:
     raise ValueError(f"unsupported expression element {type(node).__name__}")
 
 
+@functools.lru_cache(maxsize=4096)  # read three times per chunk (prompt, settling, reward): parse once
 def exact_answer(text: str) -> float | None:
     """The value of the arithmetic a chunk asks for, when it can be read exactly; else None.
 
