@@ -95,9 +95,9 @@ def event_to_proto(event: PipelineEvent) -> dellm_pb2.AskEvent:
         case ChunkAssigned(assignment=a):
             return dellm_pb2.AskEvent(assignment=dellm_pb2.AssignmentEvent(
                 chunk_id=a.chunk_id, node_ids=a.node_ids, retry=a.retry, reason=a.reason))
-        case ChunkToken(chunk_id=chunk_id, node_id=node_id, text=text):
+        case ChunkToken(chunk_id=chunk_id, node_id=node_id, text=text, tokens=tokens):
             return dellm_pb2.AskEvent(chunk_token=dellm_pb2.ChunkTokenEvent(chunk_id=chunk_id, node_id=node_id,
-                                                                            text=text))
+                                                                            text=text, tokens=tokens))
         case ChunkAssembled(result=result):
             return dellm_pb2.AskEvent(chunk_result=_chunk_result(result))
         case AnswerToken(text=text):

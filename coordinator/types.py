@@ -192,6 +192,7 @@ class ChunkToken:
     chunk_id: str
     node_id: str
     text: str
+    tokens: int = 1  # model tokens in ``text`` (pieces that waited together are sent as one)
 
 
 @dataclass(frozen=True)

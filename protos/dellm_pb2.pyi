@@ -182,14 +182,16 @@ class AssignmentEvent(_message.Message):
     def __init__(self, chunk_id: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., retry: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ChunkTokenEvent(_message.Message):
-    __slots__ = ("chunk_id", "node_id", "text")
+    __slots__ = ("chunk_id", "node_id", "text", "tokens")
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     chunk_id: str
     node_id: str
     text: str
-    def __init__(self, chunk_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+    tokens: int
+    def __init__(self, chunk_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class Vote(_message.Message):
     __slots__ = ("node_id", "answer", "normalized", "confidence", "fitness", "weight", "latency_ms", "failed", "error")

@@ -23,7 +23,9 @@ import asyncio
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -33,7 +35,13 @@ sys.path.insert(0, str(ROOT))
 from client.api import DellmClient  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
 from protos import dellm_pb2, dellm_pb2_grpc  # noqa: E402
-from scripts.bench_report import ECHO_METHOD, bare_echo_server, machine, percentile, write_report  # noqa: E402
+from scripts.bench_report import (  # noqa: E402
+    ECHO_METHOD,
+    BenchmarkError,
+    bare_echo_server,
+    percentile,
+    run_and_report,
+)
 
 QUERY = "Find cheap laptops and find cheap phones"
 NODE_PROMPTS = ("Find cheap laptops", "Find cheap laptops", "find cheap phones", "find cheap phones")
@@ -64,7 +72,7 @@ async def measure(rounds: int, bare_address: str, dellm_address: str, node_addre
                     if round_ >= 10:
                         times[name].append((time.perf_counter() - started) * 1000)
                     if name == "dellm" and replies[-1].WhichOneof("event") != "final":
-                        raise RuntimeError(f"the query ended without an answer: {replies[-1]}")
+                        raise BenchmarkError(f"the query ended without an answer: {replies[-1]}")
     finally:
         await asyncio.gather(*(c.close() for c in channels))
     return times
@@ -77,6 +85,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 10:
         parser.error("--rounds must be at least 10")
+    return run_and_report(args.out, "bench_overhead.py", partial(measure_all, args.rounds))
+
+
+def measure_all(rounds: int) -> dict[str, Any]:
     with bare_echo_server() as bare_address, LocalCluster() as cluster:
         script = cluster.workdir / "instant.toml"
         script.write_text('model = "scripted-instant"\n\n[default]\nreply = "cheap ones"\n')
@@ -84,29 +96,23 @@ def main() -> int:
         nodes = [cluster.start_node(NodeSpec(f"instant-{i}", backend="scripted", script=script)).address
                  for i in range(4)]
         cluster.wait_for_nodes(4)
-        try:
-            times = asyncio.run(measure(args.rounds, bare_address, cluster.coordinator_address, nodes))
-        except (RuntimeError, grpc.aio.AioRpcError) as exc:  # an error is reported, never a figure
-            print(f"bench_overhead: a query failed, no figures: {exc}", file=sys.stderr)
-            return 1
+        times = asyncio.run(measure(rounds, bare_address, cluster.coordinator_address, nodes))
     summary = {f"{name}_ms": {"p50": statistics.median(values), "p99": percentile(values, 0.99)}
                for name, values in times.items()}
-    report = {
-        "machine": machine(),
-        "command": " ".join(["scripts/bench_overhead.py", *sys.argv[1:]]),
+    figures = {
         **summary,
         "ratio_p50": summary["dellm_ms"]["p50"] / summary["bare_ms"]["p50"],
         "ratio_p50_to_direct_fanout": summary["dellm_ms"]["p50"] / summary["direct_ms"]["p50"],
         "target_ratio_p50": 3.0,
+        "samples_ms": times,
     }
-    write_report(args.out, report)
     labels = {"bare": "bare grpc.aio stream", "direct": "4 node streams from the client",
               "dellm": "DELLM 2 chunks x 2 nodes"}
     for name, label in labels.items():
         print(f"{label}: p50 {summary[f'{name}_ms']['p50']:.2f} ms, p99 {summary[f'{name}_ms']['p99']:.2f} ms")
-    print(f"ratio of p50 to bare: {report['ratio_p50']:.1f}x (target at most 3x); "
-          f"to the direct fan-out: {report['ratio_p50_to_direct_fanout']:.1f}x")
-    return 0
+    print(f"ratio of p50 to bare: {figures['ratio_p50']:.1f}x (target at most 3x); "
+          f"to the direct fan-out: {figures['ratio_p50_to_direct_fanout']:.1f}x")
+    return figures
 
 
 if __name__ == "__main__":

@@ -17,14 +17,16 @@ import asyncio
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from client.api import DellmClient  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
-from scripts.bench_report import machine, write_report  # noqa: E402
+from scripts.bench_report import BenchmarkError, positive_ints, run_and_report  # noqa: E402
 
 
 def query_of(k: int) -> str:
@@ -32,31 +34,38 @@ def query_of(k: int) -> str:
 
 
 async def timed(address: str, query: str) -> tuple[float, int]:
+    """Seconds to the final answer, and the number of chunks the plan had."""
     started = time.perf_counter()
     async with DellmClient(address) as client:
         events = [e async for e in client.ask(query)]
-    plan = events[0].plan
-    return time.perf_counter() - started, len(plan.chunks)
+    if not events or events[-1].WhichOneof("event") != "final":
+        raise BenchmarkError(f"{query!r} ended without a final answer")
+    return time.perf_counter() - started, len(events[0].plan.chunks)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ks", default="1,2,4,8,16")
+    parser.add_argument("--ks", type=positive_ints, default=[1, 2, 4, 8, 16],
+                        help="numbers of independent chunks, comma-separated (default 1,2,4,8,16)")
     parser.add_argument("--delay", type=float, default=0.2, help="D: seconds each answer takes")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=None, help="default: the largest k")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "parallel.json")
     args = parser.parse_args()
-    ks = [int(k) for k in args.ks.split(",")]
+    ks = args.ks
     nodes = args.nodes or max(ks)
-    if args.delay <= 0 or min(ks) < 1 or args.rounds < 1:
-        parser.error("--delay must be positive, every k and --rounds at least 1")
+    if args.delay <= 0 or args.rounds < 1:
+        parser.error(f"--delay must be positive (got {args.delay}) and --rounds at least 1 (got {args.rounds})")
     if max(ks) > nodes:
         parser.error(f"k={max(ks)} is larger than the {nodes} nodes: k chunks cannot run on k distinct nodes")
+    return run_and_report(args.out, "bench_parallel.py", partial(measure, ks, args.delay, args.rounds, nodes))
+
+
+def measure(ks: list[int], delay: float, rounds: int, nodes: int) -> dict[str, Any]:
     results = []
     with LocalCluster() as cluster:
         script = cluster.workdir / "slow.toml"
-        script.write_text(f'model = "scripted-slow"\n\n[default]\nreply = "done"\ndelay = {args.delay}\n')
+        script.write_text(f'model = "scripted-slow"\n\n[default]\nreply = "done"\ndelay = {delay}\n')
         cluster.start_coordinator(extra=["--canary-interval", "0", "--redundancy", "1", "--max-chunks",
                                          str(max(ks)), "--exploration", "none"])
         for i in range(nodes):
@@ -64,20 +73,15 @@ def main() -> int:
         cluster.wait_for_nodes(nodes)
         asyncio.run(timed(cluster.coordinator_address, query_of(1)))  # warm up
         for k in ks:
-            runs = [asyncio.run(timed(cluster.coordinator_address, query_of(k))) for _ in range(args.rounds)]
-            assert all(chunks == k for _, chunks in runs), f"the plan did not have {k} chunks"
+            runs = [asyncio.run(timed(cluster.coordinator_address, query_of(k))) for _ in range(rounds)]
+            if any(chunks != k for _, chunks in runs):
+                raise BenchmarkError(f"the plan did not have {k} chunks: {[c for _, c in runs]}")
             median = statistics.median(t for t, _ in runs)
-            results.append({"k": k, "median_s": median, "ratio_to_D": median / args.delay,
-                            "sequential_s": k * args.delay})
-            print(f"k={k:2d}: {median:.3f} s = {median / args.delay:.2f} x D (sequential would be "
-                  f"{k * args.delay:.1f} s; target <= 1.2 x D)", flush=True)
-    report = {
-        "machine": machine(),
-        "command": " ".join(["scripts/bench_parallel.py", *sys.argv[1:]]),
-        "delay_s": args.delay, "nodes": nodes, "results": results,
-    }
-    write_report(args.out, report)
-    return 0
+            results.append({"k": k, "median_s": median, "ratio_to_D": median / delay, "sequential_s": k * delay,
+                            "runs_s": [t for t, _ in runs]})
+            print(f"k={k:2d}: {median:.3f} s = {median / delay:.2f} x D (sequential would be "
+                  f"{k * delay:.1f} s; target <= 1.2 x D)", flush=True)
+    return {"delay_s": delay, "nodes": nodes, "results": results, "target_ratio_to_D": 1.2}
 
 
 if __name__ == "__main__":

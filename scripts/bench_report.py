@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from client.errors import DellmError
+from client.local_cluster import ClusterError
 from node.server import hardware_summary
+
+
+class BenchmarkError(RuntimeError):
+    """Something a benchmark saw go wrong (a failed query, a missing answer): reported instead of a figure."""
 
 
 def machine() -> str:
@@ -22,6 +31,40 @@ def machine() -> str:
 def write_report(out: Path, report: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
+
+
+def command_line(script: str) -> str:
+    """How to run this benchmark again: the script and the arguments it was given."""
+    return " ".join([f"scripts/{script}", *sys.argv[1:]])
+
+
+def run_and_report(out: Path, script: str, measure: Callable[[], dict[str, Any]]) -> int:
+    """Run ``measure`` and write its figures with the machine and the command; exit status 0.
+
+    When the run fails (a query errs, a process does not start), the report says so instead of
+    carrying a figure (``"error": ...``), the reason is printed, and the exit status is 1.
+    """
+    command = command_line(script)
+    try:
+        figures = measure()
+    except (BenchmarkError, DellmError, ClusterError, grpc.RpcError, OSError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        write_report(out, {"machine": machine(), "command": command, "error": reason})
+        print(f"{script}: no figures, the run failed: {reason}", file=sys.stderr)
+        return 1
+    write_report(out, {"machine": machine(), "command": command, **figures})
+    return 0
+
+
+def positive_ints(text: str) -> list[int]:
+    """An argparse type: "1,2,4" as [1, 2, 4]; anything else is refused with a message."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every value must be at least 1, got {text!r}")
+    return values
 
 
 def percentile(values: Sequence[float], p: float) -> float:

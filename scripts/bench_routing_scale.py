@@ -24,6 +24,7 @@ import tracemalloc
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,7 +33,7 @@ from coordinator.config import RouteConfig  # noqa: E402
 from coordinator.pipeline.route import Shortlist, route_chunk  # noqa: E402
 from coordinator.registry import NodeTable, SqliteRegistry  # noqa: E402
 from coordinator.types import Chunk, NodeDescription, NodeRecord, Operation, OpStats  # noqa: E402
-from scripts.bench_report import machine, write_report  # noqa: E402
+from scripts.bench_report import positive_ints, run_and_report  # noqa: E402
 
 CHUNK = Chunk("c1", Operation.MATH_OP, "What is 12 * 7?", 6, 0.55)
 
@@ -80,12 +81,15 @@ def time_call(call: Callable[[], object], repeats: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10,100,1000,10000")
+    parser.add_argument("--sizes", type=positive_ints, default=[10, 100, 1000, 10000],
+                        help="network sizes, comma-separated (default 10,100,1000,10000)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "routing_scale.json")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    if min(sizes) < 1:
-        parser.error("sizes must be positive")
+    sizes = args.sizes
+    return run_and_report(args.out, "bench_routing_scale.py", partial(measure, sizes))
+
+
+def measure(sizes: list[int]) -> dict[str, Any]:
     rng = random.Random(1)
     rows = []
     for n in sizes:
@@ -116,11 +120,7 @@ def main() -> int:
               f" us (thompson); ranking rebuild {row['rebuild_ms']:.2f} ms; scoring every node "
               f"{row['score_all_us_thompson']:.0f} us; SQLite load at start {row['registry_load_ms']:.1f} ms; "
               f"{per_entry:.0f} bytes per entry", flush=True)
-    report = {"machine": machine(),
-              "command": " ".join(["scripts/bench_routing_scale.py", *sys.argv[1:]]), "rows": rows,
-              "target_route_p50_us_at_10000": 100}
-    write_report(args.out, report)
-    return 0
+    return {"rows": rows, "target_route_p50_us_at_10000": 100}
 
 
 if __name__ == "__main__":

@@ -16,14 +16,17 @@ import asyncio
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from client.api import ClientConfig, DellmClient
-from client.demo import DEMO_NODES, QWEN, SEED_QUERY
-from client.local_cluster import LocalCluster, NodeSpec
-from scripts.bench_report import machine, write_report
+from client.api import ClientConfig, DellmClient  # noqa: E402
+from client.demo import DEMO_NODES, QWEN, SEED_QUERY  # noqa: E402
+from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
+from scripts.bench_report import BenchmarkError, run_and_report  # noqa: E402
 
 
 async def one_run(address: str, query: str) -> dict[str, object]:
@@ -40,7 +43,8 @@ async def one_run(address: str, query: str) -> dict[str, object]:
             if kind == "final":
                 final = event.final
     total = time.perf_counter() - started
-    assert final is not None
+    if final is None or not final.answer.strip():
+        raise BenchmarkError("the seed's query ended without an answer")
     return {
         "time_to_first_event_s": first_event,
         "time_to_first_answer_token_s": first_answer_token,
@@ -69,32 +73,25 @@ async def one_node_alone(address: str, query: str) -> dict[str, object]:
             if chunk.text:
                 first = first if first is not None else time.perf_counter() - started
                 parts.append(chunk.text)
+    if first is None:
+        raise BenchmarkError("the node streamed no answer")
     return {"time_to_first_answer_token_s": first, "total_s": time.perf_counter() - started,
             "answer": "".join(parts)}
 
 
-def run_alone(args: argparse.Namespace) -> int:
+def run_alone(args: argparse.Namespace) -> dict[str, Any]:
     with LocalCluster() as cluster:
         cluster.start_coordinator(extra=["--canary-interval", "0"])
         node = cluster.start_node(NodeSpec("alone", QWEN, threads=2))
         cluster.wait_for_nodes(1)
         runs = [asyncio.run(one_node_alone(node.address, args.query)) for _ in range(args.runs)]
-    report = {
-        "machine": machine(),
-        "setup": f"one llama.cpp node ({QWEN}, 2 threads) answering the whole query alone",
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "query": args.query, "runs": runs,
-        "median": {key: statistics.median(float(r[key]) for r in runs)  # type: ignore[arg-type]
-                   for key in ("time_to_first_answer_token_s", "total_s")},
-    }
-    out = args.out.with_name(args.out.stem + "_alone.json")
-    write_report(out, report)
-    m = report["median"]
-    print(f"one node alone, {args.runs} runs, median: first answer token {m['time_to_first_answer_token_s']:.2f} s, "
-          f"total {m['total_s']:.2f} s")
+    median = {key: statistics.median(float(r[key]) for r in runs)  # type: ignore[arg-type]
+              for key in ("time_to_first_answer_token_s", "total_s")}
+    print(f"one node alone, {args.runs} runs, median: first answer token "
+          f"{median['time_to_first_answer_token_s']:.2f} s, total {median['total_s']:.2f} s")
     print(f"last answer: {runs[-1]['answer']!r}")
-    print(f"written to {out}")
-    return 0
+    return {"setup": f"one llama.cpp node ({QWEN}, 2 threads) answering the whole query alone",
+            "query": args.query, "runs": runs, "median": median}
 
 
 def main() -> int:
@@ -102,15 +99,19 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--query", default=SEED_QUERY)
     parser.add_argument("--synth-model", default=QWEN, help="synthesis model or 'none'")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/seed_query.json"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "seed_query.json")
     parser.add_argument("--alone", action="store_true",
                         help="instead: one llama.cpp node answers the whole query alone (the comparison)")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.alone:
-        return run_alone(args)
+        return run_and_report(args.out.with_name(args.out.stem + "_alone.json"), "bench_seed_query.py",
+                              partial(run_alone, args))
+    return run_and_report(args.out, "bench_seed_query.py", partial(run_network, args))
 
+
+def run_network(args: argparse.Namespace) -> dict[str, Any]:
     with LocalCluster() as cluster:
         cluster.start_coordinator(synth_model=args.synth_model, extra=["--synth-threads", "2"])
         for spec in DEMO_NODES:
@@ -126,10 +127,8 @@ def main() -> int:
     shares = {s: statistics.median(r["stages_ms"].get(s, 0.0) for r in runs) / total_ms  # type: ignore[union-attr]
               for s in stages}
     report = {
-        "machine": machine(),
         "setup": "coordinator + 3 llama.cpp nodes (2x qwen2.5-coder-0.5b-instruct, 1x gemma-3-270m; 1 thread each)"
                  f" on loopback, synthesis: {args.synth_model} (2 threads)",
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "query": args.query,
         "runs": runs,
         "median": {
@@ -140,7 +139,6 @@ def main() -> int:
         },
         "target_total_s": 5.0,
     }
-    write_report(args.out, report)
     m = report["median"]
     print(f"seed query, {args.runs} runs, median: first event {m['time_to_first_event_s'] * 1000:.0f} ms, "
           f"first answer token {m['time_to_first_answer_token_s']:.2f} s, total {m['total_s']:.2f} s "
@@ -148,8 +146,7 @@ def main() -> int:
     for stage, share in shares.items():
         print(f"  {stage:<18} {share:6.1%}")
     print(f"last answer: {runs[-1]['answer']!r}")
-    print(f"written to {args.out}")
-    return 0
+    return report
 
 
 if __name__ == "__main__":

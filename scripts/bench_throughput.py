@@ -20,6 +20,7 @@ import multiprocessing
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,13 @@ sys.path.insert(0, str(ROOT))
 from client.api import ClientConfig, DellmClient  # noqa: E402
 from client.errors import DellmError  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
-from scripts.bench_report import ECHO_METHOD, bare_echo_server, machine, percentile, write_report  # noqa: E402
+from scripts.bench_report import (  # noqa: E402
+    ECHO_METHOD,
+    BenchmarkError,
+    bare_echo_server,
+    percentile,
+    run_and_report,
+)
 
 QUERY = "What is {a} + {b}?"
 SCRIPT = 'model = "scripted-instant"\n\n[arithmetic]\naccuracy = 1.0\n\n[default]\nreply = "I do not know."\n'
@@ -119,6 +126,10 @@ def main() -> int:
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("--seconds must be positive and --warmup not negative")
 
+    return run_and_report(args.out, "bench_throughput.py", partial(measure, args))
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     with LocalCluster() as cluster:
         script = cluster.workdir / "instant.toml"
         script.write_text(SCRIPT)
@@ -133,24 +144,19 @@ def main() -> int:
                             args.seconds)
     with bare_echo_server() as bare_address:
         bare = run_clients("bare", bare_address, args.clients, args.client_procs, args.warmup, args.seconds)
-
-    report = {
-        "machine": machine(),
-        "command": " ".join(["scripts/bench_throughput.py", *sys.argv[1:]]),
+    for name, result in (("DELLM queries", dellm), ("bare grpc.aio streams", bare)):
+        p50 = f"{result['p50_ms']:.1f}" if result["p50_ms"] is not None else "-"
+        print(f"{name}: {result['per_second']:.1f}/s, {result['errors']} errors, p50 {p50} ms")
+    for name, result in (("DELLM", dellm), ("bare gRPC", bare)):
+        if result["errors"]:  # a rate with errors in it is not the figure asked for
+            raise BenchmarkError(f"{name}: {result['errors']} of {result['errors'] + result['completed']} calls "
+                                 f"failed, e.g. {result['error_examples'][0]}")
+    return {
         "nodes": args.nodes, "clients": args.clients, "client_procs": args.client_procs, "seconds": args.seconds,
         "dellm": dellm, "bare": bare,
         "share_of_bare_rate": dellm["per_second"] / bare["per_second"] if bare["per_second"] else None,
         "target_per_second": 300,
     }
-    write_report(args.out, report)
-    for name, result in (("DELLM queries", dellm), ("bare grpc.aio streams", bare)):
-        p50 = f"{result['p50_ms']:.1f}" if result["p50_ms"] is not None else "-"
-        print(f"{name}: {result['per_second']:.1f}/s, {result['errors']} errors, p50 {p50} ms")
-    if dellm["errors"] or bare["errors"]:
-        print(f"errors seen, so the rate is not a clean figure: {dellm['error_examples'] or bare['error_examples']}",
-              file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ import asyncio
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -28,7 +30,7 @@ from client.api import DellmClient  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
 from coordinator.config import DispatchConfig  # noqa: E402
 from protos import dellm_pb2, dellm_pb2_grpc  # noqa: E402
-from scripts.bench_report import machine, write_report  # noqa: E402
+from scripts.bench_report import BenchmarkError, run_and_report  # noqa: E402
 
 QUERY = "Tell me about the history of the city of Paris in detail"
 MAX_TOKENS = 160
@@ -45,16 +47,20 @@ async def at_node(address: str) -> float:
                                             system=DispatchConfig().system_prompt)
         async for chunk in dellm_pb2_grpc.NodeServiceStub(channel).Generate(request, timeout=120):
             if chunk.text:
-                stamps.append(time.perf_counter())
+                stamps.extend([time.perf_counter()] * max(1, len(chunk.logprobs)))
     return rate(stamps)
 
 
 async def at_client(address: str) -> float:
-    stamps = []
+    """Tokens per second as the client sees them (a chunk_token event may carry tokens that waited together)."""
+    stamps: list[float] = []
     async with DellmClient(address) as client:
         async for event in client.ask(QUERY):
             if event.WhichOneof("event") == "chunk_token":
-                stamps.append(time.perf_counter())
+                stamps.extend([time.perf_counter()] * max(1, event.chunk_token.tokens))
+            final = event
+    if final.WhichOneof("event") != "final":
+        raise BenchmarkError("the query ended without a final answer")
     return rate(stamps)
 
 
@@ -65,6 +71,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    return run_and_report(args.out, "bench_token_pace.py", partial(measure, args.rounds))
+
+
+def measure(rounds: int) -> dict[str, Any]:
     node_rates, client_rates = [], []
     with LocalCluster() as cluster:
         cluster.start_coordinator(extra=["--canary-interval", "0", "--redundancy-threshold", "2",
@@ -72,21 +82,18 @@ def main() -> int:
         node = cluster.start_node(NodeSpec("pace", "qwen2.5-coder-0.5b-instruct", threads=2))
         cluster.wait_for_nodes(1)
         asyncio.run(at_node(node.address))  # warm up
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             node_rates.append(asyncio.run(at_node(node.address)))
             client_rates.append(asyncio.run(at_client(cluster.coordinator_address)))
-    report = {
-        "machine": machine(),
-        "command": " ".join(["scripts/bench_token_pace.py", *sys.argv[1:]]),
+    figures = {
         "tokens_per_s_at_node": node_rates, "tokens_per_s_at_client": client_rates,
         "median_at_node": statistics.median(node_rates), "median_at_client": statistics.median(client_rates),
     }
-    write_report(args.out, report)
-    print(f"tokens/s straight from the node: median {report['median_at_node']:.1f} "
+    print(f"tokens/s straight from the node: median {figures['median_at_node']:.1f} "
           f"({', '.join(f'{r:.1f}' for r in node_rates)})")
-    print(f"tokens/s at the client, through the coordinator: median {report['median_at_client']:.1f} "
+    print(f"tokens/s at the client, through the coordinator: median {figures['median_at_client']:.1f} "
           f"({', '.join(f'{r:.1f}' for r in client_rates)})")
-    return 0
+    return figures
 
 
 if __name__ == "__main__":

@@ -218,7 +218,7 @@ def merge_tokens(events: list[PipelineEvent | None]) -> list[PipelineEvent | Non
         last = merged[-1] if merged else None
         if isinstance(event, ChunkToken) and isinstance(last, ChunkToken) and (
                 (event.chunk_id, event.node_id) == (last.chunk_id, last.node_id)):
-            merged[-1] = ChunkToken(last.chunk_id, last.node_id, last.text + event.text)
+            merged[-1] = ChunkToken(last.chunk_id, last.node_id, last.text + event.text, last.tokens + event.tokens)
         elif isinstance(event, AnswerToken) and isinstance(last, AnswerToken):
             merged[-1] = AnswerToken(last.text + event.text)
         else:

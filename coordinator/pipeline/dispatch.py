@@ -117,7 +117,7 @@ async def stream_answer(
                     break
                 if piece.text:
                     parts.append(piece.text)
-                    emit(ChunkToken(request.chunk_id, node.node_id, piece.text))
+                    emit(ChunkToken(request.chunk_id, node.node_id, piece.text, len(piece.logprobs) or 1))
                 logprobs.extend(piece.logprobs)
                 if piece.done:
                     finish, reported_confidence = piece.finish_reason, piece.confidence
