@@ -5,7 +5,7 @@ PROTO_OUT = protos/dellm_pb2.py protos/dellm_pb2.pyi protos/dellm_pb2_grpc.py
 MODELS_FOR_TESTS = qwen2.5-coder-0.5b-instruct gemma-3-270m smollm2-135m-instruct
 STAMP = .install.stamp
 
-.PHONY: install demo demo-lan bench-discovery test test-fast protos protos-check models lint bench-seed clean
+.PHONY: install demo demo-lan bench bench-report bench-discovery test test-fast protos protos-check models lint bench-seed clean
 
 # torch comes first, pinned, from the CPU build on disk: otherwise the transformers extra
 # would pull a multi-GB CUDA build.
@@ -45,6 +45,21 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy coordinator node client
+
+# The performance suite (issue 6), then BENCHMARKS.md regenerated from every report in bench-results/.
+# About 15 minutes on 2 cores; each script stops with a message (and records the failure) if a run fails.
+bench: $(STAMP) models
+	$(PYTHON) scripts/bench_overhead.py --rounds 300
+	$(PYTHON) scripts/bench_parallel.py --ks 1,2,4,8,16 --delay 0.2 --rounds 5
+	$(PYTHON) scripts/bench_routing_scale.py --sizes 10,100,1000,10000
+	$(PYTHON) scripts/bench_throughput.py --nodes 20 --clients 64 --seconds 20
+	$(PYTHON) scripts/bench_token_pace.py --rounds 5
+	$(PYTHON) scripts/bench_seed_query.py --runs 5
+	$(PYTHON) scripts/bench_seed_query.py --alone --runs 5
+	$(MAKE) bench-report
+
+bench-report: $(STAMP)
+	$(PYTHON) scripts/bench_markdown.py
 
 bench-seed: $(STAMP)
 	$(PYTHON) scripts/bench_seed_query.py

@@ -102,7 +102,7 @@ def bare_echo_server() -> Iterator[str]:
         assert echo.stdout is not None
         port = echo.stdout.readline().strip()
         if not port.isdigit():
-            raise RuntimeError(f"the bare gRPC echo server did not start (exit code {echo.poll()})")
+            raise BenchmarkError(f"the bare gRPC echo server did not start (exit code {echo.poll()})")
         yield f"127.0.0.1:{port}"
     finally:
         echo.terminate()

@@ -1,0 +1,406 @@
+#!/usr/bin/env python3
+"""Write BENCHMARKS.md (and the plots it shows) from the JSON reports in bench-results/.
+
+Every section comes from one report: the machine and the command that produced it, its figures
+with their targets (met or not), a plot where a curve says more than a number, and the hand-written
+notes in bench-results/notes/<section>.md (what limits the figure, what a run showed). A report
+that holds an error is shown as that error, never as a figure. `make bench` re-runs the
+performance suite and then this; `make bench-report` only this.
+
+    python scripts/bench_markdown.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench-results"
+
+Report = dict[str, Any]
+
+
+@dataclass
+class Figure:
+    """One line of the summary: a measured figure beside its target."""
+
+    name: str
+    measured: str
+    target: str = ""
+    met: bool | None = None  # None: no target
+
+
+@dataclass
+class Section:
+    title: str
+    key: str  # bench-results/notes/<key>.md holds its notes
+    lines: list[str] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    machines: set[str] = field(default_factory=set)
+
+
+def load(name: str) -> Report | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def met(value: bool) -> str:
+    return "met" if value else "**not met**"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def describe_machine(machine: str | dict[str, Any]) -> str:
+    if isinstance(machine, str):
+        return machine
+    return f"{machine['cpu_count']} cores, {machine['machine']}, Python {machine['python']}"
+
+
+def provenance(section: Section, report: Report) -> bool:
+    """The command and machine lines; False (and the error shown) when the run failed."""
+    section.machines.add(describe_machine(report["machine"]))
+    section.lines += [f"`python {report['command']}` on {describe_machine(report['machine'])}."]
+    if "error" in report:
+        section.lines += ["", f"**The last run failed, so there is no figure:** {report['error']}"]
+        section.figures.append(Figure(section.title, "run failed", "", False))
+        return False
+    return True
+
+
+def plot(name: str, draw: Callable[[plt.Axes], None], *, size: tuple[float, float] = (6.4, 3.6)) -> str:
+    figure, axes = plt.subplots(figsize=size)
+    draw(axes)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(RESULTS / name, dpi=110)
+    plt.close(figure)
+    return f"![{name}](bench-results/{name})"
+
+
+# --- issue 6: performance and scale -------------------------------------------------------------
+
+
+def overhead(section: Section, report: Report) -> None:
+    if not provenance(section, report):
+        return
+    rows = [[label, f"{report[f'{key}_ms']['p50']:.2f}", f"{report[f'{key}_ms']['p99']:.2f}"]
+            for key, label in (("bare", "bare grpc.aio server stream, two processes (the floor)"),
+                               ("direct", "the query's 4 node streams opened straight from the client"),
+                               ("dellm", "DELLM: two-chunk query, redundancy 2, through the coordinator"))
+            if f"{key}_ms" in report]
+    ratio = report["ratio_p50"]
+    section.lines += ["", *table(["path", "p50 ms", "p99 ms"], rows), "",
+                      f"DELLM p50 / bare p50 = **{ratio:.1f}x** (target at most 3x: {met(ratio <= 3)})."]
+    section.figures.append(Figure("overhead: DELLM p50 / bare gRPC stream p50", f"{ratio:.1f}x", "<= 3x",
+                                  ratio <= 3))
+    if "ratio_p50_to_direct_fanout" in report:
+        section.lines[-1] += (f" Against its own fan-out done by the client, the coordinator costs "
+                              f"{report['ratio_p50_to_direct_fanout']:.1f}x.")
+    samples = report.get("samples_ms")
+    if samples:
+        def draw(axes: plt.Axes) -> None:
+            for key, label in (("bare", "bare stream"), ("direct", "4 node streams, direct"), ("dellm", "DELLM")):
+                values = sorted(samples[key])
+                axes.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=label)
+            axes.set_xscale("log")
+            axes.set(xlabel="round trip (ms, log)", ylabel="fraction of calls", title="Overhead: latency CDF")
+            axes.legend()
+        section.lines += ["", plot("overhead.png", draw)]
+
+
+def parallel(section: Section, report: Report) -> None:
+    if not provenance(section, report):
+        return
+    delay = report["delay_s"]
+    results = report["results"]
+    rows = [[str(r["k"]), f"{r['median_s']:.3f}", f"{r['ratio_to_D']:.2f}", f"{r['sequential_s']:.1f}"]
+            for r in results]
+    worst = max(r["ratio_to_D"] for r in results)
+    section.lines += ["", *table(["k chunks on k nodes", "end to end (s, median)", "x D", "sequential k x D (s)"],
+                                 rows), "", f"D = {delay} s. Worst k: {worst:.2f} x D (target at most 1.2 x D for "
+                                            f"every k: {met(worst <= 1.2)})."]
+    section.figures.append(Figure(f"parallel speedup: worst k of {[r['k'] for r in results]}", f"{worst:.2f} x D",
+                                  "<= 1.2 x D", worst <= 1.2))
+
+    def draw(axes: plt.Axes) -> None:
+        ks = [r["k"] for r in results]
+        axes.plot(ks, [r["median_s"] for r in results], "o-", label="DELLM, measured")
+        axes.plot(ks, [delay] * len(ks), "--", label="ideal: D")
+        axes.plot(ks, [k * delay for k in ks], ":", label="sequential: k x D")
+        axes.set(xscale="log", yscale="log", xlabel="k independent chunks (log)", ylabel="seconds (log)",
+                 title=f"Parallel speedup, D = {delay} s")
+        axes.set_xticks(ks, [str(k) for k in ks])
+        axes.legend()
+    section.lines += ["", plot("parallel.png", draw)]
+
+
+def routing(section: Section, report: Report) -> None:
+    if not provenance(section, report):
+        return
+    rows = report["rows"]
+    if "rebuild_ms" not in rows[0]:
+        section.lines += ["", "(a report from before the shortlist; re-run the command)"]
+        return
+    section.lines += ["", *table(
+        ["nodes", "decision p50 us (none / ucb / thompson)", "p99 us (thompson)", "scoring every node us",
+         "ranking rebuild ms", "SQLite load at start ms", "bytes per node entry"],
+        [[f"{r['nodes']:,}", f"{r['route_p50_us_none']:.0f} / {r['route_p50_us_ucb']:.0f} / "
+                             f"{r['route_p50_us_thompson']:.0f}", f"{r['route_p99_us_thompson']:.0f}",
+          f"{r['score_all_us_thompson']:,.0f}", f"{r['rebuild_ms']:.2f}", f"{r['registry_load_ms']:.1f}",
+          f"{r['bytes_per_entry']:.0f}"] for r in rows])]
+    largest = rows[-1]
+    p50 = max(largest[f"route_p50_us_{mode}"] for mode in ("none", "ucb", "thompson"))
+    section.figures.append(Figure(f"routing decision p50 at {largest['nodes']:,} nodes (slowest mode)",
+                                  f"{p50:.0f} us", "< 100 us", p50 < 100))
+    section.figures.append(Figure(f"memory per node entry at {largest['nodes']:,} nodes",
+                                  f"{largest['bytes_per_entry']:.0f} B"))
+
+    def draw(axes: plt.Axes) -> None:
+        sizes = [r["nodes"] for r in rows]
+        for mode in ("none", "ucb", "thompson"):
+            axes.plot(sizes, [r[f"route_p50_us_{mode}"] for r in rows], "o-", label=f"decision, {mode}")
+        axes.plot(sizes, [r["score_all_us_thompson"] for r in rows], "s:", label="scoring every node (thompson)")
+        axes.axhline(100, color="grey", linestyle="--", label="target: 100 us")
+        axes.set(xscale="log", yscale="log", xlabel="registered nodes (log)", ylabel="microseconds (log)",
+                 title="One routing decision")
+        axes.legend(fontsize=8)
+    section.lines += ["", plot("routing_scale.png", draw)]
+
+
+def throughput(section: Section, report: Report) -> None:
+    if not provenance(section, report):
+        return
+    dellm, bare = report["dellm"], report["bare"]
+    rate = dellm["per_second"]
+    section.lines += ["", *table(
+        ["", "per second", "errors", "p50 ms", "p99 ms"],
+        [[name, f"{r['per_second']:.0f}", str(r["errors"]), f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}"]
+         for name, r in (("DELLM queries (one math chunk, checked exactly)", dellm),
+                         ("bare grpc.aio streams (4 messages each)", bare))]),
+        "", f"{report['clients']} concurrent clients in {report['client_procs']} processes, {report['nodes']} "
+            f"scripted nodes in their own processes, {report['seconds']:.0f} s measured. DELLM sustains "
+            f"{rate:.0f} queries/s with {dellm['errors']} errors, {report['share_of_bare_rate']:.0%} of the bare "
+            f"stream rate (target at least 300/s with zero errors: {met(rate >= 300 and not dellm['errors'])})."]
+    section.figures.append(Figure(f"throughput, {report['clients']} clients, {report['nodes']} nodes",
+                                  f"{rate:.0f} queries/s, {dellm['errors']} errors (bare gRPC: "
+                                  f"{bare['per_second']:.0f}/s)", ">= 300/s, 0 errors",
+                                  rate >= 300 and not dellm["errors"]))
+
+
+def token_pace(section: Section, report: Report) -> None:
+    if not provenance(section, report):
+        return
+    node, client = report["median_at_node"], report["median_at_client"]
+    kept = client / node
+    section.lines += ["", *table(["round", "tokens/s at the node", "tokens/s at the client"],
+                                 [[str(i + 1), f"{a:.1f}", f"{b:.1f}"] for i, (a, b) in enumerate(
+                                     zip(report["tokens_per_s_at_node"], report["tokens_per_s_at_client"],
+                                         strict=True))]),
+                      "", f"Medians: {node:.1f} at the node, {client:.1f} at the client ({kept:.0%}; target: the "
+                          f"coordinator does not slow the node, taken as at least 95 %: {met(kept >= 0.95)})."]
+    section.figures.append(Figure("token pace: client / node tokens per second", f"{client:.1f} / {node:.1f}",
+                                  ">= 95 %", kept >= 0.95))
+
+
+def seed_query(section: Section, network: Report | None, alone: Report | None, template: Report | None) -> None:
+    rows = []
+    for label, report in (("DELLM: 3 llama.cpp nodes + model synthesis", network),
+                          ("DELLM: the same, template synthesis", template),
+                          ("one llama.cpp node answering the whole query alone", alone)):
+        if report is None or not provenance(section, report):
+            continue
+        median = report["median"]
+        rows.append([label, f"{median['time_to_first_answer_token_s']:.2f}", f"{median['total_s']:.2f}",
+                     " ".join(str(report["runs"][-1]["answer"]).split())[:160]])
+    if rows:
+        section.lines += ["", *table(["run (median of the runs)", "first answer token s", "total s",
+                                      "answer (last run, first 160 characters)"], rows)]
+    if network is not None and "error" not in network:
+        total = network["median"]["total_s"]
+        section.figures.append(Figure("seed query on 3 real nodes, total", f"{total:.2f} s", "< 5 s", total < 5))
+    if alone is not None and "error" not in alone:
+        section.figures.append(Figure("seed query, one node alone, total", f"{alone['median']['total_s']:.2f} s"))
+
+
+# --- earlier issues' benchmarks: shown from their reports, re-run with their own commands ---------
+
+
+def discovery(section: Section, report: Report) -> None:
+    if not provenance(section, report):
+        return
+    median, targets = report["median"], report["targets"]
+    checks = [("process start to routable, scripted node", median["start_to_routable_scripted_s"],
+               targets["start_to_routable_s"]),
+              ("process start to routable, llama.cpp node", median["start_to_routable_llama_cpp_s"],
+               targets["start_to_routable_s"]),
+              ("SIGKILL to routed around", median["sigkill_to_routed_around_s"], targets["sigkill_to_routed_around_s"])]
+    section.lines += ["", *table(["figure (median)", "seconds", "target"],
+                                 [[name, f"{value:.2f}", f"< {target:.0f} s ({met(value < target)})"]
+                                  for name, value, target in checks]), "", f"Health: {report['health']}."]
+    section.figures += [Figure(f"discovery: {name}", f"{value:.2f} s", f"< {target:.0f} s", value < target)
+                        for name, value, target in checks]
+
+
+def fitness(section: Section, reports: list[tuple[str, Report]]) -> None:
+    rows = []
+    for name, report in reports:
+        if not provenance(section, report):
+            continue
+        weights = report.get("weights") or {"latency": 0.7, "fitness": 0.3}
+        rows.append([f"{report['network']} ({name})", f"{weights['latency']} / {weights['fitness']}",
+                     str(report["queries"]), f"{report['accuracy_first_100']:.2f}",
+                     f"{report['accuracy_last_100']:.2f}", f"{report['relative_gain']:+.0%}",
+                     ", ".join(f"{n} {c}" for n, c in sorted(report["routing_share"]["last_100"].items(),
+                                                            key=lambda item: -item[1])[:3]),
+                     f"![](bench-results/{name}.png)" if (RESULTS / f"{name}.png").is_file() else ""])
+        section.figures.append(Figure(f"fitness growth, {name}", f"{report['relative_gain']:+.0%}", ">= +20 %",
+                                      report["relative_gain"] >= 0.2))
+    section.lines += ["", *table(["network", "weights latency / fitness", "queries", "accuracy first 100",
+                                  "last 100", "relative gain", "where the last 100 went", "plot"], rows)]
+    scripted = [r for n, r in reports if n.startswith("fitness_scripted") and "error" not in r]
+    if scripted:
+        first = statistics.mean(r["accuracy_first_100"] for r in scripted)
+        last = statistics.mean(r["accuracy_last_100"] for r in scripted)
+        section.lines += ["", f"Mean over the {len(scripted)} test-double seeds: first 100 {first:.2f}, "
+                              f"last 100 {last:.2f}, {last / first - 1:+.0%} relative."]
+
+
+def gsm8k(section: Section, report: Report) -> None:
+    section.machines.add(describe_machine(report["machine"]))
+    section.lines += [f"`{report['command']}` on {describe_machine(report['machine'])} (results, every answer: "
+                      "`bench-results/gsm8k/results.json`; `summary.md`)."]
+    labels = {"single": "(a) one node alone", "network": "(b) DELLM, redundancy + vote",
+              "train": "(learning pass, labelled problems)", "learned": "(c) DELLM after learning"}
+    rows = []
+    for key, label in labels.items():
+        s = report["summary"].get(key)
+        if s is None:
+            continue
+        consensus = "n/a" if s["consensus_rate"] is None else f"{s['consensus_rate']:.0%}"
+        rows.append([label, "; ".join(n.split(" (")[0].removeprefix("bench-") for n in s["nodes"]),
+                     f"{s['correct']}/{s['questions']} ({s['accuracy']:.1%})", consensus,
+                     f"{s['latency_p50_s']:.1f} / {s['latency_p95_s']:.1f}"])
+    section.lines += ["", *table(["run", "nodes", "accuracy", "unanimous consensus", "latency p50 / p95 s"], rows)]
+    if (RESULTS / "gsm8k" / "accuracy.png").is_file():
+        section.lines += ["", "![accuracy](bench-results/gsm8k/accuracy.png)"]
+    network = report["summary"].get("network")
+    if network:
+        section.figures += [
+            Figure("GSM8K accuracy, DELLM network", f"{network['accuracy']:.1%}", "> 85 % (seed)",
+                   network["accuracy"] > 0.85),
+            Figure("GSM8K unanimous consensus", f"{network['consensus_rate']:.0%}", "> 70 % (seed)",
+                   network["consensus_rate"] > 0.7),
+        ]
+
+
+def chaos(section: Section, reports: list[tuple[str, Report]]) -> None:
+    rows = []
+    for name, report in reports:
+        if not provenance(section, report):
+            continue
+        counts = report["counts"]
+        latency = report["latency_s"]
+        rows.append([f"{report['scenario']} ({name})", f"{report['clients']} / {report['nodes']}",
+                     str(counts["answered"]), str(counts["failed"]), str(counts["lost"]),
+                     f"{report['qps_answered']:.1f}", f"{latency['p50']:.2f} / {latency['p99']:.2f}",
+                     str(len(report["faults"]))])
+        section.figures.append(Figure(f"chaos {report['scenario']} ({name}): queries lost", str(counts["lost"]),
+                                      "0", counts["lost"] == 0))
+    section.lines += ["", *table(["scenario", "clients / nodes", "answered", "failed with a status", "lost",
+                                  "answered/s", "p50 / p99 s", "faults injected"], rows)]
+
+
+# --- the document -----------------------------------------------------------------------------
+
+
+def sections() -> list[Section]:
+    built: list[Section] = []
+
+    def add(title: str, key: str, render: Callable[[Section], None]) -> None:
+        section = Section(title, key)
+        render(section)
+        if section.lines:
+            built.append(section)
+
+    def one(name: str, renderer: Callable[[Section, Report], None]) -> Callable[[Section], None]:
+        def render(section: Section) -> None:
+            report = load(name)
+            if report is not None:
+                renderer(section, report)
+        return render
+
+    def many(names: list[str], renderer: Callable[[Section, list[tuple[str, Report]]], None]
+             ) -> Callable[[Section], None]:
+        def render(section: Section) -> None:
+            reports = [(Path(n).stem, r) for n in names if (r := load(n)) is not None]
+            if reports:
+                renderer(section, reports)
+        return render
+
+    add("Overhead against bare gRPC (issue 6)", "overhead", one("overhead.json", overhead))
+    add("Parallel speedup (issue 6)", "parallel", one("parallel.json", parallel))
+    add("Routing at scale (issue 6)", "routing_scale", one("routing_scale.json", routing))
+    add("Throughput (issue 6)", "throughput", one("throughput.json", throughput))
+    add("Token streaming pace (issue 6)", "token_pace", one("token_pace.json", token_pace))
+    add("Real models: the seed's query (issues 2 and 6)", "seed_query",
+        lambda s: seed_query(s, load("seed_query.json"), load("seed_query_alone.json"),
+                             load("seed_query_template.json")))
+    add("Discovery and membership over real mDNS (issue 3)", "discovery", one("discovery.json", discovery))
+    add("Routing that learns (issue 4)", "fitness", many(
+        ["fitness_scripted_seed1.json", "fitness_scripted_seed2.json", "fitness_scripted_seed3.json",
+         "fitness_real.json", "fitness_real_w37.json"], fitness))
+    add("GSM8K: one node against the network (issue 4)", "gsm8k", one("gsm8k/results.json", gsm8k))
+    add("Faults and load (issue 5)", "chaos", many(
+        ["chaos_calm.json", "chaos_kill.json", "chaos_all.json", "load_64_clients.json"], chaos))
+    return built
+
+
+def render(built: list[Section]) -> str:
+    machines = sorted({m for s in built for m in s.machines})
+    out = ["# Benchmarks", "",
+           "Generated by `python scripts/bench_markdown.py` from the JSON reports in `bench-results/`; do not edit",
+           "it by hand (the notes under each section live in `bench-results/notes/`). `make bench` re-runs the",
+           "performance suite (issue 6) and regenerates this file; the other sections are re-run with the",
+           "command shown in each. Everything shares one machine: coordinator, nodes, models and clients on",
+           "the same cores, over loopback.", "",
+           "Machines: " + "; ".join(machines) + ".", "", "## Every figure beside its target", "",
+           *table(["figure", "measured", "target", ""],
+                  [[f.name, f.measured, f.target, "" if f.met is None else met(f.met)]
+                   for s in built for f in s.figures]), ""]
+    for section in built:
+        out += [f"## {section.title}", "", *section.lines, ""]
+        notes = RESULTS / "notes" / f"{section.key}.md"
+        if notes.is_file():
+            out += [notes.read_text().strip(), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args()
+    built = sections()
+    if not built:
+        print(f"no reports in {RESULTS}: run `make bench` first", file=sys.stderr)
+        return 1
+    args.out.write_text(render(built))
+    print(f"wrote {args.out} ({len(built)} sections, {sum(len(s.figures) for s in built)} figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
