@@ -9,6 +9,7 @@ takes few-shot examples for its prompts (:meth:`FeedbackStore.verified_examples`
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import sqlite3
@@ -25,6 +26,12 @@ EVIDENCE_SOURCES: tuple[str, ...] = ("exact_check", "label", "user")
 
 #: How many of the latest verified entries few-shot lookups rank (keeps each lookup cheap).
 MAX_EXAMPLE_CANDIDATES = 2000
+
+#: Rebuilding the few-shot index after new feedback takes at most this share of the node's time: a
+#: build that took 10 ms is not repeated within 0.2 s (until then the last index answers). A busy
+#: node gets feedback several times a second, and rebuilding 2,000 candidates each time starved it.
+INDEX_BUILD_SHARE = 0.05
+CHEAP_INDEX_BUILD_S = 0.002  # builds quicker than this are redone on every change: new feedback counts at once
 
 _WORD = re.compile(r"[^\W_]+")
 
@@ -91,6 +98,8 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()  # builds the few-shot index once per change, not once per caller
         self._index: tuple[int, list[tuple[str, str]], list[str], TfidfIndex] | None = None
+        self._index_built_at = 0.0  # time.monotonic() of the last build
+        self._index_cost_s = 0.0  # how long it took
         self._db = sqlite3.connect(str(path), check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
@@ -147,7 +156,9 @@ class FeedbackStore:
         pairs, normalized, index = self._example_index()
         asked = _normalized(prompt)
         scores = index.similarities(prompt)
-        ranked = sorted(range(len(pairs)), key=lambda i: -scores[i])  # stable: newer first among ties
+        # the best k, plus as many as there are candidates that are the question itself; newer first among ties
+        wanted = k + sum(1 for n in normalized if n == asked)
+        ranked = heapq.nlargest(wanted, range(len(pairs)), key=lambda i: (scores[i], -i))
         found: list[FewShotExample] = []
         for i in ranked:
             if len(found) >= k or scores[i] <= 0.0:
@@ -161,10 +172,17 @@ class FeedbackStore:
         with self._lock:
             latest = int(self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM feedback").fetchone()[0])
         with self._index_lock:
-            if self._index is None or self._index[0] != latest:
+            stale = self._index is None or self._index[0] != latest
+            due = (self._index is None or self._index_cost_s < CHEAP_INDEX_BUILD_S
+                   or time.monotonic() - self._index_built_at >= self._index_cost_s / INDEX_BUILD_SHARE)
+            if stale and due:
+                started = time.monotonic()
                 pairs = _verified_pairs(self._verified_rows(MAX_EXAMPLE_CANDIDATES))
                 index = TfidfIndex([prompt for prompt, _ in pairs])
                 self._index = (latest, pairs, [_normalized(prompt) for prompt, _ in pairs], index)
+                self._index_built_at = time.monotonic()
+                self._index_cost_s = self._index_built_at - started
+            assert self._index is not None
             _, pairs, normalized, index = self._index
         return pairs, normalized, index
 

@@ -50,6 +50,7 @@ async def _drive(target: str, address: str, clients: int, warmup_s: float, secon
     started = time.perf_counter()
     window = (started + warmup_s, started + warmup_s + seconds)
     latencies: list[float] = []
+    finished: list[float] = []  # seconds into the window at which each call ended well
     errors: list[str] = []
 
     async def dellm_loop(index: int) -> None:
@@ -66,7 +67,11 @@ async def _drive(target: str, address: str, clients: int, warmup_s: float, secon
                     error = str(exc)
                 ended = time.perf_counter()
                 if window[0] <= begun and ended <= window[1]:
-                    (errors.append(error) if error else latencies.append((ended - begun) * 1000))
+                    if error:
+                        errors.append(error)
+                    else:
+                        latencies.append((ended - begun) * 1000)
+                        finished.append(ended - window[0])
 
     async def bare_loop(index: int) -> None:
         async with grpc.aio.insecure_channel(address) as channel:
@@ -80,11 +85,15 @@ async def _drive(target: str, address: str, clients: int, warmup_s: float, secon
                     error = f"{exc.code().name}: {exc.details()}"
                 ended = time.perf_counter()
                 if window[0] <= begun and ended <= window[1]:
-                    (errors.append(error) if error else latencies.append((ended - begun) * 1000))
+                    if error:
+                        errors.append(error)
+                    else:
+                        latencies.append((ended - begun) * 1000)
+                        finished.append(ended - window[0])
 
     loop = dellm_loop if target == "dellm" else bare_loop
     await asyncio.gather(*(loop(i) for i in range(clients)))
-    return {"latencies": latencies, "errors": errors}
+    return {"latencies": latencies, "finished": finished, "errors": errors}
 
 
 def _worker(args: tuple[str, str, int, float, float, int]) -> dict[str, Any]:
@@ -99,6 +108,9 @@ def run_clients(target: str, address: str, clients: int, procs: int, warmup_s: f
     with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
         parts = pool.map(_worker, jobs)
     latencies = [x for part in parts for x in part["latencies"]]
+    per_second = [0] * max(1, int(seconds))
+    for at in (x for part in parts for x in part["finished"]):
+        per_second[min(len(per_second) - 1, int(at))] += 1
     errors = [x for part in parts for x in part["errors"]]
     return {
         "per_second": len(latencies) / seconds,
@@ -107,6 +119,7 @@ def run_clients(target: str, address: str, clients: int, procs: int, warmup_s: f
         "error_examples": sorted(set(errors))[:5],
         "p50_ms": statistics.median(latencies) if latencies else None,
         "p99_ms": percentile(latencies, 0.99) if latencies else None,
+        "per_second_series": per_second,  # completions in each second of the window
     }
 
 

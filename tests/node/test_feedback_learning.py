@@ -8,10 +8,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
 
+from node import state
 from node.backends.base import BackendDescription, GenerationRequest, TokenPiece
 from node.backends.prompting import chat_messages, plain_prompt
 from node.config import NodeConfig
@@ -123,6 +125,22 @@ def test_new_feedback_is_seen_by_the_next_lookup(store: FeedbackStore) -> None:
     assert [e.answer for e in store.verified_examples("Name a river in Spain.", 2)] == ["The Seine."]
     assert [e.answer for e in store.verified_examples("Name a river in Spain.", 2)] == ["The Seine."]
     store.add(_entry("Name a river in Spain, please.", answer="The Ebro.", at=2000.0))
+    assert [e.answer for e in store.verified_examples("Name a river in Spain.", 2)] == ["The Ebro.", "The Seine."]
+
+
+def test_an_expensive_index_is_rebuilt_at_most_at_its_share_of_the_time(
+    store: FeedbackStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(state, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
+    store.add(_entry("Name a river in France.", answer="The Seine.", at=1000.0))
+    store.verified_examples("Name a river in Spain.", 2)
+    store._index_cost_s = 0.5  # as if that build had taken half a second: the next waits 10 s
+    store.add(_entry("Name a river in Spain, please.", answer="The Ebro.", at=2000.0))
+
+    clock[0] += 5.0
+    assert [e.answer for e in store.verified_examples("Name a river in Spain.", 2)] == ["The Seine."]
+    clock[0] += 5.0
     assert [e.answer for e in store.verified_examples("Name a river in Spain.", 2)] == ["The Ebro.", "The Seine."]
 
 
