@@ -199,6 +199,42 @@ def throughput(section: Section, report: Report) -> None:
                                   f"{rate:.0f} queries/s, {dellm['errors']} errors (bare gRPC: "
                                   f"{bare['per_second']:.0f}/s)", ">= 300/s, 0 errors",
                                   rate >= 300 and not dellm["errors"]))
+    series = dellm.get("per_second_series")
+    if series:
+        def draw(axes: plt.Axes) -> None:
+            axes.plot(range(1, len(series) + 1), series, "o-", markersize=3, label="DELLM answered queries")
+            axes.axhline(300, color="grey", linestyle="--", label="target: 300/s")
+            axes.set(xlabel="second of the measured window", ylabel="queries/s", ylim=(0, None),
+                     title=f"Throughput over time, {report['clients']} clients")
+            axes.legend()
+        section.lines += ["", plot("throughput.png", draw)]
+
+
+def commits(section: Section, report: Report) -> None:
+    """The same two benchmarks at each commit of the hot-path work: what each change bought."""
+    if not provenance(section, report):
+        return
+    rows = []
+    for row in report["rows"]:
+        overhead, throughput = row["bench_overhead"], row["bench_throughput"]
+        if "error" in overhead or "error" in throughput:
+            rows.append([f"`{row['commit']}`", row["subject"], "run failed", "", ""])
+            continue
+        rows.append([f"`{row['commit']}`", row["subject"].split(":")[0][:110],
+                     f"{overhead['dellm_ms']['p50']:.2f} ms ({overhead['ratio_p50']:.1f}x bare)",
+                     f"{throughput['dellm']['per_second']:.0f}/s ({throughput['dellm']['errors']} errors)",
+                     f"{throughput['bare']['per_second']:.0f}/s"])
+    section.lines += ["", *table(["commit", "change", "overhead: DELLM p50", "throughput", "bare gRPC rate, same run"],
+                                 rows)]
+
+    def draw(axes: plt.Axes) -> None:
+        good = [r for r in report["rows"] if "error" not in r["bench_throughput"]]
+        axes.bar(range(len(good)), [r["bench_throughput"]["dellm"]["per_second"] for r in good])
+        axes.axhline(300, color="grey", linestyle="--", label="target: 300/s")
+        axes.set_xticks(range(len(good)), [r["commit"] for r in good], rotation=30, fontsize=8)
+        axes.set(ylabel="queries/s", title="Throughput at each commit (64 clients, 20 instant nodes)")
+        axes.legend()
+    section.lines += ["", plot("commits.png", draw)]
 
 
 def token_pace(section: Section, report: Report) -> None:
@@ -355,6 +391,7 @@ def sections() -> list[Section]:
     add("Parallel speedup (issue 6)", "parallel", one("parallel.json", parallel))
     add("Routing at scale (issue 6)", "routing_scale", one("routing_scale.json", routing))
     add("Throughput (issue 6)", "throughput", one("throughput.json", throughput))
+    add("Hot path: what each change bought (issue 6)", "commits", one("commits.json", commits))
     add("Token streaming pace (issue 6)", "token_pace", one("token_pace.json", token_pace))
     add("Real models: the seed's query (issues 2 and 6)", "seed_query",
         lambda s: seed_query(s, load("seed_query.json"), load("seed_query_alone.json"),
