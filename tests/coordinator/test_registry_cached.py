@@ -130,3 +130,23 @@ def test_node_table_indexes_live_nodes_only() -> None:
     assert table.version > version
     assert {n.node_id for _ in range(50) for n in table.sample(random.Random(), 2)} == {"n1", "n3", "n4"}
     assert len(table.sample(random.Random(), 10)) == 3
+
+
+def test_a_saved_query_is_written_at_once_not_at_the_next_interval(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    registry = _open(path, interval=60.0)
+    try:
+        registry.upsert_node(INFO, now=1.0)
+        registry.apply_reward("node-a", 0.05, True, lambda f: 0.6)
+        registry.save_query(QueryRecord("q1", "What is 2 + 2?", "4", 5.0, {"chunks": []}))
+        deadline = time.monotonic() + 5
+        while not _on_disk(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [n.fitness for n in _on_disk(path)] == [0.6]  # the reward queued before it came too
+        reader = SqliteRegistry(path)
+        try:
+            assert reader.get_query("q1").answer == "4"
+        finally:
+            reader.close()
+    finally:
+        registry.close()
