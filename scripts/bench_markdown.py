@@ -110,6 +110,15 @@ def overhead(section: Section, report: Report) -> None:
     if "ratio_p50_to_direct_fanout" in report:
         section.lines[-1] += (f" Against its own fan-out done by the client, the coordinator costs "
                               f"{report['ratio_p50_to_direct_fanout']:.1f}x.")
+    cpu = report.get("cpu_ms_per_query")
+    if cpu:
+        nodes = sum(ms for name, ms in cpu.items() if name not in ("coordinator", "client"))
+        total = sum(cpu.values())
+        asked = len(report["samples_ms"]["dellm"])
+        section.lines += ["", f"CPU per query (the same query asked {asked} times in a row): "
+                              f"coordinator {cpu['coordinator']:.2f} ms, the four nodes {nodes:.2f} ms, the client "
+                              f"{cpu['client']:.2f} ms; {total:.1f} ms in all on 2 cores, so no schedule could answer "
+                              f"in under {total / 2:.1f} ms here."]
     samples = report.get("samples_ms")
     if samples:
         def draw(axes: plt.Axes) -> None:

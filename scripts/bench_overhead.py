@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -45,6 +46,24 @@ from scripts.bench_report import (  # noqa: E402
 
 QUERY = "Find cheap laptops and find cheap phones"
 NODE_PROMPTS = ("Find cheap laptops", "Find cheap laptops", "find cheap phones", "find cheap phones")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_per_query(rounds: int, address: str, pids: dict[str, int]) -> dict[str, float]:
+    """CPU milliseconds each process spends per query, over ``rounds`` queries asked one after another."""
+    async with DellmClient(address) as client:
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        client_before = time.process_time()
+        for _ in range(rounds):
+            [e async for e in client.ask(QUERY)]
+        used = {name: (cpu_seconds(pid) - before[name]) * 1000 / rounds for name, pid in pids.items()}
+        used["client"] = (time.process_time() - client_before) * 1000 / rounds
+    return used
 
 
 async def measure(rounds: int, bare_address: str, dellm_address: str, node_addresses: list[str]
@@ -97,6 +116,8 @@ def measure_all(rounds: int) -> dict[str, Any]:
                  for i in range(4)]
         cluster.wait_for_nodes(4)
         times = asyncio.run(measure(rounds, bare_address, cluster.coordinator_address, nodes))
+        pids = {p.name: p.process.pid for p in cluster.processes}
+        cpu = asyncio.run(cpu_per_query(rounds, cluster.coordinator_address, pids)) if Path("/proc").is_dir() else {}
     summary = {f"{name}_ms": {"p50": statistics.median(values), "p99": percentile(values, 0.99)}
                for name, values in times.items()}
     figures = {
@@ -104,12 +125,15 @@ def measure_all(rounds: int) -> dict[str, Any]:
         "ratio_p50": summary["dellm_ms"]["p50"] / summary["bare_ms"]["p50"],
         "ratio_p50_to_direct_fanout": summary["dellm_ms"]["p50"] / summary["direct_ms"]["p50"],
         "target_ratio_p50": 3.0,
+        "cpu_ms_per_query": cpu,  # per process, queries asked one after another
         "samples_ms": times,
     }
     labels = {"bare": "bare grpc.aio stream", "direct": "4 node streams from the client",
               "dellm": "DELLM 2 chunks x 2 nodes"}
     for name, label in labels.items():
         print(f"{label}: p50 {summary[f'{name}_ms']['p50']:.2f} ms, p99 {summary[f'{name}_ms']['p99']:.2f} ms")
+    if cpu:
+        print("CPU per query: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu.items()))
     print(f"ratio of p50 to bare: {figures['ratio_p50']:.1f}x (target at most 3x); "
           f"to the direct fan-out: {figures['ratio_p50_to_direct_fanout']:.1f}x")
     return figures
