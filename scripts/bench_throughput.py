@@ -53,6 +53,15 @@ async def _drive(target: str, address: str, clients: int, warmup_s: float, secon
     finished: list[float] = []  # seconds into the window at which each call ended well
     errors: list[str] = []
 
+    def record(begun: float, ended: float, error: str | None) -> None:
+        """Count a call that began and ended inside the window."""
+        if window[0] <= begun and ended <= window[1]:
+            if error:
+                errors.append(error)
+            else:
+                latencies.append((ended - begun) * 1000)
+                finished.append(ended - window[0])
+
     async def dellm_loop(index: int) -> None:
         async with DellmClient(address, ClientConfig(ask_timeout_s=30.0)) as client:
             n = 0
@@ -65,13 +74,7 @@ async def _drive(target: str, address: str, clients: int, warmup_s: float, secon
                     error = None if final is not None and final.answer.strip() else "no final answer"
                 except DellmError as exc:
                     error = str(exc)
-                ended = time.perf_counter()
-                if window[0] <= begun and ended <= window[1]:
-                    if error:
-                        errors.append(error)
-                    else:
-                        latencies.append((ended - begun) * 1000)
-                        finished.append(ended - window[0])
+                record(begun, time.perf_counter(), error)
 
     async def bare_loop(index: int) -> None:
         async with grpc.aio.insecure_channel(address) as channel:
@@ -83,13 +86,7 @@ async def _drive(target: str, address: str, clients: int, warmup_s: float, secon
                     error = None if len(replies) == 4 else f"{len(replies)} replies"
                 except grpc.aio.AioRpcError as exc:
                     error = f"{exc.code().name}: {exc.details()}"
-                ended = time.perf_counter()
-                if window[0] <= begun and ended <= window[1]:
-                    if error:
-                        errors.append(error)
-                    else:
-                        latencies.append((ended - begun) * 1000)
-                        finished.append(ended - window[0])
+                record(begun, time.perf_counter(), error)
 
     loop = dellm_loop if target == "dellm" else bare_loop
     await asyncio.gather(*(loop(i) for i in range(clients)))
