@@ -51,7 +51,7 @@ lint: $(STAMP)
 bench: $(STAMP) models
 	$(PYTHON) scripts/bench_overhead.py --rounds 300
 	$(PYTHON) scripts/bench_parallel.py --ks 1,2,4,8,16 --delay 0.2 --rounds 5
-	$(PYTHON) scripts/bench_routing_scale.py --sizes 10,100,1000,10000
+	$(PYTHON) scripts/bench_routing_scale.py --sizes 10,100,1000,10000 $$(command -v redis-server >/dev/null && echo --redis)
 	$(PYTHON) scripts/bench_throughput.py --nodes 20 --clients 64 --seconds 20
 	$(PYTHON) scripts/bench_token_pace.py --rounds 5
 	$(PYTHON) scripts/bench_seed_query.py --runs 5

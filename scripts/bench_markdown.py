@@ -171,6 +171,13 @@ def routing(section: Section, report: Report) -> None:
                              f"{r['route_p50_us_thompson']:.0f}", f"{r['route_p99_us_thompson']:.0f}",
           f"{r['score_all_us_thompson']:,.0f}", f"{r['rebuild_ms']:.2f}", f"{r['registry_load_ms']:.1f}",
           f"{r['bytes_per_entry']:.0f}"] for r in rows])]
+    if "redis_full_read_ms" in rows[0]:
+        section.lines += ["", f"A shared Redis registry (several coordinators): reading every node against a "
+                              f"refresh from its change log with {report['redis_changed_per_refresh']} nodes changed "
+                              "since the last look.", "", *table(
+                                  ["nodes", "Redis full read ms", "Redis change-log refresh ms"],
+                                  [[f"{r['nodes']:,}", f"{r['redis_full_read_ms']:.1f}", f"{r['redis_refresh_ms']:.2f}"]
+                                   for r in rows])]
     largest = rows[-1]
     p50 = max(largest[f"route_p50_us_{mode}"] for mode in ("none", "ucb", "thompson"))
     section.figures.append(Figure(f"routing decision p50 at {largest['nodes']:,} nodes (slowest mode)",

@@ -6,8 +6,10 @@ table (``Shortlist.candidates``), then the seed's score over them (``route_chunk
 exploration mode, with N nodes carrying per-operation stats. Also timed: the shortlist's ranking
 rebuild (at most every ``shortlist_refresh_s`` while the table changes), scoring every node (what a
 decision cost before the shortlist), and the SQLite read the coordinator now does once, at start.
-Memory per entry (record plus table index) is measured with tracemalloc. Issue 6 target: p50 under
-100 microseconds at 10000 nodes. Results: bench-results/routing_scale.json.
+Memory per entry (record plus table index) is measured with tracemalloc. With --redis, a shared
+Redis registry too: a full read of every node against a refresh from its change log (what a
+coordinator on Redis does per look). Issue 6 target: p50 under 100 microseconds at 10000 nodes.
+Results: bench-results/routing_scale.json.
 
     python scripts/bench_routing_scale.py --sizes 10,100,1000,10000
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,9 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from coordinator.config import RouteConfig  # noqa: E402
 from coordinator.pipeline.route import Shortlist, route_chunk  # noqa: E402
-from coordinator.registry import NodeTable, SqliteRegistry  # noqa: E402
+from coordinator.registry import NodeTable, RedisRegistry, SqliteRegistry  # noqa: E402
 from coordinator.types import Chunk, NodeDescription, NodeRecord, Operation, OpStats  # noqa: E402
 from scripts.bench_report import positive_ints, run_and_report  # noqa: E402
+from tests.redis_server import RedisServerProcess  # noqa: E402
 
 CHUNK = Chunk("c1", Operation.MATH_OP, "What is 12 * 7?", 6, 0.55)
 
@@ -83,13 +87,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=positive_ints, default=[10, 100, 1000, 10000],
                         help="network sizes, comma-separated (default 10,100,1000,10000)")
+    parser.add_argument("--redis", action="store_true",
+                        help="also time a shared Redis registry (a throwaway redis-server on loopback)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "routing_scale.json")
     args = parser.parse_args()
     sizes = args.sizes
-    return run_and_report(args.out, "bench_routing_scale.py", partial(measure, sizes))
+    if args.redis and not shutil.which("redis-server"):
+        parser.error("--redis needs redis-server (apt-get install redis-server)")
+    return run_and_report(args.out, "bench_routing_scale.py", partial(measure_with_redis, sizes, args.redis))
 
 
-def measure(sizes: list[int]) -> dict[str, Any]:
+def measure_with_redis(sizes: list[int], redis: bool) -> dict[str, Any]:
+    if not redis:
+        return measure(sizes, None)
+    server = RedisServerProcess("redis-server")
+    try:
+        return measure(sizes, server.url)
+    finally:
+        server.stop()
+
+
+def measure(sizes: list[int], redis_url: str | None) -> dict[str, Any]:
     rng = random.Random(1)
     rows = []
     for n in sizes:
@@ -114,13 +132,39 @@ def measure(sizes: list[int]) -> dict[str, Any]:
                     registry.upsert_node(node.info, now=1.0)
             row["registry_load_ms"] = time_call(registry.list_nodes, 3)
             registry.close()
+        if redis_url:
+            row.update(redis_reads(redis_url, nodes))
         rows.append(row)
         print(f"{n:6d} nodes: decision p50 {row['route_p50_us_none']:.0f} / {row['route_p50_us_ucb']:.0f} / "
               f"{row['route_p50_us_thompson']:.0f} us (none / ucb / thompson), p99 {row['route_p99_us_thompson']:.0f}"
               f" us (thompson); ranking rebuild {row['rebuild_ms']:.2f} ms; scoring every node "
               f"{row['score_all_us_thompson']:.0f} us; SQLite load at start {row['registry_load_ms']:.1f} ms; "
               f"{per_entry:.0f} bytes per entry", flush=True)
-    return {"rows": rows, "target_route_p50_us_at_10000": 100}
+        if redis_url:
+            print(f"        Redis: full read {row['redis_full_read_ms']:.1f} ms; change-log refresh with "
+                  f"{REDIS_CHANGED} nodes changed {row['redis_refresh_ms']:.2f} ms", flush=True)
+    return {"rows": rows, "target_route_p50_us_at_10000": 100, "redis_changed_per_refresh": REDIS_CHANGED}
+
+
+REDIS_CHANGED = 10  # nodes written between two looks at the change log (a busy 0.1 s)
+
+
+def redis_reads(url: str, nodes: list[NodeRecord]) -> dict[str, float]:
+    """A shared registry's cost per routing table: a full read against a refresh from the change log."""
+    registry = RedisRegistry(url, prefix=f"bench{len(nodes)}")
+    try:
+        for node in nodes:
+            registry.upsert_node(node.info, now=1.0)
+        full = time_call(registry.list_nodes, 3)
+        samples = []
+        for round_ in range(20):
+            version, _ = registry.changes_since(0)
+            for node in nodes[round_:round_ + REDIS_CHANGED]:
+                registry.record_answer(node.node_id, 100.0, failed=False, alpha=0.3)
+            samples.append(time_call(partial(registry.changes_since, version), 1))
+        return {"redis_full_read_ms": full, "redis_refresh_ms": statistics.median(samples)}
+    finally:
+        registry.close()
 
 
 if __name__ == "__main__":

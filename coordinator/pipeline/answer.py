@@ -24,6 +24,7 @@ from coordinator.pipeline.route import Shortlist, redundancy_for
 from coordinator.pipeline.synthesize import Synthesizer
 from coordinator.registry.base import NodeRegistry, QueryRecord, UnknownNodeError
 from coordinator.registry.memory import CachedRegistry, NodeTable
+from coordinator.registry.redis import RedisRegistry
 from coordinator.types import (
     AnswerToken,
     AppliedReward,
@@ -59,8 +60,11 @@ class PipelineDeps:
 
 
 def node_table(registry: NodeRegistry) -> NodeTable:
-    """The live nodes: the cached registry's own table, or one built from a fresh read (Redis: shared state)."""
-    return registry.table() if isinstance(registry, CachedRegistry) else NodeTable(registry.list_nodes())
+    """The live nodes for routing: the registry's own table where it keeps one (in memory for SQLite, kept
+    fresh from Redis's change log), else one built from a full read."""
+    if isinstance(registry, CachedRegistry | RedisRegistry):
+        return registry.table()
+    return NodeTable(registry.list_nodes())
 
 
 def current_fitness(registry: NodeRegistry, answers: Iterable[NodeAnswer], operation: str) -> dict[str, float]:

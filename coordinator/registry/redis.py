@@ -2,7 +2,9 @@
 
 A node is a hash ``{prefix}:node:{id}`` (info as JSON, fitness, latency_ms (absent until measured),
 state, last_seen, answers, correct, failures, failure_streak) and its id is in the set ``{prefix}:nodes``;
-a query is ``{prefix}:query:{id}`` (JSON) that expires after 30 days.
+a query is ``{prefix}:query:{id}`` (JSON) that expires after 30 days. Every write also bumps the
+counter ``{prefix}:version`` and records it for the node in the sorted set ``{prefix}:changed``, so a
+coordinator keeps its routing table fresh by reading only the nodes changed since its last look.
 
 Every read-modify-write is atomic across processes: upsert, set_state and record_answer are Lua
 scripts (one step on the server); apply_reward runs the caller's Python ``update`` between WATCH and
@@ -29,6 +31,7 @@ from redis.exceptions import WatchError
 from redis.retry import Retry
 
 from coordinator.registry.base import QueryRecord, RegistryUnavailableError, UnknownNodeError, UnknownQueryError
+from coordinator.registry.memory import NodeTable
 from coordinator.types import NodeDescription, NodeRecord, OpStats
 
 logger = logging.getLogger(__name__)
@@ -37,8 +40,20 @@ SOCKET_TIMEOUT_S = 5.0  # one command, once connected
 CONNECT_TIMEOUT_S = 3.0  # one TCP connect (+ handshake)
 QUERY_TTL_S = 30 * 24 * 3600  # query records are kept for 30 days
 MAX_REWARD_ATTEMPTS = 100  # WATCH/EXEC rounds before apply_reward gives up
+TABLE_REFRESH_S = 0.1  # routing's table reads the change log at most this often
 
-# KEYS: node, nodes-set; ARGV: info JSON, now, initial fitness, node id. A known node keeps its figures.
+# The change log every write ends with. KEYS: version counter, changed set; ARGV: node id.
+_TOUCH = """
+local version = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], version, ARGV[1])
+return version
+"""
+_TOUCH_IN_SCRIPT = """
+redis.call('ZADD', KEYS[#KEYS], redis.call('INCR', KEYS[#KEYS - 1]), ARGV[#ARGV])
+"""
+
+# KEYS: node, nodes-set, version, changed; ARGV: info JSON, now, initial fitness, node id.
+# A known node keeps its figures.
 _UPSERT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'info', ARGV[1], 'state', 'up', 'last_seen', ARGV[2], 'failure_streak', '0')
@@ -47,18 +62,20 @@ else
              'answers', '0', 'correct', '0', 'failures', '0', 'failure_streak', '0')
 end
 redis.call('SADD', KEYS[2], ARGV[4])
+""" + _TOUCH_IN_SCRIPT + """
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: node; ARGV: state, now ('' = keep last_seen). Returns 0 for an unknown node.
+# KEYS: node, version, changed; ARGV: state, now ('' = keep last_seen), node id. Returns 0 for an unknown node.
 _SET_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'last_seen', ARGV[2]) end
+""" + _TOUCH_IN_SCRIPT + """
 return 1
 """
 
-# KEYS: node; ARGV: latency_ms ('' = not measured), failed ('1'/'0'), alpha, now.
+# KEYS: node, version, changed; ARGV: latency_ms ('' = not measured), failed ('1'/'0'), alpha, now, node id.
 # Same arithmetic, in the same order, as SqliteRegistry; %.17g keeps every bit of the double.
 _RECORD_ANSWER = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
@@ -80,6 +97,7 @@ else
   redis.call('HSET', KEYS[1], 'failure_streak', '0')
 end
 redis.call('HSET', KEYS[1], 'last_seen', ARGV[4])
+""" + _TOUCH_IN_SCRIPT + """
 return redis.call('HGETALL', KEYS[1])
 """
 
@@ -119,6 +137,12 @@ class RedisRegistry:
         self._upsert = self._client.register_script(_UPSERT)
         self._set_state = self._client.register_script(_SET_STATE)
         self._record_answer = self._client.register_script(_RECORD_ANSWER)
+        self._touch = self._client.register_script(_TOUCH)
+        self._log_keys = [f"{prefix}:version", f"{prefix}:changed"]  # the change log (see _TOUCH)
+        self._table: NodeTable | None = None  # routing's view, kept fresh from the change log
+        self._table_version = 0
+        self._table_read_at = 0.0
+        self.table_refresh_s = TABLE_REFRESH_S
         with self._reachable():
             self._client.ping()
         logger.info("registry on %s (prefix %r)", self._url, prefix)
@@ -164,15 +188,18 @@ class RedisRegistry:
     def upsert_node(self, info: NodeDescription, *, now: float) -> NodeRecord:
         args = [json.dumps(asdict(info)), repr(float(now)), repr(float(self._initial_fitness)), info.node_id]
         with self._reachable():
-            flat = self._upsert(keys=[self._node_key(info.node_id), f"{self._prefix}:nodes"], args=args)
-        return self._from_flat(flat)
+            flat = self._upsert(keys=[self._node_key(info.node_id), f"{self._prefix}:nodes", *self._log_keys],
+                                args=args)
+        return self._seen(self._from_flat(flat))
 
     def set_state(self, node_id: str, state: str, *, now: float | None = None) -> None:
-        args = [state, "" if now is None else repr(float(now))]
+        args = [state, "" if now is None else repr(float(now)), node_id]
         with self._reachable():
-            found = self._set_state(keys=[self._node_key(node_id)], args=args)
+            found = self._set_state(keys=[self._node_key(node_id), *self._log_keys], args=args)
         if not found:
             raise UnknownNodeError(node_id)
+        if self._table is not None and state != "up":
+            self._table.discard(node_id)  # routing stops at once; the change log brings the rest
 
     def get(self, node_id: str) -> NodeRecord:
         with self._reachable():
@@ -194,12 +221,12 @@ class RedisRegistry:
         self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float, now: float | None = None,
     ) -> NodeRecord:
         args = ["" if latency_ms is None else repr(float(latency_ms)), "1" if failed else "0",
-                repr(float(alpha)), repr(time.time() if now is None else now)]
+                repr(float(alpha)), repr(time.time() if now is None else now), node_id]
         with self._reachable():
-            flat = self._record_answer(keys=[self._node_key(node_id)], args=args)
+            flat = self._record_answer(keys=[self._node_key(node_id), *self._log_keys], args=args)
         if flat is None:
             raise UnknownNodeError(node_id)
-        return self._from_flat(flat)
+        return self._seen(self._from_flat(flat))
 
     def apply_reward(
         self, node_id: str, reward: float, correct: bool | None, update: Callable[[float], float],
@@ -224,6 +251,7 @@ class RedisRegistry:
                         pipe.hset(key, f"op:{operation}:fitness", repr(float(op_after)))
                         pipe.hincrby(key, f"op:{operation}:trials", 1)
                         pipe.hincrby(key, f"op:{operation}:successes", 1 if correct else 0)
+                    self._touch(keys=self._log_keys, args=[node_id], client=pipe)
                     pipe.execute()
                     return before, after
                 except WatchError:
@@ -232,6 +260,44 @@ class RedisRegistry:
         raise RewardContentionError(
             f"fitness of {node_id} on {self._url} kept changing; gave up after {MAX_REWARD_ATTEMPTS} attempts"
         )
+
+    # --- routing's view ----------------------------------------------------------------
+
+    def table(self) -> NodeTable:
+        """The live nodes for routing, refreshed at most every ``table_refresh_s`` from the change log:
+        one read of the nodes changed since the last look (by any coordinator), not of all of them."""
+        now = time.monotonic()
+        if self._table is not None and now - self._table_read_at < self.table_refresh_s:
+            return self._table
+        with self._reachable():
+            if self._table is None:
+                version = int(cast(str | None, self._client.get(self._log_keys[0])) or 0)  # before the read
+                self._table, self._table_version = NodeTable(self.list_nodes()), version
+            else:
+                self._table_version, changed = self.changes_since(self._table_version)
+                for record in changed:
+                    self._table.put(record)
+        self._table_read_at = now
+        return self._table
+
+    def changes_since(self, version: int) -> tuple[int, list[NodeRecord]]:
+        """The nodes written after change-log ``version``, and the newest version among them."""
+        with self._reachable():
+            entries = cast(list[tuple[str, float]], self._client.zrangebyscore(
+                self._log_keys[1], f"({version}", "+inf", withscores=True))
+            if not entries:
+                return version, []
+            pipe = self._client.pipeline(transaction=True)
+            for node_id, _ in entries:
+                pipe.hgetall(self._node_key(node_id))
+            rows: list[dict[str, str]] = pipe.execute()
+        return int(max(score for _, score in entries)), [self._record(fields) for fields in rows if fields]
+
+    def _seen(self, record: NodeRecord) -> NodeRecord:
+        """A record this handle just wrote goes into its routing table at once."""
+        if self._table is not None:
+            self._table.put(record)
+        return record
 
     def save_query(self, record: QueryRecord) -> None:
         payload = json.dumps(asdict(record))

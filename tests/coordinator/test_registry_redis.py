@@ -196,3 +196,61 @@ def test_open_registry_makes_a_cached_sqlite_file_and_its_folders(tmp_path: Path
         assert reopened.get(INFO.node_id).fitness == 0.4
     finally:
         reopened.close()
+
+
+def test_the_routing_table_follows_other_coordinators_through_the_change_log(redis_url: str) -> None:
+    mine, other = RedisRegistry(redis_url), RedisRegistry(redis_url)
+    try:
+        mine.table_refresh_s = other.table_refresh_s = 0.0  # look at the log on every call
+        other.upsert_node(NodeDescription("a", "127.0.0.1:1"), now=1.0)
+        other.upsert_node(NodeDescription("b", "127.0.0.1:2"), now=1.0)
+        assert sorted(n.node_id for n in mine.table()) == ["a", "b"]  # the first look reads everything
+
+        other.record_answer("a", 250.0, failed=False, alpha=0.3)
+        other.apply_reward("a", 0.05, True, lambda _: 0.8, "MATH_OP")
+        other.set_state("b", "down")
+        other.upsert_node(NodeDescription("c", "127.0.0.1:3"), now=2.0)
+
+        table = mine.table()
+        assert sorted(n.node_id for n in table) == ["a", "c"]
+        a = table.get("a")
+        assert a is not None and (a.latency_ms, a.fitness, a.op_stats["MATH_OP"].trials) == (250.0, 0.8, 1)
+        version, changed = mine.changes_since(mine._table_version)
+        assert changed == []  # nothing new: the next look reads no node
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_a_node_this_coordinator_marks_down_leaves_its_table_at_once(redis_url: str) -> None:
+    registry = RedisRegistry(redis_url)
+    try:
+        registry.upsert_node(NodeDescription("a", "127.0.0.1:1"), now=1.0)
+        registry.upsert_node(NodeDescription("b", "127.0.0.1:2"), now=1.0)
+        registry.table_refresh_s = 3600.0  # no look at the log during the test
+        assert len(registry.table()) == 2
+
+        registry.set_state("a", "down")
+        registry.record_answer("b", 100.0, failed=False, alpha=0.5)
+
+        table = registry.table()
+        assert [n.node_id for n in table] == ["b"]
+        assert table.get("b").latency_ms == 100.0  # type: ignore[union-attr]
+    finally:
+        registry.close()
+
+
+def test_every_write_is_logged_once_with_a_rising_version(redis_url: str) -> None:
+    registry = RedisRegistry(redis_url)
+    try:
+        start, _ = registry.changes_since(0)
+        registry.upsert_node(NodeDescription("a", "127.0.0.1:1"), now=1.0)
+        after_upsert, changed = registry.changes_since(start)
+        registry.record_answer("a", 10.0, failed=False, alpha=0.5)
+        registry.apply_reward("a", 0.05, True, lambda f: f + 0.05)
+        registry.set_state("a", "up", now=3.0)
+        latest, changed_again = registry.changes_since(after_upsert)
+        assert [n.node_id for n in changed] == ["a"] and [n.node_id for n in changed_again] == ["a"]
+        assert latest == after_upsert + 3  # one version per write
+    finally:
+        registry.close()
