@@ -215,7 +215,7 @@ def test_the_routing_table_follows_other_coordinators_through_the_change_log(red
         assert sorted(n.node_id for n in table) == ["a", "c"]
         a = table.get("a")
         assert a is not None and (a.latency_ms, a.fitness, a.op_stats["MATH_OP"].trials) == (250.0, 0.8, 1)
-        version, changed = mine.changes_since(mine._table_version)
+        _, changed = mine.changes_since(mine._table_version)
         assert changed == []  # nothing new: the next look reads no node
     finally:
         mine.close()
