@@ -54,6 +54,17 @@ def quarantined(node: NodeRecord, operation: str, config: RouteConfig) -> bool:
             and stats.fitness < config.quarantine_fitness)
 
 
+def latency_prior(nodes: Iterable[NodeRecord], config: RouteConfig) -> float:
+    """The latency assumed for a node not measured yet: the median of those measured."""
+    measured = [n.latency_ms for n in nodes if n.latency_ms is not None]
+    return statistics.median(measured) if measured else config.default_latency_ms
+
+
+def seed_score(expected_latency: float, worst_latency: float, fitness: float, config: RouteConfig) -> float:
+    """The seed's score, lower is better: latency_weight x normalized latency + fitness_weight x (1 - fitness)."""
+    return config.latency_weight * expected_latency / worst_latency + config.fitness_weight * (1.0 - fitness)
+
+
 def score_nodes(
     nodes: Iterable[NodeRecord], in_flight: Mapping[str, int], config: RouteConfig, operation: str = "",
     rng: random.Random | None = None,
@@ -65,19 +76,15 @@ def score_nodes(
     trusted = [n for n in live if probe or not quarantined(n, operation, config)]
     live = trusted or live
     total_trials = sum(s.trials for n in live for op, s in n.op_stats.items() if op == operation)
-    measured = [n.latency_ms for n in live if n.latency_ms is not None]
-    prior = statistics.median(measured) if measured else config.default_latency_ms
+    prior = latency_prior(live, config)
     expected = {
         n.node_id: (n.latency_ms if n.latency_ms is not None else prior) * (1 + in_flight.get(n.node_id, 0))
         for n in live
     }
     worst = max(expected.values(), default=1.0) or 1.0
     return [
-        (
-            config.latency_weight * expected[n.node_id] / worst
-            + config.fitness_weight * (1.0 - effective_fitness(n, operation, total_trials, config, rng)),
-            n.node_id,
-        )
+        (seed_score(expected[n.node_id], worst, effective_fitness(n, operation, total_trials, config, rng), config),
+         n.node_id)
         for n in live
     ]
 
@@ -148,13 +155,12 @@ class Shortlist:
             return cached[2]
         config = self._config
         nodes = list(table)
-        measured = [n.latency_ms for n in nodes if n.latency_ms is not None]
-        prior = statistics.median(measured) if measured else config.default_latency_ms
-        worst = max(measured, default=prior) or 1.0
+        prior = latency_prior(nodes, config)
+        worst = max((n.latency_ms for n in nodes if n.latency_ms is not None), default=prior) or 1.0
 
         def key(node: NodeRecord) -> tuple[bool, float, str]:
             latency = node.latency_ms if node.latency_ms is not None else prior
-            score = config.latency_weight * latency / worst + config.fitness_weight * (1 - node.fitness_for(operation))
+            score = seed_score(latency, worst, node.fitness_for(operation), config)
             return quarantined(node, operation, config), score, node.node_id
 
         ranking = [node.node_id for node in sorted(nodes, key=key)]

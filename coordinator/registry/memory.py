@@ -9,6 +9,7 @@ coordinator: several coordinators share state through Redis, which is read direc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -93,7 +94,6 @@ class CachedRegistry:
         self._pending: list[Callable[[], object]] = []
         self._pending_lock = threading.Lock()
         self._wake = threading.Event()
-        self._closed = False
         self._closing = threading.Event()
         self._interval = flush_interval_s
         self._min_gap_s = min_gap_s
@@ -197,12 +197,9 @@ class CachedRegistry:
             saved = list(self._queries)
         if not calls:
             return
-        batch = getattr(self._backing, "batch", None)
+        batch = getattr(self._backing, "batch", contextlib.nullcontext)  # one transaction where the store has them
         try:
-            if batch is not None:
-                with batch():
-                    self._replay(calls)
-            else:
+            with batch():
                 self._replay(calls)
         except Exception:  # the store itself failed (disk full, locked): memory stays right, say so
             log.exception("registry: %d updates could not be written to the store", len(calls))
@@ -220,16 +217,15 @@ class CachedRegistry:
                 log.warning("registry: update for unknown node %s dropped", exc)
 
     def _flush_loop(self) -> None:
-        while not self._closed:
+        while not self._closing.is_set():
             self._wake.wait(self._interval)
             self._wake.clear()
             self.flush()
             self._closing.wait(self._min_gap_s)  # batches of at least this long under load
 
     def close(self) -> None:
-        if self._closed:
+        if self._closing.is_set():
             return
-        self._closed = True
         self._closing.set()
         self._wake.set()
         self._flusher.join()
