@@ -4,6 +4,7 @@ PIP ?= $(PYTHON) -m pip
 PROTO_OUT = protos/dellm_pb2.py protos/dellm_pb2.pyi protos/dellm_pb2_grpc.py
 MODELS_FOR_TESTS = qwen2.5-coder-0.5b-instruct gemma-3-270m smollm2-135m-instruct
 STAMP = .install.stamp
+PROTOC = $(PYTHON) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=.
 
 .PHONY: install demo demo-lan bench bench-report bench-discovery test test-fast protos protos-check models lint bench-seed clean
 
@@ -17,12 +18,12 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 protos: $(STAMP)
-	$(PYTHON) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/dellm.proto
+	$(PROTOC) protos/dellm.proto
 
 # Regenerate into a scratch folder and compare: fails when the committed code is stale.
 protos-check: $(STAMP)
 	@tmp=$$(mktemp -d) && mkdir -p $$tmp/protos && cp protos/dellm.proto $$tmp/protos/ && \
-	  (cd $$tmp && $(PYTHON) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/dellm.proto) && \
+	  (cd $$tmp && $(PROTOC) protos/dellm.proto) && \
 	  for f in $(PROTO_OUT); do cmp -s $$f $$tmp/$$f || { echo "$$f is stale: run 'make protos' and commit"; exit 1; }; done && \
 	  echo "generated protobuf code is up to date"
 

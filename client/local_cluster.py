@@ -151,6 +151,19 @@ class LocalCluster:
             argv += ["--script", str(spec.script)]
         return self._spawn(spec.name, argv, ready_timeout)
 
+    def start_nodes(self, specs: Sequence[NodeSpec], *, ready_timeout: float = 120.0,
+                    join_timeout: float = 60.0) -> list[ManagedProcess]:
+        """Start ``specs`` one after another, then wait until the coordinator sees them all up."""
+        started = [self.start_node(spec, ready_timeout=ready_timeout) for spec in specs]
+        self.wait_for_nodes(len(specs), timeout=join_timeout)
+        return started
+
+    def write_script(self, name: str, text: str) -> Path:
+        """A scripted test-double node's TOML script, written into this cluster's folder."""
+        path = self.workdir / f"{name}.toml"
+        path.write_text(text)
+        return path
+
     def _discovery_flags(self, role: str) -> list[str]:
         if role == "mdns":
             return ["--discovery", "mdns", "--interface", "127.0.0.1"] if self.mdns else ["--discovery", "none"]

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from client.api import DellmClient  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
 from client.netns import in_private_netns, inside_private_netns, netns_unavailable_reason  # noqa: E402
-from scripts.bench_report import machine, write_report  # noqa: E402
+from scripts.bench_report import command_line, machine, write_report  # noqa: E402
 
 SCRIPT = ROOT / "tests" / "fixtures" / "good.toml"
 
@@ -124,7 +124,7 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in results.items() if isinstance(v, list)}
     report = {
         "machine": machine(),
-        "command": " ".join(["scripts/bench_discovery.py", *sys.argv[1:]]),
+        "command": command_line("bench_discovery.py"),
         "health": "coordinator defaults: health check every 1.0 s, 0.8 s deadline, down after 2 misses",
         "results": results,
         "median": med,

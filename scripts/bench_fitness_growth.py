@@ -33,7 +33,7 @@ from client.api import ClientConfig, DellmClient  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
 from coordinator.pipeline.assemble import final_number  # noqa: E402
 from coordinator.pipeline.reward import exact_answer  # noqa: E402
-from scripts.bench_report import machine, write_report  # noqa: E402
+from scripts.bench_report import command_line, machine, write_report  # noqa: E402
 
 # name: (accuracy, seconds per word). The liar is the fastest: the seed's score (latency weighs 0.7)
 # prefers it until its fitness says otherwise.
@@ -58,12 +58,20 @@ def make_queries(count: int, seed: int) -> list[str]:
     return queries
 
 
-def scripted_spec(workdir: Path, name: str, behaviour: tuple[float, float], seed: int) -> NodeSpec:
+def scripted_spec(cluster: LocalCluster, name: str, behaviour: tuple[float, float], seed: int) -> NodeSpec:
     accuracy, delay = behaviour
-    script = workdir / f"{name}.toml"
-    script.write_text(f'model = "scripted-{name}"\n\n[arithmetic]\naccuracy = {accuracy}\nseed = {seed}\n'
-                      f'delay = {delay}\n\n[default]\nreply = "I do not know."\n')
+    script = cluster.write_script(name, f'model = "scripted-{name}"\n\n[arithmetic]\naccuracy = {accuracy}\n'
+                                        f'seed = {seed}\ndelay = {delay}\n\n[default]\nreply = "I do not know."\n')
     return NodeSpec(name, backend="scripted", script=script)
+
+
+def weight_pair(text: str) -> tuple[float, float]:
+    """An argparse type: "0.3,0.7" as (0.3, 0.7)."""
+    try:
+        latency, fitness = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers, latency,fitness; got {text!r}") from None
+    return latency, fitness
 
 
 async def ask(address: str, query: str) -> dict[str, object]:
@@ -117,20 +125,19 @@ def run(args: argparse.Namespace) -> dict:
     records: list[dict] = []
     snapshots: list[dict] = []
     with LocalCluster() as cluster:
-        latency_weight, fitness_weight = args.weights.split(",")
+        latency_weight, fitness_weight = args.weights
         cluster.start_coordinator(extra=["--redundancy", "1", "--exploration", args.exploration,
                                          "--seed", str(args.seed), "--max-tokens", "48",
-                                         "--latency-weight", latency_weight, "--fitness-weight", fitness_weight])
+                                         "--latency-weight", str(latency_weight), "--fitness-weight",
+                                         str(fitness_weight)])
         if args.network == "scripted":
-            specs = [scripted_spec(cluster.workdir, name, acc, i) for i, (name, acc) in enumerate(SCRIPTED.items())]
+            specs = [scripted_spec(cluster, name, acc, i) for i, (name, acc) in enumerate(SCRIPTED.items())]
         else:
             specs = [NodeSpec(name, model, threads=1) for name, model in REAL.items()]
-        for spec in specs:
-            cluster.start_node(spec)
-        cluster.wait_for_nodes(len(specs))
+        cluster.start_nodes(specs)
         for index, query in enumerate(queries, start=1):
             if args.network == "scripted" and index == NEWCOMER[2]:
-                cluster.start_node(scripted_spec(cluster.workdir, NEWCOMER[0], NEWCOMER[1], 99))
+                cluster.start_node(scripted_spec(cluster, NEWCOMER[0], NEWCOMER[1], 99))
                 cluster.wait_for_nodes(len(specs) + 1)
             records.append(asyncio.run(ask(cluster.coordinator_address, query)))
             if index % args.snapshot_every == 0 or index == len(queries):
@@ -156,7 +163,8 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=None, help="default: 1000 scripted, 200 real")
     parser.add_argument("--exploration", choices=["ucb", "thompson", "none"], default="ucb")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--weights", default="0.7,0.3", help="latency,fitness weights of the routing score")
+    parser.add_argument("--weights", type=weight_pair, default=(0.7, 0.3),
+                        help="latency,fitness weights of the routing score (default 0.7,0.3)")
     parser.add_argument("--snapshot-every", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -177,10 +185,10 @@ def main() -> int:
         share[label] = dict(sorted(counts.items()))
     report = {
         "machine": machine(),
-        "command": " ".join(["scripts/bench_fitness_growth.py", *sys.argv[1:]]),
+        "command": command_line("bench_fitness_growth.py"),
         "network": args.network,
         "exploration": args.exploration,
-        "weights": {"latency": float(args.weights.split(",")[0]), "fitness": float(args.weights.split(",")[1])},
+        "weights": {"latency": args.weights[0], "fitness": args.weights[1]},
         "queries": len(records),
         "accuracy_first_100": first,
         "accuracy_last_100": last,

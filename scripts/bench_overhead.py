@@ -109,12 +109,10 @@ def main() -> int:
 
 def measure_all(rounds: int) -> dict[str, Any]:
     with bare_echo_server() as bare_address, LocalCluster() as cluster:
-        script = cluster.workdir / "instant.toml"
-        script.write_text('model = "scripted-instant"\n\n[default]\nreply = "cheap ones"\n')
+        script = cluster.write_script("instant", 'model = "scripted-instant"\n\n[default]\nreply = "cheap ones"\n')
         cluster.start_coordinator(extra=["--canary-interval", "0", "--redundancy-threshold", "0"])
-        nodes = [cluster.start_node(NodeSpec(f"instant-{i}", backend="scripted", script=script)).address
-                 for i in range(4)]
-        cluster.wait_for_nodes(4)
+        nodes = [node.address for node in cluster.start_nodes(
+            [NodeSpec(f"instant-{i}", backend="scripted", script=script) for i in range(4)])]
         times = asyncio.run(measure(rounds, bare_address, cluster.coordinator_address, nodes))
         pids = {p.name: p.process.pid for p in cluster.processes}
         cpu = asyncio.run(cpu_per_query(rounds, cluster.coordinator_address, pids)) if Path("/proc").is_dir() else {}

@@ -64,13 +64,11 @@ def main() -> int:
 def measure(ks: list[int], delay: float, rounds: int, nodes: int) -> dict[str, Any]:
     results = []
     with LocalCluster() as cluster:
-        script = cluster.workdir / "slow.toml"
-        script.write_text(f'model = "scripted-slow"\n\n[default]\nreply = "done"\ndelay = {delay}\n')
+        script = cluster.write_script("slow", f'model = "scripted-slow"\n\n[default]\nreply = "done"\n'
+                                              f'delay = {delay}\n')
         cluster.start_coordinator(extra=["--canary-interval", "0", "--redundancy", "1", "--max-chunks",
                                          str(max(ks)), "--exploration", "none"])
-        for i in range(nodes):
-            cluster.start_node(NodeSpec(f"slow-{i}", backend="scripted", script=script))
-        cluster.wait_for_nodes(nodes)
+        cluster.start_nodes([NodeSpec(f"slow-{i}", backend="scripted", script=script) for i in range(nodes)])
         asyncio.run(timed(cluster.coordinator_address, query_of(1)))  # warm up
         for k in ks:
             runs = [asyncio.run(timed(cluster.coordinator_address, query_of(k))) for _ in range(rounds)]

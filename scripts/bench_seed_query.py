@@ -82,8 +82,7 @@ async def one_node_alone(address: str, query: str) -> dict[str, object]:
 def run_alone(args: argparse.Namespace) -> dict[str, Any]:
     with LocalCluster() as cluster:
         cluster.start_coordinator(extra=["--canary-interval", "0"])
-        node = cluster.start_node(NodeSpec("alone", QWEN, threads=2))
-        cluster.wait_for_nodes(1)
+        (node,) = cluster.start_nodes([NodeSpec("alone", QWEN, threads=2)])
         runs = [asyncio.run(one_node_alone(node.address, args.query)) for _ in range(args.runs)]
     median = {key: statistics.median(float(r[key]) for r in runs)  # type: ignore[arg-type]
               for key in ("time_to_first_answer_token_s", "total_s")}
@@ -114,9 +113,7 @@ def main() -> int:
 def run_network(args: argparse.Namespace) -> dict[str, Any]:
     with LocalCluster() as cluster:
         cluster.start_coordinator(synth_model=args.synth_model, extra=["--synth-threads", "2"])
-        for spec in DEMO_NODES:
-            cluster.start_node(spec)
-        cluster.wait_for_nodes(len(DEMO_NODES))
+        cluster.start_nodes(DEMO_NODES)
         runs = [asyncio.run(one_run(cluster.coordinator_address, args.query)) for _ in range(args.runs)]
 
     def median(key: str) -> float:

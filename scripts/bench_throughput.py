@@ -141,14 +141,12 @@ def main() -> int:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     with LocalCluster() as cluster:
-        script = cluster.workdir / "instant.toml"
-        script.write_text(SCRIPT)
+        script = cluster.write_script("instant", SCRIPT)
         # every client here is on 127.0.0.1: the per-client limit must admit all of them
         cluster.start_coordinator(extra=["--canary-interval", "0", "--max-queries-per-client", str(args.clients),
                                          "--max-queries", str(max(256, args.clients))])
-        for i in range(args.nodes):
-            cluster.start_node(NodeSpec(f"instant-{i}", backend="scripted", script=script))
-        cluster.wait_for_nodes(args.nodes)
+        cluster.start_nodes([NodeSpec(f"instant-{i}", backend="scripted", script=script)
+                             for i in range(args.nodes)])
         print(f"{args.nodes} nodes up; {args.clients} clients for {args.seconds:.0f} s", flush=True)
         dellm = run_clients("dellm", cluster.coordinator_address, args.clients, args.client_procs, args.warmup,
                             args.seconds)

@@ -79,8 +79,7 @@ def measure(rounds: int) -> dict[str, Any]:
     with LocalCluster() as cluster:
         cluster.start_coordinator(extra=["--canary-interval", "0", "--redundancy-threshold", "2",
                                          "--max-tokens", str(MAX_TOKENS)])
-        node = cluster.start_node(NodeSpec("pace", "qwen2.5-coder-0.5b-instruct", threads=2))
-        cluster.wait_for_nodes(1)
+        (node,) = cluster.start_nodes([NodeSpec("pace", "qwen2.5-coder-0.5b-instruct", threads=2)])
         asyncio.run(at_node(node.address))  # warm up
         for _ in range(rounds):
             node_rates.append(asyncio.run(at_node(node.address)))

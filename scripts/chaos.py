@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import random
 import signal
-import socket
 import statistics
 import sys
 import threading
@@ -38,37 +37,27 @@ sys.path.insert(0, str(ROOT))
 from client.api import ClientConfig, DellmClient  # noqa: E402
 from client.errors import DellmError  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
-from scripts.bench_report import machine, write_report  # noqa: E402
+from scripts.bench_report import command_line, machine, percentile, write_report  # noqa: E402
+from tests.redis_server import free_port  # noqa: E402
 
 QUESTIONS = ["What is 12 * 7?", "Tell me about Paris", "What is 250 + 125?", "Find cheap laptops and find cheap phones"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_scripts(workdir: Path) -> tuple[Path, Path]:
-    good = workdir / "good.toml"
-    good.write_text('model = "scripted-good"\n\n[arithmetic]\naccuracy = 1.0\ndelay = 0.02\n\n'
-                    '[default]\nreply = "Paris is the capital of France and a fine city."\ndelay = 0.02\n')
-    garbage = workdir / "garbage.toml"
-    garbage.write_text('model = "scripted-garbage"\n\n[default]\nreply = "' + "la " * 60 + '"\n')
-    return good, garbage
+GOOD = ('model = "scripted-good"\n\n[arithmetic]\naccuracy = 1.0\ndelay = 0.02\n\n'
+        '[default]\nreply = "Paris is the capital of France and a fine city."\ndelay = 0.02\n')
+GARBAGE = 'model = "scripted-garbage"\n\n[default]\nreply = "' + "la " * 60 + '"\n'
 
 
 class Faults:
     """Injects the scenario's faults from a thread until stopped."""
 
     def __init__(self, cluster: LocalCluster, specs: dict[str, NodeSpec], scenario: str, kill_every: float,
-                 restart_at: float, port: int, coordinator_flags: list[str]) -> None:
+                 restart_at: float, coordinator_flags: list[str]) -> None:
         self.cluster, self.specs, self.scenario = cluster, specs, scenario
         self.coordinator_flags = coordinator_flags
-        self.kill_every, self.restart_at, self.port = kill_every, restart_at, port
+        self.kill_every, self.restart_at = kill_every, restart_at
         self.log: list[str] = []
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
@@ -101,7 +90,7 @@ class Faults:
                 next_stop = time.monotonic() + 3.0
             if self.scenario in ("restart", "all") and not restarted and now - started >= self.restart_at:
                 restarted = True
-                coordinator = next(p for p in self.cluster.processes if p.name == "coordinator")
+                coordinator = self.cluster.node("coordinator")
                 coordinator.process.send_signal(signal.SIGKILL)
                 coordinator.process.wait()
                 self.cluster.processes.remove(coordinator)
@@ -174,21 +163,18 @@ def main() -> int:
     if args.clients > args.queries:
         parser.error("--clients larger than --queries leaves clients with nothing to do")
 
-    port = free_port()
     with LocalCluster() as cluster:
-        good, garbage = write_scripts(cluster.workdir)
-        # every client of this test is on 127.0.0.1: let the per-client limit admit all of them
-        limits = ["--max-queries-per-client", str(max(16, args.clients))]
-        address = cluster.start_coordinator(extra=["--listen", f"127.0.0.1:{port}", "--canary-interval", "0",
-                                                   *limits])
+        good, garbage = cluster.write_script("good", GOOD), cluster.write_script("garbage", GARBAGE)
+        # a fixed port, so that a restarted coordinator is where the clients look; every client of this test is
+        # on 127.0.0.1: let the per-client limit admit all of them
+        flags = ["--listen", f"127.0.0.1:{free_port()}", "--canary-interval", "0",
+                 "--max-queries-per-client", str(max(16, args.clients))]
+        address = cluster.start_coordinator(extra=flags)
         specs = {f"node-{i}": NodeSpec(f"node-{i}", backend="scripted", script=good) for i in range(args.nodes)}
         if args.scenario in ("garbage", "all"):
             specs["garbage"] = NodeSpec("garbage", backend="scripted", script=garbage)
-        for spec in specs.values():
-            cluster.start_node(spec)
-        cluster.wait_for_nodes(len(specs))
-        flags = ["--listen", f"127.0.0.1:{port}", "--canary-interval", "0", *limits]
-        faults = Faults(cluster, specs, args.scenario, args.kill_every, args.restart_at, port, flags)
+        cluster.start_nodes(list(specs.values()))
+        faults = Faults(cluster, specs, args.scenario, args.kill_every, args.restart_at, flags)
         jobs: asyncio.Queue[str] = asyncio.Queue()
         for i in range(args.queries):
             jobs.put_nowait(QUESTIONS[i % len(QUESTIONS)])
@@ -207,23 +193,21 @@ def main() -> int:
         wall = time.perf_counter() - started
 
     counts = {k: sum(1 for o in outcomes if o["outcome"] == k) for k in ("answered", "failed", "lost")}
-    latencies = sorted(o["s"] for o in outcomes if o["outcome"] == "answered")
+    latencies = [o["s"] for o in outcomes if o["outcome"] == "answered"]
     failures: dict[str, int] = {}
     for o in outcomes:
         if o["outcome"] != "answered":
             failures[o["detail"]] = failures.get(o["detail"], 0) + 1
 
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else float("nan")
-
     report = {
         "machine": machine(),
-        "command": " ".join(["scripts/chaos.py", *sys.argv[1:]]),
+        "command": command_line("chaos.py"),
         "scenario": args.scenario, "queries": args.queries, "clients": args.clients, "nodes": len(specs),
         "counts": counts, "failures_by_status": failures, "wall_s": wall,
         "answered_after_retry": sum(1 for o in outcomes if o["outcome"] == "answered" and o["attempts"] > 1),
         "qps_answered": counts["answered"] / wall,
-        "latency_s": {"p50": statistics.median(latencies) if latencies else None, "p99": pct(0.99)},
+        "latency_s": {"p50": statistics.median(latencies) if latencies else None,
+                      "p99": percentile(latencies, 0.99) if latencies else float("nan")},
         "faults": faults.log,
     }
     out = args.out or ROOT / "bench-results" / f"chaos_{args.scenario}.json"
@@ -231,7 +215,7 @@ def main() -> int:
     print(f"{args.scenario}: {args.queries} queries from {args.clients} clients on {len(specs)} nodes in {wall:.1f} s: "
           f"answered {counts['answered']}, failed with a clear status {counts['failed']} {failures or ''}, "
           f"lost {counts['lost']}; answered after a retry {report['answered_after_retry']}")
-    print(f"  latency p50 {report['latency_s']['p50'] or float('nan'):.3f} s, p99 {pct(0.99):.3f} s; "
+    print(f"  latency p50 {report['latency_s']['p50'] or float('nan'):.3f} s, p99 {report['latency_s']['p99']:.3f} s; "
           f"{report['qps_answered']:.1f} answered queries/s; faults injected: {len(faults.log)}")
     return 0 if counts["lost"] == 0 else 1
 
