@@ -13,17 +13,17 @@ import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 from coordinator.config import CoordinatorConfig
 from coordinator.node_client import ChunkRequest, NodeFeedback
 from coordinator.periodic import Periodic
+from coordinator.pipeline.answer import apply_decision
 from coordinator.pipeline.assemble import final_number
 from coordinator.pipeline.decompose import estimate_complexity, estimate_tokens
 from coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, stream_answer
-from coordinator.pipeline.reward import reward_for, update_fitness
+from coordinator.pipeline.reward import reward_for
 from coordinator.registry.base import NodeRegistry
-from coordinator.types import Chunk, NodeRecord, Operation, Verdict
+from coordinator.types import Chunk, NodeRecord, Operation, RewardDecision, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,10 @@ class CanaryProbe:
         got = None if answer.failed else final_number(answer.text)
         verdict = Verdict.CORRECT if got is not None and abs(got - expected) < 1e-6 else Verdict.WRONG
         reward = reward_for(verdict, answer.latency_ms, self._config.reward)
-        before, after = self._registry.apply_reward(
-            node.node_id, reward, verdict is Verdict.CORRECT,
-            partial(update_fitness, reward=reward, config=self._config.reward), Operation.MATH_OP.value)
-        truth = str(int(expected))
-        self._send_feedback(node.node_id, NodeFeedback(request.query_id, "c1", prompt, answer.text, verdict, reward,
-                                                       truth, after, "canary"))
+        decision = RewardDecision(node.node_id, "c1", verdict, reward, "canary", str(int(expected)))
+        applied = apply_decision(self._registry, self._send_feedback, decision, Operation.MATH_OP.value,
+                                 self._config.reward, query_id=request.query_id, prompt=prompt, answer=answer.text)
+        before, after = applied.fitness_before, applied.fitness_after
         log.info("canary to %s: %s -> %r (%s), fitness %.3f -> %.3f", node.node_id, question, answer.text[-40:],
                  verdict.value, before, after)
         return CanaryResult(node.node_id, question, expected, answer.text, verdict, before, after)

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     registry_spec = args.registry or str(default_registry_path())
     config = CoordinatorConfig(
-        listen=args.listen, registry=registry_spec, cluster=args.cluster,
+        listen=args.listen, cluster=args.cluster,
         health=HealthConfig(interval_s=args.health_interval, max_missed=args.health_misses, ttl_s=args.node_ttl),
     )
     if args.redundancy < 1:

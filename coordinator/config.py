@@ -92,7 +92,6 @@ class HealthConfig:
 class CoordinatorConfig:
     listen: str = "127.0.0.1:50050"
     cluster: str = "default"  # only nodes of this cluster are admitted
-    registry: str = "dellm-registry.sqlite3"  # SQLite file, or redis://HOST:PORT/DB shared by coordinators
     decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
     route: RouteConfig = field(default_factory=RouteConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)

@@ -50,11 +50,9 @@ class HealthMonitor:
         node_id = node.node_id
         if healthy:
             self._missed[node_id] = 0
-            if node.state != "up":
-                log.info("node %s at %s answers again: up", node_id, node.info.address)
-                self._registry.set_state(node_id, "up", now=now)
-                self._written[node_id] = now
-            elif now - self._written.get(node_id, 0.0) >= self._config.last_seen_write_s:
+            if node.state != "up" or now - self._written.get(node_id, 0.0) >= self._config.last_seen_write_s:
+                if node.state != "up":
+                    log.info("node %s at %s answers again: up", node_id, node.info.address)
                 self._registry.set_state(node_id, "up", now=now)
                 self._written[node_id] = now
             return

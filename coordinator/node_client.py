@@ -194,9 +194,6 @@ class NodeClient:
         finally:
             call.cancel()  # no-op when finished; stops the node's work when we stopped early
 
-    async def feedback(self, feedback: NodeFeedback, timeout: float) -> int:
-        return await self.feedback_batch([feedback], timeout)
-
     async def feedback_batch(self, batch: Sequence[NodeFeedback], timeout: float) -> int:
         """Deliver feedback for several answers in one call (one by one to a node without FeedbackBatch)."""
         items = [_feedback_to_proto(f) for f in batch]

@@ -12,7 +12,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
-from functools import partial
 
 from coordinator.canary import CanaryProbe
 from coordinator.config import CoordinatorConfig
@@ -21,10 +20,10 @@ from coordinator.discovery.base import Discovery
 from coordinator.errors import CoordinatorError, NodeCallError
 from coordinator.health import HealthMonitor
 from coordinator.node_client import ChunkRequest, FeedbackSender, NodeFeedback, NodePool, StreamPiece
-from coordinator.pipeline.answer import PipelineDeps, answer_query, node_table
+from coordinator.pipeline.answer import PipelineDeps, answer_query, apply_decision
 from coordinator.pipeline.decompose import check_query as check_query_text
 from coordinator.pipeline.planner import ModelPlanner
-from coordinator.pipeline.reward import reward_for, update_fitness
+from coordinator.pipeline.reward import reward_for
 from coordinator.pipeline.route import NoNodesAvailableError, Shortlist
 from coordinator.pipeline.synthesize import Synthesizer
 from coordinator.registry.base import NodeRegistry, UnknownNodeError
@@ -136,11 +135,11 @@ class Coordinator:
                         if getattr(expected, field) and getattr(expected, field) != getattr(actual, field)]
             if mismatch:
                 raise AdmissionRejectedError(f"{address} does not match what it claimed: {'; '.join(mismatch)}")
-        await self._refuse_duplicate(actual.node_id, address)
         try:
-            known = self.registry.get(actual.node_id)
+            known: NodeRecord | None = self.registry.get(actual.node_id)
         except UnknownNodeError:
             known = None
+        await self._refuse_duplicate(known, address)
         record = self.registry.upsert_node(replace(actual, address=address), now=time.time())
         await self.pool.client(record.node_id, address).connect(self.config.rpc_timeout_s)
         if known is None or known.state != "up" or known.info.address != address:
@@ -148,14 +147,11 @@ class Coordinator:
                      record.info.backend, record.fitness)
         return record
 
-    async def _refuse_duplicate(self, node_id: str, address: str) -> None:
+    async def _refuse_duplicate(self, known: NodeRecord | None, address: str) -> None:
         """A node id already live at another address that still answers as that id is a duplicate."""
-        try:
-            known = self.registry.get(node_id)
-        except UnknownNodeError:
+        if known is None or known.state != "up" or known.info.address == address:
             return
-        if known.state != "up" or known.info.address == address:
-            return
+        node_id = known.node_id
         try:
             other = await self.pool.probe(node_id, known.info.address).info_once(self.config.rpc_timeout_s)
         except NodeCallError:
@@ -199,7 +195,7 @@ class Coordinator:
     def check_query(self, query: str) -> None:
         """Fail fast, before any stream starts: InvalidQueryError or NoNodesAvailableError."""
         check_query_text(query, self.config.decompose)
-        if not len(node_table(self.registry)):
+        if not len(self.registry.table()):
             raise NoNodesAvailableError(f"no nodes are available; {START_NODE_HINT}")
 
     async def ask(self, query: str, reference_answer: str = "", client: str = "") -> AsyncIterator[PipelineEvent]:
@@ -229,14 +225,9 @@ class Coordinator:
                 reward = reward_for(verdict, node_answer["latency_ms"], self.config.reward, verified=True)
                 decision = RewardDecision(node_answer["node_id"], chunk["chunk_id"], verdict, reward, "user",
                                           answer or (record.answer if correct else ""))
-                update = partial(update_fitness, reward=reward, config=self.config.reward)
-                before, after = self.registry.apply_reward(decision.node_id, reward, correct, update,
-                                                           chunk["operation"])
-                applied.append(AppliedReward(decision, before, after))
-                self._send_feedback(decision.node_id, NodeFeedback(
-                    query_id=query_id, chunk_id=decision.chunk_id, prompt=chunk["prompt"], answer=node_answer["text"],
-                    verdict=verdict, reward=reward, correct_answer=decision.correct_answer,
-                    fitness=after, source="user"))
+                applied.append(apply_decision(self.registry, self._send_feedback, decision, chunk["operation"],
+                                              self.config.reward, query_id=query_id, prompt=chunk["prompt"],
+                                              answer=node_answer["text"]))
         return applied
 
     def _send_feedback(self, node_id: str, feedback: NodeFeedback) -> None:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from coordinator.config import CoordinatorConfig
+from coordinator.config import CoordinatorConfig, RewardConfig
 from coordinator.errors import ChunkFailedError
 from coordinator.node_client import ChunkRequest, NodeFeedback
 from coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled, reference_key
@@ -23,8 +23,6 @@ from coordinator.pipeline.reward import exact_answer, judge_chunk, update_fitnes
 from coordinator.pipeline.route import Shortlist, redundancy_for
 from coordinator.pipeline.synthesize import Synthesizer
 from coordinator.registry.base import NodeRegistry, QueryRecord, UnknownNodeError
-from coordinator.registry.memory import CachedRegistry, NodeTable
-from coordinator.registry.redis import RedisRegistry
 from coordinator.types import (
     AnswerToken,
     AppliedReward,
@@ -37,6 +35,7 @@ from coordinator.types import (
     Plan,
     PlanReady,
     QueryFinished,
+    RewardDecision,
     StageTiming,
     Verdict,
 )
@@ -57,14 +56,6 @@ class PipelineDeps:
     rng: random.Random = field(default_factory=lambda: random.Random(0))  # Thompson sampling's stream
     shortlist: Shortlist | None = None  # kept across queries by the coordinator: its rankings are reused
     planner: ModelPlanner | None = None  # None: the rule-based decomposer
-
-
-def node_table(registry: NodeRegistry) -> NodeTable:
-    """The live nodes for routing: the registry's own table where it keeps one (in memory for SQLite, kept
-    fresh from Redis's change log), else one built from a full read."""
-    if isinstance(registry, CachedRegistry | RedisRegistry):
-        return registry.table()
-    return NodeTable(registry.list_nodes())
 
 
 def current_fitness(registry: NodeRegistry, answers: Iterable[NodeAnswer], operation: str) -> dict[str, float]:
@@ -130,7 +121,7 @@ async def answer_query(query: str, deps: PipelineDeps, label: str | None = None)
         expected = exact_answer(chunk.text) if chunk.operation is Operation.MATH_OP else None
         reference = reference_key(chunk.operation, expected, labels.get(chunk.chunk_id))
         outcome = await dispatch_chunk(
-            chunk, request, nodes=partial(node_table, deps.registry), in_flight=deps.in_flight,
+            chunk, request, nodes=deps.registry.table, in_flight=deps.in_flight,
             connector=deps.connector, route_config=config.route, config=config.dispatch,
             emit=emit, on_answer=partial(_record_answer, deps), rng=deps.rng, shortlist=deps.shortlist,
             settled=partial(is_settled, chunk, wanted=redundancy_for(chunk, config.route), reference=reference),
@@ -244,21 +235,27 @@ def _reward(
         chunk_answers = answers[result.chunk.chunk_id]
         by_node = {a.node_id: a for a in chunk_answers}
         for decision in judge_chunk(result, chunk_answers, config, labels.get(result.chunk.chunk_id)):
-            if decision.verdict is Verdict.UNKNOWN:
-                before = after = deps.registry.get(decision.node_id).fitness
-            else:
-                before, after = deps.registry.apply_reward(
-                    decision.node_id, decision.reward, decision.verdict is Verdict.CORRECT,
-                    partial(update_fitness, reward=decision.reward, config=config), result.chunk.operation.value,
-                )
-            applied.append(AppliedReward(decision, before, after))
-            deps.send_feedback(decision.node_id, NodeFeedback(
-                query_id=query_id, chunk_id=decision.chunk_id, prompt=prompts[decision.chunk_id],
-                answer=by_node[decision.node_id].text, verdict=decision.verdict,
-                reward=decision.reward, correct_answer=decision.correct_answer, fitness=after,
-                source=decision.source,
-            ))
+            applied.append(apply_decision(
+                deps.registry, deps.send_feedback, decision, result.chunk.operation.value, config,
+                query_id=query_id, prompt=prompts[decision.chunk_id], answer=by_node[decision.node_id].text))
     return applied
+
+
+def apply_decision(
+    registry: NodeRegistry, send_feedback: Callable[[str, NodeFeedback], None], decision: RewardDecision,
+    operation: str, config: RewardConfig, *, query_id: str, prompt: str, answer: str,
+) -> AppliedReward:
+    """Stage 6 for one node answer: its fitness moved by ``decision`` (not for UNKNOWN), and the node told."""
+    if decision.verdict is Verdict.UNKNOWN:
+        before = after = registry.get(decision.node_id).fitness
+    else:
+        before, after = registry.apply_reward(
+            decision.node_id, decision.reward, decision.verdict is Verdict.CORRECT,
+            partial(update_fitness, reward=decision.reward, config=config), operation)
+    send_feedback(decision.node_id, NodeFeedback(
+        query_id=query_id, chunk_id=decision.chunk_id, prompt=prompt, answer=answer, verdict=decision.verdict,
+        reward=decision.reward, correct_answer=decision.correct_answer, fitness=after, source=decision.source))
+    return AppliedReward(decision, before, after)
 
 
 def _query_record(

@@ -61,7 +61,8 @@ def final_number(text: str) -> float | None:
     return parse_number(numbers[-1]) if numbers else None
 
 
-def _format_number(value: float) -> str:
+def format_number(value: float) -> str:
+    """A number as an answer states it: 100 rather than 100.0, else 12 significant digits."""
     if math.isfinite(value) and value == round(value):
         return str(round(value))
     return f"{value:.12g}"
@@ -75,16 +76,12 @@ def normalize_answer(text: str, operation: Operation) -> str:
     if operation is Operation.MATH_OP or numeric_only:
         value = final_number(stripped)
         if value is not None:
-            return f"num:{_format_number(value)}"
+            return f"num:{format_number(value)}"
     return "text:" + " ".join(words)
 
 
 def answers_match(a: str, b: str) -> bool:
     """Whether two normalized answers (see normalize_answer) say the same thing."""
-    return _same(a, b)
-
-
-def _same(a: str, b: str) -> bool:
     if a == b:
         return True
     if a.startswith("num:") and b.startswith("num:"):
@@ -99,7 +96,7 @@ def _same(a: str, b: str) -> bool:
 def reference_key(operation: Operation, expected: float | None = None, label: str | None = None) -> str | None:
     """The normalized key of a known right answer: an exact value, or a ground-truth label."""
     if expected is not None:
-        return f"num:{_format_number(expected)}"
+        return f"num:{format_number(expected)}"
     if label:
         return normalize_answer(label, operation)
     return None
@@ -110,9 +107,9 @@ def is_settled(chunk: Chunk, answers: Sequence[NodeAnswer], wanted: int, referen
     answer, or a strict majority of the ``wanted`` answers already agree."""
     keys = [normalize_answer(a.text, chunk.operation) for a in answers
             if not a.failed and a.text.strip() and not is_degenerate(a.text)]
-    if reference is not None and any(_same(key, reference) for key in keys):
+    if reference is not None and any(answers_match(key, reference) for key in keys):
         return True
-    largest = max((sum(1 for other in keys if _same(key, other)) for key in keys), default=0)
+    largest = max((sum(1 for other in keys if answers_match(key, other)) for key in keys), default=0)
     return len(keys) >= 2 and largest >= wanted // 2 + 1
 
 
@@ -136,7 +133,7 @@ def assemble_chunk(
                               answer.latency_ms, -1, error))
             continue
         key = normalize_answer(text, chunk.operation)
-        group = next((i for i, rep in enumerate(groups) if _same(rep, key)), None)
+        group = next((i for i, rep in enumerate(groups) if answers_match(rep, key)), None)
         if group is None:
             groups.append(key)
             group = len(groups) - 1
@@ -151,7 +148,7 @@ def assemble_chunk(
     # Highest weight wins; ties go to the group that answered first (stable, reproducible).
     winner_group = max(range(len(groups)), key=lambda g: (weight_by_group[g], -g))
     if reference is not None:
-        winner_group = next((g for g, key in enumerate(groups) if _same(key, reference)), winner_group)
+        winner_group = next((g for g, key in enumerate(groups) if answers_match(key, reference)), winner_group)
     winner = max((v for v in valid if v.group == winner_group), key=lambda v: v.weight)
     total = sum(weight_by_group)
     return ChunkResult(

@@ -17,7 +17,13 @@ import re
 from collections.abc import Callable, Mapping
 
 from coordinator.config import RewardConfig
-from coordinator.pipeline.assemble import answers_match, normalize_answer, parse_number, reference_key
+from coordinator.pipeline.assemble import (
+    answers_match,
+    format_number,
+    normalize_answer,
+    parse_number,
+    reference_key,
+)
 from coordinator.types import ChunkResult, NodeAnswer, Operation, RewardDecision, Verdict
 
 _PERCENT_OF = re.compile(
@@ -113,10 +119,6 @@ def update_fitness(old: float, reward: float, config: RewardConfig) -> float:
     return config.fitness_decay * old + (1.0 - config.fitness_decay) * score
 
 
-def _format(value: float) -> str:
-    return str(int(value)) if value == int(value) else f"{value:.12g}"
-
-
 def judge_chunk(
     result: ChunkResult, answers: list[NodeAnswer], config: RewardConfig, label: str | None = None
 ) -> list[RewardDecision]:
@@ -130,7 +132,7 @@ def judge_chunk(
     reference = reference_key(chunk.operation, expected, label)
     winners = set(result.winning_node_ids)
     malformed = {v.node_id for v in result.votes if v.group < 0}
-    truth_text = label if label else (_format(expected) if expected is not None else "")
+    truth_text = label if label else (format_number(expected) if expected is not None else "")
     decisions: list[RewardDecision] = []
     for answer in answers:
         if answer.failed or not answer.text.strip() or answer.node_id in malformed:

@@ -75,7 +75,8 @@ def score_nodes(
     probe = rng.random() < config.quarantine_probe_rate if rng is not None else False
     trusted = [n for n in live if probe or not quarantined(n, operation, config)]
     live = trusted or live
-    total_trials = sum(s.trials for n in live for op, s in n.op_stats.items() if op == operation)
+    total_trials = (sum(n.op_stats[operation].trials for n in live if operation in n.op_stats)
+                    if config.exploration == "ucb" else 0)  # only UCB's bonus reads it
     prior = latency_prior(live, config)
     expected = {
         n.node_id: (n.latency_ms if n.latency_ms is not None else prior) * (1 + in_flight.get(n.node_id, 0))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coordinator.types import NodeDescription, NodeRecord
+
+if TYPE_CHECKING:
+    from coordinator.registry.memory import NodeTable
 
 
 class UnknownNodeError(KeyError):
@@ -30,6 +33,13 @@ class QueryRecord:
     detail: dict[str, Any]  # per-chunk answers and provenance, JSON-serializable
 
 
+def moving_latency(old: float | None, sample_ms: float | None, alpha: float, failed: bool) -> float | None:
+    """A node's latency average after one answer: a failed or unmeasured answer leaves it as it was."""
+    if sample_ms is None or failed:
+        return old
+    return sample_ms if old is None else (1 - alpha) * old + alpha * sample_ms
+
+
 class NodeRegistry(Protocol):
     def upsert_node(self, info: NodeDescription, *, now: float) -> NodeRecord:
         """Register or refresh a node; a known node id keeps its fitness and counters."""
@@ -40,6 +50,10 @@ class NodeRegistry(Protocol):
     def get(self, node_id: str) -> NodeRecord: ...
 
     def list_nodes(self) -> list[NodeRecord]: ...
+
+    def table(self) -> NodeTable:
+        """The live nodes for routing (kept in memory where the backend can, else read afresh)."""
+        ...
 
     def record_answer(
         self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float, now: float | None = None,

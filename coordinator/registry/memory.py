@@ -17,7 +17,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 
-from coordinator.registry.base import NodeRegistry, QueryRecord, UnknownNodeError, UnknownQueryError
+from coordinator.registry.base import (
+    NodeRegistry,
+    QueryRecord,
+    UnknownNodeError,
+    UnknownQueryError,
+    moving_latency,
+)
 from coordinator.types import NodeDescription, NodeRecord, OpStats
 
 log = logging.getLogger(__name__)
@@ -154,11 +160,9 @@ class CachedRegistry:
         self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float, now: float | None = None,
     ) -> NodeRecord:
         known = self.get(node_id)
-        latency = known.latency_ms
-        if latency_ms is not None and not failed:
-            latency = latency_ms if latency is None else (1 - alpha) * latency + alpha * latency_ms
         now = time.time() if now is None else now
-        record = replace(known, latency_ms=latency, answers=known.answers + 1, last_seen=now,
+        record = replace(known, latency_ms=moving_latency(known.latency_ms, latency_ms, alpha, failed),
+                         answers=known.answers + 1, last_seen=now,
                          failures=known.failures + int(failed),
                          failure_streak=known.failure_streak + 1 if failed else 0)
         self._queue(lambda: self._backing.record_answer(node_id, latency_ms, failed=failed, alpha=alpha,

@@ -43,14 +43,12 @@ MAX_REWARD_ATTEMPTS = 100  # WATCH/EXEC rounds before apply_reward gives up
 TABLE_REFRESH_S = 0.1  # routing's table reads the change log at most this often
 
 # The change log every write ends with. KEYS: version counter, changed set; ARGV: node id.
-_TOUCH = """
-local version = redis.call('INCR', KEYS[1])
-redis.call('ZADD', KEYS[2], version, ARGV[1])
-return version
-"""
+# The last two KEYS are the log's, the last ARGV the node id: ends every write script, and alone (_TOUCH)
+# ends apply_reward's MULTI.
 _TOUCH_IN_SCRIPT = """
 redis.call('ZADD', KEYS[#KEYS], redis.call('INCR', KEYS[#KEYS - 1]), ARGV[#ARGV])
 """
+_TOUCH = _TOUCH_IN_SCRIPT + "return 1"
 
 # KEYS: node, nodes-set, version, changed; ARGV: info JSON, now, initial fitness, node id.
 # A known node keeps its figures.

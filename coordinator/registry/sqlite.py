@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from coordinator.registry.base import QueryRecord, UnknownNodeError, UnknownQueryError
+from coordinator.registry.base import QueryRecord, UnknownNodeError, UnknownQueryError, moving_latency
+from coordinator.registry.memory import NodeTable
 from coordinator.types import NodeDescription, NodeRecord, OpStats
 
 _SCHEMA = """
@@ -139,6 +140,10 @@ class SqliteRegistry:
             stats = self._op_stats()
         return [self._record(r, stats.get(r[0])) for r in rows]
 
+    def table(self) -> NodeTable:
+        """A fresh read of the live nodes: the file may be shared (a coordinator keeps a ``CachedRegistry``)."""
+        return NodeTable(self.list_nodes())
+
     def record_answer(
         self, node_id: str, latency_ms: float | None, *, failed: bool, alpha: float, now: float | None = None,
     ) -> NodeRecord:
@@ -146,9 +151,7 @@ class SqliteRegistry:
             row = db.execute("SELECT latency_ms FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
             if row is None:
                 raise UnknownNodeError(node_id)
-            latency = row[0]
-            if latency_ms is not None and not failed:
-                latency = latency_ms if latency is None else (1 - alpha) * latency + alpha * latency_ms
+            latency = moving_latency(row[0], latency_ms, alpha, failed)
             db.execute(
                 "UPDATE nodes SET latency_ms = ?, answers = answers + 1, last_seen = ?, "
                 "failures = failures + ?, failure_streak = CASE WHEN ? THEN failure_streak + 1 ELSE 0 END "
