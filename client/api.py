@@ -68,6 +68,10 @@ class DellmClient:
             raise from_rpc_error(exc, self.address) from exc
         return list(reply.nodes)
 
+    async def node_names(self) -> dict[str, str]:
+        """Node id -> a name to show (the node's name, else its model)."""
+        return {n.info.node_id: n.info.name or n.info.model for n in await self.nodes()}
+
     async def feedback(self, query_id: str, correct: bool, answer: str = "") -> list[dellm_pb2.NodeReward]:
         try:
             reply = await self._stub.Feedback(

@@ -399,15 +399,11 @@ async def ask_problem(client: DellmClient, problem: Problem, phase: str, names: 
     return record
 
 
-async def _node_names(client: DellmClient) -> dict[str, str]:
-    return {n.info.node_id: n.info.name or n.info.model for n in await client.nodes()}
-
-
 async def ask_all(address: str, problems: Sequence[Problem], phase: str, *, send_labels: bool, timeout_s: float,
                   progress: Callable[[str], None], sink: list[QuestionRecord]) -> None:
     """Ask ``problems`` one after the other, appending each record to ``sink`` as it completes."""
     async with DellmClient(address, ClientConfig(ask_timeout_s=timeout_s)) as client:
-        names = await _node_names(client)
+        names = await client.node_names()
         for number, problem in enumerate(problems, start=1):
             record = await ask_problem(client, problem, phase, names, send_labels)
             sink.append(record)
@@ -553,10 +549,8 @@ def run_gsm8k_bench(config: BenchConfig, *, command: str = "", progress: Callabl
     say = progress or (lambda message: log.info("%s", message))
     validate_config(config)
     config = replace(config, out=Path(config.out), data=Path(config.data))
-    eval_problems = load_problems(config.data, config.offset, config.n)
-    train_problems = load_problems(config.data, config.offset + config.n, config.train_n)
-    if {p.index for p in eval_problems} & {p.index for p in train_problems}:  # cannot happen: slices are disjoint
-        raise BenchError("the training slice overlaps the evaluation slice")
+    problems = load_problems(config.data, config.offset, config.n + config.train_n)  # one read, two slices
+    eval_problems, train_problems = problems[:config.n], problems[config.n:]
     config.out.mkdir(parents=True, exist_ok=True)
     state = BenchState(config, command, eval_problems, train_problems, load_before=_loadavg())
     clock = time.monotonic()

@@ -31,7 +31,7 @@ async def _ask(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         names: dict[str, str] = {}
         if not args.json:
-            names = {n.info.node_id: n.info.name or n.info.model for n in await client.nodes()}
+            names = await client.node_names()
         printer = ProgressPrinter(sys.stdout, names)
         async for event in client.ask(args.query):
             if args.json:

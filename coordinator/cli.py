@@ -40,7 +40,7 @@ def build_model_stages(
     from node.models import resolve_model
 
     model = resolve_model(spec)
-    instruct = model.spec.instruct if model.spec is not None else None
+    instruct = model.instruct
     loaded = create_backend(backend, model_path=model.path, model_name=model.name, instruct=instruct,
                             n_threads=threads)
     lock = asyncio.Lock()

@@ -18,8 +18,6 @@ from protos import dellm_pb2
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_dellm._tcp.local."
-TXT_KEYS = ("node_id", "cluster", "model", "backend", "quantization", "context_size", "protocol_version",
-            "token_required")
 
 
 def txt_properties(info: dellm_pb2.NodeInfo) -> dict[str, str]:

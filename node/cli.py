@@ -21,7 +21,7 @@ from node.config import NodeConfig, default_state_dir
 from node.models import ModelError, resolve_model
 from node.server import node_info, serve_node
 from node.serving import SecurityError, add_security_arguments, security_from_arguments
-from node.state import FeedbackStore, load_or_create_node_id, node_state_dir
+from node.state import FEEDBACK_FILE, FeedbackStore, load_or_create_node_id, node_state_dir
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,8 +91,8 @@ def train_main(argv: list[str]) -> int:
         config = TrainConfig(epochs=args.epochs, learning_rate=args.lr, rank=args.rank, batch_size=args.batch_size)
         result = run_training(
             model.path, pairs, args.out, model_name=model.name,
-            model_sha256=model.spec.sha256 if model.spec is not None else "",
-            instruct=model.spec.instruct if model.spec is not None else None,
+            model_sha256=model.sha256,
+            instruct=model.instruct,
             config=config, n_threads=args.threads or os.cpu_count(),
         )
     except (ModelError, NoVerifiedFeedbackError, ValueError) as exc:
@@ -143,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             model = resolve_model(args.model)
             backend = create_backend(
                 args.backend, model_path=model.path, model_name=model.name,
-                instruct=model.spec.instruct if model.spec is not None else None,
+                instruct=model.instruct,
                 n_threads=args.threads or os.cpu_count(), adapter=args.adapter,
             )
-            sha256 = model.spec.sha256 if model.spec is not None else ""
+            sha256 = model.sha256
     except (ModelError, BackendError, ScriptError, ValueError) as exc:
         print(f"dellm-node: {exc}", file=sys.stderr)
         return 2
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = node_state_dir(config.state_dir, name)
     node_id = load_or_create_node_id(folder)
-    feedback = FeedbackStore(folder / "feedback.sqlite3")
+    feedback = FeedbackStore(folder / FEEDBACK_FILE)
     try:
         asyncio.run(serve_node(backend, node_info(node_id, name, backend, sha256, config.cluster), feedback, config))
     except OSError as exc:

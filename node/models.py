@@ -308,6 +308,16 @@ class ResolvedModel:
     name: str  # catalogue name, or the file's stem for a local path
     spec: ModelSpec | None  # None for a local path
 
+    @property
+    def instruct(self) -> bool | None:
+        """Whether the catalogue says the model is instruction-tuned; None for a local file (ask its template)."""
+        return self.spec.instruct if self.spec is not None else None
+
+    @property
+    def sha256(self) -> str:
+        """The catalogue's digest; empty for a local file."""
+        return self.spec.sha256 if self.spec is not None else ""
+
 
 def resolve_model(
     name_or_path: str,

@@ -150,8 +150,9 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
             log.warning("chunk %s: few-shot lookup failed, answering without examples: %s", chunk_id, exc)
             return ()
         examples = fit_examples([(e.prompt, e.answer) for e in found], self._config.few_shot_max_chars)
-        log.debug("chunk %s: %d few-shot examples (similarity %s)", chunk_id, len(examples),
-                  ", ".join(f"{e.similarity:.2f}" for e in found[: len(examples)]) or "-")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("chunk %s: %d few-shot examples (similarity %s)", chunk_id, len(examples),
+                      ", ".join(f"{e.similarity:.2f}" for e in found[: len(examples)]) or "-")
         return examples
 
     async def Feedback(
@@ -181,7 +182,7 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
             )
             for r in items
         ]
-        stored = await asyncio.to_thread(self._feedback.add_many, entries) if entries else self._feedback.count()
+        stored = await asyncio.to_thread(self._feedback.add_many, entries)  # off the event loop, even when empty
         if entries:  # one line per call: a busy node gets feedback for many answers a second
             verdicts = Counter(e.verdict for e in entries)
             log.info("feedback for %s%s: %s; fitness %.3f", f"{entries[-1].query_id}/{entries[-1].chunk_id}",
@@ -276,8 +277,6 @@ async def keep_joined(coordinator: str, info: dellm_pb2.NodeInfo, config: NodeCo
 def advertised_address(bound: str) -> str:
     host, _, port = bound.rpartition(":")
     if host in ("0.0.0.0", "[::]", "::", ""):
-        import socket
-
         host = socket.gethostbyname(socket.gethostname())
     return f"{host}:{port}"
 

@@ -46,6 +46,9 @@ STOP_WORDS: frozenset[str] = frozenset({
 })
 
 
+FEEDBACK_FILE = "feedback.sqlite3"  # in a node's state folder: written by the node, read by `dellm-node train`
+
+
 def node_state_dir(state_dir: Path, name: str, *, create: bool = True) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "default"
     path = state_dir / "nodes" / safe
@@ -97,7 +100,7 @@ class FeedbackStore:
     def __init__(self, path: Path | str) -> None:
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()  # builds the few-shot index once per change, not once per caller
-        self._index: tuple[int, list[tuple[str, str]], list[str], TfidfIndex] | None = None
+        self._index: _ExampleIndex | None = None
         self._index_built_at = 0.0  # time.monotonic() of the last build
         self._index_cost_s = 0.0  # how long it took
         self._db = sqlite3.connect(str(path), check_same_thread=False)
@@ -153,11 +156,12 @@ class FeedbackStore:
         """
         if k <= 0:
             return []
-        pairs, normalized, index = self._example_index()
+        candidates = self._example_index()
+        pairs, normalized = candidates.pairs, candidates.normalized
         asked = _normalized(prompt)
-        scores = index.similarities(prompt)
+        scores = candidates.tfidf.similarities(prompt)
         # the best k, plus as many as there are candidates that are the question itself; newer first among ties
-        wanted = k + sum(1 for n in normalized if n == asked)
+        wanted = k + candidates.prompt_counts[asked]
         ranked = heapq.nlargest(wanted, range(len(pairs)), key=lambda i: (scores[i], -i))
         found: list[FewShotExample] = []
         for i in ranked:
@@ -167,24 +171,21 @@ class FeedbackStore:
                 found.append(FewShotExample(pairs[i][0], pairs[i][1], scores[i]))
         return found
 
-    def _example_index(self) -> tuple[list[tuple[str, str]], list[str], TfidfIndex]:
-        """The few-shot candidates, their normalized prompts and their TF-IDF index (cached)."""
+    def _example_index(self) -> _ExampleIndex:
+        """The few-shot candidates and their TF-IDF index (cached; rebuilt within INDEX_BUILD_SHARE)."""
         with self._lock:
             latest = int(self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM feedback").fetchone()[0])
         with self._index_lock:
-            stale = self._index is None or self._index[0] != latest
+            stale = self._index is None or self._index.version != latest
             due = (self._index is None or self._index_cost_s < CHEAP_INDEX_BUILD_S
                    or time.monotonic() - self._index_built_at >= self._index_cost_s / INDEX_BUILD_SHARE)
             if stale and due:
                 started = time.monotonic()
-                pairs = _verified_pairs(self._verified_rows(MAX_EXAMPLE_CANDIDATES))
-                index = TfidfIndex([prompt for prompt, _ in pairs])
-                self._index = (latest, pairs, [_normalized(prompt) for prompt, _ in pairs], index)
+                self._index = _ExampleIndex.build(latest, _verified_pairs(self._verified_rows(MAX_EXAMPLE_CANDIDATES)))
                 self._index_built_at = time.monotonic()
                 self._index_cost_s = self._index_built_at - started
             assert self._index is not None
-            _, pairs, normalized, index = self._index
-        return pairs, normalized, index
+            return self._index
 
     def _verified_rows(self, limit: int | None) -> list[tuple[str, str, str, str]]:
         marks = ", ".join("?" for _ in EVIDENCE_SOURCES)
@@ -235,6 +236,23 @@ def _terms(text: str) -> Counter[str]:
     return Counter(t for t in word_tokens(text) if t not in STOP_WORDS)
 
 
+@dataclass(frozen=True)
+class _ExampleIndex:
+    """The few-shot candidates as of feedback row ``version``: (prompt, answer) pairs newest first, their
+    normalized prompts, how often each normalized prompt occurs, and a TF-IDF index over the prompts."""
+
+    version: int
+    pairs: list[tuple[str, str]]
+    normalized: list[str]
+    prompt_counts: Counter[str]
+    tfidf: TfidfIndex
+
+    @classmethod
+    def build(cls, version: int, pairs: list[tuple[str, str]]) -> _ExampleIndex:
+        normalized = [_normalized(prompt) for prompt, _ in pairs]
+        return cls(version, pairs, normalized, Counter(normalized), TfidfIndex([prompt for prompt, _ in pairs]))
+
+
 class TfidfIndex:
     """TF-IDF vectors of a fixed list of documents, for cosine similarity against any query.
 
@@ -261,9 +279,6 @@ class TfidfIndex:
                 self._postings.setdefault(term, []).append((index, weight))
             norms.append(math.sqrt(sum(w * w for w in weights.values())))
         self._norms = norms
-
-    def __len__(self) -> int:
-        return self._size
 
     def similarities(self, query: str) -> list[float]:
         """Cosine similarity of ``query`` with each document, in document order."""

@@ -20,20 +20,18 @@ import logging
 import math
 import random
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from node.backends.base import GenerationRequest
-from node.backends.hf_transformers import ADAPTER_METADATA_FILE, load_gguf_model
+from node.backends.hf_transformers import ADAPTER_METADATA_FILE, load_gguf_model, quiet_peft
 from node.backends.prompting import chat_messages, plain_example_answer, plain_prompt
-from node.state import EVIDENCE_SOURCES, FeedbackStore, node_state_dir
+from node.state import EVIDENCE_SOURCES, FEEDBACK_FILE, FeedbackStore, node_state_dir
 
 logger = logging.getLogger(__name__)
 
-FEEDBACK_FILE = "feedback.sqlite3"
 _IGNORE = -100  # label value the loss skips: prompt tokens and padding
 
 
@@ -198,8 +196,7 @@ def train_adapter(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing to act on
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         peft_model: Any = peft.get_peft_model(model, lora)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)

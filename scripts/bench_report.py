@@ -8,7 +8,7 @@ import json
 import platform
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,9 @@ import grpc
 
 from client.errors import DellmError
 from client.local_cluster import ClusterError
+from coordinator.config import DispatchConfig
 from node.server import hardware_summary
+from protos import dellm_pb2, dellm_pb2_grpc
 
 
 class BenchmarkError(RuntimeError):
@@ -54,6 +56,17 @@ def run_and_report(out: Path, script: str, measure: Callable[[], dict[str, Any]]
         return 1
     write_report(out, {"machine": machine(), "command": command, **figures})
     return 0
+
+
+async def node_stream(address: str, prompt: str, max_tokens: int, timeout: float
+                      ) -> AsyncIterator[dellm_pb2.TokenChunk]:
+    """A node's Generate stream for ``prompt``, asked directly (no coordinator) with the coordinator's system
+    prompt: what one node does with a question on its own."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        request = dellm_pb2.GenerateRequest(prompt=prompt, max_tokens=max_tokens,
+                                            system=DispatchConfig().system_prompt)
+        async for chunk in dellm_pb2_grpc.NodeServiceStub(channel).Generate(request, timeout=timeout):
+            yield chunk
 
 
 def positive_ints(text: str) -> list[int]:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from client.api import ClientConfig, DellmClient  # noqa: E402
 from client.demo import DEMO_NODES, QWEN, SEED_QUERY  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
-from scripts.bench_report import BenchmarkError, run_and_report  # noqa: E402
+from scripts.bench_report import BenchmarkError, node_stream, run_and_report  # noqa: E402
 
 
 async def one_run(address: str, query: str) -> dict[str, object]:
@@ -59,20 +59,13 @@ async def one_run(address: str, query: str) -> dict[str, object]:
 
 async def one_node_alone(address: str, query: str) -> dict[str, object]:
     """The whole query asked of one node's Generate, no decomposition, voting or synthesis."""
-    import grpc
-
-    from coordinator.config import DispatchConfig
-    from protos import dellm_pb2, dellm_pb2_grpc
-
     started = time.perf_counter()
     first = None
     parts: list[str] = []
-    async with grpc.aio.insecure_channel(address) as channel:
-        request = dellm_pb2.GenerateRequest(prompt=query, max_tokens=256, system=DispatchConfig().system_prompt)
-        async for chunk in dellm_pb2_grpc.NodeServiceStub(channel).Generate(request, timeout=300):
-            if chunk.text:
-                first = first if first is not None else time.perf_counter() - started
-                parts.append(chunk.text)
+    async for chunk in node_stream(address, query, 256, timeout=300):
+        if chunk.text:
+            first = first if first is not None else time.perf_counter() - started
+            parts.append(chunk.text)
     if first is None:
         raise BenchmarkError("the node streamed no answer")
     return {"time_to_first_answer_token_s": first, "total_s": time.perf_counter() - started,

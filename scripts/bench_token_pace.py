@@ -21,16 +21,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from client.api import DellmClient  # noqa: E402
 from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
-from coordinator.config import DispatchConfig  # noqa: E402
-from protos import dellm_pb2, dellm_pb2_grpc  # noqa: E402
-from scripts.bench_report import BenchmarkError, run_and_report  # noqa: E402
+from scripts.bench_report import BenchmarkError, node_stream, run_and_report  # noqa: E402
 
 QUERY = "Tell me about the history of the city of Paris in detail"
 MAX_TOKENS = 160
@@ -41,13 +37,10 @@ def rate(stamps: list[float]) -> float:
 
 
 async def at_node(address: str) -> float:
-    stamps = []
-    async with grpc.aio.insecure_channel(address) as channel:
-        request = dellm_pb2.GenerateRequest(prompt=f"{QUERY}\nAnswer concisely.", max_tokens=MAX_TOKENS,
-                                            system=DispatchConfig().system_prompt)
-        async for chunk in dellm_pb2_grpc.NodeServiceStub(channel).Generate(request, timeout=120):
-            if chunk.text:
-                stamps.extend([time.perf_counter()] * max(1, len(chunk.logprobs)))
+    stamps: list[float] = []
+    async for chunk in node_stream(address, f"{QUERY}\nAnswer concisely.", MAX_TOKENS, timeout=120):
+        if chunk.text:
+            stamps.extend([time.perf_counter()] * max(1, len(chunk.logprobs)))
     return rate(stamps)
 
 

@@ -21,7 +21,7 @@ from node.backends.scripted import ScriptedBackend
 from node.config import NodeConfig
 from node.server import node_info, start_node
 from node.serving import wait_for_signal
-from node.state import FeedbackStore
+from node.state import FEEDBACK_FILE, FeedbackStore
 
 
 async def main() -> int:
@@ -34,7 +34,7 @@ async def main() -> int:
         parser.error("--count must be at least 1")
     state = Path(tempfile.mkdtemp(prefix="dellm-many-"))
     backend = ScriptedBackend.from_dict({"model": "scripted-many", "default": {"reply": "ok"}})
-    store = FeedbackStore(state / "feedback.sqlite3")
+    store = FeedbackStore(state / FEEDBACK_FILE)
     print(f"advertising {args.count} nodes at {time.time():.6f}", flush=True)
     nodes = await asyncio.gather(*(
         start_node(backend, node_info(f"{i:032x}", f"many-{i}", backend, cluster=args.cluster), store,

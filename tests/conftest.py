@@ -21,6 +21,7 @@ from node.backends.base import InferenceBackend
 from node.backends.scripted import ScriptedBackend
 from node.config import NodeConfig
 from node.server import RunningNode, node_info, start_node
+from node.serving import SecurityConfig
 from node.state import FeedbackStore
 from tests.redis_server import private_redis_server, redis_server, redis_url  # noqa: F401 (fixtures)
 
@@ -63,7 +64,8 @@ def script(rules: list[dict[str, Any]], default: str = "I do not know.", model: 
 
 @dataclass
 class Cluster:
-    """An in-process coordinator plus scripted nodes, all over real gRPC on loopback."""
+    """An in-process coordinator plus scripted nodes, all over real gRPC on loopback, every one of them
+    with ``security`` (a node may be given other settings)."""
 
     tmp: Path
     config: CoordinatorConfig
@@ -71,6 +73,8 @@ class Cluster:
     coordinator: RunningCoordinator | None = None
     nodes: dict[str, RunningNode] = field(default_factory=dict)
     stores: dict[str, FeedbackStore] = field(default_factory=dict)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    listen: str = "127.0.0.1:0"
 
     @property
     def address(self) -> str:
@@ -79,19 +83,25 @@ class Cluster:
 
     async def start_coordinator(self) -> RunningCoordinator:
         registry = SqliteRegistry(self.tmp / "registry.sqlite3")
-        self.coordinator = await start_coordinator(Coordinator(self.config, registry, self.synthesizer),
-                                                   "127.0.0.1:0")
+        coordinator = Coordinator(self.config, registry, self.synthesizer, security=self.security)
+        self.coordinator = await start_coordinator(coordinator, self.listen)
         return self.coordinator
 
-    async def add_node(self, name: str, backend: InferenceBackend, *, join: bool = True) -> RunningNode:
-        config = NodeConfig(listen="127.0.0.1:0", name=name, coordinator=self.address if join else None,
-                            state_dir=self.tmp / "state", drain_grace_s=1.0)
+    async def add_node(self, name: str, backend: InferenceBackend, *, join: bool = True,
+                       security: SecurityConfig | None = None, coordinator: str | None = None) -> RunningNode:
+        """A node joined to this cluster's coordinator (waited for until it is up), or to ``coordinator``
+        (not waited for), or to none."""
+        config = NodeConfig(listen="127.0.0.1:0", name=name, state_dir=self.tmp / "state", drain_grace_s=1.0,
+                            coordinator=(coordinator or self.address) if join else None,
+                            security=self.security if security is None else security)
         store = self.stores[name] = FeedbackStore(self.tmp / f"{name}-feedback.sqlite3")
         node = await start_node(backend, node_info(f"{name:0<32}"[:32], name, backend), store, config)
         self.nodes[name] = node
-        if join:
+        if join and coordinator is None:
+            assert self.coordinator is not None
+            registry = self.coordinator.coordinator.registry
             await self.wait_for(lambda: any(n.info.node_id == node.servicer.info.node_id and n.state == "up"
-                                            for n in self.coordinator.coordinator.registry.list_nodes()))
+                                            for n in registry.list_nodes()))
         return node
 
     async def stop_node(self, name: str) -> None:

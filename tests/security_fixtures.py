@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -14,14 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coordinator.config import CoordinatorConfig
-from coordinator.registry import SqliteRegistry
-from coordinator.server import start_coordinator
-from coordinator.service import Coordinator
-from node.backends.base import InferenceBackend
-from node.config import NodeConfig
-from node.server import RunningNode, node_info, start_node
 from node.serving import SecurityConfig
-from node.state import FeedbackStore
 from tests.conftest import Cluster
 
 TOKEN = "dellm-test-token-Q7x9Vb2Lk4Zp"  # visible ASCII, as real tokens (secrets.token_urlsafe) are
@@ -123,33 +116,7 @@ def user_security(pki: Pki, *, token: str | None = TOKEN, cert: bool = True) -> 
                           tls_key=pki.client.key if cert else None)
 
 
-@dataclass
-class SecureCluster(Cluster):
-    """tests.conftest.Cluster whose coordinator and nodes all run with ``security``."""
-
-    security: SecurityConfig = field(default_factory=SecurityConfig)
-    listen: str = "127.0.0.1:0"
-
-    async def start_coordinator(self) -> object:  # type: ignore[override]
-        registry = SqliteRegistry(self.tmp / "registry.sqlite3")
-        coordinator = Coordinator(self.config, registry, self.synthesizer, security=self.security)
-        self.coordinator = await start_coordinator(coordinator, self.listen)
-        return self.coordinator
-
-    async def add_node(self, name: str, backend: InferenceBackend, *, join: bool = True,
-                       security: SecurityConfig | None = None, coordinator: str | None = None) -> RunningNode:
-        config = NodeConfig(listen="127.0.0.1:0", name=name, state_dir=self.tmp / "state", drain_grace_s=1.0,
-                            coordinator=(coordinator or self.address) if join else None,
-                            security=self.security if security is None else security)
-        store = self.stores[name] = FeedbackStore(self.tmp / f"{name}-feedback.sqlite3")
-        node = await start_node(backend, node_info(f"{name:0<32}"[:32], name, backend), store, config)
-        self.nodes[name] = node
-        if join and coordinator is None:
-            node_id = node.servicer.info.node_id
-            registry = self.coordinator.coordinator.registry  # type: ignore[union-attr]
-            await self.wait_for(lambda: any(n.info.node_id == node_id and n.state == "up"
-                                            for n in registry.list_nodes()))
-        return node
+SecureCluster = Cluster  # tests.conftest.Cluster runs every process with its ``security``
 
 
 async def secure_cluster(tmp: Path, security: SecurityConfig, config: CoordinatorConfig | None = None,

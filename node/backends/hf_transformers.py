@@ -11,6 +11,7 @@ model's own, before any sampling transform.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import queue
@@ -267,11 +268,18 @@ def _with_adapter(model: Any, adapter: Path, model_name: str) -> Any:
         logger.warning("adapter %s was trained on %s, not on %s", adapter, trained_on, model_name)
     try:
         # Merged: generation then runs on plain weights, as fast as without an adapter.
-        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing to act on
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with quiet_peft():
             return PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
     except Exception as exc:
         raise BackendError(f"could not apply the LoRA adapter {adapter} to {model_name}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft asks transformers a deprecated question (a FutureWarning); there is nothing to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _adapter_base_model(adapter: Path) -> str:
