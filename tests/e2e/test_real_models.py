@@ -90,7 +90,9 @@ def test_mixed_network_with_gemma_base_model(local: LocalCluster) -> None:
     local.wait_for_nodes(2)
     events = ask(local.coordinator_address, "What is 10% of 1000?")
     result = next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result")
-    assert len(result.votes) == 2 and all(v.answer.strip() or v.failed for v in result.votes)
+    # both nodes got the chunk; the slower one may be cancelled once the faster one's answer checks out exactly
+    assert len(result.votes) + len(result.cancelled_node_ids) == 2
+    assert all(v.answer.strip() or v.failed for v in result.votes)
     final = events[-1].final
     assert "100" in final.answer  # the exact check picks the right answer whoever gave it
     by_verdict = {r.verdict for r in final.rewards}
