@@ -1,41 +1,63 @@
-# DELLM: `make demo` runs the main job, `make test` runs the tests. Both install what they need.
-PYTHON ?= python3
-PIP ?= $(PYTHON) -m pip
+# DELLM: `make demo` runs the main job, `make test` runs the tests. Both install what they need into
+# the project's own virtualenv, .venv, so they work on an externally-managed system Python
+# (Debian, Ubuntu), pyenv and conda alike. Put .venv/bin on PATH to use the commands yourself.
+SYSTEM_PYTHON ?= python3
+VENV ?= .venv
+PYTHON = $(VENV)/bin/python
+PIP = $(PYTHON) -m pip --disable-pip-version-check
+CONSTRAINTS = constraints.txt
 PROTO_OUT = protos/dellm_pb2.py protos/dellm_pb2.pyi protos/dellm_pb2_grpc.py
 MODELS_FOR_TESTS = qwen2.5-coder-0.5b-instruct gemma-3-270m smollm2-135m-instruct
-STAMP = .install.stamp
-PROTOC = $(PYTHON) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=.
+STAMP = $(VENV)/.dellm-installed
 
-.PHONY: install demo demo-lan bench bench-report bench-discovery test test-fast protos protos-check models lint bench-seed clean
+.PHONY: install demo demo-lan bench bench-report bench-discovery test test-fast protos protos-check models lint \
+        bench-seed doctor llama clean
 
-# torch comes first, pinned, from the CPU build on disk: otherwise the transformers extra
-# would pull a multi-GB CUDA build.
-$(STAMP): setup.cfg pyproject.toml
-	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[dev,transformers]"
+# torch first, pinned, from the CPU build on disk: otherwise the transformers extra would pull a
+# multi-GB CUDA build. Then the project without llama.cpp, then llama.cpp built portable (no AMX;
+# scripts/build_llama.py checks the build's own system info), then the node extra on top of it.
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) scripts/make_venv.py scripts/build_llama.py node/llama_build.py
+	@$(SYSTEM_PYTHON) scripts/make_venv.py $(VENV)
+	$(PIP) install --quiet -c $(CONSTRAINTS) "torch==2.13.0"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lan,redis,transformers,dev]"
+	$(PYTHON) scripts/build_llama.py --constraints $(CONSTRAINTS)
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[node,lan,redis,transformers,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-protos: $(STAMP)
-	$(PROTOC) protos/dellm.proto
+# Rebuild llama.cpp (for example after changing DELLM_LLAMA_SIMD=avx2|avx512|auto).
+llama: $(STAMP)
+	$(PYTHON) scripts/build_llama.py --constraints $(CONSTRAINTS) --force
 
-# Regenerate into a scratch folder and compare: fails when the committed code is stale.
+# The generated code imports itself as dellm.protos, so protoc runs in a scratch tree laid out the
+# way the package is installed. protos-check compares: CI fails when the committed code is stale.
+define GENERATE_PROTOS
+tmp=$$(mktemp -d) && mkdir -p $$tmp/dellm/protos && cp protos/dellm.proto $$tmp/dellm/protos/ && \
+  (cd $$tmp && $(CURDIR)/$(PYTHON) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
+    dellm/protos/dellm.proto)
+endef
+
+protos: $(STAMP)
+	@$(GENERATE_PROTOS) && for f in $(PROTO_OUT); do cp $$tmp/dellm/$$f $$f; done && echo "regenerated $(PROTO_OUT)"
+
 protos-check: $(STAMP)
-	@tmp=$$(mktemp -d) && mkdir -p $$tmp/protos && cp protos/dellm.proto $$tmp/protos/ && \
-	  (cd $$tmp && $(PROTOC) protos/dellm.proto) && \
-	  for f in $(PROTO_OUT); do cmp -s $$f $$tmp/$$f || { echo "$$f is stale: run 'make protos' and commit"; exit 1; }; done && \
+	@$(GENERATE_PROTOS) && \
+	  for f in $(PROTO_OUT); do cmp -s $$f $$tmp/dellm/$$f || { echo "$$f is stale: run 'make protos' and commit"; exit 1; }; done && \
 	  echo "generated protobuf code is up to date"
 
 models: $(STAMP)
-	$(PYTHON) -m client.cli models pull $(MODELS_FOR_TESTS)
+	$(PYTHON) -m dellm.client.cli models pull $(MODELS_FOR_TESTS)
+
+doctor: $(STAMP)
+	$(PYTHON) -m dellm.client.cli doctor
 
 demo: $(STAMP)
-	$(PYTHON) -m client.cli demo
+	$(PYTHON) -m dellm.client.cli demo
 
 # Coordinator and nodes find each other by mDNS alone, inside a private network namespace.
 demo-lan: $(STAMP)
-	$(PYTHON) -m client.cli demo --discovery mdns
+	$(PYTHON) -m dellm.client.cli demo --discovery mdns
 
 test: $(STAMP) protos-check lint models
 	DELLM_REQUIRE_MODELS=1 $(PYTHON) -m pytest -q -p no:cacheprovider
@@ -43,9 +65,13 @@ test: $(STAMP) protos-check lint models
 test-fast: $(STAMP)
 	$(PYTHON) -m pytest -q -m "not model and not slow"
 
+# mypy reads the code under its installed names (dellm.coordinator, ...) through a tree of links.
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m mypy coordinator node client
+	@rm -rf build/typecheck && mkdir -p build/typecheck/dellm && \
+	  for p in protos coordinator node client; do ln -s $(CURDIR)/$$p build/typecheck/dellm/$$p; done
+	cd build/typecheck && MYPYPATH=. $(CURDIR)/$(PYTHON) -m mypy --config-file $(CURDIR)/pyproject.toml \
+	  -p dellm.coordinator -p dellm.node -p dellm.client
 
 # The performance suite (issue 6), then BENCHMARKS.md regenerated from every report in bench-results/.
 # About 15 minutes on 2 cores; each script stops with a message (and records the failure) if a run fails.
@@ -69,4 +95,4 @@ bench-discovery: $(STAMP)
 	$(PYTHON) scripts/bench_discovery.py
 
 clean:
-	rm -f $(STAMP)
+	rm -rf $(STAMP) build/typecheck

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import grpc
-
-from client.errors import from_rpc_error
-from node.serving import SecurityConfig, channel
-from protos import dellm_pb2, dellm_pb2_grpc
+from dellm.client.errors import from_rpc_error
+from dellm.node.serving import SecurityConfig, channel
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
 
 DEFAULT_COORDINATOR = "127.0.0.1:50050"
 

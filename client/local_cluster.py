@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.api import ClientConfig, DellmClient
-from node.serving import SecurityConfig
+from dellm.client.api import ClientConfig, DellmClient
+from dellm.node.serving import SecurityConfig
 
 log = logging.getLogger(__name__)
 _LISTENING = re.compile(r"(?:listening on|on) (\S+:\d+)\s*$")
@@ -131,14 +131,14 @@ class LocalCluster:
 
     def start_coordinator(self, *, synth_model: str = "none", extra: Sequence[str] = (),
                           ready_timeout: float = 120.0) -> str:
-        argv = ["-m", "coordinator.cli", "--listen", "127.0.0.1:0", "--registry",
+        argv = ["-m", "dellm.coordinator.cli", "--listen", "127.0.0.1:0", "--registry",
                 str(self.workdir / "registry.sqlite3"), "--synth-model", synth_model, "--cluster", self.cluster,
                 *self._discovery_flags("mdns"), *self._security_flags(), *extra]
         self.coordinator_address = self._spawn("coordinator", argv, ready_timeout).address
         return self.coordinator_address
 
     def start_node(self, spec: NodeSpec, *, ready_timeout: float = 120.0) -> ManagedProcess:
-        argv = ["-m", "node.cli", "--backend", spec.backend, "--name", spec.name, "--listen", "127.0.0.1:0",
+        argv = ["-m", "dellm.node.cli", "--backend", spec.backend, "--name", spec.name, "--listen", "127.0.0.1:0",
                 "--state-dir", str(self.workdir / "state"), "--cluster", self.cluster,
                 *self._discovery_flags("advertise"), *self._security_flags()]
         if self.coordinator_address and not self.mdns:

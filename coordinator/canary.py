@@ -14,16 +14,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from coordinator.config import CoordinatorConfig
-from coordinator.node_client import ChunkRequest, NodeFeedback
-from coordinator.periodic import Periodic
-from coordinator.pipeline.answer import apply_decision
-from coordinator.pipeline.assemble import final_number
-from coordinator.pipeline.decompose import estimate_complexity, estimate_tokens
-from coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, stream_answer
-from coordinator.pipeline.reward import reward_for
-from coordinator.registry.base import NodeRegistry
-from coordinator.types import Chunk, NodeRecord, Operation, RewardDecision, Verdict
+from dellm.coordinator.config import CoordinatorConfig
+from dellm.coordinator.node_client import ChunkRequest, NodeFeedback
+from dellm.coordinator.periodic import Periodic
+from dellm.coordinator.pipeline.answer import apply_decision
+from dellm.coordinator.pipeline.assemble import final_number
+from dellm.coordinator.pipeline.decompose import estimate_complexity, estimate_tokens
+from dellm.coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, stream_answer
+from dellm.coordinator.pipeline.reward import reward_for
+from dellm.coordinator.registry.base import NodeRegistry
+from dellm.coordinator.types import Chunk, NodeRecord, Operation, RewardDecision, Verdict
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,17 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from coordinator.config import CoordinatorConfig, DecomposeConfig, HealthConfig, RouteConfig
-from coordinator.discovery.base import Discovery
-from coordinator.discovery.static import StaticDiscovery
-from coordinator.pipeline.planner import ModelPlanner
-from coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, TemplateSynthesizer
-from coordinator.registry import RegistryUnavailableError, open_registry
-from coordinator.server import serve
-from coordinator.service import Coordinator
-from node.serving import SecurityError, add_security_arguments, security_from_arguments
+from dellm.coordinator.config import CoordinatorConfig, DecomposeConfig, HealthConfig, RouteConfig
+from dellm.coordinator.discovery.base import Discovery
+from dellm.coordinator.discovery.static import StaticDiscovery
+from dellm.coordinator.pipeline.planner import ModelPlanner
+from dellm.coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, TemplateSynthesizer
+from dellm.coordinator.registry import RegistryUnavailableError, open_registry
+from dellm.coordinator.server import serve
+from dellm.coordinator.service import Coordinator
+from dellm.node.selfcheck import GenerationCheckError
+from dellm.node.serving import SecurityError, add_security_arguments, security_from_arguments
+from dellm.protos import version_line
 
 DEFAULT_SYNTH_MODEL = "qwen2.5-coder-0.5b-instruct"
 
@@ -36,10 +38,14 @@ def build_model_stages(
         if planner == "model":
             raise ValueError("--planner model needs a coordinator model: give --synth-model")
         return TemplateSynthesizer(), None
-    from node.backends.factory import create_backend
-    from node.models import resolve_model
+    from dellm.node.backends.factory import create_backend
+    from dellm.node.models import resolve_model
 
     model = resolve_model(spec)
+    if backend == "llama_cpp":
+        from dellm.node.selfcheck import require_generation
+
+        require_generation(model.path, threads=threads)  # in a child process: a crashing build stops here
     instruct = model.instruct
     loaded = create_backend(backend, model_path=model.path, model_name=model.name, instruct=instruct,
                             n_threads=threads)
@@ -50,7 +56,7 @@ def build_model_stages(
 
 def build_discovery(args: argparse.Namespace) -> list[Discovery]:
     if args.discovery == "mdns":
-        from coordinator.discovery.mdns import MdnsDiscovery
+        from dellm.coordinator.discovery.mdns import MdnsDiscovery
 
         return [MdnsDiscovery(args.cluster, args.interface)]
     if args.discovery == "static":
@@ -63,6 +69,7 @@ def build_discovery(args: argparse.Namespace) -> list[Discovery]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dellm-coordinator", description="Run a DELLM coordinator.")
+    parser.add_argument("--version", action="version", version=version_line("dellm-coordinator"))
     parser.add_argument("--listen", default=os.environ.get("DELLM_COORDINATOR_LISTEN", "127.0.0.1:50050"),
                         help="HOST:PORT to serve on (port 0 picks a free port; default %(default)s)")
     parser.add_argument("--synth-model", default=DEFAULT_SYNTH_MODEL,
@@ -147,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         synthesizer, planner = build_model_stages(args.synth_model, args.synth_backend, args.synth_threads, config,
                                                   args.planner)
+    except GenerationCheckError as exc:
+        print(f"dellm-coordinator: the synthesis model cannot run here: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # model errors: tell the user which file and how to fix it
         print(f"dellm-coordinator: cannot load the synthesis model: {exc}\n"
               f"  pull it with `dellm models pull {args.synth_model}` or run with --synth-model none",

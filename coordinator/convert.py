@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coordinator.types import (
+from dellm.coordinator.types import (
     AnswerToken,
     AppliedReward,
     ChunkAssembled,
@@ -16,7 +16,7 @@ from coordinator.types import (
     QueryFinished,
     Verdict,
 )
-from protos import dellm_pb2
+from dellm.protos import dellm_pb2
 
 VERDICTS = {Verdict.UNKNOWN: dellm_pb2.VERDICT_UNSPECIFIED, Verdict.CORRECT: dellm_pb2.CORRECT,
             Verdict.WRONG: dellm_pb2.WRONG}

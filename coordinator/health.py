@@ -12,11 +12,11 @@ import asyncio
 import logging
 import time
 
-from coordinator.config import HealthConfig
-from coordinator.node_client import NodePool
-from coordinator.periodic import Periodic
-from coordinator.registry.base import NodeRegistry
-from coordinator.types import NodeRecord
+from dellm.coordinator.config import HealthConfig
+from dellm.coordinator.node_client import NodePool
+from dellm.coordinator.periodic import Periodic
+from dellm.coordinator.registry.base import NodeRegistry
+from dellm.coordinator.types import NodeRecord
 
 log = logging.getLogger(__name__)
 

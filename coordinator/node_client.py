@@ -14,13 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
+from dellm.coordinator.convert import VERDICTS, info_from_proto
+from dellm.coordinator.errors import NodeCallError
+from dellm.coordinator.types import NodeDescription, Operation, Verdict
+from dellm.node.serving import SecurityConfig, channel
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from coordinator.convert import VERDICTS, info_from_proto
-from coordinator.errors import NodeCallError
-from coordinator.types import NodeDescription, Operation, Verdict
-from node.serving import SecurityConfig, channel
-from protos import dellm_pb2, dellm_pb2_grpc
 
 log = logging.getLogger(__name__)
 

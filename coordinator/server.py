@@ -8,15 +8,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-
-from coordinator.convert import event_to_proto, info_from_proto, node_status_to_proto, reward_to_proto
-from coordinator.errors import ChunkFailedError
-from coordinator.pipeline.decompose import InvalidQueryError
-from coordinator.pipeline.route import NoNodesAvailableError
-from coordinator.registry.base import UnknownNodeError, UnknownQueryError
-from coordinator.service import AdmissionRejectedError, Coordinator, TooManyQueriesError
-from node.serving import add_health_and_reflection, bind, new_server, peer_host, set_serving, wait_for_signal
-from protos import dellm_pb2, dellm_pb2_grpc
+from dellm.coordinator.convert import event_to_proto, info_from_proto, node_status_to_proto, reward_to_proto
+from dellm.coordinator.errors import ChunkFailedError
+from dellm.coordinator.pipeline.decompose import InvalidQueryError
+from dellm.coordinator.pipeline.route import NoNodesAvailableError
+from dellm.coordinator.registry.base import UnknownNodeError, UnknownQueryError
+from dellm.coordinator.service import AdmissionRejectedError, Coordinator, TooManyQueriesError
+from dellm.node.serving import add_health_and_reflection, bind, new_server, peer_host, set_serving, wait_for_signal
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = dellm_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name

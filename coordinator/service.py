@@ -13,22 +13,22 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
-from coordinator.canary import CanaryProbe
-from coordinator.config import CoordinatorConfig
-from coordinator.discovery.advert import SUPPORTED_PROTOCOL_VERSIONS, Advertisement
-from coordinator.discovery.base import Discovery
-from coordinator.errors import CoordinatorError, NodeCallError
-from coordinator.health import HealthMonitor
-from coordinator.node_client import ChunkRequest, FeedbackSender, NodeFeedback, NodePool, StreamPiece
-from coordinator.pipeline.answer import PipelineDeps, answer_query, apply_decision
-from coordinator.pipeline.decompose import check_query as check_query_text
-from coordinator.pipeline.planner import ModelPlanner
-from coordinator.pipeline.reward import reward_for
-from coordinator.pipeline.route import NoNodesAvailableError, Shortlist
-from coordinator.pipeline.synthesize import Synthesizer
-from coordinator.registry.base import NodeRegistry, UnknownNodeError
-from coordinator.types import AppliedReward, NodeDescription, NodeRecord, PipelineEvent, RewardDecision, Verdict
-from node.serving import SecurityConfig
+from dellm.coordinator.canary import CanaryProbe
+from dellm.coordinator.config import CoordinatorConfig
+from dellm.coordinator.discovery.advert import SUPPORTED_PROTOCOL_VERSIONS, Advertisement
+from dellm.coordinator.discovery.base import Discovery
+from dellm.coordinator.errors import CoordinatorError, NodeCallError
+from dellm.coordinator.health import HealthMonitor
+from dellm.coordinator.node_client import ChunkRequest, FeedbackSender, NodeFeedback, NodePool, StreamPiece
+from dellm.coordinator.pipeline.answer import PipelineDeps, answer_query, apply_decision
+from dellm.coordinator.pipeline.decompose import check_query as check_query_text
+from dellm.coordinator.pipeline.planner import ModelPlanner
+from dellm.coordinator.pipeline.reward import reward_for
+from dellm.coordinator.pipeline.route import NoNodesAvailableError, Shortlist
+from dellm.coordinator.pipeline.synthesize import Synthesizer
+from dellm.coordinator.registry.base import NodeRegistry, UnknownNodeError
+from dellm.coordinator.types import AppliedReward, NodeDescription, NodeRecord, PipelineEvent, RewardDecision, Verdict
+from dellm.node.serving import SecurityConfig
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import socket
 
+from dellm.protos import dellm_pb2
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
-
-from protos import dellm_pb2
 
 log = logging.getLogger(__name__)
 

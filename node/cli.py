@@ -14,18 +14,21 @@ import socket
 import sys
 from pathlib import Path
 
-from node.backends.base import BackendError
-from node.backends.factory import BACKEND_KINDS, create_backend
-from node.backends.scripted import ScriptError
-from node.config import NodeConfig, default_state_dir
-from node.models import ModelError, resolve_model
-from node.server import node_info, serve_node
-from node.serving import SecurityError, add_security_arguments, security_from_arguments
-from node.state import FEEDBACK_FILE, FeedbackStore, load_or_create_node_id, node_state_dir
+from dellm.node.backends.base import BackendError
+from dellm.node.backends.factory import BACKEND_KINDS, create_backend
+from dellm.node.backends.scripted import ScriptError
+from dellm.node.config import NodeConfig, default_state_dir
+from dellm.node.models import ModelError, resolve_model
+from dellm.node.selfcheck import GenerationCheckError, require_generation
+from dellm.node.server import node_info, serve_node
+from dellm.node.serving import SecurityError, add_security_arguments, security_from_arguments
+from dellm.node.state import FEEDBACK_FILE, FeedbackStore, load_or_create_node_id, node_state_dir
+from dellm.protos import version_line
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dellm-node", description="Serve a small language model to a DELLM cluster.")
+    parser.add_argument("--version", action="version", version=version_line("dellm-node"))
     parser.add_argument("--model", help="catalogue name (see `dellm models list`) or a local .gguf path")
     parser.add_argument("--backend", default="llama_cpp", choices=BACKEND_KINDS,
                         help="inference backend (default %(default)s; 'scripted' is a test double)")
@@ -52,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def parse_train_args(argv: list[str] | None) -> argparse.Namespace:
-    from node.train import TrainConfig
+    from dellm.node.train import TrainConfig
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -81,8 +84,8 @@ def train_main(argv: list[str]) -> int:
     """``dellm-node train``: 0 when the adapter was written, 2 for bad input, 1 when training failed."""
     args = parse_train_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from node.train import NoVerifiedFeedbackError, TrainConfig, TrainingError, feedback_path, read_training_pairs
-    from node.train import train_adapter as run_training
+    from dellm.node.train import NoVerifiedFeedbackError, TrainConfig, TrainingError, feedback_path, read_training_pairs
+    from dellm.node.train import train_adapter as run_training
 
     name = args.name or socket.gethostname()
     try:
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("dellm-node: --model NAME|PATH is required (see `dellm models list`)", file=sys.stderr)
                 return 2
             model = resolve_model(args.model)
+            if args.backend == "llama_cpp":
+                require_generation(model.path, threads=args.threads)  # in a child: a crash keeps us out
             backend = create_backend(
                 args.backend, model_path=model.path, model_name=model.name,
                 instruct=model.instruct,
@@ -150,9 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, BackendError, ScriptError, ValueError) as exc:
         print(f"dellm-node: {exc}", file=sys.stderr)
         return 2
+    except GenerationCheckError as exc:
+        print(f"dellm-node: not joining the network: {exc}", file=sys.stderr)
+        return 1
     except ImportError as exc:
+        extra = "node" if args.backend == "llama_cpp" else args.backend
         print(f"dellm-node: the {args.backend} backend is not installed ({exc}); "
-              f"install it with `pip install 'dellm[{args.backend}]'`", file=sys.stderr)
+              f"install it with `pip install 'dellm[{extra}]'` (see the README for llama.cpp's build flags)",
+              file=sys.stderr)
         return 2
 
     folder = node_state_dir(config.state_dir, name)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.serving import SecurityConfig
+from dellm.node.serving import SecurityConfig
 
 
 def default_state_dir() -> Path:

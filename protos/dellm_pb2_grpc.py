@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import dellm_pb2 as protos_dot_dellm__pb2
+from dellm.protos import dellm_pb2 as dellm_dot_protos_dot_dellm__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/dellm_pb2_grpc.py depends on'
+        + ' but the generated code in dellm/protos/dellm_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class NodeServiceStub:
         """
         self.Generate = channel.unary_stream(
                 '/dellm.v1.NodeService/Generate',
-                request_serializer=protos_dot_dellm__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=protos_dot_dellm__pb2.TokenChunk.FromString,
+                request_serializer=dellm_dot_protos_dot_dellm__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=dellm_dot_protos_dot_dellm__pb2.TokenChunk.FromString,
                 _registered_method=True)
         self.Feedback = channel.unary_unary(
                 '/dellm.v1.NodeService/Feedback',
-                request_serializer=protos_dot_dellm__pb2.NodeFeedbackRequest.SerializeToString,
-                response_deserializer=protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
+                request_serializer=dellm_dot_protos_dot_dellm__pb2.NodeFeedbackRequest.SerializeToString,
+                response_deserializer=dellm_dot_protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
                 _registered_method=True)
         self.FeedbackBatch = channel.unary_unary(
                 '/dellm.v1.NodeService/FeedbackBatch',
-                request_serializer=protos_dot_dellm__pb2.NodeFeedbackBatch.SerializeToString,
-                response_deserializer=protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
+                request_serializer=dellm_dot_protos_dot_dellm__pb2.NodeFeedbackBatch.SerializeToString,
+                response_deserializer=dellm_dot_protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
                 _registered_method=True)
         self.Info = channel.unary_unary(
                 '/dellm.v1.NodeService/Info',
-                request_serializer=protos_dot_dellm__pb2.InfoRequest.SerializeToString,
-                response_deserializer=protos_dot_dellm__pb2.NodeInfo.FromString,
+                request_serializer=dellm_dot_protos_dot_dellm__pb2.InfoRequest.SerializeToString,
+                response_deserializer=dellm_dot_protos_dot_dellm__pb2.NodeInfo.FromString,
                 _registered_method=True)
 
 
@@ -88,23 +88,23 @@ def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=protos_dot_dellm__pb2.GenerateRequest.FromString,
-                    response_serializer=protos_dot_dellm__pb2.TokenChunk.SerializeToString,
+                    request_deserializer=dellm_dot_protos_dot_dellm__pb2.GenerateRequest.FromString,
+                    response_serializer=dellm_dot_protos_dot_dellm__pb2.TokenChunk.SerializeToString,
             ),
             'Feedback': grpc.unary_unary_rpc_method_handler(
                     servicer.Feedback,
-                    request_deserializer=protos_dot_dellm__pb2.NodeFeedbackRequest.FromString,
-                    response_serializer=protos_dot_dellm__pb2.NodeFeedbackReply.SerializeToString,
+                    request_deserializer=dellm_dot_protos_dot_dellm__pb2.NodeFeedbackRequest.FromString,
+                    response_serializer=dellm_dot_protos_dot_dellm__pb2.NodeFeedbackReply.SerializeToString,
             ),
             'FeedbackBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.FeedbackBatch,
-                    request_deserializer=protos_dot_dellm__pb2.NodeFeedbackBatch.FromString,
-                    response_serializer=protos_dot_dellm__pb2.NodeFeedbackReply.SerializeToString,
+                    request_deserializer=dellm_dot_protos_dot_dellm__pb2.NodeFeedbackBatch.FromString,
+                    response_serializer=dellm_dot_protos_dot_dellm__pb2.NodeFeedbackReply.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
-                    request_deserializer=protos_dot_dellm__pb2.InfoRequest.FromString,
-                    response_serializer=protos_dot_dellm__pb2.NodeInfo.SerializeToString,
+                    request_deserializer=dellm_dot_protos_dot_dellm__pb2.InfoRequest.FromString,
+                    response_serializer=dellm_dot_protos_dot_dellm__pb2.NodeInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,8 +132,8 @@ class NodeService:
             request,
             target,
             '/dellm.v1.NodeService/Generate',
-            protos_dot_dellm__pb2.GenerateRequest.SerializeToString,
-            protos_dot_dellm__pb2.TokenChunk.FromString,
+            dellm_dot_protos_dot_dellm__pb2.GenerateRequest.SerializeToString,
+            dellm_dot_protos_dot_dellm__pb2.TokenChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -159,8 +159,8 @@ class NodeService:
             request,
             target,
             '/dellm.v1.NodeService/Feedback',
-            protos_dot_dellm__pb2.NodeFeedbackRequest.SerializeToString,
-            protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
+            dellm_dot_protos_dot_dellm__pb2.NodeFeedbackRequest.SerializeToString,
+            dellm_dot_protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -186,8 +186,8 @@ class NodeService:
             request,
             target,
             '/dellm.v1.NodeService/FeedbackBatch',
-            protos_dot_dellm__pb2.NodeFeedbackBatch.SerializeToString,
-            protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
+            dellm_dot_protos_dot_dellm__pb2.NodeFeedbackBatch.SerializeToString,
+            dellm_dot_protos_dot_dellm__pb2.NodeFeedbackReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -213,8 +213,8 @@ class NodeService:
             request,
             target,
             '/dellm.v1.NodeService/Info',
-            protos_dot_dellm__pb2.InfoRequest.SerializeToString,
-            protos_dot_dellm__pb2.NodeInfo.FromString,
+            dellm_dot_protos_dot_dellm__pb2.InfoRequest.SerializeToString,
+            dellm_dot_protos_dot_dellm__pb2.NodeInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -237,28 +237,28 @@ class CoordinatorServiceStub:
         """
         self.Ask = channel.unary_stream(
                 '/dellm.v1.CoordinatorService/Ask',
-                request_serializer=protos_dot_dellm__pb2.AskRequest.SerializeToString,
-                response_deserializer=protos_dot_dellm__pb2.AskEvent.FromString,
+                request_serializer=dellm_dot_protos_dot_dellm__pb2.AskRequest.SerializeToString,
+                response_deserializer=dellm_dot_protos_dot_dellm__pb2.AskEvent.FromString,
                 _registered_method=True)
         self.Feedback = channel.unary_unary(
                 '/dellm.v1.CoordinatorService/Feedback',
-                request_serializer=protos_dot_dellm__pb2.FeedbackRequest.SerializeToString,
-                response_deserializer=protos_dot_dellm__pb2.FeedbackReply.FromString,
+                request_serializer=dellm_dot_protos_dot_dellm__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=dellm_dot_protos_dot_dellm__pb2.FeedbackReply.FromString,
                 _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/dellm.v1.CoordinatorService/ListNodes',
-                request_serializer=protos_dot_dellm__pb2.ListNodesRequest.SerializeToString,
-                response_deserializer=protos_dot_dellm__pb2.ListNodesReply.FromString,
+                request_serializer=dellm_dot_protos_dot_dellm__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=dellm_dot_protos_dot_dellm__pb2.ListNodesReply.FromString,
                 _registered_method=True)
         self.Join = channel.unary_unary(
                 '/dellm.v1.CoordinatorService/Join',
-                request_serializer=protos_dot_dellm__pb2.JoinRequest.SerializeToString,
-                response_deserializer=protos_dot_dellm__pb2.JoinReply.FromString,
+                request_serializer=dellm_dot_protos_dot_dellm__pb2.JoinRequest.SerializeToString,
+                response_deserializer=dellm_dot_protos_dot_dellm__pb2.JoinReply.FromString,
                 _registered_method=True)
         self.Leave = channel.unary_unary(
                 '/dellm.v1.CoordinatorService/Leave',
-                request_serializer=protos_dot_dellm__pb2.LeaveRequest.SerializeToString,
-                response_deserializer=protos_dot_dellm__pb2.LeaveReply.FromString,
+                request_serializer=dellm_dot_protos_dot_dellm__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=dellm_dot_protos_dot_dellm__pb2.LeaveReply.FromString,
                 _registered_method=True)
 
 
@@ -300,28 +300,28 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Ask': grpc.unary_stream_rpc_method_handler(
                     servicer.Ask,
-                    request_deserializer=protos_dot_dellm__pb2.AskRequest.FromString,
-                    response_serializer=protos_dot_dellm__pb2.AskEvent.SerializeToString,
+                    request_deserializer=dellm_dot_protos_dot_dellm__pb2.AskRequest.FromString,
+                    response_serializer=dellm_dot_protos_dot_dellm__pb2.AskEvent.SerializeToString,
             ),
             'Feedback': grpc.unary_unary_rpc_method_handler(
                     servicer.Feedback,
-                    request_deserializer=protos_dot_dellm__pb2.FeedbackRequest.FromString,
-                    response_serializer=protos_dot_dellm__pb2.FeedbackReply.SerializeToString,
+                    request_deserializer=dellm_dot_protos_dot_dellm__pb2.FeedbackRequest.FromString,
+                    response_serializer=dellm_dot_protos_dot_dellm__pb2.FeedbackReply.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
-                    request_deserializer=protos_dot_dellm__pb2.ListNodesRequest.FromString,
-                    response_serializer=protos_dot_dellm__pb2.ListNodesReply.SerializeToString,
+                    request_deserializer=dellm_dot_protos_dot_dellm__pb2.ListNodesRequest.FromString,
+                    response_serializer=dellm_dot_protos_dot_dellm__pb2.ListNodesReply.SerializeToString,
             ),
             'Join': grpc.unary_unary_rpc_method_handler(
                     servicer.Join,
-                    request_deserializer=protos_dot_dellm__pb2.JoinRequest.FromString,
-                    response_serializer=protos_dot_dellm__pb2.JoinReply.SerializeToString,
+                    request_deserializer=dellm_dot_protos_dot_dellm__pb2.JoinRequest.FromString,
+                    response_serializer=dellm_dot_protos_dot_dellm__pb2.JoinReply.SerializeToString,
             ),
             'Leave': grpc.unary_unary_rpc_method_handler(
                     servicer.Leave,
-                    request_deserializer=protos_dot_dellm__pb2.LeaveRequest.FromString,
-                    response_serializer=protos_dot_dellm__pb2.LeaveReply.SerializeToString,
+                    request_deserializer=dellm_dot_protos_dot_dellm__pb2.LeaveRequest.FromString,
+                    response_serializer=dellm_dot_protos_dot_dellm__pb2.LeaveReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,8 +349,8 @@ class CoordinatorService:
             request,
             target,
             '/dellm.v1.CoordinatorService/Ask',
-            protos_dot_dellm__pb2.AskRequest.SerializeToString,
-            protos_dot_dellm__pb2.AskEvent.FromString,
+            dellm_dot_protos_dot_dellm__pb2.AskRequest.SerializeToString,
+            dellm_dot_protos_dot_dellm__pb2.AskEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -376,8 +376,8 @@ class CoordinatorService:
             request,
             target,
             '/dellm.v1.CoordinatorService/Feedback',
-            protos_dot_dellm__pb2.FeedbackRequest.SerializeToString,
-            protos_dot_dellm__pb2.FeedbackReply.FromString,
+            dellm_dot_protos_dot_dellm__pb2.FeedbackRequest.SerializeToString,
+            dellm_dot_protos_dot_dellm__pb2.FeedbackReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -403,8 +403,8 @@ class CoordinatorService:
             request,
             target,
             '/dellm.v1.CoordinatorService/ListNodes',
-            protos_dot_dellm__pb2.ListNodesRequest.SerializeToString,
-            protos_dot_dellm__pb2.ListNodesReply.FromString,
+            dellm_dot_protos_dot_dellm__pb2.ListNodesRequest.SerializeToString,
+            dellm_dot_protos_dot_dellm__pb2.ListNodesReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -430,8 +430,8 @@ class CoordinatorService:
             request,
             target,
             '/dellm.v1.CoordinatorService/Join',
-            protos_dot_dellm__pb2.JoinRequest.SerializeToString,
-            protos_dot_dellm__pb2.JoinReply.FromString,
+            dellm_dot_protos_dot_dellm__pb2.JoinRequest.SerializeToString,
+            dellm_dot_protos_dot_dellm__pb2.JoinReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -457,8 +457,8 @@ class CoordinatorService:
             request,
             target,
             '/dellm.v1.CoordinatorService/Leave',
-            protos_dot_dellm__pb2.LeaveRequest.SerializeToString,
-            protos_dot_dellm__pb2.LeaveReply.FromString,
+            dellm_dot_protos_dot_dellm__pb2.LeaveRequest.SerializeToString,
+            dellm_dot_protos_dot_dellm__pb2.LeaveReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,10 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client.api import ClientConfig, DellmClient  # noqa: E402
-from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
-from coordinator.pipeline.assemble import final_number  # noqa: E402
-from coordinator.pipeline.reward import exact_answer  # noqa: E402
+from dellm.client.api import ClientConfig, DellmClient  # noqa: E402
+from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
+from dellm.coordinator.pipeline.assemble import final_number  # noqa: E402
+from dellm.coordinator.pipeline.reward import exact_answer  # noqa: E402
+
 from scripts.bench_report import command_line, machine, write_report  # noqa: E402
 
 # name: (accuracy, seconds per word). The liar is the fastest: the seed's score (latency weighs 0.7)

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
-from client.errors import DellmError
-from client.local_cluster import ClusterError
-from coordinator.config import DispatchConfig
-from node.server import hardware_summary
-from protos import dellm_pb2, dellm_pb2_grpc
+from dellm.client.errors import DellmError
+from dellm.client.local_cluster import ClusterError
+from dellm.coordinator.config import DispatchConfig
+from dellm.node.server import hardware_summary
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
 
 
 class BenchmarkError(RuntimeError):

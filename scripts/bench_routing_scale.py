@@ -32,10 +32,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from coordinator.config import RouteConfig  # noqa: E402
-from coordinator.pipeline.route import Shortlist, route_chunk  # noqa: E402
-from coordinator.registry import NodeTable, RedisRegistry, SqliteRegistry  # noqa: E402
-from coordinator.types import Chunk, NodeDescription, NodeRecord, Operation, OpStats  # noqa: E402
+from dellm.coordinator.config import RouteConfig  # noqa: E402
+from dellm.coordinator.pipeline.route import Shortlist, route_chunk  # noqa: E402
+from dellm.coordinator.registry import NodeTable, RedisRegistry, SqliteRegistry  # noqa: E402
+from dellm.coordinator.types import Chunk, NodeDescription, NodeRecord, Operation, OpStats  # noqa: E402
+
 from scripts.bench_report import positive_ints, run_and_report  # noqa: E402
 from tests.redis_server import RedisServerProcess  # noqa: E402
 

@@ -29,9 +29,10 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client.api import ClientConfig, DellmClient  # noqa: E402
-from client.errors import DellmError  # noqa: E402
-from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
+from dellm.client.api import ClientConfig, DellmClient  # noqa: E402
+from dellm.client.errors import DellmError  # noqa: E402
+from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
+
 from scripts.bench_report import (  # noqa: E402
     ECHO_METHOD,
     BenchmarkError,

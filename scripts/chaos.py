@@ -34,9 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client.api import ClientConfig, DellmClient  # noqa: E402
-from client.errors import DellmError  # noqa: E402
-from client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
+from dellm.client.api import ClientConfig, DellmClient  # noqa: E402
+from dellm.client.errors import DellmError  # noqa: E402
+from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
+
 from scripts.bench_report import command_line, machine, percentile, write_report  # noqa: E402
 from tests.redis_server import free_port  # noqa: E402
 

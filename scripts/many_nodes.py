@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.backends.scripted import ScriptedBackend
-from node.config import NodeConfig
-from node.server import node_info, start_node
-from node.serving import wait_for_signal
-from node.state import FEEDBACK_FILE, FeedbackStore
+from dellm.node.backends.scripted import ScriptedBackend
+from dellm.node.config import NodeConfig
+from dellm.node.server import node_info, start_node
+from dellm.node.serving import wait_for_signal
+from dellm.node.state import FEEDBACK_FILE, FeedbackStore
 
 
 async def main() -> int:

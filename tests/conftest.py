@@ -11,18 +11,18 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from dellm.coordinator.config import CoordinatorConfig
+from dellm.coordinator.pipeline.synthesize import Synthesizer, TemplateSynthesizer
+from dellm.coordinator.registry import SqliteRegistry
+from dellm.coordinator.server import RunningCoordinator, start_coordinator
+from dellm.coordinator.service import Coordinator
+from dellm.node.backends.base import InferenceBackend
+from dellm.node.backends.scripted import ScriptedBackend
+from dellm.node.config import NodeConfig
+from dellm.node.server import RunningNode, node_info, start_node
+from dellm.node.serving import SecurityConfig
+from dellm.node.state import FeedbackStore
 
-from coordinator.config import CoordinatorConfig
-from coordinator.pipeline.synthesize import Synthesizer, TemplateSynthesizer
-from coordinator.registry import SqliteRegistry
-from coordinator.server import RunningCoordinator, start_coordinator
-from coordinator.service import Coordinator
-from node.backends.base import InferenceBackend
-from node.backends.scripted import ScriptedBackend
-from node.config import NodeConfig
-from node.server import RunningNode, node_info, start_node
-from node.serving import SecurityConfig
-from node.state import FeedbackStore
 from tests.redis_server import private_redis_server, redis_server, redis_url  # noqa: F401 (fixtures)
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -48,7 +48,7 @@ def require_modules(*names: str) -> None:
 
 def require_model(name: str) -> Path:
     """The cached model file, or skip/fail as :func:`unavailable` says."""
-    from node.models import CATALOGUE, cached_path
+    from dellm.node.models import CATALOGUE, cached_path
 
     path = cached_path(CATALOGUE[name])
     if not path.exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from coordinator.discovery.advert import Advertisement
+from dellm.coordinator.discovery.advert import Advertisement
 
 
 class DiscoverySink(Protocol):

@@ -7,12 +7,11 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from dellm.coordinator.discovery.advert import AdvertRejectedError, parse_advert
+from dellm.coordinator.discovery.base import DiscoverySink
+from dellm.node.advertise import SERVICE_TYPE, zeroconf_for
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
-
-from coordinator.discovery.advert import AdvertRejectedError, parse_advert
-from coordinator.discovery.base import DiscoverySink
-from node.advertise import SERVICE_TYPE, zeroconf_for
 
 log = logging.getLogger(__name__)
 RESOLVE_TIMEOUT_MS = 3000

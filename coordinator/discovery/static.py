@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from coordinator.discovery.base import DiscoverySink
-from coordinator.periodic import Periodic
+from dellm.coordinator.discovery.base import DiscoverySink
+from dellm.coordinator.periodic import Periodic
 
 
 class StaticDiscovery:

@@ -12,18 +12,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from coordinator.config import CoordinatorConfig, RewardConfig
-from coordinator.errors import ChunkFailedError
-from coordinator.node_client import ChunkRequest, NodeFeedback
-from coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled, reference_key
-from coordinator.pipeline.decompose import decompose, validate_plan
-from coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, dispatch_chunk
-from coordinator.pipeline.planner import ModelPlanner
-from coordinator.pipeline.reward import exact_answer, judge_chunk, update_fitness
-from coordinator.pipeline.route import Shortlist, redundancy_for
-from coordinator.pipeline.synthesize import Synthesizer
-from coordinator.registry.base import NodeRegistry, QueryRecord, UnknownNodeError
-from coordinator.types import (
+from dellm.coordinator.config import CoordinatorConfig, RewardConfig
+from dellm.coordinator.errors import ChunkFailedError
+from dellm.coordinator.node_client import ChunkRequest, NodeFeedback
+from dellm.coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled, reference_key
+from dellm.coordinator.pipeline.decompose import decompose, validate_plan
+from dellm.coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, dispatch_chunk
+from dellm.coordinator.pipeline.planner import ModelPlanner
+from dellm.coordinator.pipeline.reward import exact_answer, judge_chunk, update_fitness
+from dellm.coordinator.pipeline.route import Shortlist, redundancy_for
+from dellm.coordinator.pipeline.synthesize import Synthesizer
+from dellm.coordinator.registry.base import NodeRegistry, QueryRecord, UnknownNodeError
+from dellm.coordinator.types import (
     AnswerToken,
     AppliedReward,
     ChunkAssembled,

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-from coordinator.types import Chunk, ChunkResult, NodeAnswer, Operation, Vote
+from dellm.coordinator.types import Chunk, ChunkResult, NodeAnswer, Operation, Vote
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _ANSWER_MARKER = re.compile(r"\b(?:final answer|answer|result|total)\b\s*(?:is|:|=)", re.I)

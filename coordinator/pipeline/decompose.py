@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from coordinator.config import DecomposeConfig
-from coordinator.types import Chunk, Operation, Plan
+from dellm.coordinator.config import DecomposeConfig
+from dellm.coordinator.types import Chunk, Operation, Plan
 
 _SEQUENCE = re.compile(
     r"(?:[,;.]\s*|\s+)(?:and\s+)?(?:then|after\s+that|afterwards|based\s+on\s+(?:this|that|the\s+result))\s*,?\s+"

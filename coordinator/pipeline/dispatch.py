@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from coordinator.config import DispatchConfig, RouteConfig
-from coordinator.errors import NodeCallError
-from coordinator.node_client import ChunkRequest, StreamPiece
-from coordinator.pipeline.assemble import final_number
-from coordinator.pipeline.reward import exact_answer
-from coordinator.pipeline.route import NoNodesAvailableError, Shortlist, route_chunk
-from coordinator.registry.memory import NodeTable
-from coordinator.types import (
+from dellm.coordinator.config import DispatchConfig, RouteConfig
+from dellm.coordinator.errors import NodeCallError
+from dellm.coordinator.node_client import ChunkRequest, StreamPiece
+from dellm.coordinator.pipeline.assemble import final_number
+from dellm.coordinator.pipeline.reward import exact_answer
+from dellm.coordinator.pipeline.route import NoNodesAvailableError, Shortlist, route_chunk
+from dellm.coordinator.registry.memory import NodeTable
+from dellm.coordinator.types import (
     Assignment,
     Chunk,
     ChunkAssigned,
@@ -34,7 +34,7 @@ from coordinator.types import (
     Operation,
     PipelineEvent,
 )
-from node.backends.base import confidence_from_logprobs
+from dellm.node.backends.base import confidence_from_logprobs
 
 log = logging.getLogger(__name__)
 

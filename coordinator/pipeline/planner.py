@@ -13,10 +13,10 @@ import json
 import logging
 import re
 
-from coordinator.config import DecomposeConfig
-from coordinator.pipeline.decompose import decompose, estimate_complexity, estimate_tokens, validate_plan
-from coordinator.types import Chunk, Operation, Plan
-from node.backends.base import BackendError, GenerationRequest, InferenceBackend, stream_generation
+from dellm.coordinator.config import DecomposeConfig
+from dellm.coordinator.pipeline.decompose import decompose, estimate_complexity, estimate_tokens, validate_plan
+from dellm.coordinator.types import Chunk, Operation, Plan
+from dellm.node.backends.base import BackendError, GenerationRequest, InferenceBackend, stream_generation
 
 log = logging.getLogger(__name__)
 

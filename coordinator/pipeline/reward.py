@@ -16,15 +16,15 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 
-from coordinator.config import RewardConfig
-from coordinator.pipeline.assemble import (
+from dellm.coordinator.config import RewardConfig
+from dellm.coordinator.pipeline.assemble import (
     answers_match,
     format_number,
     normalize_answer,
     parse_number,
     reference_key,
 )
-from coordinator.types import ChunkResult, NodeAnswer, Operation, RewardDecision, Verdict
+from dellm.coordinator.types import ChunkResult, NodeAnswer, Operation, RewardDecision, Verdict
 
 _PERCENT_OF = re.compile(
     r"(\d[\d,]*(?:\.\d+)?)\s*%\s*(?:interest\s+|tax\s+|tip\s+|discount\s+)?(?:of|on)\s+\$?\s*(\d[\d,]*(?:\.\d+)?)",

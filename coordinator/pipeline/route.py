@@ -16,9 +16,9 @@ import statistics
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 
-from coordinator.config import RouteConfig
-from coordinator.registry.memory import NodeTable
-from coordinator.types import Assignment, Chunk, NodeRecord
+from dellm.coordinator.config import RouteConfig
+from dellm.coordinator.registry.memory import NodeTable
+from dellm.coordinator.types import Assignment, Chunk, NodeRecord
 
 
 class NoNodesAvailableError(RuntimeError):

@@ -13,11 +13,11 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from coordinator.config import SynthesisConfig
-from coordinator.pipeline.assemble import final_number
-from coordinator.pipeline.dispatch import concise_answer
-from coordinator.types import ChunkResult, Operation
-from node.backends.base import BackendError, GenerationRequest, InferenceBackend, stream_generation
+from dellm.coordinator.config import SynthesisConfig
+from dellm.coordinator.pipeline.assemble import final_number
+from dellm.coordinator.pipeline.dispatch import concise_answer
+from dellm.coordinator.types import ChunkResult, Operation
+from dellm.node.backends.base import BackendError, GenerationRequest, InferenceBackend, stream_generation
 
 log = logging.getLogger(__name__)
 

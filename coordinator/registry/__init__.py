@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.registry.base import (
+from dellm.coordinator.registry.base import (
     NodeRegistry,
     QueryRecord,
     RegistryUnavailableError,
     UnknownNodeError,
     UnknownQueryError,
 )
-from coordinator.registry.memory import CachedRegistry, NodeTable
-from coordinator.registry.redis import RedisRegistry
-from coordinator.registry.sqlite import SqliteRegistry
+from dellm.coordinator.registry.memory import CachedRegistry, NodeTable
+from dellm.coordinator.registry.redis import RedisRegistry
+from dellm.coordinator.registry.sqlite import SqliteRegistry
 
 __all__ = [
     "CachedRegistry",

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from coordinator.types import NodeDescription, NodeRecord
+from dellm.coordinator.types import NodeDescription, NodeRecord
 
 if TYPE_CHECKING:
-    from coordinator.registry.memory import NodeTable
+    from dellm.coordinator.registry.memory import NodeTable
 
 
 class UnknownNodeError(KeyError):

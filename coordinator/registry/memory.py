@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 
-from coordinator.registry.base import (
+from dellm.coordinator.registry.base import (
     NodeRegistry,
     QueryRecord,
     UnknownNodeError,
     UnknownQueryError,
     moving_latency,
 )
-from coordinator.types import NodeDescription, NodeRecord, OpStats
+from dellm.coordinator.types import NodeDescription, NodeRecord, OpStats
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,14 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from dellm.coordinator.registry.base import QueryRecord, RegistryUnavailableError, UnknownNodeError, UnknownQueryError
+from dellm.coordinator.registry.memory import NodeTable
+from dellm.coordinator.types import NodeDescription, NodeRecord, OpStats
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 from redis.retry import Retry
-
-from coordinator.registry.base import QueryRecord, RegistryUnavailableError, UnknownNodeError, UnknownQueryError
-from coordinator.registry.memory import NodeTable
-from coordinator.types import NodeDescription, NodeRecord, OpStats
 
 logger = logging.getLogger(__name__)
 

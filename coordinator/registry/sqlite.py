@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from coordinator.registry.base import QueryRecord, UnknownNodeError, UnknownQueryError, moving_latency
-from coordinator.registry.memory import NodeTable
-from coordinator.types import NodeDescription, NodeRecord, OpStats
+from dellm.coordinator.registry.base import QueryRecord, UnknownNodeError, UnknownQueryError, moving_latency
+from dellm.coordinator.registry.memory import NodeTable
+from dellm.coordinator.types import NodeDescription, NodeRecord, OpStats
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from node.backends.base import InferenceBackend
+from dellm.node.backends.base import InferenceBackend
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +37,20 @@ def create_backend(
         raise ValueError(f"a LoRA adapter (--adapter) needs the transformers backend, not {kind}")
     logger.info("creating %s backend for %s", kind, model_name)
     if kind == "llama_cpp":
-        from node.backends.llama_cpp import LlamaCppBackend
+        from dellm.node.backends.llama_cpp import LlamaCppBackend
 
         return LlamaCppBackend(
             _required(model_path, kind), model_name=model_name, instruct=instruct, n_threads=n_threads
         )
     if kind == "transformers":
-        from node.backends.hf_transformers import TransformersBackend
+        from dellm.node.backends.hf_transformers import TransformersBackend
 
         return TransformersBackend(
             _required(model_path, kind), model_name=model_name, instruct=instruct, n_threads=n_threads,
             adapter=adapter,
         )
     if kind == "scripted":
-        from node.backends.scripted import ScriptedBackend
+        from dellm.node.backends.scripted import ScriptedBackend
 
         if script_path is None:
             raise ValueError("the scripted backend needs a script_path")

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node.backends.base import BackendDescription, BackendError, GenerationRequest, TokenPiece
-from node.backends.prompting import (
+from dellm.node.backends.base import BackendDescription, BackendError, GenerationRequest, TokenPiece
+from dellm.node.backends.prompting import (
     FINISH_CANCELLED,
     FINISH_LENGTH,
     FINISH_STOP,

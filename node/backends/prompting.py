@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from node.backends.base import GenerationRequest
+from dellm.node.backends.base import GenerationRequest
 
 #: Stop sequences for the plain completion prompt: the model starting a new question,
 #: or ending its answer paragraph.

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.backends.base import BackendDescription, BackendError, GenerationRequest, TokenPiece
+from dellm.node.backends.base import BackendDescription, BackendError, GenerationRequest, TokenPiece
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-
-from client import cli
-from client.bench import (
+from dellm.client import cli
+from dellm.client.bench import (
     BenchConfig,
     BenchError,
     QuestionRecord,
@@ -278,7 +277,7 @@ def test_tiny_bench_on_scripted_nodes(tmp_path: Path) -> None:
 
 def test_an_unreachable_cluster_is_an_error_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Questions whose Ask fails (here: every node is gone) are recorded as errors; the bench goes on."""
-    from client import bench
+    from dellm.client import bench
 
     def no_nodes(cluster: object, config: object, models: object, threads: int) -> list[str]:
         return []  # start no node: the coordinator answers UNAVAILABLE

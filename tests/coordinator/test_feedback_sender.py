@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-
-from coordinator.node_client import FeedbackSender, NodeFeedback, NodePool
-from coordinator.types import Verdict
-from protos import dellm_pb2, dellm_pb2_grpc
+from dellm.coordinator.node_client import FeedbackSender, NodeFeedback, NodePool
+from dellm.coordinator.types import Verdict
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
 
 
 class RecordingNode(dellm_pb2_grpc.NodeServiceServicer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from coordinator.periodic import Periodic
+from dellm.coordinator.periodic import Periodic
 
 
 async def test_rounds_repeat_survive_errors_and_stop() -> None:

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-
-from coordinator.registry import (
+from dellm.coordinator.registry import (
     CachedRegistry,
     NodeRegistry,
     QueryRecord,
@@ -26,7 +25,7 @@ from coordinator.registry import (
     UnknownNodeError,
     UnknownQueryError,
 )
-from coordinator.types import NodeDescription
+from dellm.coordinator.types import NodeDescription
 
 INFO = NodeDescription("node-a", "127.0.0.1:50051", name="laptop", model="qwen2.5-0.5b", backend="llama_cpp")
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from coordinator.registry import (
+from dellm.coordinator.registry import (
     CachedRegistry,
     QueryRecord,
     RedisRegistry,
@@ -18,9 +17,10 @@ from coordinator.registry import (
     SqliteRegistry,
     open_registry,
 )
-from coordinator.registry import redis as redis_registry
-from coordinator.registry.redis import RewardContentionError, redact_url
-from coordinator.types import NodeDescription
+from dellm.coordinator.registry import redis as redis_registry
+from dellm.coordinator.registry.redis import RewardContentionError, redact_url
+from dellm.coordinator.types import NodeDescription
+
 from tests.redis_server import RedisServerProcess, free_port
 
 INFO = NodeDescription("node-a", "127.0.0.1:50051", name="laptop", model="qwen2.5-0.5b")

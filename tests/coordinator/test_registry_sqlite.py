@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from coordinator.registry import QueryRecord, SqliteRegistry
-from coordinator.types import NodeDescription
+from dellm.coordinator.registry import QueryRecord, SqliteRegistry
+from dellm.coordinator.types import NodeDescription
 
 INFO = NodeDescription("node-a", "127.0.0.1:50051", name="laptop", model="qwen2.5-0.5b", backend="llama_cpp")
 

@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dellm.client.local_cluster import LocalCluster, NodeSpec
+from dellm.client.netns import inside_private_netns
+from dellm.node.advertise import SERVICE_TYPE
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from client.local_cluster import LocalCluster, NodeSpec
-from client.netns import inside_private_netns
-from node.advertise import SERVICE_TYPE
 from tests.conftest import FIXTURES, REPO
 
 pytestmark = pytest.mark.skipif(not inside_private_netns(),
@@ -34,7 +34,7 @@ def scripted(name: str) -> NodeSpec:
 
 
 def nodes(cluster: LocalCluster) -> dict[str, dict]:
-    done = subprocess.run([sys.executable, "-m", "client.cli", "nodes", "--json", "--coordinator",
+    done = subprocess.run([sys.executable, "-m", "dellm.client.cli", "nodes", "--json", "--coordinator",
                            cluster.coordinator_address], capture_output=True, text=True, timeout=30, cwd=REPO)
     assert done.returncode == 0, done.stderr
     return {n["info"]["name"]: n for n in map(json.loads, done.stdout.splitlines())}
@@ -60,7 +60,7 @@ def test_nodes_are_found_by_mdns_alone_and_answer(lan: LocalCluster) -> None:
     lan.start_node(scripted("a"))
     lan.start_node(scripted("b"))
     lan.wait_for_nodes(2, timeout=15)
-    done = subprocess.run([sys.executable, "-m", "client.cli", "ask", "What is 10% of 1000?", "--json",
+    done = subprocess.run([sys.executable, "-m", "dellm.client.cli", "ask", "What is 10% of 1000?", "--json",
                            "--coordinator", lan.coordinator_address], capture_output=True, text=True, timeout=60,
                           cwd=REPO)
     assert done.returncode == 0, done.stderr
@@ -86,7 +86,7 @@ def test_goodbye_and_sigkill_stop_routing_and_a_restart_restores_fitness(lan: Lo
     first = lan.start_node(scripted("victim"))
     lan.wait_for_nodes(1)
     for _ in range(3):  # earn some fitness, alone
-        subprocess.run([sys.executable, "-m", "client.cli", "ask", "What is 10% of 1000?", "--coordinator",
+        subprocess.run([sys.executable, "-m", "dellm.client.cli", "ask", "What is 10% of 1000?", "--coordinator",
                         lan.coordinator_address], capture_output=True, timeout=60, cwd=REPO, check=True)
     fitness = nodes(lan)["victim"]["fitness"]
     assert fitness > 0.5

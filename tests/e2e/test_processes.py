@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dellm.client.api import DellmClient
+from dellm.client.local_cluster import LocalCluster, NodeSpec
 
-from client.api import DellmClient
-from client.local_cluster import LocalCluster, NodeSpec
 from tests.conftest import FIXTURES, REPO
 
 pytestmark = pytest.mark.slow
@@ -23,12 +23,12 @@ GOOD = NodeSpec("good", backend="scripted", script=FIXTURES / "good.toml")
 
 
 def dellm(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dellm.client.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
 
 
 def node_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dellm.node.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
 
 

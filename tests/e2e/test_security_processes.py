@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dellm.client.local_cluster import LocalCluster, NodeSpec
 
-from client.local_cluster import LocalCluster, NodeSpec
 from tests.conftest import FIXTURES, REPO
 from tests.security_fixtures import TOKEN, Pki, make_pki
 
@@ -54,11 +54,11 @@ def secured(tmp_path: Path, pki: Pki) -> Iterator[LocalCluster]:
 
 def test_the_cli_asks_a_token_and_mutual_tls_cluster(secured: LocalCluster, pki: Pki, tmp_path: Path) -> None:
     address = secured.coordinator_address
-    done = run("client.cli", "ask", QUERY, "--coordinator", address, "--token", TOKEN, *tls_flags(pki))
+    done = run("dellm.client.cli", "ask", QUERY, "--coordinator", address, "--token", TOKEN, *tls_flags(pki))
     assert done.returncode == 0, done.stderr
     assert "answer:" in done.stdout and "100" in done.stdout
 
-    listed = run("client.cli", "nodes", "--json", "--coordinator", address, *tls_flags(pki),
+    listed = run("dellm.client.cli", "nodes", "--json", "--coordinator", address, *tls_flags(pki),
                  env={"DELLM_TOKEN": TOKEN})
     assert listed.returncode == 0, listed.stderr
     (node,) = [json.loads(line) for line in listed.stdout.splitlines()]
@@ -67,7 +67,8 @@ def test_the_cli_asks_a_token_and_mutual_tls_cluster(secured: LocalCluster, pki:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")  # as an editor saves it
     token_file.chmod(0o600)
-    from_file = run("client.cli", "nodes", "--coordinator", address, "--token-file", str(token_file), *tls_flags(pki))
+    from_file = run("dellm.client.cli", "nodes", "--coordinator", address, "--token-file", str(token_file),
+                    *tls_flags(pki))
     assert from_file.returncode == 0, from_file.stderr
 
     logs = "\n".join(p.log_path.read_text() for p in secured.processes)
@@ -94,7 +95,7 @@ def test_the_cli_says_clearly_why_it_was_refused(secured: LocalCluster, pki: Pki
     flags = [{"CA": str(pki.ca), "CA-UNTRUSTED": str(pki.other_ca)}.get(f, f) for f in flags]
     if "--tls-ca" not in flags and exit_code == 6:
         flags += tls_flags(pki)
-    done = run("client.cli", "nodes", "--coordinator", secured.coordinator_address, *flags, env=env)
+    done = run("dellm.client.cli", "nodes", "--coordinator", secured.coordinator_address, *flags, env=env)
     assert done.returncode == exit_code, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert re.search(message, done.stderr), done.stderr
@@ -112,11 +113,11 @@ def test_the_cli_says_clearly_why_it_was_refused(secured: LocalCluster, pki: Pki
     ],
     ids=["missing-token-file", "ca-without-cert", "cert-without-key", "unicode-token", "token-and-file"],
 )
-@pytest.mark.parametrize("module", ["node.cli", "coordinator.cli"])
+@pytest.mark.parametrize("module", ["dellm.node.cli", "dellm.coordinator.cli"])
 def test_servers_refuse_bad_security_flags_at_start(pki: Pki, tmp_path: Path, module: str, flags: list[str],
                                                     message: str) -> None:
     flags = [{"CA": str(pki.ca), "CERT": str(pki.server.cert)}.get(f, f) for f in flags]
-    common = (["--backend", "scripted", "--no-advertise", "--state-dir", str(tmp_path)] if module == "node.cli"
+    common = (["--backend", "scripted", "--no-advertise", "--state-dir", str(tmp_path)] if module == "dellm.node.cli"
               else ["--synth-model", "none", "--discovery", "none", "--registry", str(tmp_path / "r.sqlite3")])
     done = run(module, "--listen", "127.0.0.1:0", *common, *flags, timeout=30)
     assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from dellm.client.api import DellmClient
+from dellm.client.errors import InvalidQueryError, NotFoundError, UnavailableError
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client.api import DellmClient
-from client.errors import InvalidQueryError, NotFoundError, UnavailableError
-from protos import dellm_pb2, dellm_pb2_grpc
 from tests.conftest import Cluster, script
 
 SEED = "Calculate 10% interest on $1000 then find best savings accounts"

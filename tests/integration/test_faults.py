@@ -8,14 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dellm.client.api import DellmClient
+from dellm.coordinator.config import CoordinatorConfig, DispatchConfig, RouteConfig
+from dellm.coordinator.pipeline.route import quarantined
+from dellm.coordinator.types import Verdict
+from dellm.node.backends.base import BackendDescription, GenerationRequest, TokenPiece
+from dellm.node.backends.scripted import ScriptedBackend
+from dellm.protos import dellm_pb2
 
-from client.api import DellmClient
-from coordinator.config import CoordinatorConfig, DispatchConfig, RouteConfig
-from coordinator.pipeline.route import quarantined
-from coordinator.types import Verdict
-from node.backends.base import BackendDescription, GenerationRequest, TokenPiece
-from node.backends.scripted import ScriptedBackend
-from protos import dellm_pb2
 from tests.conftest import Cluster, script
 
 

@@ -10,16 +10,13 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from client.api import ClientConfig, DellmClient
-from client.errors import AuthError, UnavailableError
-from coordinator.config import CoordinatorConfig
-from node.advertise import txt_properties
-from node.config import NodeConfig
-from node.server import join_coordinator
-from node.serving import (
+from dellm.client.api import ClientConfig, DellmClient
+from dellm.client.errors import AuthError, UnavailableError
+from dellm.coordinator.config import CoordinatorConfig
+from dellm.node.advertise import txt_properties
+from dellm.node.config import NodeConfig
+from dellm.node.server import join_coordinator
+from dellm.node.serving import (
     INVALID_TOKEN,
     MISSING_TOKEN,
     SecurityConfig,
@@ -29,7 +26,10 @@ from node.serving import (
     token_digest,
     token_refusal,
 )
-from protos import dellm_pb2, dellm_pb2_grpc
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from tests.conftest import script
 from tests.security_fixtures import (
     TOKEN,
@@ -259,7 +259,7 @@ async def test_a_coordinator_without_the_token_does_not_admit_token_nodes(tmp_pa
     open_coordinator = await secure_cluster(tmp_path / "open", SecurityConfig())
     try:
         node = await nodes.add_node("a", script(RIGHT), join=False)
-        from coordinator.service import AdmissionRejectedError
+        from dellm.coordinator.service import AdmissionRejectedError
 
         with pytest.raises(AdmissionRejectedError, match="requires a token") as caught:
             await open_coordinator.coordinator.coordinator.admit(node.address)  # type: ignore[union-attr]
@@ -387,7 +387,7 @@ async def test_a_plaintext_coordinator_cannot_reach_tls_nodes(tmp_path: Path, pk
     plain = await secure_cluster(tmp_path / "plain", SecurityConfig(), config=CoordinatorConfig())
     try:
         node = await tls.add_node("a", script(RIGHT), join=False)
-        from coordinator.service import AdmissionRejectedError
+        from dellm.coordinator.service import AdmissionRejectedError
 
         with pytest.raises(AdmissionRejectedError, match="did not answer Info"):
             await plain.coordinator.coordinator.admit(node.address)  # type: ignore[union-attr]

@@ -6,16 +6,16 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from dellm.client.api import DellmClient
+from dellm.coordinator.config import CoordinatorConfig
+from dellm.coordinator.pipeline.synthesize import TemplateSynthesizer
+from dellm.coordinator.registry import RedisRegistry
+from dellm.coordinator.server import start_coordinator
+from dellm.coordinator.service import Coordinator
+from dellm.node.config import NodeConfig
+from dellm.node.server import node_info, start_node
+from dellm.node.state import FeedbackStore
 
-from client.api import DellmClient
-from coordinator.config import CoordinatorConfig
-from coordinator.pipeline.synthesize import TemplateSynthesizer
-from coordinator.registry import RedisRegistry
-from coordinator.server import start_coordinator
-from coordinator.service import Coordinator
-from node.config import NodeConfig
-from node.server import node_info, start_node
-from node.state import FeedbackStore
 from tests.conftest import script
 
 RIGHT = [{"pattern": ".", "reply": "10% of 1000 is 100. Answer: 100"}]

@@ -12,13 +12,12 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
-
-from node import state
-from node.backends.base import BackendDescription, GenerationRequest, TokenPiece
-from node.backends.prompting import chat_messages, plain_prompt
-from node.config import NodeConfig
-from node.server import RunningNode, fit_examples, node_info, start_node
-from node.state import (
+from dellm.node import state
+from dellm.node.backends.base import BackendDescription, GenerationRequest, TokenPiece
+from dellm.node.backends.prompting import chat_messages, plain_prompt
+from dellm.node.config import NodeConfig
+from dellm.node.server import RunningNode, fit_examples, node_info, start_node
+from dellm.node.state import (
     MAX_EXAMPLE_CANDIDATES,
     FeedbackEntry,
     FeedbackStore,
@@ -26,7 +25,7 @@ from node.state import (
     tfidf_similarities,
     word_tokens,
 )
-from protos import dellm_pb2, dellm_pb2_grpc
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
 
 MATH = "\nGive the final number on the last line as 'Answer: <number>'."
 
@@ -298,7 +297,7 @@ async def _feedback(address: str, prompt: str, answer: str, verdict: dellm_pb2.V
 
 async def test_generate_puts_verified_feedback_before_the_prompt(
         recording_node: tuple[RunningNode, RecordingBackend], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="node.server")
+    caplog.set_level(logging.DEBUG, logger="dellm.node.server")
     node, backend = recording_node
     await _feedback(node.address, "What is 10% of 1000?" + MATH, "10% of 1000 = 100\nAnswer: 100",
                     dellm_pb2.CORRECT, "exact_check")

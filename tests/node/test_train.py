@@ -22,13 +22,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from node.backends.base import BackendError, GenerationRequest, InferenceBackend, TokenPiece
-from node.backends.factory import create_backend
-from node.cli import main
-from node.models import CATALOGUE
-from node.state import FeedbackEntry, FeedbackStore, node_state_dir
-from node.train import (
+from dellm.node.backends.base import BackendError, GenerationRequest, InferenceBackend, TokenPiece
+from dellm.node.backends.factory import create_backend
+from dellm.node.cli import main
+from dellm.node.models import CATALOGUE
+from dellm.node.state import FeedbackEntry, FeedbackStore, node_state_dir
+from dellm.node.train import (
     NoVerifiedFeedbackError,
     TrainConfig,
     TrainingError,
@@ -37,7 +36,8 @@ from node.train import (
     read_training_pairs,
     train_adapter,
 )
-from protos import dellm_pb2, dellm_pb2_grpc
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
+
 from tests.conftest import REPO, require_model, require_modules
 
 MODEL = "smollm2-135m-instruct"
@@ -91,7 +91,8 @@ def _start_adapter_node(adapter: Path, state: Path, log: Path) -> subprocess.Pop
     """``dellm-node --backend transformers --adapter DIR`` in a subprocess (it prints its address once loaded)."""
     with log.open("w") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "--model", MODEL, "--backend", "transformers", "--adapter", str(adapter),
+            [sys.executable, "-m", "dellm.node.cli", "--model", MODEL, "--backend", "transformers",
+             "--adapter", str(adapter),
              "--name", NODE, "--state-dir", str(state), "--few-shot", "0", "--no-advertise", "--threads", "1",
              "--listen", "127.0.0.1:0"],
             cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
@@ -113,7 +114,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     core A: ``dellm-node train`` (subprocess)          -> ``dellm-node --adapter`` serving it (subprocess)
     core B: base TransformersBackend answers the prompt -> :func:`train_adapter` (this process)
     """
-    from node.backends.hf_transformers import TransformersBackend
+    from dellm.node.backends.hf_transformers import TransformersBackend
 
     model_path = _require_training()
     tmp = tmp_path_factory.mktemp("train")
@@ -123,7 +124,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     started = time.monotonic()
     with (tmp / "train.log").open("w") as train_log:
         trainer = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "train", "--model", MODEL, "--name", NODE, "--state-dir", str(state),
+            [sys.executable, "-m", "dellm.node.cli", "train", "--model", MODEL, "--name", NODE,
+             "--state-dir", str(state),
              "--out", str(cli_out), "--epochs", "2", "--lr", "3e-3", "--batch-size", "6", "--threads", "1"],
             cwd=REPO, stdout=subprocess.PIPE, stderr=train_log, text=True,
         )
@@ -234,7 +236,8 @@ def test_no_feedback_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_no_feedback_exits_non_zero_from_the_command_line(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "node.cli", "train", "--model", MODEL, "--name", NODE, "--state-dir", str(tmp_path),
+        [sys.executable, "-m", "dellm.node.cli", "train", "--model", MODEL, "--name", NODE,
+         "--state-dir", str(tmp_path),
          "--out", str(tmp_path / "a")], cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2
@@ -264,7 +267,7 @@ def test_adapter_needs_the_transformers_backend(tmp_path: Path, capsys: pytest.C
 
 def test_a_folder_without_an_adapter_is_a_clear_error(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from node.backends.hf_transformers import TransformersBackend
+    from dellm.node.backends.hf_transformers import TransformersBackend
 
     (tmp_path / "empty").mkdir()
     for folder, message in ((tmp_path / "empty", "holds no LoRA adapter"), (tmp_path / "absent", "not found")):

@@ -8,16 +8,15 @@ import re
 from pathlib import Path
 
 import pytest
-
-from coordinator.config import DecomposeConfig
-from coordinator.pipeline.decompose import (
+from dellm.coordinator.config import DecomposeConfig
+from dellm.coordinator.pipeline.decompose import (
     InvalidQueryError,
     classify,
     decompose,
     estimate_complexity,
     validate_plan,
 )
-from coordinator.types import Chunk, Operation, Plan
+from dellm.coordinator.types import Chunk, Operation, Plan
 
 SEED_QUERY = "Calculate 10% interest on $1000 then find best savings accounts"
 GSM8K_DIR = (Path(__file__).parents[3] / ".." / "shared" / "data" / "gsm8k").resolve()

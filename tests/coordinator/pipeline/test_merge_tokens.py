@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from coordinator.pipeline.answer import merge_tokens
-from coordinator.types import AnswerToken, ChunkToken, PipelineEvent
+from dellm.coordinator.pipeline.answer import merge_tokens
+from dellm.coordinator.types import AnswerToken, ChunkToken, PipelineEvent
 
 
 def test_consecutive_tokens_of_one_stream_merge() -> None:

@@ -7,12 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-
-from coordinator.config import DecomposeConfig
-from coordinator.pipeline.decompose import decompose
-from coordinator.pipeline.planner import ModelPlanner, PlanRejectedError, parse_model_plan
-from coordinator.types import Operation
-from node.backends.scripted import ScriptedBackend
+from dellm.coordinator.config import DecomposeConfig
+from dellm.coordinator.pipeline.decompose import decompose
+from dellm.coordinator.pipeline.planner import ModelPlanner, PlanRejectedError, parse_model_plan
+from dellm.coordinator.types import Operation
+from dellm.node.backends.scripted import ScriptedBackend
 
 SEED = "Calculate 10% interest on $1000 then find best savings accounts"
 GOOD_PLAN = json.dumps([

@@ -7,10 +7,9 @@ import re
 import statistics
 
 import pytest
-
-from coordinator.config import RouteConfig
-from coordinator.pipeline.route import NoNodesAvailableError, redundancy_for, route_chunk, score_nodes
-from coordinator.types import Chunk, NodeDescription, NodeRecord, Operation
+from dellm.coordinator.config import RouteConfig
+from dellm.coordinator.pipeline.route import NoNodesAvailableError, redundancy_for, route_chunk, score_nodes
+from dellm.coordinator.types import Chunk, NodeDescription, NodeRecord, Operation
 
 CONFIG = RouteConfig(exploration="none")  # the seed's score exactly; exploration is tested at the end
 
@@ -268,7 +267,7 @@ def test_ties_break_on_node_id_whatever_the_input_order(order: tuple[int, ...]) 
 # --- fitness per operation type, and exploration ------------------------------------------------
 
 def _specialist(node_id: str, op_fitness: dict[str, tuple[float, int, int]], fitness: float = 0.5) -> NodeRecord:
-    from coordinator.types import OpStats
+    from dellm.coordinator.types import OpStats
 
     return NodeRecord(NodeDescription(node_id, "127.0.0.1:1"), fitness=fitness, latency_ms=100.0,
                       op_stats={op: OpStats(*stats) for op, stats in op_fitness.items()})

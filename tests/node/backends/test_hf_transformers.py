@@ -12,9 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dellm.node.backends.base import (
+    BackendError,
+    GenerationRequest,
+    TokenPiece,
+    confidence_from_logprobs,
+    stream_generation,
+)
+from dellm.node.backends.hf_transformers import TransformersBackend  # imports torch only when a model loads
 
-from node.backends.base import BackendError, GenerationRequest, TokenPiece, confidence_from_logprobs, stream_generation
-from node.backends.hf_transformers import TransformersBackend  # imports torch only when a model loads
 from tests.conftest import require_model, require_modules
 
 pytestmark = pytest.mark.slow

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from node.backends.base import GenerationRequest
-from node.backends.prompting import (
+from dellm.node.backends.base import GenerationRequest
+from dellm.node.backends.prompting import (
     PLAIN_STOP_SEQUENCES,
     StopSequenceFilter,
     chat_messages,
