@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import grpc
+
 from dellm.client.errors import from_rpc_error
-from dellm.node.serving import SecurityConfig, channel
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
+from dellm.protos.security import SecurityConfig
+from dellm.protos.transport import channel
 
 DEFAULT_COORDINATOR = "127.0.0.1:50050"
 

@@ -15,12 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from google.protobuf.json_format import MessageToDict
+
 from dellm.client.api import ClientConfig, DellmClient, default_coordinator
 from dellm.client.errors import DellmError
 from dellm.client.render import ProgressPrinter, event_json, nodes_table
-from dellm.node.serving import SecurityError, add_security_arguments, security_from_arguments
 from dellm.protos import version_line
-from google.protobuf.json_format import MessageToDict
+from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
 
 
 def _client(args: argparse.Namespace) -> DellmClient:

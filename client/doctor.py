@@ -29,7 +29,7 @@ from dellm.node.llama_build import (
     read_cpu_flags,
 )
 from dellm.node.models import CATALOGUE, ModelError, ModelSpec, cached_path, resolve_model
-from dellm.node.serving import SecurityConfig
+from dellm.protos.security import SecurityConfig
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dellm.client.api import ClientConfig, DellmClient
-from dellm.node.serving import SecurityConfig
+from dellm.protos.security import SecurityConfig
 
 log = logging.getLogger(__name__)
 _LISTENING = re.compile(r"(?:listening on|on) (\S+:\d+)\s*$")

@@ -6,8 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import TextIO
 
-from dellm.protos import dellm_pb2
 from google.protobuf.json_format import MessageToDict
+
+from dellm.protos import dellm_pb2
 
 
 def event_json(event: dellm_pb2.AskEvent) -> str:

@@ -24,6 +24,7 @@ from dellm.coordinator.pipeline.dispatch import NodeConnector, build_chunk_promp
 from dellm.coordinator.pipeline.reward import reward_for
 from dellm.coordinator.registry.base import NodeRegistry
 from dellm.coordinator.types import Chunk, NodeRecord, Operation, RewardDecision, Verdict
+from dellm.protos.wire import FeedbackSource, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class CanaryProbe:
         await self._periodic.stop()
 
     async def _probe_someone(self) -> None:
-        live = [n for n in self._registry.list_nodes() if n.state == "up"]
+        live = [n for n in self._registry.list_nodes() if n.state == NodeState.UP]
         if live:
             await self.probe(self._rng.choice(live))
 
@@ -84,7 +85,7 @@ class CanaryProbe:
         got = None if answer.failed else final_number(answer.text)
         verdict = Verdict.CORRECT if got is not None and abs(got - expected) < 1e-6 else Verdict.WRONG
         reward = reward_for(verdict, answer.latency_ms, self._config.reward)
-        decision = RewardDecision(node.node_id, "c1", verdict, reward, "canary", str(int(expected)))
+        decision = RewardDecision(node.node_id, "c1", verdict, reward, FeedbackSource.CANARY, str(int(expected)))
         applied = apply_decision(self._registry, self._send_feedback, decision, Operation.MATH_OP.value,
                                  self._config.reward, query_id=request.query_id, prompt=prompt, answer=answer.text)
         before, after = applied.fitness_before, applied.fitness_after

@@ -19,8 +19,8 @@ from dellm.coordinator.registry import RegistryUnavailableError, open_registry
 from dellm.coordinator.server import serve
 from dellm.coordinator.service import Coordinator
 from dellm.node.selfcheck import GenerationCheckError
-from dellm.node.serving import SecurityError, add_security_arguments, security_from_arguments
 from dellm.protos import version_line
+from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
 
 DEFAULT_SYNTH_MODEL = "qwen2.5-coder-0.5b-instruct"
 

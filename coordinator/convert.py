@@ -9,7 +9,6 @@ from dellm.coordinator.types import (
     ChunkAssigned,
     ChunkResult,
     ChunkToken,
-    NodeDescription,
     NodeRecord,
     PipelineEvent,
     PlanReady,
@@ -17,45 +16,10 @@ from dellm.coordinator.types import (
     Verdict,
 )
 from dellm.protos import dellm_pb2
+from dellm.protos.wire import description_to_proto
 
 VERDICTS = {Verdict.UNKNOWN: dellm_pb2.VERDICT_UNSPECIFIED, Verdict.CORRECT: dellm_pb2.CORRECT,
             Verdict.WRONG: dellm_pb2.WRONG}
-
-
-def info_from_proto(message: dellm_pb2.NodeInfo) -> NodeDescription:
-    return NodeDescription(
-        node_id=message.node_id,
-        address=message.address,
-        name=message.name,
-        model=message.model,
-        backend=message.backend,
-        quantization=message.quantization,
-        context_size=message.context_size,
-        hardware=message.hardware,
-        version=message.version,
-        model_sha256=message.model_sha256,
-        protocol_version=message.protocol_version,
-        cluster=message.cluster,
-        token_required=message.token_required,
-    )
-
-
-def info_to_proto(info: NodeDescription) -> dellm_pb2.NodeInfo:
-    return dellm_pb2.NodeInfo(
-        node_id=info.node_id,
-        name=info.name,
-        address=info.address,
-        model=info.model,
-        backend=info.backend,
-        quantization=info.quantization,
-        context_size=info.context_size,
-        hardware=info.hardware,
-        version=info.version,
-        model_sha256=info.model_sha256,
-        protocol_version=info.protocol_version,
-        cluster=info.cluster,
-        token_required=info.token_required,
-    )
 
 
 def reward_to_proto(applied: AppliedReward) -> dellm_pb2.NodeReward:
@@ -123,7 +87,7 @@ def event_to_proto(event: PipelineEvent) -> dellm_pb2.AskEvent:
 
 def node_status_to_proto(record: NodeRecord, in_flight: int) -> dellm_pb2.NodeStatus:
     return dellm_pb2.NodeStatus(
-        info=info_to_proto(record.info), fitness=record.fitness,
+        info=description_to_proto(record.info), fitness=record.fitness,
         latency_ms=record.latency_ms if record.latency_ms is not None else 0.0, in_flight=in_flight,
         last_seen_unix=record.last_seen, state=record.state, answers=record.answers, correct=record.correct,
         failures=record.failures,

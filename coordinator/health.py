@@ -17,6 +17,7 @@ from dellm.coordinator.node_client import NodePool
 from dellm.coordinator.periodic import Periodic
 from dellm.coordinator.registry.base import NodeRegistry
 from dellm.coordinator.types import NodeRecord
+from dellm.protos.wire import NodeState
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class HealthMonitor:
         await self._periodic.stop()
 
     async def check_all(self) -> None:
-        nodes = [n for n in self._registry.list_nodes() if n.state in ("up", "down")]
+        nodes = [n for n in self._registry.list_nodes() if n.state in (NodeState.UP, NodeState.DOWN)]
         results = await asyncio.gather(*(self._check(n) for n in nodes))
         now = time.time()
         for node, healthy in zip(nodes, results, strict=True):
@@ -50,18 +51,18 @@ class HealthMonitor:
         node_id = node.node_id
         if healthy:
             self._missed[node_id] = 0
-            if node.state != "up" or now - self._written.get(node_id, 0.0) >= self._config.last_seen_write_s:
-                if node.state != "up":
+            if node.state != NodeState.UP or now - self._written.get(node_id, 0.0) >= self._config.last_seen_write_s:
+                if node.state != NodeState.UP:
                     log.info("node %s at %s answers again: up", node_id, node.info.address)
-                self._registry.set_state(node_id, "up", now=now)
+                self._registry.set_state(node_id, NodeState.UP, now=now)
                 self._written[node_id] = now
             return
         missed = self._missed[node_id] = self._missed.get(node_id, 0) + 1
-        if node.state == "up" and missed >= self._config.max_missed:
+        if node.state == NodeState.UP and missed >= self._config.max_missed:
             log.warning("node %s at %s missed %d health checks: down", node_id, node.info.address, missed)
-            self._registry.set_state(node_id, "down")
-        elif node.state == "down" and now - node.last_seen > self._config.ttl_s:
+            self._registry.set_state(node_id, NodeState.DOWN)
+        elif node.state == NodeState.DOWN and now - node.last_seen > self._config.ttl_s:
             log.info("node %s down for over %.0fs: dropped from the live set (fitness kept)", node_id,
                      self._config.ttl_s)
-            self._registry.set_state(node_id, "gone")
+            self._registry.set_state(node_id, NodeState.GONE)
             self._missed.pop(node_id, None)

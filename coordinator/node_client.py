@@ -14,12 +14,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
-from dellm.coordinator.convert import VERDICTS, info_from_proto
-from dellm.coordinator.errors import NodeCallError
-from dellm.coordinator.types import NodeDescription, Operation, Verdict
-from dellm.node.serving import SecurityConfig, channel
-from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dellm.coordinator.convert import VERDICTS
+from dellm.coordinator.errors import NodeCallError
+from dellm.coordinator.types import Operation, Verdict
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
+from dellm.protos.security import SecurityConfig
+from dellm.protos.transport import channel
+from dellm.protos.wire import NodeDescription, description_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,7 @@ class NodeClient:
 
     async def info(self, timeout: float) -> NodeDescription:
         try:
-            return info_from_proto(await self._stub.Info(dellm_pb2.InfoRequest(), timeout=timeout))
+            return description_from_proto(await self._stub.Info(dellm_pb2.InfoRequest(), timeout=timeout))
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from exc
 

@@ -8,14 +8,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-from dellm.coordinator.convert import event_to_proto, info_from_proto, node_status_to_proto, reward_to_proto
+
+from dellm.coordinator.convert import event_to_proto, node_status_to_proto, reward_to_proto
 from dellm.coordinator.errors import ChunkFailedError
 from dellm.coordinator.pipeline.decompose import InvalidQueryError
 from dellm.coordinator.pipeline.route import NoNodesAvailableError
 from dellm.coordinator.registry.base import UnknownNodeError, UnknownQueryError
 from dellm.coordinator.service import AdmissionRejectedError, Coordinator, TooManyQueriesError
-from dellm.node.serving import add_health_and_reflection, bind, new_server, peer_host, set_serving, wait_for_signal
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
+from dellm.protos.transport import add_health_and_reflection, bind, new_server, peer_host, set_serving, wait_for_signal
+from dellm.protos.wire import description_from_proto
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = dellm_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
@@ -58,7 +60,7 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         self, request: dellm_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.JoinReply:
         try:
-            record = await self._coordinator.join(info_from_proto(request.info))
+            record = await self._coordinator.join(description_from_proto(request.info))
         except AdmissionRejectedError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return dellm_pb2.JoinReply(node_id=record.node_id, fitness=record.fitness)

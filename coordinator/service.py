@@ -15,7 +15,6 @@ from dataclasses import replace
 
 from dellm.coordinator.canary import CanaryProbe
 from dellm.coordinator.config import CoordinatorConfig
-from dellm.coordinator.discovery.advert import SUPPORTED_PROTOCOL_VERSIONS, Advertisement
 from dellm.coordinator.discovery.base import Discovery
 from dellm.coordinator.errors import CoordinatorError, NodeCallError
 from dellm.coordinator.health import HealthMonitor
@@ -27,8 +26,9 @@ from dellm.coordinator.pipeline.reward import reward_for
 from dellm.coordinator.pipeline.route import NoNodesAvailableError, Shortlist
 from dellm.coordinator.pipeline.synthesize import Synthesizer
 from dellm.coordinator.registry.base import NodeRegistry, UnknownNodeError
-from dellm.coordinator.types import AppliedReward, NodeDescription, NodeRecord, PipelineEvent, RewardDecision, Verdict
-from dellm.node.serving import SecurityConfig
+from dellm.coordinator.types import AppliedReward, NodeRecord, PipelineEvent, RewardDecision, Verdict
+from dellm.protos.security import SecurityConfig
+from dellm.protos.wire import SUPPORTED_PROTOCOL_VERSIONS, FeedbackSource, NodeDescription, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Coordinator:
 
     # --- membership -------------------------------------------------------------------
 
-    async def admit(self, address: str, expected: NodeDescription | Advertisement | None = None) -> NodeRecord:
+    async def admit(self, address: str, expected: NodeDescription | None = None) -> NodeRecord:
         """Check the node at ``address`` over gRPC and register it.
 
         ``expected`` is what the node claimed (its Join request or mDNS advertisement); the
@@ -142,14 +142,14 @@ class Coordinator:
         await self._refuse_duplicate(known, address)
         record = self.registry.upsert_node(replace(actual, address=address), now=time.time())
         await self.pool.client(record.node_id, address).connect(self.config.rpc_timeout_s)
-        if known is None or known.state != "up" or known.info.address != address:
+        if known is None or known.state != NodeState.UP or known.info.address != address:
             log.info("node %s admitted from %s (%s, %s), fitness %.3f", record.node_id, address, record.info.model,
                      record.info.backend, record.fitness)
         return record
 
     async def _refuse_duplicate(self, known: NodeRecord | None, address: str) -> None:
         """A node id already live at another address that still answers as that id is a duplicate."""
-        if known is None or known.state != "up" or known.info.address == address:
+        if known is None or known.state != NodeState.UP or known.info.address == address:
             return
         node_id = known.node_id
         try:
@@ -166,7 +166,7 @@ class Coordinator:
             raise AdmissionRejectedError("a joining node must give its node_id and address")
         return await self.admit(claimed.address, claimed)
 
-    async def found(self, address: str, advert: Advertisement | None, *, source: str) -> None:
+    async def found(self, address: str, advert: NodeDescription | None, *, source: str) -> None:
         """DiscoverySink: admit what discovery found; log a refusal once per address and reason."""
         try:
             await self.admit(address, advert)
@@ -180,11 +180,11 @@ class Coordinator:
     async def lost(self, node_id: str, *, source: str) -> None:
         """DiscoverySink: the node said goodbye; stop routing to it now (health checks may revive it)."""
         with contextlib.suppress(UnknownNodeError):
-            self.registry.set_state(node_id, "down")
+            self.registry.set_state(node_id, NodeState.DOWN)
             log.info("%s: node %s said goodbye: down", source, node_id)
 
     def leave(self, node_id: str) -> None:
-        self.registry.set_state(node_id, "down", now=time.time())
+        self.registry.set_state(node_id, NodeState.DOWN, now=time.time())
         log.info("node %s left", node_id)
 
     def nodes(self) -> list[tuple[NodeRecord, int]]:
@@ -223,7 +223,8 @@ class Coordinator:
                 if not node_answer["in_winning_group"]:
                     continue
                 reward = reward_for(verdict, node_answer["latency_ms"], self.config.reward, verified=True)
-                decision = RewardDecision(node_answer["node_id"], chunk["chunk_id"], verdict, reward, "user",
+                decision = RewardDecision(node_answer["node_id"], chunk["chunk_id"], verdict, reward,
+                                          FeedbackSource.USER,
                                           answer or (record.answer if correct else ""))
                 applied.append(apply_decision(self.registry, self._send_feedback, decision, chunk["operation"],
                                               self.config.reward, query_id=query_id, prompt=chunk["prompt"],

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from dellm.protos.wire import NodeDescription, NodeState
+
 
 class Operation(StrEnum):
     MATH_OP = "MATH_OP"
@@ -41,25 +43,6 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class NodeDescription:
-    """What a node says about itself (its Info)."""
-
-    node_id: str
-    address: str
-    name: str = ""
-    model: str = ""
-    backend: str = ""
-    quantization: str = ""
-    context_size: int = 0
-    hardware: str = ""
-    version: str = ""
-    model_sha256: str = ""
-    protocol_version: int = 1
-    cluster: str = "default"
-    token_required: bool = False
-
-
-@dataclass(frozen=True)
 class OpStats:
     fitness: float
     trials: int = 0  # answers judged (with a verdict) at this operation type
@@ -73,7 +56,7 @@ class NodeRecord:
     info: NodeDescription
     fitness: float = 0.5
     latency_ms: float | None = None  # moving average of whole-answer time; None until measured
-    state: str = "up"  # up | down
+    state: str = NodeState.UP  # up | down | gone (evicted)
     last_seen: float = 0.0
     answers: int = 0
     correct: int = 0
@@ -155,7 +138,7 @@ class RewardDecision:
     chunk_id: str
     verdict: Verdict
     reward: float
-    source: str  # exact_check | vote | user | failure | none
+    source: str  # a FeedbackSource (dellm.protos.wire)
     correct_answer: str = ""
 
 

@@ -1,6 +1,6 @@
 """Announce a node on the LAN over mDNS (python-zeroconf, asyncio API).
 
-The service type is ``_dellm._tcp.local.``; the TXT record carries what a coordinator
+The service type and the TXT record are the wire contract's (dellm.protos.wire); the record carries what a coordinator
 needs to decide whether to talk to the node at all (cluster, protocol version, model),
 and whether it requires a token, never the token itself.
 """
@@ -10,26 +10,19 @@ from __future__ import annotations
 import logging
 import socket
 
-from dellm.protos import dellm_pb2
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
+from dellm.protos import dellm_pb2
+from dellm.protos.wire import SERVICE_TYPE, description_from_proto, encode_txt
+
 log = logging.getLogger(__name__)
 
-SERVICE_TYPE = "_dellm._tcp.local."
 
 
 def txt_properties(info: dellm_pb2.NodeInfo) -> dict[str, str]:
-    return {
-        "node_id": info.node_id,
-        "cluster": info.cluster,
-        "model": info.model,
-        "backend": info.backend,
-        "quantization": info.quantization,
-        "context_size": str(info.context_size),
-        "protocol_version": str(info.protocol_version),
-        "token_required": "1" if info.token_required else "0",
-    }
+    """The TXT record of the node ``info`` describes (keys: dellm.protos.wire.TXT_KEYS)."""
+    return encode_txt(description_from_proto(info))
 
 
 def zeroconf_for(interface: str | None) -> AsyncZeroconf:

@@ -21,9 +21,9 @@ from dellm.node.config import NodeConfig, default_state_dir
 from dellm.node.models import ModelError, resolve_model
 from dellm.node.selfcheck import GenerationCheckError, require_generation
 from dellm.node.server import node_info, serve_node
-from dellm.node.serving import SecurityError, add_security_arguments, security_from_arguments
 from dellm.node.state import FEEDBACK_FILE, FeedbackStore, load_or_create_node_id, node_state_dir
 from dellm.protos import version_line
+from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

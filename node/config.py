@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dellm.node.serving import SecurityConfig
+from dellm.protos.security import SecurityConfig
 
 
 def default_state_dir() -> Path:

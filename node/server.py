@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
+
 from dellm.node.advertise import MdnsAdvertiser
 from dellm.node.backends.base import (
     BackendError,
@@ -24,8 +25,10 @@ from dellm.node.backends.base import (
     stream_generation,
 )
 from dellm.node.config import NodeConfig
-from dellm.node.serving import (
-    SecurityConfig,
+from dellm.node.state import FeedbackEntry, FeedbackStore
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
+from dellm.protos.security import SecurityConfig
+from dellm.protos.transport import (
     add_health_and_reflection,
     bind,
     channel,
@@ -35,12 +38,10 @@ from dellm.node.serving import (
     set_serving,
     wait_for_signal,
 )
-from dellm.node.state import FeedbackEntry, FeedbackStore
-from dellm.protos import dellm_pb2, dellm_pb2_grpc
+from dellm.protos.wire import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = dellm_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
-PROTOCOL_VERSION = 1
 VERSION = "0.1.0"
 
 

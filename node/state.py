@@ -21,8 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dellm.protos.wire import VERIFIED_SOURCES
+
 #: Feedback sources that carry real evidence of right or wrong (not "vote", "failure" or "none").
-EVIDENCE_SOURCES: tuple[str, ...] = ("exact_check", "label", "user")
+EVIDENCE_SOURCES: tuple[str, ...] = tuple(sorted(VERIFIED_SOURCES))  # defined once, in the wire contract
 
 #: How many of the latest verified entries few-shot lookups rank (keeps each lookup cheap).
 MAX_EXAMPLE_CANDIDATES = 2000

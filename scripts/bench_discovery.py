@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 from dellm.client.api import DellmClient  # noqa: E402
 from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
 from dellm.client.netns import in_private_netns, inside_private_netns, netns_unavailable_reason  # noqa: E402
-
 from scripts.bench_report import command_line, machine, write_report  # noqa: E402
 
 SCRIPT = ROOT / "tests" / "fixtures" / "good.toml"

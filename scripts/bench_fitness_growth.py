@@ -33,7 +33,6 @@ from dellm.client.api import ClientConfig, DellmClient  # noqa: E402
 from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
 from dellm.coordinator.pipeline.assemble import final_number  # noqa: E402
 from dellm.coordinator.pipeline.reward import exact_answer  # noqa: E402
-
 from scripts.bench_report import command_line, machine, write_report  # noqa: E402
 
 # name: (accuracy, seconds per word). The liar is the fastest: the seed's score (latency weighs 0.7)

@@ -34,14 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dellm.client.api import DellmClient  # noqa: E402
+from dellm.client.bench.scoring import percentile  # noqa: E402
 from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
 from dellm.protos import dellm_pb2, dellm_pb2_grpc  # noqa: E402
-
 from scripts.bench_report import (  # noqa: E402
     ECHO_METHOD,
     BenchmarkError,
     bare_echo_server,
-    percentile,
     run_and_report,
 )
 
@@ -117,7 +116,7 @@ def measure_all(rounds: int) -> dict[str, Any]:
         times = asyncio.run(measure(rounds, bare_address, cluster.coordinator_address, nodes))
         pids = {p.name: p.process.pid for p in cluster.processes}
         cpu = asyncio.run(cpu_per_query(rounds, cluster.coordinator_address, pids)) if Path("/proc").is_dir() else {}
-    summary = {f"{name}_ms": {"p50": statistics.median(values), "p99": percentile(values, 0.99)}
+    summary = {f"{name}_ms": {"p50": statistics.median(values), "p99": percentile(values, 99)}
                for name, values in times.items()}
     figures = {
         **summary,

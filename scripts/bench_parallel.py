@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 
 from dellm.client.api import DellmClient  # noqa: E402
 from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
-
 from scripts.bench_report import BenchmarkError, positive_ints, run_and_report  # noqa: E402
 
 

@@ -8,11 +8,12 @@ import json
 import platform
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+
 from dellm.client.errors import DellmError
 from dellm.client.local_cluster import ClusterError
 from dellm.coordinator.config import DispatchConfig
@@ -77,12 +78,6 @@ def positive_ints(text: str) -> list[int]:
     if min(values) < 1:
         raise argparse.ArgumentTypeError(f"every value must be at least 1, got {text!r}")
     return values
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """The ``p`` quantile (0..1) of ``values``, nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
 # The transport's floor: a grpc.aio server in its own process whose one method streams the request

@@ -32,11 +32,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dellm.client.bench.scoring import percentile  # noqa: E402
 from dellm.coordinator.config import RouteConfig  # noqa: E402
 from dellm.coordinator.pipeline.route import Shortlist, route_chunk  # noqa: E402
 from dellm.coordinator.registry import NodeTable, RedisRegistry, SqliteRegistry  # noqa: E402
-from dellm.coordinator.types import Chunk, NodeDescription, NodeRecord, Operation, OpStats  # noqa: E402
-
+from dellm.coordinator.types import Chunk, NodeRecord, Operation, OpStats  # noqa: E402
+from dellm.protos.wire import NodeDescription  # noqa: E402
 from scripts.bench_report import positive_ints, run_and_report  # noqa: E402
 from tests.redis_server import RedisServerProcess  # noqa: E402
 
@@ -66,7 +67,7 @@ def time_decisions(table: NodeTable, exploration: str, repeats: int) -> dict[str
         route_chunk(CHUNK, candidates, in_flight, config, rng=rng)
         samples.append((time.perf_counter() - started) * 1e6)
     samples = sorted(samples[1:])  # the first decision builds the ranking: timed on its own
-    return {"p50": statistics.median(samples), "p99": samples[int(0.99 * (len(samples) - 1))]}
+    return {"p50": statistics.median(samples), "p99": percentile(samples, 99)}
 
 
 def rebuild(config: RouteConfig, table: NodeTable) -> None:

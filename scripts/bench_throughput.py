@@ -30,14 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dellm.client.api import ClientConfig, DellmClient  # noqa: E402
+from dellm.client.bench.scoring import percentile  # noqa: E402
 from dellm.client.errors import DellmError  # noqa: E402
 from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
-
 from scripts.bench_report import (  # noqa: E402
     ECHO_METHOD,
     BenchmarkError,
     bare_echo_server,
-    percentile,
     run_and_report,
 )
 
@@ -116,7 +115,7 @@ def run_clients(target: str, address: str, clients: int, procs: int, warmup_s: f
         "errors": len(errors),
         "error_examples": sorted(set(errors))[:5],
         "p50_ms": statistics.median(latencies) if latencies else None,
-        "p99_ms": percentile(latencies, 0.99) if latencies else None,
+        "p99_ms": percentile(latencies, 99) if latencies else None,
         "per_second_series": per_second,  # completions in each second of the window
     }
 

@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 
 from dellm.client.api import DellmClient  # noqa: E402
 from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
-
 from scripts.bench_report import BenchmarkError, node_stream, run_and_report  # noqa: E402
 
 QUERY = "Tell me about the history of the city of Paris in detail"

@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dellm.client.api import ClientConfig, DellmClient  # noqa: E402
+from dellm.client.bench.scoring import percentile  # noqa: E402
 from dellm.client.errors import DellmError  # noqa: E402
 from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
-
-from scripts.bench_report import command_line, machine, percentile, write_report  # noqa: E402
+from scripts.bench_report import command_line, machine, write_report  # noqa: E402
 from tests.redis_server import free_port  # noqa: E402
 
 QUESTIONS = ["What is 12 * 7?", "Tell me about Paris", "What is 250 + 125?", "Find cheap laptops and find cheap phones"]
@@ -208,7 +208,7 @@ def main() -> int:
         "answered_after_retry": sum(1 for o in outcomes if o["outcome"] == "answered" and o["attempts"] > 1),
         "qps_answered": counts["answered"] / wall,
         "latency_s": {"p50": statistics.median(latencies) if latencies else None,
-                      "p99": percentile(latencies, 0.99) if latencies else float("nan")},
+                      "p99": percentile(latencies, 99) if latencies else float("nan")},
         "faults": faults.log,
     }
     out = args.out or ROOT / "bench-results" / f"chaos_{args.scenario}.json"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+
 from dellm.coordinator.config import CoordinatorConfig
 from dellm.coordinator.pipeline.synthesize import Synthesizer, TemplateSynthesizer
 from dellm.coordinator.registry import SqliteRegistry
@@ -20,9 +21,8 @@ from dellm.node.backends.base import InferenceBackend
 from dellm.node.backends.scripted import ScriptedBackend
 from dellm.node.config import NodeConfig
 from dellm.node.server import RunningNode, node_info, start_node
-from dellm.node.serving import SecurityConfig
 from dellm.node.state import FeedbackStore
-
+from dellm.protos.security import SecurityConfig
 from tests.redis_server import private_redis_server, redis_server, redis_url  # noqa: F401 (fixtures)
 
 FIXTURES = Path(__file__).parent / "fixtures"

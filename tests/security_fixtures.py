@@ -12,9 +12,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from dellm.coordinator.config import CoordinatorConfig
-from dellm.node.serving import SecurityConfig
 
+from dellm.coordinator.config import CoordinatorConfig
+from dellm.protos.security import SecurityConfig
 from tests.conftest import Cluster
 
 TOKEN = "dellm-test-token-Q7x9Vb2Lk4Zp"  # visible ASCII, as real tokens (secrets.token_urlsafe) are

@@ -4,7 +4,6 @@ Every path ends in the same place: ``Coordinator.admit`` checks the node over gR
 adds it to the registry.
 """
 
-from dellm.coordinator.discovery.advert import Advertisement, AdvertRejectedError, parse_advert
 from dellm.coordinator.discovery.base import Discovery, DiscoverySink
 
-__all__ = ["AdvertRejectedError", "Advertisement", "Discovery", "DiscoverySink", "parse_advert"]
+__all__ = ["Discovery", "DiscoverySink"]

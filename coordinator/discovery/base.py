@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from dellm.coordinator.discovery.advert import Advertisement
+from dellm.protos.wire import NodeDescription
 
 
 class DiscoverySink(Protocol):
-    async def found(self, address: str, advert: Advertisement | None, *, source: str) -> None:
+    async def found(self, address: str, advert: NodeDescription | None, *, source: str) -> None:
         """A node may be at ``address``; check it and admit it (errors are handled and logged here)."""
         ...
 

@@ -7,11 +7,12 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from dellm.coordinator.discovery.advert import AdvertRejectedError, parse_advert
-from dellm.coordinator.discovery.base import DiscoverySink
-from dellm.node.advertise import SERVICE_TYPE, zeroconf_for
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from dellm.coordinator.discovery.base import DiscoverySink
+from dellm.node.advertise import zeroconf_for
+from dellm.protos.wire import SERVICE_TYPE, AdvertRejectedError, parse_txt
 
 log = logging.getLogger(__name__)
 RESOLVE_TIMEOUT_MS = 3000
@@ -67,7 +68,7 @@ class MdnsDiscovery:
             self._reject_once(name, "no address in its records")
             return
         try:
-            advert = parse_advert(info.properties, f"{addresses[0]}:{info.port}", self._cluster)
+            advert = parse_txt(info.properties, f"{addresses[0]}:{info.port}", self._cluster)
         except AdvertRejectedError as exc:
             self._reject_once(name, str(exc))
             return

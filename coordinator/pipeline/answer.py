@@ -39,6 +39,7 @@ from dellm.coordinator.types import (
     StageTiming,
     Verdict,
 )
+from dellm.protos.wire import NodeState
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _record_answer(deps: PipelineDeps, answer: NodeAnswer) -> None:
     unreachable = answer.error is not None and answer.error.startswith("UNAVAILABLE")
     if answer.failed and (unreachable or record.failure_streak >= deps.config.node_down_after_failures):
         log.warning("node %s marked down after: %s", answer.node_id, answer.error)
-        deps.registry.set_state(answer.node_id, "down")
+        deps.registry.set_state(answer.node_id, NodeState.DOWN)
 
 
 def label_chunk_id(plan: Plan) -> str | None:

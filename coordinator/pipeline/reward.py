@@ -25,6 +25,7 @@ from dellm.coordinator.pipeline.assemble import (
     reference_key,
 )
 from dellm.coordinator.types import ChunkResult, NodeAnswer, Operation, RewardDecision, Verdict
+from dellm.protos.wire import VERIFIED_SOURCES, FeedbackSource
 
 _PERCENT_OF = re.compile(
     r"(\d[\d,]*(?:\.\d+)?)\s*%\s*(?:interest\s+|tax\s+|tip\s+|discount\s+)?(?:of|on)\s+\$?\s*(\d[\d,]*(?:\.\d+)?)",
@@ -36,6 +37,7 @@ _WORD_OPERATORS = (
     (re.compile(r"\bplus\b", re.I), "+"),
     (re.compile(r"\bminus\b", re.I), "-"),
 )
+
 _OPERAND = r"\(?\s*-?\d[\d,]*(?:\.\d+)?\s*\)?"
 # A whole expression, not part of a longer token ("2.5 * 4e3" is not read as 2.5 * 4).
 _EXPRESSION = re.compile(rf"(?<![\w.]){_OPERAND}(?:\s*[-+*/x×÷^]\s*{_OPERAND})+(?![\w.]*\d|[a-wyzA-Z])")
@@ -94,7 +96,6 @@ def speed_bonus(latency_ms: float, config: RewardConfig) -> float:
     return config.max_speed_bonus * max(0.0, 1.0 - latency_ms / config.speed_reference_ms)
 
 
-VERIFIED_SOURCES = frozenset({"exact_check", "label", "user"})  # evidence beyond the nodes' own agreement
 
 
 def reward_for(verdict: Verdict, latency_ms: float, config: RewardConfig, *, verified: bool = True) -> float:
@@ -136,16 +137,16 @@ def judge_chunk(
     decisions: list[RewardDecision] = []
     for answer in answers:
         if answer.failed or not answer.text.strip() or answer.node_id in malformed:
-            verdict, source, truth = Verdict.WRONG, "failure", truth_text
+            verdict, source, truth = Verdict.WRONG, FeedbackSource.FAILURE, truth_text
         elif reference is not None:
             right = answers_match(normalize_answer(answer.text, chunk.operation), reference)
-            source = "label" if label else "exact_check"
+            source = FeedbackSource.LABEL if label else FeedbackSource.EXACT_CHECK
             verdict, truth = (Verdict.CORRECT if right else Verdict.WRONG), truth_text
         elif len(winners) >= 2:  # a real majority: at least two nodes gave the winning answer
             verdict = Verdict.CORRECT if answer.node_id in winners else Verdict.WRONG
-            source, truth = "vote", result.answer
+            source, truth = FeedbackSource.VOTE, result.answer
         else:
-            verdict, source, truth = Verdict.UNKNOWN, "none", ""
+            verdict, source, truth = Verdict.UNKNOWN, FeedbackSource.NONE, ""
         reward = reward_for(verdict, answer.latency_ms, config, verified=source in VERIFIED_SOURCES)
         decisions.append(RewardDecision(answer.node_id, chunk.chunk_id, verdict, reward, source, truth))
     return decisions

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dellm.coordinator.config import RouteConfig
 from dellm.coordinator.registry.memory import NodeTable
 from dellm.coordinator.types import Assignment, Chunk, NodeRecord
+from dellm.protos.wire import NodeState
 
 
 class NoNodesAvailableError(RuntimeError):
@@ -71,7 +72,7 @@ def score_nodes(
 ) -> list[tuple[float, str]]:
     """(score, node_id) for each live node; lower is better. Quarantined nodes are left out
     while any other live node remains, but for a rare probe (with ``rng``) to see if they recovered."""
-    live = [n for n in nodes if n.state == "up"]
+    live = [n for n in nodes if n.state == NodeState.UP]
     probe = rng.random() < config.quarantine_probe_rate if rng is not None else False
     trusted = [n for n in live if probe or not quarantined(n, operation, config)]
     live = trusted or live

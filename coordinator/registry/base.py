@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dellm.coordinator.types import NodeDescription, NodeRecord
+from dellm.coordinator.types import NodeRecord
+from dellm.protos.wire import NodeDescription
 
 if TYPE_CHECKING:
     from dellm.coordinator.registry.memory import NodeTable

@@ -24,7 +24,8 @@ from dellm.coordinator.registry.base import (
     UnknownQueryError,
     moving_latency,
 )
-from dellm.coordinator.types import NodeDescription, NodeRecord, OpStats
+from dellm.coordinator.types import NodeRecord, OpStats
+from dellm.protos.wire import NodeDescription, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class NodeTable:
         """Insert, refresh or (when its state is not "up") drop a node."""
         node_id = record.node_id
         self.version += 1
-        if record.state != "up":
+        if record.state != NodeState.UP:
             self.discard(node_id)
             return
         if node_id not in self._live:
@@ -146,8 +147,8 @@ class CachedRegistry:
 
     def upsert_node(self, info: NodeDescription, *, now: float) -> NodeRecord:
         known = self._records.get(info.node_id)
-        record = (replace(known, info=info, state="up", last_seen=now, failure_streak=0) if known is not None
-                  else NodeRecord(info, self._initial_fitness, None, "up", now))
+        record = (replace(known, info=info, state=NodeState.UP, last_seen=now, failure_streak=0) if known is not None
+                  else NodeRecord(info, self._initial_fitness, None, NodeState.UP, now))
         self._queue(lambda: self._backing.upsert_node(info, now=now))
         return self._store(record)
 

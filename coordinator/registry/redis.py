@@ -24,14 +24,16 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from dellm.coordinator.registry.base import QueryRecord, RegistryUnavailableError, UnknownNodeError, UnknownQueryError
-from dellm.coordinator.registry.memory import NodeTable
-from dellm.coordinator.types import NodeDescription, NodeRecord, OpStats
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 from redis.retry import Retry
+
+from dellm.coordinator.registry.base import QueryRecord, RegistryUnavailableError, UnknownNodeError, UnknownQueryError
+from dellm.coordinator.registry.memory import NodeTable
+from dellm.coordinator.types import NodeRecord, OpStats
+from dellm.protos.wire import NodeDescription, NodeState
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +197,7 @@ class RedisRegistry:
             found = self._set_state(keys=[self._node_key(node_id), *self._log_keys], args=args)
         if not found:
             raise UnknownNodeError(node_id)
-        if self._table is not None and state != "up":
+        if self._table is not None and state != NodeState.UP:
             self._table.discard(node_id)  # routing stops at once; the change log brings the rest
 
     def get(self, node_id: str) -> NodeRecord:

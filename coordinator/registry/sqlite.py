@@ -13,7 +13,8 @@ from pathlib import Path
 
 from dellm.coordinator.registry.base import QueryRecord, UnknownNodeError, UnknownQueryError, moving_latency
 from dellm.coordinator.registry.memory import NodeTable
-from dellm.coordinator.types import NodeDescription, NodeRecord, OpStats
+from dellm.coordinator.types import NodeRecord, OpStats
+from dellm.protos.wire import NodeDescription
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (

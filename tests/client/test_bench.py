@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
+
 from dellm.client import cli
 from dellm.client.bench import (
     BenchConfig,
@@ -198,6 +200,49 @@ def test_percentile_interpolates_between_ranks() -> None:
     assert percentile([3.0, 1.0, 2.0], 0) == 1.0 and percentile([3.0, 1.0, 2.0], 100) == 3.0
 
 
+# One percentile for every benchmark (the scripts import it too): linear between closest ranks, as numpy's
+# default, q from 0 to 100. The p99 rows pin the definition against nearest rank on the sizes the scripts use.
+_HUNDRED = [float(x) for x in range(1, 101)]
+_THREE_HUNDRED = [float(x) for x in range(300, 0, -1)]  # unsorted on purpose
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([], 50, None),
+        ([], 99, None),
+        ([5.0], 0, 5.0),
+        ([5.0], 99, 5.0),
+        ([1.0, 2.0], 50, 1.5),  # the median of an even count: statistics.median, not the upper value
+        ([1.0, 2.0, 3.0, 4.0], 50, 2.5),
+        ([1.0, 2.0, 3.0, 4.0], 25, 1.75),
+        ([1.0, 2.0, 3.0, 4.0], 75, 3.25),
+        ([4.0, 4.0, 4.0, 9.0], 50, 4.0),  # ties
+        ([3.0, 1.0, 2.0], 0, 1.0),
+        ([3.0, 1.0, 2.0], 100, 3.0),
+        ([-2.0, 0.0, 2.0], 50, 0.0),
+        ([float(x) for x in range(1, 21)], 95, 19.05),
+        (_HUNDRED, 99, 99.01),  # nearest rank (int(0.99 * 100)) would give 100.0
+        (_THREE_HUNDRED, 99, 297.01),  # nearest rank (int(0.99 * 300)) would give 298.0
+        (_THREE_HUNDRED, 50, 150.5),
+    ],
+)
+def test_percentile_table(values: list[float], q: float, expected: float | None) -> None:
+    result = percentile(values, q)
+    if expected is None:
+        assert result is None
+    else:
+        assert result == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    if values and q == 50:
+        assert result == pytest.approx(statistics.median(values), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("q", [-1, 100.5, 101])
+def test_percentile_refuses_q_outside_0_to_100(q: float) -> None:
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        percentile([1.0, 2.0], q)
+
+
 def test_summary_accuracy_consensus_and_latency() -> None:
     records = [
         # both nodes agree and are right
@@ -277,12 +322,12 @@ def test_tiny_bench_on_scripted_nodes(tmp_path: Path) -> None:
 
 def test_an_unreachable_cluster_is_an_error_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Questions whose Ask fails (here: every node is gone) are recorded as errors; the bench goes on."""
-    from dellm.client import bench
+    from dellm.client.bench import runner
 
     def no_nodes(cluster: object, config: object, models: object, threads: int) -> list[str]:
         return []  # start no node: the coordinator answers UNAVAILABLE
 
-    monkeypatch.setattr(bench, "_start_nodes", no_nodes)
+    monkeypatch.setattr(runner, "_start_nodes", no_nodes)
     results = run_gsm8k_bench(scripted_config(tmp_path, train_n=0), runs=("single",))
     single = results["summary"]["single"]
     assert (single["questions"], single["errors"], single["correct"]) == (2, 2, 0)

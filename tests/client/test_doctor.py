@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dellm.client.doctor import (
     FAIL,
     OK,
@@ -23,8 +24,7 @@ from dellm.client.doctor import (
     render,
 )
 from dellm.client.local_cluster import LocalCluster
-from dellm.node.serving import SecurityConfig
-
+from dellm.protos.security import SecurityConfig
 from tests.conftest import FIXTURES, REPO, require_model
 
 SMALLEST = "smollm2-135m-instruct"

@@ -13,8 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from dellm.coordinator.registry import CachedRegistry, NodeTable, QueryRecord, SqliteRegistry
-from dellm.coordinator.types import NodeDescription, NodeRecord
+from dellm.coordinator.types import NodeRecord
+from dellm.protos.wire import NodeDescription
 
 INFO = NodeDescription("node-a", "127.0.0.1:50051", name="laptop", model="qwen2.5-0.5b", backend="llama_cpp")
 

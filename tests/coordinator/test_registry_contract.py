@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+
 from dellm.coordinator.registry import (
     CachedRegistry,
     NodeRegistry,
@@ -25,7 +26,7 @@ from dellm.coordinator.registry import (
     UnknownNodeError,
     UnknownQueryError,
 )
-from dellm.coordinator.types import NodeDescription
+from dellm.protos.wire import NodeDescription
 
 INFO = NodeDescription("node-a", "127.0.0.1:50051", name="laptop", model="qwen2.5-0.5b", backend="llama_cpp")
 

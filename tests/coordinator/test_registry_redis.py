@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from dellm.coordinator.registry import (
     CachedRegistry,
     QueryRecord,
@@ -19,8 +20,7 @@ from dellm.coordinator.registry import (
 )
 from dellm.coordinator.registry import redis as redis_registry
 from dellm.coordinator.registry.redis import RewardContentionError, redact_url
-from dellm.coordinator.types import NodeDescription
-
+from dellm.protos.wire import NodeDescription
 from tests.redis_server import RedisServerProcess, free_port
 
 INFO = NodeDescription("node-a", "127.0.0.1:50051", name="laptop", model="qwen2.5-0.5b")

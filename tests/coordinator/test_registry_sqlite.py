@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dellm.coordinator.registry import QueryRecord, SqliteRegistry
-from dellm.coordinator.types import NodeDescription
+from dellm.protos.wire import NodeDescription
 
 INFO = NodeDescription("node-a", "127.0.0.1:50051", name="laptop", model="qwen2.5-0.5b", backend="llama_cpp")
 

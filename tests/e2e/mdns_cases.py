@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dellm.client.local_cluster import LocalCluster, NodeSpec
-from dellm.client.netns import inside_private_netns
-from dellm.node.advertise import SERVICE_TYPE
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
+from dellm.client.local_cluster import LocalCluster, NodeSpec
+from dellm.client.netns import inside_private_netns
+from dellm.protos.wire import SERVICE_TYPE
 from tests.conftest import FIXTURES, REPO
 
 pytestmark = pytest.mark.skipif(not inside_private_netns(),

@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from dellm.client.netns import in_private_netns, inside_private_netns, netns_unavailable_reason
 
+from dellm.client.netns import in_private_netns, inside_private_netns, netns_unavailable_reason
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

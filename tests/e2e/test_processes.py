@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dellm.client.api import DellmClient
 from dellm.client.local_cluster import LocalCluster, NodeSpec
-
 from tests.conftest import FIXTURES, REPO
 
 pytestmark = pytest.mark.slow

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dellm.client.api import ClientConfig, DellmClient
 from dellm.client.local_cluster import LocalCluster, NodeSpec
 from dellm.coordinator.pipeline.assemble import final_number
 from dellm.protos import dellm_pb2
-
 from tests.conftest import FIXTURES, require_model
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]

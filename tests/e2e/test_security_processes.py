@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dellm.client.local_cluster import LocalCluster, NodeSpec
 
+from dellm.client.local_cluster import LocalCluster, NodeSpec
 from tests.conftest import FIXTURES, REPO
 from tests.security_fixtures import TOKEN, Pki, make_pki
 

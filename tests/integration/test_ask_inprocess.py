@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from dellm.client.api import DellmClient
-from dellm.client.errors import InvalidQueryError, NotFoundError, UnavailableError
-from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from dellm.client.api import DellmClient
+from dellm.client.errors import InvalidQueryError, NotFoundError, UnavailableError
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from tests.conftest import Cluster, script
 
 SEED = "Calculate 10% interest on $1000 then find best savings accounts"
@@ -67,7 +67,8 @@ async def test_seed_query_streams_every_stage_in_order(cluster: Cluster) -> None
 
 
 async def test_exact_check_beats_a_confident_wrong_node(cluster: Cluster) -> None:
-    await cluster.add_node("right", script(RIGHT))
+    # The wrong node answers first: a verified answer arriving first would settle the chunk and cancel it.
+    await cluster.add_node("right", script(RIGHT, delay=0.2))
     await cluster.add_node("wrong", script(WRONG))
     events = await collect(cluster.address, "What is 10% of 1000?")
     result = next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result")

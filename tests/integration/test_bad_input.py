@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from dellm.client.api import DellmClient
 from dellm.client.errors import InvalidQueryError
-
 from tests.conftest import Cluster, script
 
 ECHO = [{"pattern": ".", "reply": "Answer: 100"}]

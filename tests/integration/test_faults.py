@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dellm.client.api import DellmClient
 from dellm.coordinator.config import CoordinatorConfig, DispatchConfig, RouteConfig
 from dellm.coordinator.pipeline.route import quarantined
@@ -15,7 +16,6 @@ from dellm.coordinator.types import Verdict
 from dellm.node.backends.base import BackendDescription, GenerationRequest, TokenPiece
 from dellm.node.backends.scripted import ScriptedBackend
 from dellm.protos import dellm_pb2
-
 from tests.conftest import Cluster, script
 
 

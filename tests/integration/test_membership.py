@@ -7,17 +7,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from dellm.coordinator.config import CoordinatorConfig, HealthConfig
 from dellm.coordinator.discovery.static import StaticDiscovery
 from dellm.coordinator.pipeline.synthesize import TemplateSynthesizer
 from dellm.coordinator.registry import SqliteRegistry
 from dellm.coordinator.server import start_coordinator
 from dellm.coordinator.service import AdmissionRejectedError, Coordinator
-from dellm.coordinator.types import NodeDescription
 from dellm.node.config import NodeConfig
 from dellm.node.server import node_info, start_node
 from dellm.node.state import FeedbackStore
-
+from dellm.protos.wire import NodeDescription
 from tests.conftest import Cluster, script
 
 FAST = HealthConfig(interval_s=0.1, timeout_s=0.2, max_missed=2, ttl_s=0.6, last_seen_write_s=0.1)

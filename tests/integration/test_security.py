@@ -10,26 +10,26 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from dellm.client.api import ClientConfig, DellmClient
 from dellm.client.errors import AuthError, UnavailableError
 from dellm.coordinator.config import CoordinatorConfig
-from dellm.node.advertise import txt_properties
+from dellm.node.advertise import txt_properties  # the record a node advertises
 from dellm.node.config import NodeConfig
 from dellm.node.server import join_coordinator
-from dellm.node.serving import (
+from dellm.protos import dellm_pb2, dellm_pb2_grpc
+from dellm.protos.security import (
     INVALID_TOKEN,
     MISSING_TOKEN,
     SecurityConfig,
     SecurityError,
-    channel,
     read_token_file,
     token_digest,
     token_refusal,
 )
-from dellm.protos import dellm_pb2, dellm_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
+from dellm.protos.transport import channel
 from tests.conftest import script
 from tests.security_fixtures import (
     TOKEN,

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+
 from dellm.client.api import DellmClient
 from dellm.coordinator.config import CoordinatorConfig
 from dellm.coordinator.pipeline.synthesize import TemplateSynthesizer
@@ -15,7 +16,6 @@ from dellm.coordinator.service import Coordinator
 from dellm.node.config import NodeConfig
 from dellm.node.server import node_info, start_node
 from dellm.node.state import FeedbackStore
-
 from tests.conftest import script
 
 RIGHT = [{"pattern": ".", "reply": "10% of 1000 is 100. Answer: 100"}]

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+
 from dellm.node import state
 from dellm.node.backends.base import BackendDescription, GenerationRequest, TokenPiece
 from dellm.node.backends.prompting import chat_messages, plain_prompt

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from dellm.node.llama_build import (
     SIMD_LEVELS,
     BuildInfo,
@@ -20,7 +21,6 @@ from dellm.node.llama_build import (
     parse_system_info,
     resolve_level,
 )
-
 from tests.conftest import unavailable
 
 AVX2 = {"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"}

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+
 from dellm.node import models
 from dellm.node.models import (
     CATALOGUE,

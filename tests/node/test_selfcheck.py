@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dellm.client.local_cluster import LocalCluster
 from dellm.node import selfcheck
 from dellm.node.llama_build import BuildInfo
 from dellm.node.selfcheck import CACHE_FILE, checked_generation, run_generation_check
-
 from tests.conftest import FIXTURES, REPO, require_model
 
 pytestmark = pytest.mark.model
@@ -60,16 +60,14 @@ def test_result_is_cached_per_model_and_build(tmp_path: Path, monkeypatch: pytes
     assert checked_generation(model, cache, threads=1).cached
 
 
-def test_node_whose_backend_crashes_never_joins(tmp_path: Path, crashing_llama: None) -> None:
-    require_model(SMALLEST)
+def test_node_whose_backend_crashes_never_joins(tmp_path: Path) -> None:
     cache = tmp_path / "models"
     cache.mkdir()
     os.symlink(require_model(SMALLEST), cache / f"{SMALLEST}.gguf")  # the real file, a fresh check cache
-    with LocalCluster(tmp_path / "cluster") as cluster:
-        coordinator = cluster.start_coordinator()
-        assert coordinator
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start_coordinator()
         port = _free_port()
-        env = dict(os.environ, DELLM_CACHE_DIR=str(cache))
+        env = dict(os.environ, DELLM_CACHE_DIR=str(cache), PYTHONPATH=str(CRASHING))
         done = subprocess.run(
             [sys.executable, "-m", "dellm.node.cli", "--model", SMALLEST, "--name", "crashy", "--threads", "1",
              "--listen", f"127.0.0.1:{port}", "--coordinator", cluster.coordinator_address, "--no-advertise",

@@ -85,3 +85,15 @@ def test_constraints_pin_what_setup_cfg_ranges_allow() -> None:
                 if "==" in line and not line.startswith("#"))
     assert pins["llama-cpp-python"].startswith("0.3.")
     assert pins["torch"].startswith("2.13.0")
+
+
+def test_every_package_folder_is_installed() -> None:
+    """setup.cfg lists the packages under their dellm.* names: a folder left out would be missing once installed."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    folders = {"dellm." + ".".join(p.parent.relative_to(REPO).parts)
+               for top in ("protos", "coordinator", "node", "client") for p in (REPO / top).rglob("__init__.py")}
+    assert folders == listed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dellm.coordinator.pipeline.assemble import (
     AssemblyError,
     assemble_chunk,

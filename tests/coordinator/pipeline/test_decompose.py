@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from dellm.coordinator.config import DecomposeConfig
 from dellm.coordinator.pipeline.decompose import (
     InvalidQueryError,

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from dellm.coordinator.config import DecomposeConfig
 from dellm.coordinator.pipeline.decompose import decompose
 from dellm.coordinator.pipeline.planner import ModelPlanner, PlanRejectedError, parse_model_plan

@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+
 from dellm.coordinator.config import RewardConfig
 from dellm.coordinator.pipeline.assemble import assemble_chunk, reference_key
 from dellm.coordinator.pipeline.reward import exact_answer, judge_chunk, reward_for, speed_bonus, update_fitness

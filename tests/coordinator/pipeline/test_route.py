@@ -7,9 +7,11 @@ import re
 import statistics
 
 import pytest
+
 from dellm.coordinator.config import RouteConfig
 from dellm.coordinator.pipeline.route import NoNodesAvailableError, redundancy_for, route_chunk, score_nodes
-from dellm.coordinator.types import Chunk, NodeDescription, NodeRecord, Operation
+from dellm.coordinator.types import Chunk, NodeRecord, Operation
+from dellm.protos.wire import NodeDescription
 
 CONFIG = RouteConfig(exploration="none")  # the seed's score exactly; exploration is tested at the end
 

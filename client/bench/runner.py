@@ -1,4 +1,4 @@
-"""``dellm bench gsm8k``: how well one node, the network, and the network after learning solve GSM8K.
+"""Running ``dellm bench gsm8k``: how well one node, the network, and the network after learning solve GSM8K.
 
 Three runs, each on its own real processes on loopback (``client.local_cluster``):
 
@@ -26,20 +26,20 @@ cores (p50 7.3 s); beside it, on one core each, the pair answers in ~10 s (p50),
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import os
 import platform
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from dellm.client.api import ClientConfig, DellmClient
+from dellm.client.bench.data import DEFAULT_DATA, REPO_ROOT, BenchError, Problem, count_problems, load_problems
+from dellm.client.bench.report import PHASE_TITLES, write_outputs
+from dellm.client.bench.scoring import PHASES, QuestionRecord, error_kind, is_correct, summarize
 from dellm.client.errors import DellmError
 from dellm.client.local_cluster import ClusterError, LocalCluster, NodeSpec
 from dellm.coordinator.pipeline.assemble import final_number
@@ -47,8 +47,6 @@ from dellm.protos import dellm_pb2
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 DEFAULT_OUT = Path("bench-results") / "gsm8k"
 # 30 evaluation + 30 training problems. Measured on the 2-core machine with the default models (while other
 # work shared the cores): (a) 220 s, (b) 300 s, (c) 1050 s (training 490 s + evaluation 550 s; few-shot
@@ -61,79 +59,7 @@ DEFAULT_SINGLE_MODEL = "qwen2.5-coder-0.5b-instruct"
 DEFAULT_MODELS = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 DEFAULT_MAX_TOKENS = 320  # a worked answer plus its 'Answer: <number>' line; 96 (the coordinator's) cuts it off
 DEFAULT_QUESTION_TIMEOUT_S = 600.0  # one whole question; the coordinator's own per-stream deadline is shorter
-TOLERANCE = 1e-6
 RUNS = ("single", "network", "learning")  # one cluster each: (a), (b), (c)
-PHASES = ("single", "network", "train", "learned")  # what a record belongs to; (c) asks "train" then "learned"
-PHASE_TITLES = {
-    "single": "(a) one node alone",
-    "network": "(b) DELLM, redundancy + vote",
-    "learned": "(c) DELLM after learning",
-    "train": "training slice (labels sent)",
-}
-
-
-class BenchError(ValueError):
-    """The benchmark's parameters or data cannot give a meaningful run."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    index: int  # 0-based position in the data file
-    question: str
-    label: str  # the final answer after '####', thousands separators removed
-    value: float
-
-
-def parse_label(answer: str) -> str:
-    """The final answer of a GSM8K solution: the text after its last '####', without commas."""
-    if "####" not in answer:
-        raise ValueError("no '####' line in the solution")
-    label = answer.rsplit("####", 1)[1].strip().replace(",", "").replace("$", "").strip()
-    try:
-        value = float(label)
-    except ValueError as exc:
-        raise ValueError(f"the final answer {label!r} is not a number") from exc
-    if not math.isfinite(value):
-        raise ValueError(f"the final answer {label!r} is not a finite number")
-    return label
-
-
-def count_problems(path: Path) -> int:
-    with path.open(encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
-
-
-def load_problems(path: Path, start: int, count: int) -> list[Problem]:
-    """Problems ``start .. start+count`` (0-based, blank lines skipped) of a GSM8K JSONL file."""
-    problems: list[Problem] = []
-    if count <= 0:
-        return problems
-    with path.open(encoding="utf-8") as f:
-        index = 0
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if index >= start:
-                try:
-                    row = json.loads(line)
-                    label = parse_label(str(row["answer"]))
-                    question = str(row["question"]).strip()
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    raise BenchError(f"{path} line {line_number}: not a GSM8K problem ({exc})") from exc
-                problems.append(Problem(index, question, label, float(label)))
-                if len(problems) == count:
-                    break
-            index += 1
-    return problems
-
-
-def is_correct(predicted: float | None, label: float) -> bool:
-    return predicted is not None and math.isclose(predicted, label, rel_tol=TOLERANCE, abs_tol=TOLERANCE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,110 +154,6 @@ def node_spec(name: str, model: str, config: BenchConfig, threads: int) -> NodeS
 def node_name(model: str) -> str:
     stem = Path(model).stem if model.endswith(".gguf") else model
     return f"bench-{stem}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Records and their summary (pure)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class QuestionRecord:
-    phase: str
-    index: int
-    question: str
-    label: str
-    answer: str = ""
-    predicted: float | None = None
-    correct: bool = False
-    error: str = ""
-    error_kind: str = ""  # no_usable_answer | unavailable | deadline | other (see error_kind)
-    latency_s: float = 0.0  # client wall clock, request sent to final event
-    coordinator_ms: float = 0.0  # the coordinator's own total
-    query_id: str = ""
-    labelled: bool = False  # the label was sent as reference_answer
-    # One entry per chunk: its nodes, consensus, and every node's answer with its own verdict.
-    chunks: list[dict[str, Any]] = field(default_factory=list)
-    rewards: list[dict[str, Any]] = field(default_factory=list)
-
-
-def error_kind(message: str) -> str:
-    """What kind of failure an error message reports: the network answered nothing usable (every
-    answer failed, was empty or looped), no node or coordinator was reachable, the deadline passed."""
-    if not message:
-        return ""
-    if "could not be answered" in message:
-        return "no_usable_answer"
-    if message.startswith("DEADLINE_EXCEEDED"):
-        return "deadline"
-    if message.startswith(("UNAVAILABLE", "RESOURCE_EXHAUSTED")):
-        return "unavailable"
-    return "other"
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100), linear between closest ranks (numpy's default); None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low = math.floor(position)
-    high = math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def _valid_votes(chunk: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [v for v in chunk.get("votes", []) if not v.get("failed") and v.get("normalized")]
-
-
-def summarize(records: Sequence[QuestionRecord]) -> dict[str, Any]:
-    """Accuracy, consensus and latency of one run's records."""
-    questions = len(records)
-    errors = sum(1 for r in records if r.error)
-    correct = sum(1 for r in records if r.correct)
-    compared = unanimous = 0
-    disagreed = vote_right_on_disagreement = any_right = 0
-    per_node: dict[str, dict[str, int]] = {}
-    for record in records:
-        record_any_right = False
-        for chunk in record.chunks:
-            valid = _valid_votes(chunk)
-            if len(valid) >= 2:
-                compared += 1
-                unanimous += bool(chunk.get("unanimous"))
-            for vote in chunk.get("votes", []):
-                stats = per_node.setdefault(vote.get("node") or vote.get("node_id", "?"),
-                                            {"answers": 0, "correct": 0, "failed": 0})
-                stats["answers"] += 1
-                stats["failed"] += bool(vote.get("failed"))
-                stats["correct"] += bool(vote.get("correct"))
-                record_any_right |= bool(vote.get("correct"))
-        any_right += record_any_right
-        final_chunk = record.chunks[-1] if record.chunks else None
-        if final_chunk is not None and len({v.get("normalized") for v in _valid_votes(final_chunk)}) >= 2:
-            disagreed += 1
-            vote_right_on_disagreement += record.correct
-    latencies = [r.latency_s for r in records if not r.error]
-    for stats in per_node.values():
-        stats["accuracy"] = stats["correct"] / stats["answers"] if stats["answers"] else 0.0  # type: ignore[assignment]
-    return {
-        "questions": questions,
-        "answered": questions - errors,
-        "errors": errors,
-        "errors_by_kind": dict(Counter(error_kind(r.error) for r in records if r.error)),
-        "correct": correct,
-        "accuracy": correct / questions if questions else None,
-        "chunks_with_2plus_answers": compared,
-        "unanimous_chunks": unanimous,
-        "consensus_rate": unanimous / compared if compared else None,
-        "final_chunk_disagreements": disagreed,
-        "vote_right_on_disagreement": vote_right_on_disagreement,
-        "any_node_right": any_right,
-        "latency_p50_s": percentile(latencies, 50),
-        "latency_p95_s": percentile(latencies, 95),
-        "latency_mean_s": sum(latencies) / len(latencies) if latencies else None,
-        "per_node": per_node,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,8 +400,9 @@ def _loadavg() -> tuple[float, ...]:
         return ()
 
 
+
 # ---------------------------------------------------------------------------------------------
-# Outputs
+# The results: what ran, where, and what it measured (report.py writes them out)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -635,120 +458,3 @@ def build_results(state: BenchState) -> dict[str, Any]:
         "summary": summaries,
         "records": [asdict(r) for r in state.records],
     }
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def _secs(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
-
-
-def summary_table(results: Mapping[str, Any]) -> str:
-    """The markdown table of the three runs (and a line for the training slice)."""
-    lines = [
-        "| run | nodes | accuracy | correct | errors | unanimous consensus | latency p50 (s) | latency p95 (s) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for phase in ("single", "network", "learned"):
-        s = results["summary"].get(phase)
-        if s is None:
-            continue
-        consensus = (f"{_pct(s['consensus_rate'])} ({s['unanimous_chunks']}/{s['chunks_with_2plus_answers']})"
-                     if s["chunks_with_2plus_answers"] else "n/a (one answer per chunk)")
-        nodes = ", ".join(n.split(" ")[0].removeprefix("bench-") for n in s["nodes"]) or "-"
-        lines.append(f"| {PHASE_TITLES[phase]} | {nodes} | {_pct(s['accuracy'])} | {s['correct']}/{s['questions']} | "
-                     f"{s['errors']} | {consensus} | {_secs(s['latency_p50_s'])} | {_secs(s['latency_p95_s'])} |")
-    return "\n".join(lines)
-
-
-def summary_markdown(results: Mapping[str, Any]) -> str:
-    config = results["config"]
-    slices = results["slices"]
-    parts = [
-        "# GSM8K: one node vs the DELLM network", "",
-        f"Command: `{results['command'] or 'run_gsm8k_bench(...)'}`  ",
-        f"Evaluation: problems {slices['evaluation'][0]}..{slices['evaluation'][1] - 1} of `{config['data']}`; "
-        f"training (c): problems {slices['training'][0]}..{slices['training'][1] - 1} (labels sent).  ",
-        f"Machine: {results['machine'].get('cpu_count')} cores ({results['machine'].get('cpu_model', '?')}), no GPU; "
-        f"load average before/after {results['machine']['loadavg_before']} / {results['machine']['loadavg_after']}.  ",
-        f"max_tokens {config['max_tokens']}, redundancy {config['redundancy']} in (b)/(c), threads per node "
-        f"{config['threads_single']} in (a), {config['threads_network']} in (b)/(c). "
-        f"Wall time {results['wall_s']:.0f} s.",
-    ]
-    if results.get("interrupted"):
-        parts.append("\n**Interrupted**: the figures cover only the questions answered before Ctrl-C.")
-    if results.get("failure"):
-        parts.append(f"\n**Stopped by a failure**: {results['failure']}")
-    parts += ["", summary_table(results), ""]
-    for phase in ("single", "network", "train", "learned"):
-        s = results["summary"].get(phase)
-        if s is None:
-            continue
-        parts.append(f"**{PHASE_TITLES[phase]}**: "
-                     + "; ".join(f"{name} {st['correct']}/{st['answers']} right" + (
-                         f" ({st['failed']} failed)" if st["failed"] else "") for name, st in s["per_node"].items()))
-        if s["final_chunk_disagreements"]:
-            parts[-1] += (f"; nodes disagreed on {s['final_chunk_disagreements']} question(s), the vote was right on "
-                          f"{s['vote_right_on_disagreement']}")
-        parts[-1] += f"; at least one node right on {s['any_node_right']}/{s['questions']}"
-        if s["errors"]:
-            kinds = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in s["errors_by_kind"].items())
-            parts[-1] += f"; errors: {kinds}"
-        parts[-1] += ".  "
-        if phase == "train":
-            parts[-1] += "(The label decides the vote here, so this slice's accuracy measures nothing.)  "
-        fitness = ", ".join(f"{f['name'].removeprefix('bench-')} {f['fitness']:.3f}" for f in s["fitness_at_end"])
-        if fitness:
-            parts.append(f"fitness at the end: {fitness}.")
-        parts.append("")
-    return "\n".join(parts)
-
-
-def write_plot(results: Mapping[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    phases = [p for p in ("single", "network", "learned") if p in results["summary"]]
-    if not phases:
-        return
-    summaries = [results["summary"][p] for p in phases]
-    titles = [PHASE_TITLES[p].replace(", ", ",\n").replace(" after", "\nafter") for p in phases]
-    colors = ["#888888", "#1f77b4", "#2ca02c"][: len(phases)]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    accuracy = [100 * (s["accuracy"] or 0.0) for s in summaries]
-    bars = left.bar(titles, accuracy, color=colors)
-    for bar, s in zip(bars, summaries, strict=True):
-        left.annotate(f"{s['correct']}/{s['questions']}" + (f"\n{s['errors']} err" if s["errors"] else ""),
-                      (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=9)
-    left.set_ylabel("accuracy (%)")
-    left.set_ylim(0, 110)
-    left.set_title("GSM8K accuracy")
-    x = range(len(phases))
-    p50 = [s["latency_p50_s"] or 0.0 for s in summaries]
-    p95 = [s["latency_p95_s"] or 0.0 for s in summaries]
-    right.bar([i - 0.2 for i in x], p50, width=0.4, label="p50", color="#1f77b4")
-    right.bar([i + 0.2 for i in x], p95, width=0.4, label="p95", color="#ff7f0e")
-    right.set_xticks(list(x), titles)
-    right.set_ylabel("seconds per question")
-    right.set_title("latency")
-    right.legend()
-    slices = results["slices"]["evaluation"]
-    fig.suptitle(f"DELLM on GSM8K problems {slices[0]}..{slices[1] - 1} "
-                 f"({results['machine'].get('cpu_count')} CPU cores, no GPU)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_outputs(results: Mapping[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
-    try:
-        write_plot(results, out / "accuracy.png")
-    except ImportError as exc:
-        log.warning("matplotlib is not installed (%s); no plot written", exc)
