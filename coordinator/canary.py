@@ -15,15 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dellm.coordinator.config import CoordinatorConfig
-from dellm.coordinator.node_client import ChunkRequest, NodeFeedback
 from dellm.coordinator.periodic import Periodic
 from dellm.coordinator.pipeline.answer import apply_decision
-from dellm.coordinator.pipeline.assemble import final_number
+from dellm.coordinator.pipeline.answers import final_number
 from dellm.coordinator.pipeline.decompose import estimate_complexity, estimate_tokens
-from dellm.coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, stream_answer
+from dellm.coordinator.pipeline.dispatch import NodeConnector, stream_answer
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.prompts import build_chunk_prompt
 from dellm.coordinator.pipeline.reward import reward_for
 from dellm.coordinator.registry.base import NodeRegistry
-from dellm.coordinator.types import Chunk, NodeRecord, Operation, RewardDecision, Verdict
+from dellm.coordinator.types import Chunk, ChunkRequest, NodeFeedback, NodeRecord, RewardDecision, Verdict
 from dellm.protos.wire import FeedbackSource, NodeState
 
 log = logging.getLogger(__name__)

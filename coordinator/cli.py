@@ -13,13 +13,14 @@ from pathlib import Path
 from dellm.coordinator.config import CoordinatorConfig, DecomposeConfig, HealthConfig, RouteConfig
 from dellm.coordinator.discovery.base import Discovery
 from dellm.coordinator.discovery.static import StaticDiscovery
+from dellm.coordinator.errors import RegistryUnavailableError
 from dellm.coordinator.pipeline.planner import ModelPlanner
 from dellm.coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, TemplateSynthesizer
-from dellm.coordinator.registry import RegistryUnavailableError, open_registry
+from dellm.coordinator.registry import open_registry
 from dellm.coordinator.server import serve
 from dellm.coordinator.service import Coordinator
 from dellm.node.selfcheck import GenerationCheckError
-from dellm.protos import version_line
+from dellm.protos import MissingExtraError, import_extra, version_line
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
 
 DEFAULT_SYNTH_MODEL = "qwen2.5-coder-0.5b-instruct"
@@ -56,6 +57,7 @@ def build_model_stages(
 
 def build_discovery(args: argparse.Namespace) -> list[Discovery]:
     if args.discovery == "mdns":
+        import_extra("zeroconf", "lan", "--discovery mdns (the default)")
         from dellm.coordinator.discovery.mdns import MdnsDiscovery
 
         return [MdnsDiscovery(args.cluster, args.interface)]
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         synthesizer, planner = build_model_stages(args.synth_model, args.synth_backend, args.synth_threads, config,
                                                   args.planner)
     except GenerationCheckError as exc:
-        print(f"dellm-coordinator: the synthesis model cannot run here: {exc}", file=sys.stderr)
+        print(f"dellm-coordinator: the synthesis model cannot run here: {exc}; or run with --synth-model none",
+              file=sys.stderr)
         return 1
     except Exception as exc:  # model errors: tell the user which file and how to fix it
         print(f"dellm-coordinator: cannot load the synthesis model: {exc}\n"
@@ -163,11 +166,16 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        discovery = build_discovery(args)
         registry = open_registry(registry_spec, initial_fitness=config.reward.initial_fitness)
+    except MissingExtraError as exc:
+        print(f"dellm-coordinator: {exc}" + (" (or --discovery static|none)" if "discovery" in str(exc) else ""),
+              file=sys.stderr)
+        return 2
     except RegistryUnavailableError as exc:
         print(f"dellm-coordinator: {exc}", file=sys.stderr)
         return 2
-    coordinator = Coordinator(config, registry, synthesizer, build_discovery(args), planner, security)
+    coordinator = Coordinator(config, registry, synthesizer, discovery, planner, security)
     try:
         asyncio.run(serve(coordinator, config.listen))
     except OSError as exc:

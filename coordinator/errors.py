@@ -1,14 +1,72 @@
-"""Errors the coordinator raises; the servicer maps each to one gRPC status."""
+"""Every error the coordinator's servicer can see, each carrying the gRPC status it is sent as.
+
+The servicer has one ``except CoordinatorError`` per RPC and aborts with ``exc.status`` and
+``str(exc)``, mirroring client/errors.py on the other side. Raised by the stages, the registry and
+the service; internal errors that never reach a client (a rejected model plan, an unusable vote)
+stay with the stage that raises them.
+
+    CoordinatorError              INTERNAL
+    ├── InvalidQueryError         INVALID_ARGUMENT     empty, whitespace-only or over-long query
+    ├── TooManyQueriesError       RESOURCE_EXHAUSTED   over the in-flight limit, in total or per client
+    ├── NoNodesAvailableError     UNAVAILABLE          no live node can take a chunk
+    ├── ChunkFailedError          UNAVAILABLE          every node tried for a chunk failed
+    ├── RegistryUnavailableError  UNAVAILABLE          the registry's store cannot be reached
+    ├── NodeCallError             UNAVAILABLE          a call to a node failed (from grpc.aio.AioRpcError)
+    ├── AdmissionRejectedError    FAILED_PRECONDITION  a node that may not join, and why
+    ├── UnknownNodeError          NOT_FOUND            no node with this id (also a KeyError)
+    └── UnknownQueryError         NOT_FOUND            no query with this id (also a KeyError)
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import grpc
+
 
 class CoordinatorError(RuntimeError):
-    """Base of the coordinator's own errors."""
+    """Base of the coordinator's own errors; ``status`` is the gRPC status a client receives."""
+
+    status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __str__(self) -> str:  # KeyError's repr-style str would quote the message
+        return str(self.args[0]) if self.args else (self.__doc__ or type(self).__name__)
+
+
+class InvalidQueryError(CoordinatorError, ValueError):
+    """The query is empty or too large to plan."""
+
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class TooManyQueriesError(CoordinatorError):
+    """More queries in flight than allowed, in total or from one client: refused at once, never queued."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NoNodesAvailableError(CoordinatorError):
+    """No live node can take a chunk."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class ChunkFailedError(CoordinatorError):
+    """Every node tried for a chunk failed; the query cannot be answered."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class RegistryUnavailableError(CoordinatorError):
+    """The registry's store (e.g. a Redis server) could not be reached; the message names it, never a password."""
+
+    status = grpc.StatusCode.UNAVAILABLE
 
 
 class NodeCallError(CoordinatorError):
     """A call to a node failed (translated from grpc.aio.AioRpcError at the node client)."""
+
+    status = grpc.StatusCode.UNAVAILABLE
 
     def __init__(self, node_id: str, code: str, details: str) -> None:
         super().__init__(f"node {node_id}: {code}: {details}")
@@ -17,5 +75,25 @@ class NodeCallError(CoordinatorError):
         self.details = details
 
 
-class ChunkFailedError(CoordinatorError):
-    """Every node tried for a chunk failed; the query cannot be answered."""
+class AdmissionRejectedError(CoordinatorError):
+    """A node may not join: it does not answer, does not match its claim, or is a duplicate."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class UnknownNodeError(CoordinatorError, KeyError):
+    """No node with this id is registered."""
+
+    status = grpc.StatusCode.NOT_FOUND
+
+    def __str__(self) -> str:
+        return f"no node with id {self.args[0]!r}" if self.args else "no such node"
+
+
+class UnknownQueryError(CoordinatorError, KeyError):
+    """No query with this id was recorded."""
+
+    status = grpc.StatusCode.NOT_FOUND
+
+    def __str__(self) -> str:
+        return f"no query with id {self.args[0]!r}" if self.args else "no such query"

@@ -11,14 +11,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dellm.coordinator.convert import VERDICTS
 from dellm.coordinator.errors import NodeCallError
-from dellm.coordinator.types import Operation, Verdict
+from dellm.coordinator.types import ChunkRequest, NodeFeedback, StreamPiece
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from dellm.protos.security import SecurityConfig
 from dellm.protos.transport import channel
@@ -32,39 +31,6 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
 )
-
-@dataclass(frozen=True)
-class ChunkRequest:
-    query_id: str
-    chunk_id: str
-    operation: Operation
-    prompt: str
-    max_tokens: int
-    temperature: float
-    system: str = ""
-
-
-@dataclass(frozen=True)
-class StreamPiece:
-    text: str
-    logprobs: tuple[float, ...]
-    done: bool = False
-    finish_reason: str = ""
-    confidence: float = 0.0
-
-
-@dataclass(frozen=True)
-class NodeFeedback:
-    query_id: str
-    chunk_id: str
-    prompt: str
-    answer: str
-    verdict: Verdict
-    reward: float
-    correct_answer: str
-    fitness: float
-    source: str
-
 
 def _feedback_to_proto(feedback: NodeFeedback) -> dellm_pb2.NodeFeedbackRequest:
     return dellm_pb2.NodeFeedbackRequest(

@@ -10,11 +10,8 @@ from dataclasses import dataclass
 import grpc
 
 from dellm.coordinator.convert import event_to_proto, node_status_to_proto, reward_to_proto
-from dellm.coordinator.errors import ChunkFailedError
-from dellm.coordinator.pipeline.decompose import InvalidQueryError
-from dellm.coordinator.pipeline.route import NoNodesAvailableError
-from dellm.coordinator.registry.base import UnknownNodeError, UnknownQueryError
-from dellm.coordinator.service import AdmissionRejectedError, Coordinator, TooManyQueriesError
+from dellm.coordinator.errors import CoordinatorError
+from dellm.coordinator.service import Coordinator
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from dellm.protos.transport import add_health_and_reflection, bind, new_server, peer_host, set_serving, wait_for_signal
 from dellm.protos.wire import description_from_proto
@@ -34,20 +31,16 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
             client = peer_host(context.peer()) or context.peer()  # the per-client limit counts by host
             async for event in self._coordinator.ask(request.query, request.reference_answer, client):
                 yield event_to_proto(event)
-        except InvalidQueryError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except TooManyQueriesError as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except (NoNodesAvailableError, ChunkFailedError) as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except CoordinatorError as exc:
+            await context.abort(exc.status, str(exc))
 
     async def Feedback(
         self, request: dellm_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.FeedbackReply:
         try:
             applied = await self._coordinator.feedback(request.query_id, request.correct, request.answer)
-        except UnknownQueryError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no query with id {request.query_id!r}")
+        except CoordinatorError as exc:
+            await context.abort(exc.status, str(exc))
         return dellm_pb2.FeedbackReply(rewards=[reward_to_proto(r) for r in applied])
 
     async def ListNodes(
@@ -61,8 +54,8 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
     ) -> dellm_pb2.JoinReply:
         try:
             record = await self._coordinator.join(description_from_proto(request.info))
-        except AdmissionRejectedError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except CoordinatorError as exc:
+            await context.abort(exc.status, str(exc))
         return dellm_pb2.JoinReply(node_id=record.node_id, fitness=record.fitness)
 
     async def Leave(
@@ -70,8 +63,8 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
     ) -> dellm_pb2.LeaveReply:
         try:
             self._coordinator.leave(request.node_id)
-        except UnknownNodeError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node with id {request.node_id!r}")
+        except CoordinatorError as exc:
+            await context.abort(exc.status, str(exc))
         return dellm_pb2.LeaveReply()
 
 

@@ -16,17 +16,32 @@ from dataclasses import replace
 from dellm.coordinator.canary import CanaryProbe
 from dellm.coordinator.config import CoordinatorConfig
 from dellm.coordinator.discovery.base import Discovery
-from dellm.coordinator.errors import CoordinatorError, NodeCallError
+from dellm.coordinator.errors import (
+    AdmissionRejectedError,
+    NodeCallError,
+    NoNodesAvailableError,
+    TooManyQueriesError,
+    UnknownNodeError,
+)
 from dellm.coordinator.health import HealthMonitor
-from dellm.coordinator.node_client import ChunkRequest, FeedbackSender, NodeFeedback, NodePool, StreamPiece
+from dellm.coordinator.node_client import FeedbackSender, NodePool
 from dellm.coordinator.pipeline.answer import PipelineDeps, answer_query, apply_decision
 from dellm.coordinator.pipeline.decompose import check_query as check_query_text
 from dellm.coordinator.pipeline.planner import ModelPlanner
 from dellm.coordinator.pipeline.reward import reward_for
-from dellm.coordinator.pipeline.route import NoNodesAvailableError, Shortlist
+from dellm.coordinator.pipeline.route import Shortlist
 from dellm.coordinator.pipeline.synthesize import Synthesizer
-from dellm.coordinator.registry.base import NodeRegistry, UnknownNodeError
-from dellm.coordinator.types import AppliedReward, NodeRecord, PipelineEvent, RewardDecision, Verdict
+from dellm.coordinator.registry.base import NodeRegistry
+from dellm.coordinator.types import (
+    AppliedReward,
+    ChunkRequest,
+    NodeFeedback,
+    NodeRecord,
+    PipelineEvent,
+    RewardDecision,
+    StreamPiece,
+    Verdict,
+)
 from dellm.protos.security import SecurityConfig
 from dellm.protos.wire import SUPPORTED_PROTOCOL_VERSIONS, FeedbackSource, NodeDescription, NodeState
 
@@ -38,12 +53,8 @@ START_NODE_HINT = (
 )
 
 
-class AdmissionRejectedError(CoordinatorError):
-    """A node was not admitted: unreachable, of another cluster or protocol, or not who it claims."""
 
 
-class TooManyQueriesError(CoordinatorError):
-    """The coordinator, or this client, has as many queries in flight as it allows."""
 
 
 class QueryLimiter:

@@ -9,15 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from dellm.coordinator.pipeline.operations import Operation
 from dellm.protos.wire import NodeDescription, NodeState
-
-
-class Operation(StrEnum):
-    MATH_OP = "MATH_OP"
-    SEARCH_OP = "SEARCH_OP"
-    COMPARE_OP = "COMPARE_OP"
-    GENERATE_OP = "GENERATE_OP"
-    GENERAL_OP = "GENERAL_OP"
 
 
 class Verdict(StrEnum):
@@ -153,6 +146,42 @@ class AppliedReward:
 class StageTiming:
     stage: str
     ms: float
+
+
+# --- What the coordinator sends a node, and what comes back (node_client turns them into protobuf) ---
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    query_id: str
+    chunk_id: str
+    operation: Operation
+    prompt: str
+    max_tokens: int
+    temperature: float
+    system: str = ""
+
+
+@dataclass(frozen=True)
+class StreamPiece:
+    text: str
+    logprobs: tuple[float, ...]
+    done: bool = False
+    finish_reason: str = ""
+    confidence: float = 0.0
+
+
+@dataclass(frozen=True)
+class NodeFeedback:
+    query_id: str
+    chunk_id: str
+    prompt: str
+    answer: str
+    verdict: Verdict
+    reward: float
+    correct_answer: str
+    fitness: float
+    source: str
 
 
 # --- Events streamed by the pipeline (the servicer turns them into AskEvent) ---

@@ -22,7 +22,7 @@ from dellm.node.models import ModelError, resolve_model
 from dellm.node.selfcheck import GenerationCheckError, require_generation
 from dellm.node.server import node_info, serve_node
 from dellm.node.state import FEEDBACK_FILE, FeedbackStore, load_or_create_node_id, node_state_dir
-from dellm.protos import version_line
+from dellm.protos import MissingExtraError, import_extra, version_line
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
 
 
@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         security = security_from_arguments(args, os.environ.get("DELLM_TOKEN"), server=True)
-    except SecurityError as exc:
+        if args.advertise:
+            import_extra("zeroconf", "lan", "advertising over mDNS (on by default; --no-advertise turns it off)")
+    except (SecurityError, MissingExtraError) as exc:
         print(f"dellm-node: {exc}", file=sys.stderr)
         return 2
     name = args.name or socket.gethostname()

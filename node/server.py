@@ -13,10 +13,10 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
-from dellm.node.advertise import MdnsAdvertiser
 from dellm.node.backends.base import (
     BackendError,
     GenerationRequest,
@@ -26,7 +26,7 @@ from dellm.node.backends.base import (
 )
 from dellm.node.config import NodeConfig
 from dellm.node.state import FeedbackEntry, FeedbackStore
-from dellm.protos import dellm_pb2, dellm_pb2_grpc
+from dellm.protos import dellm_pb2, dellm_pb2_grpc, import_extra
 from dellm.protos.security import SecurityConfig
 from dellm.protos.transport import (
     add_health_and_reflection,
@@ -39,6 +39,9 @@ from dellm.protos.transport import (
     wait_for_signal,
 )
 from dellm.protos.wire import PROTOCOL_VERSION
+
+if TYPE_CHECKING:
+    from dellm.node.advertise import MdnsAdvertiser
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = dellm_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
@@ -214,7 +217,7 @@ class RunningNode:
     address: str
     servicer: NodeServicer
     joiner: asyncio.Task[None] | None = None
-    advertiser: MdnsAdvertiser | None = None
+    advertiser: MdnsAdvertiser | None = None  # dellm[lan]: zeroconf
     security: SecurityConfig = field(default_factory=SecurityConfig)
 
     async def stop(self, grace: float, coordinator: str | None = None, join_timeout: float = 5.0) -> None:
@@ -300,6 +303,9 @@ async def start_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedba
     if config.coordinator:
         running.joiner = asyncio.create_task(keep_joined(config.coordinator, full_info, config, trusted=joined))
     if config.advertise:
+        import_extra("zeroconf", "lan", "advertising over mDNS (on by default; --no-advertise turns it off)")
+        from dellm.node.advertise import MdnsAdvertiser
+
         running.advertiser = MdnsAdvertiser(full_info, config.interface)
         await running.advertiser.start()
     return running

@@ -151,41 +151,101 @@ def train_adapter(
     :class:`~node.backends.base.BackendError` (the model cannot be loaded).
     """
     config = config or TrainConfig()
+    _check_inputs(pairs, config)
+    base = _load_base_model(Path(model_path), instruct=instruct, seed=config.seed, n_threads=n_threads)
+    encoded = _encode_pairs(base.tokenizer, pairs, instruct=base.instruct, max_tokens=config.max_tokens)
+    peft_model, targets = _with_lora(base.model, config)
+    logger.info(
+        "training a rank-%d LoRA on %s (%s) with %d pairs (%d left out), %d epochs, lr %g, batch %d",
+        config.rank, model_name, ", ".join(targets), len(encoded), len(pairs) - len(encoded), config.epochs,
+        config.learning_rate, config.batch_size,
+    )
+    curve = _train_epochs(peft_model, encoded, _pad_token_id(base.tokenizer), config)
+    result = TrainResult(
+        adapter_dir=Path(out), pairs=len(encoded), skipped=len(pairs) - len(encoded), epochs=config.epochs,
+        steps=len(curve.step_losses), step_losses=curve.step_losses, epoch_losses=curve.epoch_losses,
+        load_seconds=base.load_seconds, train_seconds=curve.seconds, target_modules=targets,
+    )
+    trained_from = {
+        "base_model": model_name,
+        "base_model_sha256": model_sha256,
+        "base_model_file": Path(model_path).name,
+        "instruct": base.instruct,
+    }
+    _save_adapter(peft_model, result, config, trained_from)
+    return result
+
+
+@dataclass(frozen=True)
+class _BaseModel:
+    """The GGUF model to train on, loaded, with the prompt form it is trained in."""
+
+    tokenizer: Any
+    model: Any
+    instruct: bool  # chat template (True) or plain ``Question: ...\nAnswer:`` prompt
+    load_seconds: float
+
+
+@dataclass(frozen=True)
+class _TrainingCurve:
+    step_losses: tuple[float, ...]
+    epoch_losses: tuple[float, ...]  # mean step loss of each epoch
+    seconds: float
+
+
+def _check_inputs(pairs: Sequence[tuple[str, str]], config: TrainConfig) -> None:
+    """Raise :class:`TrainingError` for no pairs, a non-positive setting, or torch or peft missing."""
     if not pairs:
         raise NoVerifiedFeedbackError("no verified feedback yet: no training pairs were given")
     if config.epochs < 1 or config.batch_size < 1 or config.rank < 1 or config.learning_rate <= 0:
         raise TrainingError(f"epochs, batch size, rank and learning rate must be positive: {config}")
     try:
-        import peft
-        import torch
+        import peft  # noqa: F401
+        import torch  # noqa: F401
     except ImportError as exc:
         raise TrainingError(f"training needs torch and peft ({exc}); pip install 'dellm[transformers]'") from exc
 
+
+def _load_base_model(model_path: Path, *, instruct: bool | None, seed: int, n_threads: int | None) -> _BaseModel:
+    """Seed torch (the LoRA initialisation draws from it) and load the model; ``instruct`` None:
+    chat form when the model has a chat template."""
+    import torch
+
     if n_threads:
         torch.set_num_threads(n_threads)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     started = time.monotonic()
-    tokenizer, model = load_gguf_model(Path(model_path))
+    tokenizer, model = load_gguf_model(model_path)
     load_seconds = time.monotonic() - started
     template = getattr(tokenizer, "chat_template", None)
     use_chat = bool(template) if instruct is None else instruct
     if use_chat and not template:
         raise TrainingError(f"{model_path} has no chat template; train it as a base model (instruct=False)")
+    return _BaseModel(tokenizer, model, use_chat, load_seconds)
 
+
+def _encode_pairs(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], *, instruct: bool, max_tokens: int
+) -> list[EncodedPair]:
+    """The pairs that fit in ``max_tokens`` with an answer to learn, encoded; TrainingError when none does."""
     encoded: list[EncodedPair] = []
     for prompt, answer in pairs:
         try:
-            pair = encode_pair(tokenizer, prompt, answer, instruct=use_chat)
+            pair = encode_pair(tokenizer, prompt, answer, instruct=instruct)
         except Exception as exc:  # a chat template may raise on unusual text
             logger.warning("leaving out a pair that could not be formatted: %s", exc)
             continue
-        if len(pair.input_ids) > config.max_tokens or all(label == _IGNORE for label in pair.labels):
+        if len(pair.input_ids) > max_tokens or all(label == _IGNORE for label in pair.labels):
             continue
         encoded.append(pair)
     if not encoded:
-        raise TrainingError(
-            f"none of the {len(pairs)} pairs fits in {config.max_tokens} tokens with an answer to learn"
-        )
+        raise TrainingError(f"none of the {len(pairs)} pairs fits in {max_tokens} tokens with an answer to learn")
+    return encoded
+
+
+def _with_lora(model: Any, config: TrainConfig) -> tuple[Any, tuple[str, ...]]:
+    """``model`` wrapped by peft with LoRA on its attention projections, and the projections' names."""
+    import peft
 
     targets = attention_targets(model, config.target_modules)
     lora = peft.LoraConfig(
@@ -197,67 +257,79 @@ def train_adapter(
         task_type="CAUSAL_LM",
     )
     with quiet_peft():
-        peft_model: Any = peft.get_peft_model(model, lora)
+        return peft.get_peft_model(model, lora), targets
+
+
+def _train_epochs(peft_model: Any, pairs: Sequence[EncodedPair], pad_id: int, config: TrainConfig) -> _TrainingCurve:
+    """Train the LoRA weights with AdamW and gradient clipping, in a seeded order of batches."""
+    import torch
+
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
-    pad_id = _pad_token_id(tokenizer)
     order = random.Random(config.seed)
-    logger.info(
-        "training a rank-%d LoRA on %s (%s) with %d pairs (%d left out), %d epochs, lr %g, batch %d",
-        config.rank, model_name, ", ".join(targets), len(encoded), len(pairs) - len(encoded), config.epochs,
-        config.learning_rate, config.batch_size,
-    )
-
     peft_model.train()
     step_losses: list[float] = []
     epoch_losses: list[float] = []
-    train_started = time.monotonic()
+    started = time.monotonic()
     for epoch in range(config.epochs):
-        shuffled = list(encoded)
+        shuffled = list(pairs)
         order.shuffle(shuffled)
-        losses: list[float] = []
-        for start in range(0, len(shuffled), config.batch_size):
-            input_ids, attention, labels = _batch(shuffled[start : start + config.batch_size], pad_id)
-            loss = peft_model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}; try a lower --lr")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.item()))
+        losses = [
+            _train_step(peft_model, optimizer, trainable, _batch(shuffled[start : start + config.batch_size], pad_id),
+                        max_grad_norm=config.max_grad_norm, epoch=epoch)
+            for start in range(0, len(shuffled), config.batch_size)
+        ]
         step_losses.extend(losses)
         epoch_losses.append(sum(losses) / len(losses))
         logger.info("epoch %d/%d: mean loss %.4f over %d steps", epoch + 1, config.epochs, epoch_losses[-1],
                     len(losses))
-    train_seconds = time.monotonic() - train_started
+    return _TrainingCurve(tuple(step_losses), tuple(epoch_losses), time.monotonic() - started)
 
-    out = Path(out)
+
+def _train_step(
+    peft_model: Any,
+    optimizer: Any,
+    trainable: list[Any],
+    batch: tuple[Any, Any, Any],
+    *,
+    max_grad_norm: float,
+    epoch: int,
+) -> float:
+    """One optimizer step on one batch (input ids, attention mask, labels), gradients clipped; its loss."""
+    import torch
+
+    input_ids, attention, labels = batch
+    loss = peft_model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+    if not torch.isfinite(loss):
+        raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}; try a lower --lr")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.item())
+
+
+def _save_adapter(peft_model: Any, result: TrainResult, config: TrainConfig, trained_from: dict[str, Any]) -> None:
+    """Write the LoRA weights into ``result.adapter_dir`` and, beside them, what they were trained on and how."""
+    out = result.adapter_dir
     out.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out), save_embedding_layers=False)  # only the LoRA weights
-    result = TrainResult(
-        adapter_dir=out, pairs=len(encoded), skipped=len(pairs) - len(encoded), epochs=config.epochs,
-        steps=len(step_losses), step_losses=tuple(step_losses), epoch_losses=tuple(epoch_losses),
-        load_seconds=load_seconds, train_seconds=train_seconds, target_modules=targets,
-    )
     metadata = {
-        "base_model": model_name,
-        "base_model_sha256": model_sha256,
-        "base_model_file": Path(model_path).name,
-        "instruct": use_chat,
+        **trained_from,
         "pairs": result.pairs,
         "skipped": result.skipped,
         "epochs": result.epochs,
         "steps": result.steps,
         "final_loss": result.final_loss,
         "epoch_losses": list(result.epoch_losses),
-        "train_seconds": round(train_seconds, 2),
-        "config": {**asdict(config), "target_modules": list(targets)},
+        "train_seconds": round(result.train_seconds, 2),
+        "config": {**asdict(config), "target_modules": list(result.target_modules)},
         "created_at": time.time(),
     }
     (out / ADAPTER_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
-    logger.info("saved the adapter in %s (final loss %.4f, %.1fs training)", out, result.final_loss, train_seconds)
-    return result
+    logger.info(
+        "saved the adapter in %s (final loss %.4f, %.1fs training)", out, result.final_loss, result.train_seconds
+    )
 
 
 def attention_targets(model: Any, preferred: Sequence[str]) -> tuple[str, ...]:

@@ -12,3 +12,18 @@ def version_line(prog: str) -> str:
     except PackageNotFoundError:  # run from a checkout that was never installed
         release = "unknown (not installed)"
     return f"{prog} {release}"
+
+
+class MissingExtraError(ImportError):
+    """A feature needs an optional part of DELLM that is not installed; the message names the extra."""
+
+
+def import_extra(module: str, extra: str, purpose: str) -> None:
+    """Import ``module`` now, or raise MissingExtraError: "<purpose> needs pip install 'dellm[<extra>]'"."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(f"{purpose} needs the {extra} extra ({module} is not installed): "
+                                f"pip install 'dellm[{extra}]'") from exc

@@ -31,8 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from dellm.client.api import ClientConfig, DellmClient  # noqa: E402
 from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
-from dellm.coordinator.pipeline.assemble import final_number  # noqa: E402
-from dellm.coordinator.pipeline.reward import exact_answer  # noqa: E402
+from dellm.coordinator.pipeline.answers import exact_answer, final_number  # noqa: E402
 from scripts.bench_report import command_line, machine, write_report  # noqa: E402
 
 # name: (accuracy, seconds per word). The liar is the fastest: the seed's score (latency weighs 0.7)

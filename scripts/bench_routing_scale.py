@@ -34,9 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from dellm.client.bench.scoring import percentile  # noqa: E402
 from dellm.coordinator.config import RouteConfig  # noqa: E402
+from dellm.coordinator.pipeline.operations import Operation  # noqa: E402
 from dellm.coordinator.pipeline.route import Shortlist, route_chunk  # noqa: E402
 from dellm.coordinator.registry import NodeTable, RedisRegistry, SqliteRegistry  # noqa: E402
-from dellm.coordinator.types import Chunk, NodeRecord, Operation, OpStats  # noqa: E402
+from dellm.coordinator.types import Chunk, NodeRecord, OpStats  # noqa: E402
 from dellm.protos.wire import NodeDescription  # noqa: E402
 from scripts.bench_report import positive_ints, run_and_report  # noqa: E402
 from tests.redis_server import RedisServerProcess  # noqa: E402

@@ -42,7 +42,7 @@ from dellm.client.bench.report import PHASE_TITLES, write_outputs
 from dellm.client.bench.scoring import PHASES, QuestionRecord, error_kind, is_correct, summarize
 from dellm.client.errors import DellmError
 from dellm.client.local_cluster import ClusterError, LocalCluster, NodeSpec
-from dellm.coordinator.pipeline.assemble import final_number
+from dellm.coordinator.pipeline.answers import final_number
 from dellm.protos import dellm_pb2
 
 log = logging.getLogger(__name__)

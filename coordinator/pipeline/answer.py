@@ -13,24 +13,27 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from dellm.coordinator.config import CoordinatorConfig, RewardConfig
-from dellm.coordinator.errors import ChunkFailedError
-from dellm.coordinator.node_client import ChunkRequest, NodeFeedback
-from dellm.coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled, reference_key
+from dellm.coordinator.errors import ChunkFailedError, UnknownNodeError
+from dellm.coordinator.pipeline.answers import exact_answer, reference_key
+from dellm.coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled
 from dellm.coordinator.pipeline.decompose import decompose, validate_plan
-from dellm.coordinator.pipeline.dispatch import NodeConnector, build_chunk_prompt, dispatch_chunk
+from dellm.coordinator.pipeline.dispatch import NodeConnector, dispatch_chunk
+from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.pipeline.planner import ModelPlanner
-from dellm.coordinator.pipeline.reward import exact_answer, judge_chunk, update_fitness
+from dellm.coordinator.pipeline.prompts import build_chunk_prompt
+from dellm.coordinator.pipeline.reward import judge_chunk, update_fitness
 from dellm.coordinator.pipeline.route import Shortlist, redundancy_for
 from dellm.coordinator.pipeline.synthesize import Synthesizer
-from dellm.coordinator.registry.base import NodeRegistry, QueryRecord, UnknownNodeError
+from dellm.coordinator.registry.base import NodeRegistry, QueryRecord
 from dellm.coordinator.types import (
     AnswerToken,
     AppliedReward,
     ChunkAssembled,
+    ChunkRequest,
     ChunkResult,
     ChunkToken,
     NodeAnswer,
-    Operation,
+    NodeFeedback,
     PipelineEvent,
     Plan,
     PlanReady,

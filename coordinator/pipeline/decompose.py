@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 
 from dellm.coordinator.config import DecomposeConfig
-from dellm.coordinator.types import Chunk, Operation, Plan
+from dellm.coordinator.errors import InvalidQueryError
+from dellm.coordinator.pipeline.operations import OPERATIONS, Operation, classify
+from dellm.coordinator.types import Chunk, Plan
 
 _SEQUENCE = re.compile(
     r"(?:[,;.]\s*|\s+)(?:and\s+)?(?:then|after\s+that|afterwards|based\s+on\s+(?:this|that|the\s+result))\s*,?\s+"
@@ -20,29 +22,12 @@ _SEQUENCE = re.compile(
 )
 _SENTENCE = re.compile(r"(?<=[.?!;])\s+(?=[A-Z])")
 
-_OPERATION_WORDS: tuple[tuple[Operation, re.Pattern[str]], ...] = (
-    (Operation.COMPARE_OP, re.compile(r"\b(compare|comparison|versus|vs\.?|difference between|better than|"
-                                      r"pros and cons|which is (?:better|cheaper|faster))\b", re.I)),
-    (Operation.MATH_OP, re.compile(r"\b(calculate|compute|how (?:much|many)|what is \d|solve|sum|total|"
-                                   r"percent|interest|multiply|divide|average)\b|\d\s*[-+*/x×÷%^]\s*\d|\d%", re.I)),
-    (Operation.SEARCH_OP, re.compile(r"\b(find|search|look up|lookup|list|which|where|best|top|recommend|"
-                                     r"who|when)\b", re.I)),
-    (Operation.GENERATE_OP, re.compile(r"\b(write|generate|draft|compose|create|summari[sz]e|explain|describe|"
-                                       r"translate|suggest|plan)\b", re.I)),
-)
 _ACTION_START = re.compile(
     r"^(calculate|compute|find|search|look up|list|compare|write|generate|draft|compose|create|summari[sz]e|"
     r"explain|describe|translate|suggest|solve|estimate|tell|give|name|what|how|who|which|when|where|why)\b",
     re.I,
 )
 _CONJUNCTION = re.compile(r"\s*(?:,\s*)?\b(?:and\s+also|and|also|as\s+well\s+as)\b\s+", re.I)
-_BASE_COMPLEXITY = {
-    Operation.MATH_OP: 0.45,
-    Operation.COMPARE_OP: 0.5,
-    Operation.SEARCH_OP: 0.35,
-    Operation.GENERATE_OP: 0.4,
-    Operation.GENERAL_OP: 0.3,
-}
 _REFERS_BACK = re.compile(
     r"\b(it|its|them|the result|the answer|this (?:result|amount|number|value)|that (?:result|amount|number|value))\b",
     re.I,
@@ -55,15 +40,6 @@ _LEADING_SEQUENCE = re.compile(
 )
 
 
-class InvalidQueryError(ValueError):
-    """The query is empty or too large to plan."""
-
-
-def classify(text: str) -> Operation:
-    for operation, pattern in _OPERATION_WORDS:
-        if pattern.search(text):
-            return operation
-    return Operation.GENERAL_OP
 
 
 def estimate_tokens(text: str) -> int:
@@ -74,7 +50,7 @@ def estimate_tokens(text: str) -> int:
 def estimate_complexity(text: str, operation: Operation) -> float:
     tokens = estimate_tokens(text)
     numbers = len(re.findall(r"\d+(?:\.\d+)?", text))
-    score = _BASE_COMPLEXITY[operation] + min(0.3, max(0, tokens - 8) * 0.02) + min(0.2, numbers * 0.05)
+    score = OPERATIONS[operation].base_complexity + min(0.3, max(0, tokens - 8) * 0.02) + min(0.2, numbers * 0.05)
     return round(min(1.0, score), 3)
 
 

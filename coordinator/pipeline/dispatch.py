@@ -17,22 +17,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dellm.coordinator.config import DispatchConfig, RouteConfig
-from dellm.coordinator.errors import NodeCallError
-from dellm.coordinator.node_client import ChunkRequest, StreamPiece
-from dellm.coordinator.pipeline.assemble import final_number
-from dellm.coordinator.pipeline.reward import exact_answer
-from dellm.coordinator.pipeline.route import NoNodesAvailableError, Shortlist, route_chunk
-from dellm.coordinator.registry.memory import NodeTable
+from dellm.coordinator.errors import NodeCallError, NoNodesAvailableError
+from dellm.coordinator.pipeline.route import Shortlist, route_chunk
+from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.types import (
     Assignment,
     Chunk,
     ChunkAssigned,
-    ChunkResult,
+    ChunkRequest,
     ChunkToken,
     NodeAnswer,
     NodeRecord,
-    Operation,
     PipelineEvent,
+    StreamPiece,
 )
 from dellm.node.backends.base import confidence_from_logprobs
 
@@ -49,40 +46,6 @@ class NodeConnector(Protocol):
     """Streams one chunk answer from one node (raises NodeCallError on failure)."""
 
     def stream(self, node: NodeRecord, request: ChunkRequest, timeout: float) -> AsyncIterator[StreamPiece]: ...
-
-
-_PROMPTS = {
-    "MATH_OP": "{task}\nGive the final number on the last line as 'Answer: <number>'.",
-    "SEARCH_OP": "{task}\nAnswer concisely with a short list of the most relevant items.",
-    "COMPARE_OP": "{task}\nCompare concisely and state which is better and why in two or three sentences.",
-    "GENERATE_OP": "{task}\nKeep it brief.",
-    "GENERAL_OP": "{task}\nAnswer concisely.",
-}
-
-
-_WORD_PROBLEM = ("{task}\nSolve it step by step in a few short lines, then give the final number on the last "
-                 "line as 'Answer: <number>'.")
-
-
-def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult]) -> str:
-    """The prompt a node sees: earlier results it depends on, then the task."""
-    template = _PROMPTS[chunk.operation.value]
-    if chunk.operation is Operation.MATH_OP and exact_answer(chunk.text) is None:
-        template = _WORD_PROBLEM  # a word problem needs its steps worked out before the number
-    task = template.format(task=chunk.text)
-    if not dependencies:
-        return task
-    context = "\n".join(f"- {d.chunk.text}: {concise_answer(d)}" for d in dependencies)
-    return f"Results of earlier steps:\n{context}\n\nUsing those results where relevant:\n{task}"
-
-
-def concise_answer(result: ChunkResult) -> str:
-    """What a dependent chunk needs of a result: a math chunk's number, else the answer itself."""
-    if result.chunk.operation is Operation.MATH_OP:
-        value = final_number(result.answer)
-        if value is not None:
-            return f"{value:.12g}"
-    return " ".join(result.answer.split())
 
 
 async def stream_answer(

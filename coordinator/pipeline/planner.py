@@ -15,16 +15,13 @@ import re
 
 from dellm.coordinator.config import DecomposeConfig
 from dellm.coordinator.pipeline.decompose import decompose, estimate_complexity, estimate_tokens, validate_plan
-from dellm.coordinator.types import Chunk, Operation, Plan
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.prompts import PLANNER_SYSTEM
+from dellm.coordinator.types import Chunk, Plan
 from dellm.node.backends.base import BackendError, GenerationRequest, InferenceBackend, stream_generation
 
 log = logging.getLogger(__name__)
 
-PLANNER_SYSTEM = (
-    "You split a user's request into the smallest list of steps. Reply with JSON only: a list of objects "
-    '{"text": step text copied from the request, "op": one of MATH_OP, SEARCH_OP, COMPARE_OP, GENERATE_OP, '
-    'GENERAL_OP, "after": list of earlier step numbers (1-based) whose results this step needs}.'
-)
 _JSON_LIST = re.compile(r"\[.*\]", re.S)
 _WORD = re.compile(r"[a-z0-9]+")
 

@@ -9,87 +9,17 @@ stream, an empty or degenerate (looping) answer, or a timeout is wrong. Pure: no
 
 from __future__ import annotations
 
-import ast
-import functools
-import math
-import operator
-import re
-from collections.abc import Callable, Mapping
-
 from dellm.coordinator.config import RewardConfig
-from dellm.coordinator.pipeline.assemble import (
+from dellm.coordinator.pipeline.answers import (
     answers_match,
+    exact_answer,
     format_number,
     normalize_answer,
-    parse_number,
     reference_key,
 )
-from dellm.coordinator.types import ChunkResult, NodeAnswer, Operation, RewardDecision, Verdict
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.types import ChunkResult, NodeAnswer, RewardDecision, Verdict
 from dellm.protos.wire import VERIFIED_SOURCES, FeedbackSource
-
-_PERCENT_OF = re.compile(
-    r"(\d[\d,]*(?:\.\d+)?)\s*%\s*(?:interest\s+|tax\s+|tip\s+|discount\s+)?(?:of|on)\s+\$?\s*(\d[\d,]*(?:\.\d+)?)",
-    re.I,
-)
-_WORD_OPERATORS = (
-    (re.compile(r"\bdivided\s+by\b", re.I), "/"),
-    (re.compile(r"\b(?:multiplied\s+by|times)\b", re.I), "*"),
-    (re.compile(r"\bplus\b", re.I), "+"),
-    (re.compile(r"\bminus\b", re.I), "-"),
-)
-
-_OPERAND = r"\(?\s*-?\d[\d,]*(?:\.\d+)?\s*\)?"
-# A whole expression, not part of a longer token ("2.5 * 4e3" is not read as 2.5 * 4).
-_EXPRESSION = re.compile(rf"(?<![\w.]){_OPERAND}(?:\s*[-+*/x×÷^]\s*{_OPERAND})+(?![\w.]*\d|[a-wyzA-Z])")
-_BINARY: Mapping[type[ast.operator], Callable[[float, float], float]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.Pow: operator.pow,
-}
-
-
-def _evaluate(node: ast.AST) -> float:
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-        return float(node.value)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > 64:
-            raise ValueError("exponent too large")
-        return _BINARY[type(node.op)](left, right)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_evaluate(node.operand)
-    raise ValueError(f"unsupported expression element {type(node).__name__}")
-
-
-@functools.lru_cache(maxsize=4096)  # read three times per chunk (prompt, settling, reward): parse once
-def exact_answer(text: str) -> float | None:
-    """The value of the arithmetic a chunk asks for, when it can be read exactly; else None.
-
-    Handles "X% [interest] of/on [$]Y" and plain expressions such as "12 * 7 + 3" or
-    "15 plus 27". Word problems ("Janet has 16 eggs...") are not read: None.
-    """
-    percent = _PERCENT_OF.findall(text)
-    if len(percent) == 1:
-        rate, base = (parse_number(x) for x in percent[0])
-        if rate is not None and base is not None:
-            return rate * base / 100.0
-    spelled = text
-    for pattern, symbol in _WORD_OPERATORS:
-        spelled = pattern.sub(symbol, spelled)
-    expressions = _EXPRESSION.findall(spelled)
-    if len(expressions) != 1:
-        return None
-    source = expressions[0].replace(",", "").replace("×", "*").replace("x", "*").replace("÷", "/")
-    source = source.replace("^", "**")
-    try:
-        value = _evaluate(ast.parse(source, mode="eval"))
-    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def speed_bonus(latency_ms: float, config: RewardConfig) -> float:

@@ -17,13 +17,10 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 
 from dellm.coordinator.config import RouteConfig
-from dellm.coordinator.registry.memory import NodeTable
+from dellm.coordinator.errors import NoNodesAvailableError
+from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.types import Assignment, Chunk, NodeRecord
 from dellm.protos.wire import NodeState
-
-
-class NoNodesAvailableError(RuntimeError):
-    """No live node can take the chunk."""
 
 
 def redundancy_for(chunk: Chunk, config: RouteConfig) -> int:

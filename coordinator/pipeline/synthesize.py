@@ -14,17 +14,14 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from dellm.coordinator.config import SynthesisConfig
-from dellm.coordinator.pipeline.assemble import final_number
-from dellm.coordinator.pipeline.dispatch import concise_answer
-from dellm.coordinator.types import ChunkResult, Operation
+from dellm.coordinator.pipeline.answers import final_number
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.prompts import SYSTEM_PROMPT, concise_answer, synthesis_prompt
+from dellm.coordinator.types import ChunkResult
 from dellm.node.backends.base import BackendError, GenerationRequest, InferenceBackend, stream_generation
 
 log = logging.getLogger(__name__)
 
-SYSTEM_PROMPT = (
-    "You write the final answer for the user from the results of several steps. Mention the result of every "
-    "step, keep numbers exactly as given, and write two to four plain sentences without code."
-)
 _CONTENT_WORD = re.compile(r"[a-z]{4,}")
 
 
@@ -43,12 +40,6 @@ def template_answer(results: Sequence[ChunkResult]) -> str:
     if len(results) == 1:
         return results[0].answer.strip()
     return "\n".join(f"{r.chunk.text}: {concise_answer(r)}" for r in results)
-
-
-def synthesis_prompt(query: str, results: Sequence[ChunkResult]) -> str:
-    steps = "\n".join(f"- {r.chunk.text}: {concise_answer(r)}" for r in results)
-    return (f"The user asked: {query}\n\nResults of each step:\n{steps}\n\n"
-            "Write the answer to the user, covering every step.")
 
 
 def covers_results(answer: str, results: Sequence[ChunkResult]) -> bool:

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dellm.coordinator.registry.base import (
-    NodeRegistry,
-    QueryRecord,
-    RegistryUnavailableError,
-    UnknownNodeError,
-    UnknownQueryError,
-)
-from dellm.coordinator.registry.memory import CachedRegistry, NodeTable
-from dellm.coordinator.registry.redis import RedisRegistry
+from dellm.coordinator.errors import RegistryUnavailableError, UnknownNodeError, UnknownQueryError
+from dellm.coordinator.registry.base import NodeRegistry, NodeTable, QueryRecord
+from dellm.coordinator.registry.memory import CachedRegistry
 from dellm.coordinator.registry.sqlite import SqliteRegistry
+from dellm.protos import import_extra
 
 __all__ = [
     "CachedRegistry",
@@ -29,6 +24,15 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> object:
+    """RedisRegistry is imported on first use: the redis client is an optional extra (dellm[redis])."""
+    if name == "RedisRegistry":
+        from dellm.coordinator.registry.redis import RedisRegistry
+
+        return RedisRegistry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def open_registry(spec: str, *, initial_fitness: float = 0.5) -> NodeRegistry:
     """A registry from one string: ``redis://...`` or ``rediss://...`` is a shared Redis, anything else a SQLite file.
 
@@ -37,6 +41,9 @@ def open_registry(spec: str, *, initial_fitness: float = 0.5) -> NodeRegistry:
     (``CachedRegistry``); Redis is shared between coordinators and read directly.
     """
     if spec.startswith(("redis://", "rediss://")):
+        import_extra("redis", "redis", "a redis:// registry")
+        from dellm.coordinator.registry.redis import RedisRegistry
+
         return RedisRegistry(spec, initial_fitness=initial_fitness)
     if spec != ":memory:":
         Path(spec).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -11,73 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 
-from dellm.coordinator.registry.base import (
-    NodeRegistry,
-    QueryRecord,
-    UnknownNodeError,
-    UnknownQueryError,
-    moving_latency,
-)
+from dellm.coordinator.errors import UnknownNodeError, UnknownQueryError
+from dellm.coordinator.registry.base import NodeRegistry, NodeTable, QueryRecord, moving_latency
 from dellm.coordinator.types import NodeRecord, OpStats
 from dellm.protos.wire import NodeDescription, NodeState
 
 log = logging.getLogger(__name__)
-
-
-class NodeTable:
-    """The live nodes, indexed for routing: lookup by id and a random sample in O(1), and a
-    ``version`` that changes with every update (a cached ranking knows when it is stale)."""
-
-    def __init__(self, records: Iterable[NodeRecord] = ()) -> None:
-        self._live: dict[str, NodeRecord] = {}
-        self._ids: list[str] = []  # the live ids, for sampling
-        self._position: dict[str, int] = {}
-        self.version = 0
-        for record in records:
-            self.put(record)
-
-    def put(self, record: NodeRecord) -> None:
-        """Insert, refresh or (when its state is not "up") drop a node."""
-        node_id = record.node_id
-        self.version += 1
-        if record.state != NodeState.UP:
-            self.discard(node_id)
-            return
-        if node_id not in self._live:
-            self._position[node_id] = len(self._ids)
-            self._ids.append(node_id)
-        self._live[node_id] = record
-
-    def discard(self, node_id: str) -> None:
-        if self._live.pop(node_id, None) is None:
-            return
-        self.version += 1
-        index = self._position.pop(node_id)
-        last = self._ids.pop()
-        if last != node_id:  # move the last id into the hole
-            self._ids[index] = last
-            self._position[last] = index
-
-    def get(self, node_id: str) -> NodeRecord | None:
-        return self._live.get(node_id)
-
-    def sample(self, rng: random.Random, count: int) -> list[NodeRecord]:
-        """Up to ``count`` distinct live nodes, uniformly at random."""
-        if count >= len(self._ids):
-            return list(self._live.values())
-        return [self._live[self._ids[int(rng.random() * len(self._ids))]] for _ in range(count)]
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def __iter__(self) -> Iterator[NodeRecord]:
-        return iter(self._live.values())
 
 
 class CachedRegistry:

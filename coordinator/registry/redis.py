@@ -30,8 +30,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 from redis.retry import Retry
 
-from dellm.coordinator.registry.base import QueryRecord, RegistryUnavailableError, UnknownNodeError, UnknownQueryError
-from dellm.coordinator.registry.memory import NodeTable
+from dellm.coordinator.errors import RegistryUnavailableError, UnknownNodeError, UnknownQueryError
+from dellm.coordinator.registry.base import NodeTable, QueryRecord
 from dellm.coordinator.types import NodeRecord, OpStats
 from dellm.protos.wire import NodeDescription, NodeState
 

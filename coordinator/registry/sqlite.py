@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from dellm.coordinator.registry.base import QueryRecord, UnknownNodeError, UnknownQueryError, moving_latency
-from dellm.coordinator.registry.memory import NodeTable
+from dellm.coordinator.errors import UnknownNodeError, UnknownQueryError
+from dellm.coordinator.registry.base import NodeTable, QueryRecord, moving_latency
 from dellm.coordinator.types import NodeRecord, OpStats
 from dellm.protos.wire import NodeDescription
 

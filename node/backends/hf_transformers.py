@@ -19,20 +19,13 @@ import struct
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dellm.node.backends.base import BackendDescription, BackendError, GenerationRequest, TokenPiece
-from dellm.node.backends.prompting import (
-    FINISH_CANCELLED,
-    FINISH_LENGTH,
-    FINISH_STOP,
-    StopSequenceFilter,
-    chat_messages,
-    plain_prompt,
-    stop_sequences,
-)
+from dellm.node.backends.loop import END_OF_GENERATION, ContextRoom, GenerationStep, pieces_from_steps
+from dellm.node.backends.prompting import FINISH_CANCELLED, chat_messages, plain_prompt
 
 if TYPE_CHECKING:
     import torch
@@ -104,30 +97,58 @@ class TransformersBackend:
         self._model = None
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[TokenPiece]:
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
         if self._closed:
             raise BackendError(f"{self._model_name}: backend is closed")
-        if cancel.is_set():
+        if cancel.is_set():  # before the prompt is even encoded
             yield TokenPiece("", finish_reason=FINISH_CANCELLED)
             return
         try:
             inputs = self._encode(request)
         except Exception as exc:  # a chat template may raise on unusual messages
             raise BackendError(f"{self._model_name}: could not format the prompt: {exc}") from exc
-        prompt_length = int(inputs["input_ids"].shape[-1])
-        room = self._description.context_size - prompt_length if self._description.context_size else request.max_tokens
-        if room <= 0:
-            raise BackendError(
-                f"prompt of {prompt_length} tokens does not fit the context of {self._description.context_size}"
-            )
-        max_tokens = min(request.max_tokens, room)
-        if max_tokens <= 0:
-            yield TokenPiece("", finish_reason=FINISH_LENGTH)
-            return
-        chooser = _TokenChooser(request.temperature, self._generator)
+        room = ContextRoom(int(inputs["input_ids"].shape[-1]), self._description.context_size)
+        steps = self._steps(inputs, request, room.token_budget(request), cancel)
+        yield from pieces_from_steps(steps, request, cancel, room, instruct=self._instruct, model_name=self._model_name)
+
+    def _steps(
+        self, inputs: dict[str, Any], request: GenerationRequest, max_tokens: int, cancel: threading.Event
+    ) -> Generator[GenerationStep, None, None]:
+        """Each token ``model.generate`` commits, decoded, with its logprob.
+
+        The model runs in a worker thread, started on the first ``next``; closing the steps
+        halts it and waits for it.
+        """
         tokens: queue.Queue[Any] = queue.Queue()
         halt = threading.Event()
+        worker = self._start_model(inputs, request, max_tokens, tokens, halt_on=(cancel, halt))
+        decoder = _TextDecoder(self._tokenizer)
+        try:
+            while (item := tokens.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise BackendError(f"{self._model_name}: generation failed: {item}") from item
+                token, logprob = item
+                if token in self._eos_ids:
+                    yield END_OF_GENERATION
+                    return
+                yield decoder.step(token, logprob)
+        finally:
+            halt.set()
+            worker.join()
+
+    def _start_model(
+        self,
+        inputs: dict[str, Any],
+        request: GenerationRequest,
+        max_tokens: int,
+        sink: queue.Queue[Any],
+        *,
+        halt_on: tuple[threading.Event, ...],
+    ) -> threading.Thread:
+        """Start ``model.generate`` in a thread that puts each (token, logprob), or its exception,
+        into ``sink`` and ``_DONE`` last; it stops early once any of ``halt_on`` is set."""
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        chooser = _TokenChooser(request.temperature, self._generator)
         config = GenerationConfig(
             max_new_tokens=max_tokens,
             do_sample=False,  # _TokenChooser picks the token; greedy then takes it
@@ -141,70 +162,17 @@ class TransformersBackend:
                     **inputs,
                     generation_config=config,
                     logits_processor=LogitsProcessorList([chooser]),
-                    stopping_criteria=StoppingCriteriaList([_HaltWhenSet(cancel, halt)]),
-                    streamer=_QueueStreamer(tokens, chooser),
+                    stopping_criteria=StoppingCriteriaList([_HaltWhenSet(*halt_on)]),
+                    streamer=_QueueStreamer(sink, chooser),
                 )
             except BaseException as exc:  # handed to the consuming thread
-                tokens.put(exc)
+                sink.put(exc)
             finally:
-                tokens.put(_DONE)
+                sink.put(_DONE)
 
         worker = threading.Thread(target=run, name=f"generate-{self._model_name}", daemon=True)
         worker.start()
-        stops = StopSequenceFilter(stop_sequences(request, instruct=self._instruct))
-        generated: list[int] = []
-        decoded = ""
-        produced = 0
-        finish = FINISH_LENGTH
-        hit_stop_sequence = False
-        started = time.monotonic()
-        try:
-            while True:
-                item = tokens.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, BaseException):
-                    raise BackendError(f"{self._model_name}: generation failed: {item}") from item
-                if cancel.is_set():
-                    finish = FINISH_CANCELLED
-                    break
-                token, logprob = item
-                produced += 1
-                if token in self._eos_ids:
-                    finish = FINISH_STOP
-                    break
-                generated.append(token)
-                text = self._tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                new_text = ""
-                if not text.endswith("\ufffd"):  # hold back a half-decoded character
-                    new_text, decoded = text[len(decoded) :], text
-                released = stops.feed(new_text, logprob)
-                if released.text or released.logprobs:
-                    yield TokenPiece(released.text, released.logprobs)
-                if released.stopped:
-                    finish, hit_stop_sequence = FINISH_STOP, True
-                    break
-                if produced >= max_tokens:
-                    break
-        finally:
-            halt.set()
-            worker.join()
-            logger.debug(
-                "%s: %d prompt tokens, %d generated in %.2fs",
-                self._model_name,
-                prompt_length,
-                produced,
-                time.monotonic() - started,
-            )
-        if finish == FINISH_CANCELLED or hit_stop_sequence:
-            yield TokenPiece("", finish_reason=finish)
-            return
-        tail = stops.flush()
-        leftover = ""  # a character still half-decoded when the generation ended
-        if generated:
-            text = self._tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            leftover = text[len(decoded) :]
-        yield TokenPiece(tail.text + leftover, tail.logprobs, finish_reason=finish)
+        return worker
 
     def _encode(self, request: GenerationRequest) -> dict[str, Any]:
         if self._instruct:
@@ -296,6 +264,23 @@ class _Done:
 
 
 _DONE = _Done()
+
+
+class _TextDecoder:
+    """Decodes the generated tokens one at a time, holding back a half-decoded character."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._generated: list[int] = []
+        self._decoded = ""  # the text handed on so far
+
+    def step(self, token: int, logprob: float) -> GenerationStep:
+        self._generated.append(token)
+        text = self._tokenizer.decode(self._generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if text.endswith("\ufffd"):  # hold back a half-decoded character
+            return GenerationStep("", logprob, held_back=text[len(self._decoded) :])
+        new_text, self._decoded = text[len(self._decoded) :], text
+        return GenerationStep(new_text, logprob)
 
 
 class _TokenChooser:

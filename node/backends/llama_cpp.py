@@ -13,21 +13,13 @@ import codecs
 import logging
 import os
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dellm.node.backends.base import BackendDescription, BackendError, GenerationRequest, TokenPiece
-from dellm.node.backends.prompting import (
-    FINISH_CANCELLED,
-    FINISH_LENGTH,
-    FINISH_STOP,
-    StopSequenceFilter,
-    chat_messages,
-    plain_prompt,
-    stop_sequences,
-)
+from dellm.node.backends.loop import END_OF_GENERATION, ContextRoom, GenerationStep, pieces_from_steps
+from dellm.node.backends.prompting import chat_messages, plain_prompt
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -113,9 +105,6 @@ class LlamaCppBackend:
             self._llm = None
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[TokenPiece]:
-        import llama_cpp
-        import numpy as np
-
         llm = self._llm
         if llm is None:
             raise BackendError(f"{self._model_name}: backend is closed")
@@ -123,18 +112,18 @@ class LlamaCppBackend:
             prompt_tokens = self._prompt_tokens(llm, request)
         except Exception as exc:  # a chat template may raise on unusual messages
             raise BackendError(f"{self._model_name}: could not format the prompt: {exc}") from exc
-        room = llm.n_ctx() - len(prompt_tokens)
-        if room <= 0:
-            raise BackendError(f"prompt of {len(prompt_tokens)} tokens does not fit the context of {llm.n_ctx()}")
-        max_tokens = min(request.max_tokens, room)
-        if max_tokens <= 0:
-            yield TokenPiece("", finish_reason=FINISH_LENGTH)
-            return
-        stops = StopSequenceFilter(stop_sequences(request, instruct=self._instruct))
+        room = ContextRoom(len(prompt_tokens), llm.n_ctx())
+        steps = self._steps(llm, prompt_tokens, request)
+        yield from pieces_from_steps(steps, request, cancel, room, instruct=self._instruct, model_name=self._model_name)
+
+    def _steps(
+        self, llm: llama_cpp.Llama, prompt_tokens: list[int], request: GenerationRequest
+    ) -> Generator[GenerationStep, None, None]:
+        """Each token llama.cpp samples, decoded, with its logprob; nothing is sampled before the first ``next``."""
+        import llama_cpp
+        import numpy as np
+
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        if cancel.is_set():
-            yield TokenPiece("", finish_reason=FINISH_CANCELLED)
-            return
         tokens = llm.generate(
             prompt_tokens,
             temp=max(request.temperature, 0.0),
@@ -143,51 +132,21 @@ class LlamaCppBackend:
             min_p=0.05,
             repeat_penalty=1.0,
         )
-        finish = FINISH_LENGTH
-        produced = 0
-        hit_stop_sequence = False
-        started = time.monotonic()
         try:
             for token in tokens:
-                if cancel.is_set():
-                    finish = FINISH_CANCELLED
-                    break
-                produced += 1
                 if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    finish = FINISH_STOP
-                    break
+                    yield END_OF_GENERATION
+                    return
                 logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(self._n_vocab,))
                 logprob = _log_softmax_at(logits, token)
                 text = decoder.decode(llm.detokenize([token]))
-                released = stops.feed(text, logprob)
-                if released.text or released.logprobs:
-                    yield TokenPiece(released.text, released.logprobs)
-                if released.stopped:
-                    finish, hit_stop_sequence = FINISH_STOP, True
-                    break
-                if produced >= max_tokens:
-                    break
+                yield GenerationStep(text, logprob, held_back=_undecoded_text(decoder))
         except BackendError:
             raise
         except Exception as exc:
             raise BackendError(f"{self._model_name}: generation failed: {exc}") from exc
         finally:
             tokens.close()
-            logger.debug(
-                "%s: %d prompt tokens, %d generated in %.2fs",
-                self._model_name,
-                len(prompt_tokens),
-                produced,
-                time.monotonic() - started,
-            )
-        if finish == FINISH_CANCELLED:
-            yield TokenPiece("", finish_reason=FINISH_CANCELLED)
-            return
-        if hit_stop_sequence:
-            yield TokenPiece("", finish_reason=finish)
-            return
-        tail = stops.flush()
-        yield TokenPiece(tail.text + decoder.decode(b"", final=True), tail.logprobs, finish_reason=finish)
 
     def _prompt_tokens(self, llm: llama_cpp.Llama, request: GenerationRequest) -> list[int]:
         if self._formatter is not None:
@@ -195,6 +154,12 @@ class LlamaCppBackend:
             # The template writes any BOS itself, as llama-cpp-python's chat handlers assume.
             return llm.tokenize(rendered.encode("utf-8"), add_bos=False, special=True)
         return llm.tokenize(plain_prompt(request).encode("utf-8"), add_bos=True, special=False)
+
+
+def _undecoded_text(decoder: codecs.IncrementalDecoder) -> str:
+    """The bytes ``decoder`` still holds (an incomplete character) as the text a final decode would give."""
+    pending: bytes = decoder.getstate()[0]
+    return pending.decode("utf-8", "replace")
 
 
 def _log_softmax_at(logits: Any, index: int) -> float:

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from dellm.coordinator.node_client import FeedbackSender, NodeFeedback, NodePool
-from dellm.coordinator.types import Verdict
+from dellm.coordinator.node_client import FeedbackSender, NodePool
+from dellm.coordinator.types import NodeFeedback, Verdict
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 
 

@@ -17,15 +17,8 @@ from typing import Protocol
 
 import pytest
 
-from dellm.coordinator.registry import (
-    CachedRegistry,
-    NodeRegistry,
-    QueryRecord,
-    RedisRegistry,
-    SqliteRegistry,
-    UnknownNodeError,
-    UnknownQueryError,
-)
+from dellm.coordinator.errors import UnknownNodeError, UnknownQueryError
+from dellm.coordinator.registry import CachedRegistry, NodeRegistry, QueryRecord, RedisRegistry, SqliteRegistry
 from dellm.protos.wire import NodeDescription
 
 INFO = NodeDescription("node-a", "127.0.0.1:50051", name="laptop", model="qwen2.5-0.5b", backend="llama_cpp")

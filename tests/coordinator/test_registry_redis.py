@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from dellm.coordinator.registry import (
-    CachedRegistry,
-    QueryRecord,
-    RedisRegistry,
-    RegistryUnavailableError,
-    SqliteRegistry,
-    open_registry,
-)
+from dellm.coordinator.errors import RegistryUnavailableError
+from dellm.coordinator.registry import CachedRegistry, QueryRecord, RedisRegistry, SqliteRegistry, open_registry
 from dellm.coordinator.registry import redis as redis_registry
 from dellm.coordinator.registry.redis import RewardContentionError, redact_url
 from dellm.protos.wire import NodeDescription

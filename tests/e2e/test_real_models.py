@@ -10,7 +10,7 @@ import pytest
 
 from dellm.client.api import ClientConfig, DellmClient
 from dellm.client.local_cluster import LocalCluster, NodeSpec
-from dellm.coordinator.pipeline.assemble import final_number
+from dellm.coordinator.pipeline.answers import final_number
 from dellm.protos import dellm_pb2
 from tests.conftest import FIXTURES, require_model
 

@@ -259,7 +259,7 @@ async def test_a_coordinator_without_the_token_does_not_admit_token_nodes(tmp_pa
     open_coordinator = await secure_cluster(tmp_path / "open", SecurityConfig())
     try:
         node = await nodes.add_node("a", script(RIGHT), join=False)
-        from dellm.coordinator.service import AdmissionRejectedError
+        from dellm.coordinator.errors import AdmissionRejectedError
 
         with pytest.raises(AdmissionRejectedError, match="requires a token") as caught:
             await open_coordinator.coordinator.coordinator.admit(node.address)  # type: ignore[union-attr]
@@ -387,7 +387,7 @@ async def test_a_plaintext_coordinator_cannot_reach_tls_nodes(tmp_path: Path, pk
     plain = await secure_cluster(tmp_path / "plain", SecurityConfig(), config=CoordinatorConfig())
     try:
         node = await tls.add_node("a", script(RIGHT), join=False)
-        from dellm.coordinator.service import AdmissionRejectedError
+        from dellm.coordinator.errors import AdmissionRejectedError
 
         with pytest.raises(AdmissionRejectedError, match="did not answer Info"):
             await plain.coordinator.coordinator.admit(node.address)  # type: ignore[union-attr]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from dellm.node.backends.base import BackendError, GenerationRequest, InferenceBackend, TokenPiece
 from dellm.node.backends.factory import create_backend
 from dellm.node.cli import main
@@ -37,7 +38,6 @@ from dellm.node.train import (
     train_adapter,
 )
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
-
 from tests.conftest import REPO, require_model, require_modules
 
 MODEL = "smollm2-135m-instruct"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dellm.node.models import default_cache_dir
 from tests.conftest import REPO
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -97,3 +98,40 @@ def test_every_package_folder_is_installed() -> None:
     folders = {"dellm." + ".".join(p.parent.relative_to(REPO).parts)
                for top in ("protos", "coordinator", "node", "client") for p in (REPO / top).rglob("__init__.py")}
     assert folders == listed
+
+
+@pytest.mark.slow
+def test_the_base_install_is_the_client_and_names_each_missing_extra(tmp_path: Path) -> None:
+    """`pip install dellm` compiles nothing; each command that needs an extra says which one."""
+    venv = tmp_path / "client"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    bin_dir = venv / "bin"
+    models = default_cache_dir()
+    install = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "-c",
+                              str(REPO / "constraints.txt"), str(REPO)], capture_output=True, text=True, timeout=600,
+                             cwd=tmp_path, check=False)
+    assert install.returncode == 0, install.stderr[-2000:]
+    installed = subprocess.run([str(bin_dir / "python"), "-m", "pip", "list", "--format=freeze"],
+                               capture_output=True, text=True, check=True).stdout.lower()
+    assert "dellm==" in installed
+    assert not any(heavy in installed for heavy in ("llama", "torch", "zeroconf", "redis=="))
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(bin_dir / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+                                                 "DELLM_CACHE_DIR": str(models)}, check=False)
+
+    assert run("dellm", "--version").stdout.startswith("dellm ")
+    assert run("dellm-node", "--version").stdout.startswith("dellm-node ")
+    assert run("dellm-coordinator", "--version").stdout.startswith("dellm-coordinator ")
+    node = run("dellm-node", "--backend", "scripted")
+    assert node.returncode == 2 and "pip install 'dellm[lan]'" in node.stderr and "Traceback" not in node.stderr
+    coordinator = run("dellm-coordinator", "--synth-model", "none")
+    assert coordinator.returncode == 2 and "pip install 'dellm[lan]'" in coordinator.stderr
+    redis = run("dellm-coordinator", "--synth-model", "none", "--discovery", "none", "--registry", "redis://127.0.0.1:1")
+    assert redis.returncode == 2 and "pip install 'dellm[redis]'" in redis.stderr
+    llama = run("dellm-coordinator", "--discovery", "none", "--registry", str(tmp_path / "r.sqlite3"))
+    pulled = (models / "qwen2.5-coder-0.5b-instruct.gguf").is_file()
+    assert llama.returncode != 0
+    assert ("llama-cpp-python is not installed" if pulled else "dellm models pull") in llama.stderr
+    assert "Traceback" not in coordinator.stderr + redis.stderr + llama.stderr

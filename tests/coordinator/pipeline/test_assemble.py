@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dellm.coordinator.pipeline.assemble import (
-    AssemblyError,
-    assemble_chunk,
-    final_number,
-    normalize_answer,
-    reference_key,
-)
-from dellm.coordinator.types import Chunk, NodeAnswer, Operation
+from dellm.coordinator.pipeline.answers import final_number, normalize_answer, reference_key
+from dellm.coordinator.pipeline.assemble import AssemblyError, assemble_chunk
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.types import Chunk, NodeAnswer
 
 MATH = Chunk("c1", Operation.MATH_OP, "Calculate 10% interest on $10000", 7, 0.55)
 SEARCH = Chunk("c2", Operation.SEARCH_OP, "Find the capital of France", 5, 0.35)

@@ -10,14 +10,10 @@ from pathlib import Path
 import pytest
 
 from dellm.coordinator.config import DecomposeConfig
-from dellm.coordinator.pipeline.decompose import (
-    InvalidQueryError,
-    classify,
-    decompose,
-    estimate_complexity,
-    validate_plan,
-)
-from dellm.coordinator.types import Chunk, Operation, Plan
+from dellm.coordinator.errors import InvalidQueryError
+from dellm.coordinator.pipeline.decompose import decompose, estimate_complexity, validate_plan
+from dellm.coordinator.pipeline.operations import Operation, classify
+from dellm.coordinator.types import Chunk, Plan
 
 SEED_QUERY = "Calculate 10% interest on $1000 then find best savings accounts"
 GSM8K_DIR = (Path(__file__).parents[3] / ".." / "shared" / "data" / "gsm8k").resolve()

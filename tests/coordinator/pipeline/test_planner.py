@@ -10,8 +10,8 @@ import pytest
 
 from dellm.coordinator.config import DecomposeConfig
 from dellm.coordinator.pipeline.decompose import decompose
+from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.pipeline.planner import ModelPlanner, PlanRejectedError, parse_model_plan
-from dellm.coordinator.types import Operation
 from dellm.node.backends.scripted import ScriptedBackend
 
 SEED = "Calculate 10% interest on $1000 then find best savings accounts"

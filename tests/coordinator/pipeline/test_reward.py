@@ -9,9 +9,11 @@ import random
 import pytest
 
 from dellm.coordinator.config import RewardConfig
-from dellm.coordinator.pipeline.assemble import assemble_chunk, reference_key
-from dellm.coordinator.pipeline.reward import exact_answer, judge_chunk, reward_for, speed_bonus, update_fitness
-from dellm.coordinator.types import Chunk, ChunkResult, NodeAnswer, Operation, RewardDecision, Verdict
+from dellm.coordinator.pipeline.answers import exact_answer, reference_key
+from dellm.coordinator.pipeline.assemble import assemble_chunk
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.reward import judge_chunk, reward_for, speed_bonus, update_fitness
+from dellm.coordinator.types import Chunk, ChunkResult, NodeAnswer, RewardDecision, Verdict
 
 CONFIG = RewardConfig()
 MATH = Chunk("c1", Operation.MATH_OP, "What is 12 * 7 + 3?", 8, 0.6)

@@ -9,8 +9,10 @@ import statistics
 import pytest
 
 from dellm.coordinator.config import RouteConfig
-from dellm.coordinator.pipeline.route import NoNodesAvailableError, redundancy_for, route_chunk, score_nodes
-from dellm.coordinator.types import Chunk, NodeRecord, Operation
+from dellm.coordinator.errors import NoNodesAvailableError
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.route import redundancy_for, route_chunk, score_nodes
+from dellm.coordinator.types import Chunk, NodeRecord
 from dellm.protos.wire import NodeDescription
 
 CONFIG = RouteConfig(exploration="none")  # the seed's score exactly; exploration is tested at the end

@@ -8,9 +8,10 @@ from dataclasses import replace
 import pytest
 
 from dellm.coordinator.config import RouteConfig
+from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.pipeline.route import Shortlist, route_chunk
 from dellm.coordinator.registry import NodeTable
-from dellm.coordinator.types import Chunk, NodeRecord, Operation, OpStats
+from dellm.coordinator.types import Chunk, NodeRecord, OpStats
 from dellm.protos.wire import NodeDescription
 
 CONFIG = RouteConfig(exploration="none", shortlist_size=4, shortlist_explorers=2, shortlist_refresh_s=1.0)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dellm.node.backends.base import (
     BackendError,
     GenerationRequest,
@@ -20,7 +21,6 @@ from dellm.node.backends.base import (
     stream_generation,
 )
 from dellm.node.backends.hf_transformers import TransformersBackend  # imports torch only when a model loads
-
 from tests.conftest import require_model, require_modules
 
 pytestmark = pytest.mark.slow

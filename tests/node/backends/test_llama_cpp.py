@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dellm.node.backends.base import (
     BackendError,
     GenerationRequest,
@@ -23,7 +24,6 @@ from dellm.node.backends.base import (
 )
 from dellm.node.backends.llama_cpp import LlamaCppBackend  # imports llama_cpp only when a model loads
 from dellm.node.models import default_cache_dir
-
 from tests.conftest import require_model, require_modules
 
 QWEN_PATH = default_cache_dir() / "qwen2.5-coder-0.5b-instruct.gguf"

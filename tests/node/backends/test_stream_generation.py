@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+
 from dellm.node.backends.base import BackendDescription, BackendError, GenerationRequest, TokenPiece, stream_generation
 
 WORDS = ["The", " answer", " is", " 4", "."]

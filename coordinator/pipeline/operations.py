@@ -1,0 +1,73 @@
+"""One table of operation types: what marks a chunk as each kind, how complex it starts, what a node is
+asked, and whether its answer can be checked exactly.
+
+The decomposer (classification, complexity), the prompts (the instruction after the task) and the
+model planner's prompt (the list of operations) all read this table. Adding an operation is one entry
+here, in :class:`Operation` and :data:`OPERATIONS`, and one value in dellm.proto's ``Operation`` enum
+(a test checks that the two agree). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class Operation(StrEnum):
+    MATH_OP = "MATH_OP"
+    SEARCH_OP = "SEARCH_OP"
+    COMPARE_OP = "COMPARE_OP"
+    GENERATE_OP = "GENERATE_OP"
+    GENERAL_OP = "GENERAL_OP"
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    operation: Operation
+    keywords: re.Pattern[str] | None  # what marks a chunk as this kind; None for the fallback
+    base_complexity: float  # complexity before the chunk's length and numbers add to it
+    instruction: str  # what the node is asked after the task ("{task}\n<instruction>")
+    checked_exactly: bool  # the coordinator can compute the right answer (arithmetic)
+
+
+# In classification order: the first whose keywords match a chunk's text gives its operation.
+_TABLE = (
+    OperationSpec(
+        Operation.COMPARE_OP,
+        re.compile(r"\b(compare|comparison|versus|vs\.?|difference between|better than|"
+                   r"pros and cons|which is (?:better|cheaper|faster))\b", re.I),
+        0.5, "Compare concisely and state which is better and why in two or three sentences.", False),
+    OperationSpec(
+        Operation.MATH_OP,
+        re.compile(r"\b(calculate|compute|how (?:much|many)|what is \d|solve|sum|total|"
+                   r"percent|interest|multiply|divide|average)\b|\d\s*[-+*/x×÷%^]\s*\d|\d%", re.I),
+        0.45, "Give the final number on the last line as 'Answer: <number>'.", True),
+    OperationSpec(
+        Operation.SEARCH_OP,
+        re.compile(r"\b(find|search|look up|lookup|list|which|where|best|top|recommend|who|when)\b", re.I),
+        0.35, "Answer concisely with a short list of the most relevant items.", False),
+    OperationSpec(
+        Operation.GENERATE_OP,
+        re.compile(r"\b(write|generate|draft|compose|create|summari[sz]e|explain|describe|"
+                   r"translate|suggest|plan)\b", re.I),
+        0.4, "Keep it brief.", False),
+    OperationSpec(Operation.GENERAL_OP, None, 0.3, "Answer concisely.", False),
+)
+
+OPERATIONS: Mapping[Operation, OperationSpec] = MappingProxyType({spec.operation: spec for spec in _TABLE})
+
+
+def classify(text: str) -> Operation:
+    """The operation of the first table entry whose keywords the text matches; GENERAL_OP otherwise."""
+    for spec in _TABLE:
+        if spec.keywords is not None and spec.keywords.search(text):
+            return spec.operation
+    return Operation.GENERAL_OP
+
+
+def operation_names() -> str:
+    """``MATH_OP, SEARCH_OP, ...``: the operations as the planner's prompt lists them."""
+    return ", ".join(operation.value for operation in Operation)
