@@ -71,7 +71,10 @@ lint: $(STAMP)
 	@rm -rf build/typecheck && mkdir -p build/typecheck/dellm && \
 	  for p in protos coordinator node client; do ln -s $(CURDIR)/$$p build/typecheck/dellm/$$p; done
 	cd build/typecheck && MYPYPATH=. $(CURDIR)/$(PYTHON) -m mypy --config-file $(CURDIR)/pyproject.toml \
-	  -p dellm.coordinator -p dellm.node -p dellm.client
+	  -p dellm.protos -p dellm.coordinator -p dellm.node -p dellm.client
+	cd build/typecheck && MYPYPATH=. $(CURDIR)/$(PYTHON) -m mypy --config-file $(CURDIR)/pyproject.toml \
+	  --strict --follow-imports=silent -p dellm.coordinator.pipeline
+	$(PYTHON) scripts/import_graph.py --check
 
 # The performance suite (issue 6), then BENCHMARKS.md regenerated from every report in bench-results/.
 # About 15 minutes on 2 cores; each script stops with a message (and records the failure) if a run fails.

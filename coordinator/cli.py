@@ -11,14 +11,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from dellm.coordinator.config import CoordinatorConfig, DecomposeConfig, HealthConfig, RouteConfig
+from dellm.coordinator.core import Coordinator
 from dellm.coordinator.discovery.base import Discovery
 from dellm.coordinator.discovery.static import StaticDiscovery
 from dellm.coordinator.errors import RegistryUnavailableError
+from dellm.coordinator.grpc_server import serve
 from dellm.coordinator.pipeline.planner import ModelPlanner
 from dellm.coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, TemplateSynthesizer
 from dellm.coordinator.registry import open_registry
-from dellm.coordinator.server import serve
-from dellm.coordinator.service import Coordinator
 from dellm.node.selfcheck import GenerationCheckError
 from dellm.protos import MissingExtraError, import_extra, version_line
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments

@@ -18,9 +18,9 @@ from dellm.node.backends.base import BackendError
 from dellm.node.backends.factory import BACKEND_KINDS, create_backend
 from dellm.node.backends.scripted import ScriptError
 from dellm.node.config import NodeConfig, default_state_dir
+from dellm.node.daemon import node_info, serve_node
 from dellm.node.models import ModelError, resolve_model
 from dellm.node.selfcheck import GenerationCheckError, require_generation
-from dellm.node.server import node_info, serve_node
 from dellm.node.state import FEEDBACK_FILE, FeedbackStore, load_or_create_node_id, node_state_dir
 from dellm.protos import MissingExtraError, import_extra, version_line
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments

@@ -17,7 +17,7 @@ import grpc
 from dellm.client.errors import DellmError
 from dellm.client.local_cluster import ClusterError
 from dellm.coordinator.config import DispatchConfig
-from dellm.node.server import hardware_summary
+from dellm.node.daemon import hardware_summary
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 
 

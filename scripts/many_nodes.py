@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dellm.node.backends.scripted import ScriptedBackend
 from dellm.node.config import NodeConfig
-from dellm.node.server import node_info, start_node
+from dellm.node.daemon import node_info, start_node
 from dellm.node.state import FEEDBACK_FILE, FeedbackStore
 from dellm.protos.transport import wait_for_signal
 

@@ -13,14 +13,14 @@ from typing import Any, NoReturn
 import pytest
 
 from dellm.coordinator.config import CoordinatorConfig
+from dellm.coordinator.core import Coordinator
+from dellm.coordinator.grpc_server import RunningCoordinator, start_coordinator
 from dellm.coordinator.pipeline.synthesize import Synthesizer, TemplateSynthesizer
 from dellm.coordinator.registry import SqliteRegistry
-from dellm.coordinator.server import RunningCoordinator, start_coordinator
-from dellm.coordinator.service import Coordinator
 from dellm.node.backends.base import InferenceBackend
 from dellm.node.backends.scripted import ScriptedBackend
 from dellm.node.config import NodeConfig
-from dellm.node.server import RunningNode, node_info, start_node
+from dellm.node.daemon import RunningNode, node_info, start_node
 from dellm.node.state import FeedbackStore
 from dellm.protos.security import SecurityConfig
 from tests.redis_server import private_redis_server, redis_server, redis_url  # noqa: F401 (fixtures)

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from dellm.coordinator.config import CoordinatorConfig, HealthConfig
+from dellm.coordinator.core import Coordinator
 from dellm.coordinator.discovery.static import StaticDiscovery
 from dellm.coordinator.errors import AdmissionRejectedError
+from dellm.coordinator.grpc_server import start_coordinator
 from dellm.coordinator.pipeline.synthesize import TemplateSynthesizer
 from dellm.coordinator.registry import SqliteRegistry
-from dellm.coordinator.server import start_coordinator
-from dellm.coordinator.service import Coordinator
 from dellm.node.config import NodeConfig
-from dellm.node.server import node_info, start_node
+from dellm.node.daemon import node_info, start_node
 from dellm.node.state import FeedbackStore
 from dellm.protos.wire import NodeDescription
 from tests.conftest import Cluster, script

@@ -18,7 +18,7 @@ from dellm.client.errors import AuthError, UnavailableError
 from dellm.coordinator.config import CoordinatorConfig
 from dellm.node.advertise import txt_properties  # the record a node advertises
 from dellm.node.config import NodeConfig
-from dellm.node.server import join_coordinator
+from dellm.node.daemon import join_coordinator
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from dellm.protos.security import (
     INVALID_TOKEN,

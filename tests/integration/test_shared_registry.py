@@ -9,12 +9,12 @@ import pytest
 
 from dellm.client.api import DellmClient
 from dellm.coordinator.config import CoordinatorConfig
+from dellm.coordinator.core import Coordinator
+from dellm.coordinator.grpc_server import start_coordinator
 from dellm.coordinator.pipeline.synthesize import TemplateSynthesizer
 from dellm.coordinator.registry import RedisRegistry
-from dellm.coordinator.server import start_coordinator
-from dellm.coordinator.service import Coordinator
 from dellm.node.config import NodeConfig
-from dellm.node.server import node_info, start_node
+from dellm.node.daemon import node_info, start_node
 from dellm.node.state import FeedbackStore
 from tests.conftest import script
 

@@ -17,7 +17,7 @@ from dellm.node import state
 from dellm.node.backends.base import BackendDescription, GenerationRequest, TokenPiece
 from dellm.node.backends.prompting import chat_messages, plain_prompt
 from dellm.node.config import NodeConfig
-from dellm.node.server import RunningNode, fit_examples, node_info, start_node
+from dellm.node.daemon import RunningNode, fit_examples, node_info, start_node
 from dellm.node.state import (
     MAX_EXAMPLE_CANDIDATES,
     FeedbackEntry,
@@ -298,7 +298,7 @@ async def _feedback(address: str, prompt: str, answer: str, verdict: dellm_pb2.V
 
 async def test_generate_puts_verified_feedback_before_the_prompt(
         recording_node: tuple[RunningNode, RecordingBackend], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="dellm.node.server")
+    caplog.set_level(logging.DEBUG, logger="dellm.node.daemon")
     node, backend = recording_node
     await _feedback(node.address, "What is 10% of 1000?" + MATH, "10% of 1000 = 100\nAnswer: 100",
                     dellm_pb2.CORRECT, "exact_check")

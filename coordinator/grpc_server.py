@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import grpc
 
 from dellm.coordinator.convert import event_to_proto, node_status_to_proto, reward_to_proto
+from dellm.coordinator.core import Coordinator
 from dellm.coordinator.errors import CoordinatorError
-from dellm.coordinator.service import Coordinator
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from dellm.protos.transport import add_health_and_reflection, bind, new_server, peer_host, set_serving, wait_for_signal
 from dellm.protos.wire import description_from_proto
