@@ -14,13 +14,15 @@ from dellm.client.render import ProgressPrinter, nodes_table
 
 SEED_QUERY = "Calculate 10% interest on $1000 then find best savings accounts"
 QWEN = "qwen2.5-coder-0.5b-instruct"
-GEMMA = "gemma-3-270m"
-# Two cores shared by three nodes and the synthesis model: one thread each keeps them from
-# fighting over the cores (measured: more threads per node made parallel chunks slower).
+QWEN_LARGE = "qwen2.5-coder-1.5b-instruct"
+# A mixed network: the strongest PyPI model beside two copies of the workhorse, so that knowledge
+# chunks can go to different models. Two cores shared by three nodes and the synthesis model: one
+# thread each keeps them from fighting over the cores (measured: more threads per node made parallel
+# chunks slower).
 DEMO_NODES = (
+    NodeSpec("demo-qwen-1.5b", QWEN_LARGE, threads=1),
     NodeSpec("demo-qwen-a", QWEN, threads=1),
     NodeSpec("demo-qwen-b", QWEN, threads=1),
-    NodeSpec("demo-gemma", GEMMA, threads=1),
 )
 
 
@@ -51,7 +53,7 @@ def run_demo(query: str | None = None, synth_model: str | None = None, discovery
         return subprocess.run(in_private_netns(argv), check=False).returncode
     query = query or SEED_QUERY
     try:
-        for name in (QWEN, GEMMA):
+        for name in (QWEN, QWEN_LARGE):
             print(f"model {name}: {pull_model(name, progress=lambda m: print('  ' + m, flush=True))}")
     except ModelError as exc:
         print(f"dellm demo: {exc}", file=sys.stderr)

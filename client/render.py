@@ -76,9 +76,14 @@ class ProgressPrinter:
                 consensus = "single answer, nothing to compare"
             else:
                 consensus = f"{r.groups} different answers"
-            self._line(f"{r.chunk_id} result from {self._label(r.winner_node_id)}: {' '.join(r.answer.split())!r}")
+            source = ("computed by the coordinator (no node's answer matched its exact value)"
+                      if r.checked_by == "coordinator" else f"from {self._label(r.winner_node_id)}")
+            checked = " [checked exactly]" if r.checked_by == "exact_check" else ""
+            self._line(f"{r.chunk_id} result {source}: {' '.join(r.answer.split())!r}{checked}")
             for v in r.votes:
                 what = f"failed: {v.error}" if v.failed else f"{v.normalized} (weight {v.weight:.2f})"
+                if v.program and not v.failed and v.program != "no program":
+                    what += f"; {v.program}"
                 self._line(f"   vote {self._label(v.node_id)}: {what}, {v.latency_ms / 1000:.2f} s")
             for node_id in r.cancelled_node_ids:
                 self._line(f"   cancelled {self._label(node_id)}: the chunk was settled before it finished")

@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from dellm.coordinator.config import CoordinatorConfig, DecomposeConfig, HealthConfig, RouteConfig
+from dellm.coordinator.config import CoordinatorConfig, DecomposeConfig, DispatchConfig, HealthConfig, RouteConfig
 from dellm.coordinator.core import Coordinator
 from dellm.coordinator.discovery.base import Discovery
 from dellm.coordinator.discovery.static import StaticDiscovery
@@ -105,6 +105,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--accept-labels", action="store_true",
                         help="benchmark mode: use AskRequest.reference_answer as ground truth for rewards")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk answer")
+    parser.add_argument("--samples", type=int, default=DispatchConfig.samples,
+                        help="samples per word problem (self-consistency; 1: one greedy answer) (default %(default)s)")
+    parser.add_argument("--escalation-nodes", type=int, default=DispatchConfig.escalation_nodes,
+                        help="more nodes asked when the exact value contradicts every answer (default %(default)s)")
+    parser.add_argument("--programs", action=argparse.BooleanOptionalAction, default=CoordinatorConfig.program_aided,
+                        help="math chunks are answered with a short program the coordinator runs in its sandbox, "
+                             "and judged by what it computes (default: on)")
     parser.add_argument("--max-chunks", type=int, default=DecomposeConfig.max_chunks,
                         help="chunks per query; more parts are merged into the last (default %(default)s)")
     parser.add_argument("--cluster", default="default", help="admit only nodes of this cluster (default %(default)s)")
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_queries < 1 or args.max_queries_per_client < 1:
         print("dellm-coordinator: --max-queries and --max-queries-per-client must be at least 1", file=sys.stderr)
         return 2
-    config = replace(config, accept_labels=args.accept_labels, canary_interval_s=args.canary_interval,
+    config = replace(config, accept_labels=args.accept_labels, program_aided=args.programs,
+                     canary_interval_s=args.canary_interval,
                      max_queries=args.max_queries, max_queries_per_client=args.max_queries_per_client, route=replace(
         config.route, redundancy_threshold=args.redundancy_threshold, redundancy=args.redundancy,
         exploration=args.exploration, seed=args.seed, latency_weight=args.latency_weight,
@@ -151,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         print("dellm-coordinator: --max-chunks must be at least 1", file=sys.stderr)
         return 2
     config = replace(config, decompose=replace(config.decompose, max_chunks=args.max_chunks))
+    if args.samples < 1 or args.escalation_nodes < 0:
+        print("dellm-coordinator: --samples must be at least 1 and --escalation-nodes at least 0", file=sys.stderr)
+        return 2
+    config = replace(config, dispatch=replace(config.dispatch, samples=args.samples,
+                                              escalation_nodes=args.escalation_nodes))
     if args.max_tokens:
         config = replace(config, dispatch=replace(config.dispatch, max_tokens=args.max_tokens))
     try:

@@ -43,6 +43,21 @@ class RouteConfig:
     shortlist_size: int = 32
     shortlist_explorers: int = 4
     shortlist_refresh_s: float = 0.5
+    # Evidence-weighted fitness: the seed's 0.7/0.3 holds while nothing is known; once the candidates'
+    # fitness at the operation is judged (the best-known candidate's trials there), the fitness weight
+    # grows toward fitness_weight_cap as trials / (trials + evidence_half_trials), taken from the latency
+    # weight (the two still sum to the same). At 20 trials: 0.43/0.57, so a node proven right (0.9) is no
+    # longer outranked by a 3x faster node proven wrong (0.3); between nodes equally right, speed still
+    # decides. A cap at or below fitness_weight turns this off.
+    fitness_weight_cap: float = 0.7
+    evidence_half_trials: float = 10.0  # judged answers at which the fitness weight is half-way to the cap
+    # Truth from diversity: a chunk no exact check can judge (all but arithmetic) that gets two or more
+    # nodes gets the strongest available model among them, and distinct models before a second copy of
+    # one (two copies agreeing prove less than two models agreeing). Strength is the model's pooled
+    # success rate at the operation once every candidate model has strength_min_trials judged answers
+    # there, else its size read from its name (1.5b > 0.5b > 270m > 135m). False: the score alone picks.
+    diversity: bool = True
+    strength_min_trials: int = 10
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,19 @@ class DispatchConfig:
     hedge_min_s: float = 2.0
     # Small coder models answer with code unless told not to; this keeps answers short and votable.
     system_prompt: str = "You are a concise assistant. Answer directly in plain text, without code."
+    # Math chunks are answered with a short program the coordinator runs in its sandbox (program-aided
+    # arithmetic): the coder models write good Python, and the executed value is what is voted on.
+    program_system_prompt: str = ("You are a careful assistant. You solve arithmetic by writing a short Python "
+                                  "program, then you state its result.")
+    program_max_tokens: int = 192  # a program plus its answer line; a word problem's program is ~100 tokens
+    # When the coordinator's exact value contradicts every answer, up to this many more nodes are asked
+    # (other models first, then higher fitness at the operation) before the coordinator serves the value itself.
+    escalation_nodes: int = 2
+    # Self-consistency for word problems (math the coordinator cannot check exactly): this many samples at
+    # sample_temperature, each node with its own seed, voted over their programs' values; the chunk settles
+    # as soon as a strict majority agrees. 1 turns it off (one greedy answer, as for other chunks).
+    samples: int = 3
+    sample_temperature: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -77,6 +105,11 @@ class RewardConfig:
 class SynthesisConfig:
     max_tokens: int = 160
     temperature: float = 0.0
+    # Every chunk result is settled (and shown) before synthesis starts, so a merged paragraph is worth only
+    # a short wait: past this the model is cancelled and the template answer is served (the demo's synthesis
+    # took 10.8 s of 15.6 s). Wall time from the start of synthesis, waiting for the model's lock included.
+    # 0 or None: no budget.
+    time_budget_s: float | None = 3.0
 
 
 @dataclass(frozen=True)
@@ -107,3 +140,6 @@ class CoordinatorConfig:
     canary_interval_s: float = 60.0  # mean seconds between canary chunks (known answers); 0 disables
     max_queries: int = 256  # queries in flight at once; more are refused with RESOURCE_EXHAUSTED
     max_queries_per_client: int = 16  # the same, per client address
+    # Math chunks are answered with a short program, run in the coordinator's sandbox, and judged by
+    # what it computes (coordinator/pipeline/execute.py); off: nodes are judged by the number they state.
+    program_aided: bool = True

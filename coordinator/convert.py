@@ -37,13 +37,15 @@ def _chunk_result(result: ChunkResult) -> dellm_pb2.ChunkResultEvent:
         votes=[
             dellm_pb2.Vote(node_id=v.node_id, answer=v.answer, normalized=v.normalized, confidence=v.confidence,
                            fitness=v.fitness, weight=v.weight, latency_ms=v.latency_ms, failed=v.group < 0,
-                           error=v.error or "")
+                           error=v.error or "", program=v.program)
             for v in result.votes
         ],
         unanimous=result.unanimous,
         agreement=result.agreement,
         groups=result.groups,
         cancelled_node_ids=result.cancelled,
+        value=result.value,
+        checked_by=result.checked_by,
     )
 
 
@@ -75,12 +77,14 @@ def event_to_proto(event: PipelineEvent) -> dellm_pb2.AskEvent:
                     dellm_pb2.ChunkProvenance(
                         chunk_id=r.chunk.chunk_id, operation=dellm_pb2.Operation.Value(r.chunk.operation.value),
                         text=r.chunk.text, answer=r.answer, node_ids=event.node_ids_by_chunk.get(r.chunk.chunk_id, ()),
-                        winner_node_id=r.winner_node_id, unanimous=r.unanimous, agreement=r.agreement)
+                        winner_node_id=r.winner_node_id, unanimous=r.unanimous, agreement=r.agreement,
+                        checked_by=r.checked_by)
                     for r in event.results
                 ],
                 timings=[dellm_pb2.StageTiming(stage=t.stage, ms=t.ms) for t in event.timings],
                 rewards=[reward_to_proto(r) for r in event.rewards],
                 total_ms=event.total_ms,
+                checked_by=event.checked_by,
             ))
     raise TypeError(f"not a pipeline event: {event!r}")
 

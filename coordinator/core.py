@@ -32,6 +32,7 @@ from dellm.coordinator.pipeline.reward import reward_for
 from dellm.coordinator.pipeline.route import Shortlist
 from dellm.coordinator.pipeline.synthesize import Synthesizer
 from dellm.coordinator.registry.base import NodeRegistry
+from dellm.coordinator.sandbox import ProgramRunner, SubprocessSandbox
 from dellm.coordinator.types import (
     AppliedReward,
     ChunkRequest,
@@ -98,8 +99,11 @@ class Coordinator:
 
     def __init__(self, config: CoordinatorConfig, registry: NodeRegistry, synthesizer: Synthesizer,
                  discovery: Sequence[Discovery] = (), planner: ModelPlanner | None = None,
-                 security: SecurityConfig | None = None) -> None:
+                 security: SecurityConfig | None = None, runner: ProgramRunner | None = None) -> None:
         self.config = config
+        # Math answers' programs run here; the default is the real sandbox, or none with programs off.
+        self.runner = runner if runner is not None else (
+            SubprocessSandbox() if config.program_aided else None)
         self.registry = registry
         self.synthesizer = synthesizer
         self.security = security or SecurityConfig()  # this server's token and TLS, and its calls to nodes
@@ -217,7 +221,7 @@ class Coordinator:
         try:
             deps = PipelineDeps(self.config, self.registry, GrpcNodeConnector(self.pool), self.pool.in_flight,
                                 self.synthesizer, self._send_feedback, self._rng, shortlist=self._shortlist,
-                                planner=self._planner)
+                                planner=self._planner, runner=self.runner)
             label = reference_answer.strip() if self.config.accept_labels else ""
             async for event in answer_query(query, deps, label or None):
                 yield event

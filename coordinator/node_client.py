@@ -150,6 +150,7 @@ class NodeClient:
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
                 system=request.system,
+                seed=request.seed,
             ),
             timeout=timeout,
         )

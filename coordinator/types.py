@@ -87,6 +87,10 @@ class NodeAnswer:
     tokens: int = 0
     finish_reason: str = ""
     error: str | None = None  # set when the stream failed; text is then what arrived before
+    # Math chunks: the number the node is judged by (what its own program computed, else what it
+    # stated), and how that number was found (see pipeline/execute.py).
+    value: float | None = None
+    program: str = ""
 
     @property
     def failed(self) -> bool:
@@ -104,6 +108,7 @@ class Vote:
     latency_ms: float
     group: int  # index of the answer group; -1 for failed or empty answers
     error: str | None = None
+    program: str = ""  # math chunks: what the node's own program computed, or why it did not run
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,11 @@ class ChunkResult:
     agreement: float  # the winning group's share of the total vote weight
     groups: int
     cancelled: tuple[str, ...] = ()  # redundant streams stopped once the chunk was settled
+    value: float | None = None  # math chunks: the number the result states
+    expected: float | None = None  # the exact value the coordinator computed for the chunk, if it could
+    # "coordinator": no node's answer matched ``expected`` (even after escalation), so ``expected`` is served;
+    # "exact_check": a node's answer matched it; "": nothing could check the result.
+    checked_by: str = ""
 
     @property
     def winning_node_ids(self) -> tuple[str, ...]:
@@ -160,6 +170,7 @@ class ChunkRequest:
     max_tokens: int
     temperature: float
     system: str = ""
+    seed: int = 0  # sampling seed when temperature > 0; 0: the node's own
 
 
 @dataclass(frozen=True)
@@ -227,6 +238,11 @@ class QueryFinished:
     timings: tuple[StageTiming, ...]
     total_ms: float
     node_ids_by_chunk: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def checked_by(self) -> str:
+        """"coordinator" when any chunk's served value is the coordinator's own (no node agreed with it)."""
+        return "coordinator" if any(r.checked_by == "coordinator" for r in self.results) else ""
 
 
 PipelineEvent = PlanReady | ChunkAssigned | ChunkToken | ChunkAssembled | AnswerToken | QueryFinished

@@ -127,6 +127,7 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
             stop=tuple(request.stop),
             system=request.system or None,
             examples=await self._few_shot_examples(request.prompt, request.chunk_id),
+            seed=request.seed,
         )
         logprobs: list[float] = []
         finish = "stop"

@@ -62,7 +62,7 @@ class NodeInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., context_size: _Optional[int] = ..., hardware: _Optional[str] = ..., version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., protocol_version: _Optional[int] = ..., cluster: _Optional[str] = ..., token_required: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("query_id", "chunk_id", "operation", "prompt", "max_tokens", "temperature", "stop", "system")
+    __slots__ = ("query_id", "chunk_id", "operation", "prompt", "max_tokens", "temperature", "stop", "system", "seed")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     OPERATION_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class GenerateRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     chunk_id: str
     operation: Operation
@@ -79,7 +80,8 @@ class GenerateRequest(_message.Message):
     temperature: float
     stop: _containers.RepeatedScalarFieldContainer[str]
     system: str
-    def __init__(self, query_id: _Optional[str] = ..., chunk_id: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., system: _Optional[str] = ...) -> None: ...
+    seed: int
+    def __init__(self, query_id: _Optional[str] = ..., chunk_id: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., system: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("text", "logprobs", "done", "finish_reason", "confidence", "completion_tokens")
@@ -194,7 +196,7 @@ class ChunkTokenEvent(_message.Message):
     def __init__(self, chunk_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class Vote(_message.Message):
-    __slots__ = ("node_id", "answer", "normalized", "confidence", "fitness", "weight", "latency_ms", "failed", "error")
+    __slots__ = ("node_id", "answer", "normalized", "confidence", "fitness", "weight", "latency_ms", "failed", "error", "program")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     NORMALIZED_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +206,7 @@ class Vote(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     answer: str
     normalized: str
@@ -213,10 +216,11 @@ class Vote(_message.Message):
     latency_ms: float
     failed: bool
     error: str
-    def __init__(self, node_id: _Optional[str] = ..., answer: _Optional[str] = ..., normalized: _Optional[str] = ..., confidence: _Optional[float] = ..., fitness: _Optional[float] = ..., weight: _Optional[float] = ..., latency_ms: _Optional[float] = ..., failed: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    program: str
+    def __init__(self, node_id: _Optional[str] = ..., answer: _Optional[str] = ..., normalized: _Optional[str] = ..., confidence: _Optional[float] = ..., fitness: _Optional[float] = ..., weight: _Optional[float] = ..., latency_ms: _Optional[float] = ..., failed: _Optional[bool] = ..., error: _Optional[str] = ..., program: _Optional[str] = ...) -> None: ...
 
 class ChunkResultEvent(_message.Message):
-    __slots__ = ("chunk_id", "answer", "winner_node_id", "votes", "unanimous", "agreement", "groups", "cancelled_node_ids")
+    __slots__ = ("chunk_id", "answer", "winner_node_id", "votes", "unanimous", "agreement", "groups", "cancelled_node_ids", "value", "checked_by")
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     WINNER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +229,8 @@ class ChunkResultEvent(_message.Message):
     AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_BY_FIELD_NUMBER: _ClassVar[int]
     chunk_id: str
     answer: str
     winner_node_id: str
@@ -233,7 +239,9 @@ class ChunkResultEvent(_message.Message):
     agreement: float
     groups: int
     cancelled_node_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, chunk_id: _Optional[str] = ..., answer: _Optional[str] = ..., winner_node_id: _Optional[str] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., unanimous: _Optional[bool] = ..., agreement: _Optional[float] = ..., groups: _Optional[int] = ..., cancelled_node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    value: float
+    checked_by: str
+    def __init__(self, chunk_id: _Optional[str] = ..., answer: _Optional[str] = ..., winner_node_id: _Optional[str] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., unanimous: _Optional[bool] = ..., agreement: _Optional[float] = ..., groups: _Optional[int] = ..., cancelled_node_ids: _Optional[_Iterable[str]] = ..., value: _Optional[float] = ..., checked_by: _Optional[str] = ...) -> None: ...
 
 class AnswerTokenEvent(_message.Message):
     __slots__ = ("text",)
@@ -268,7 +276,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class ChunkProvenance(_message.Message):
-    __slots__ = ("chunk_id", "operation", "text", "answer", "node_ids", "winner_node_id", "unanimous", "agreement")
+    __slots__ = ("chunk_id", "operation", "text", "answer", "node_ids", "winner_node_id", "unanimous", "agreement", "checked_by")
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     OPERATION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +285,7 @@ class ChunkProvenance(_message.Message):
     WINNER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     UNANIMOUS_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_BY_FIELD_NUMBER: _ClassVar[int]
     chunk_id: str
     operation: Operation
     text: str
@@ -285,10 +294,11 @@ class ChunkProvenance(_message.Message):
     winner_node_id: str
     unanimous: bool
     agreement: float
-    def __init__(self, chunk_id: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., text: _Optional[str] = ..., answer: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., winner_node_id: _Optional[str] = ..., unanimous: _Optional[bool] = ..., agreement: _Optional[float] = ...) -> None: ...
+    checked_by: str
+    def __init__(self, chunk_id: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., text: _Optional[str] = ..., answer: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., winner_node_id: _Optional[str] = ..., unanimous: _Optional[bool] = ..., agreement: _Optional[float] = ..., checked_by: _Optional[str] = ...) -> None: ...
 
 class FinalEvent(_message.Message):
-    __slots__ = ("query_id", "answer", "synthesis", "chunks", "timings", "rewards", "total_ms")
+    __slots__ = ("query_id", "answer", "synthesis", "chunks", "timings", "rewards", "total_ms", "checked_by")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     SYNTHESIS_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +306,7 @@ class FinalEvent(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_BY_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     answer: str
     synthesis: str
@@ -303,7 +314,8 @@ class FinalEvent(_message.Message):
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     rewards: _containers.RepeatedCompositeFieldContainer[NodeReward]
     total_ms: float
-    def __init__(self, query_id: _Optional[str] = ..., answer: _Optional[str] = ..., synthesis: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkProvenance, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., rewards: _Optional[_Iterable[_Union[NodeReward, _Mapping]]] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    checked_by: str
+    def __init__(self, query_id: _Optional[str] = ..., answer: _Optional[str] = ..., synthesis: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkProvenance, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., rewards: _Optional[_Iterable[_Union[NodeReward, _Mapping]]] = ..., total_ms: _Optional[float] = ..., checked_by: _Optional[str] = ...) -> None: ...
 
 class AskEvent(_message.Message):
     __slots__ = ("plan", "assignment", "chunk_token", "chunk_result", "answer_token", "final")

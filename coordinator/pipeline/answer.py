@@ -8,26 +8,29 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
 from dellm.coordinator.config import CoordinatorConfig, RewardConfig
-from dellm.coordinator.errors import ChunkFailedError, UnknownNodeError
+from dellm.coordinator.errors import ChunkFailedError, NoNodesAvailableError, UnknownNodeError
 from dellm.coordinator.pipeline.answers import exact_answer, reference_key
 from dellm.coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled
 from dellm.coordinator.pipeline.decompose import decompose, validate_plan
 from dellm.coordinator.pipeline.dispatch import NodeConnector, dispatch_chunk
+from dellm.coordinator.pipeline.execute import judge_by_program
 from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.pipeline.planner import ModelPlanner
-from dellm.coordinator.pipeline.prompts import build_chunk_prompt
+from dellm.coordinator.pipeline.prompts import build_chunk_prompt, max_tokens_for, system_prompt_for
 from dellm.coordinator.pipeline.reward import judge_chunk, update_fitness
 from dellm.coordinator.pipeline.route import Shortlist, redundancy_for
 from dellm.coordinator.pipeline.synthesize import Synthesizer
-from dellm.coordinator.registry.base import NodeRegistry, QueryRecord
+from dellm.coordinator.registry.base import NodeRegistry, NodeTable, QueryRecord
+from dellm.coordinator.sandbox import ProgramRunner
 from dellm.coordinator.types import (
     AnswerToken,
     AppliedReward,
+    Chunk,
     ChunkAssembled,
     ChunkRequest,
     ChunkResult,
@@ -60,6 +63,7 @@ class PipelineDeps:
     rng: random.Random = field(default_factory=lambda: random.Random(0))  # Thompson sampling's stream
     shortlist: Shortlist | None = None  # kept across queries by the coordinator: its rankings are reused
     planner: ModelPlanner | None = None  # None: the rule-based decomposer
+    runner: ProgramRunner | None = None  # runs math answers' programs (the sandbox); None: stated numbers only
 
 
 def current_fitness(registry: NodeRegistry, answers: Iterable[NodeAnswer], operation: str) -> dict[str, float]:
@@ -77,6 +81,15 @@ def _record_answer(deps: PipelineDeps, answer: NodeAnswer) -> None:
     if answer.failed and (unreachable or record.failure_streak >= deps.config.node_down_after_failures):
         log.warning("node %s marked down after: %s", answer.node_id, answer.error)
         deps.registry.set_state(answer.node_id, NodeState.DOWN)
+
+
+def expected_value(chunk: Chunk, dependencies: Sequence[ChunkResult]) -> float | None:
+    """The exact value of a math chunk's arithmetic, with the result it depends on substituted
+    ("multiply the result by 2" after 579 is 1158); None when it cannot be read exactly."""
+    if chunk.operation is not Operation.MATH_OP:
+        return None
+    prior = dependencies[-1].value if dependencies else None
+    return exact_answer(chunk.text, prior) if prior is not None else exact_answer(chunk.text)
 
 
 def label_chunk_id(plan: Plan) -> str | None:
@@ -119,24 +132,8 @@ async def answer_query(query: str, deps: PipelineDeps, label: str | None = None)
         chunk = plan.chunks[index]
         for dependency in chunk.depends_on:
             await done[dependency].wait()
-        prompts[chunk.chunk_id] = build_chunk_prompt(chunk, [results[d] for d in chunk.depends_on])
-        request = ChunkRequest(query_id, chunk.chunk_id, chunk.operation, prompts[chunk.chunk_id],
-                               config.dispatch.max_tokens, config.dispatch.temperature, config.dispatch.system_prompt)
-        expected = exact_answer(chunk.text) if chunk.operation is Operation.MATH_OP else None
-        reference = reference_key(chunk.operation, expected, labels.get(chunk.chunk_id))
-        outcome = await dispatch_chunk(
-            chunk, request, nodes=deps.registry.table, in_flight=deps.in_flight,
-            connector=deps.connector, route_config=config.route, config=config.dispatch,
-            emit=emit, on_answer=partial(_record_answer, deps), rng=deps.rng, shortlist=deps.shortlist,
-            settled=partial(is_settled, chunk, wanted=redundancy_for(chunk, config.route), reference=reference),
-        )
-        chunk_answers = answers[chunk.chunk_id] = outcome.answers
-        fitness = current_fitness(deps.registry, chunk_answers, chunk.operation.value)
-        try:
-            result = replace(assemble_chunk(chunk, chunk_answers, fitness, reference), cancelled=outcome.cancelled)
-        except AssemblyError as exc:
-            tried = ", ".join(f"{a.node_id} ({a.error})" for a in chunk_answers) or "none"
-            raise ChunkFailedError(f"chunk {chunk.chunk_id} could not be answered; nodes tried: {tried}") from exc
+        result, answers[chunk.chunk_id], prompts[chunk.chunk_id] = await answer_chunk(
+            chunk, [results[d] for d in chunk.depends_on], query_id, deps, labels.get(chunk.chunk_id), emit)
         results[chunk.chunk_id] = result
         emit(ChunkAssembled(result))
         done[chunk.chunk_id].set()
@@ -170,6 +167,79 @@ async def answer_query(query: str, deps: PipelineDeps, label: str | None = None)
     deps.registry.save_query(_query_record(query_id, plan.query, answer, ordered, answers, prompts))
     yield QueryFinished(query_id, answer, synthesis, ordered, tuple(applied), tuple(timings), total_ms,
                         {cid: tuple(a.node_id for a in lst) for cid, lst in answers.items()})
+
+
+async def answer_chunk(
+    chunk: Chunk,
+    dependencies: Sequence[ChunkResult],
+    query_id: str,
+    deps: PipelineDeps,
+    label: str | None,
+    emit: Callable[[PipelineEvent], None],
+) -> tuple[ChunkResult, list[NodeAnswer], str]:
+    """Stages 3 and 4 for one chunk: its result, every node answer to it, and the prompt they saw.
+
+    A math answer is judged by what its own program computes (pipeline/execute.py). When the
+    coordinator's exact value contradicts every answer, more nodes are asked (other models first);
+    if none agrees, the result is the coordinator's value and says so (never a value proven wrong).
+    """
+    config = deps.config
+    programs = deps.runner is not None
+    prompt = build_chunk_prompt(chunk, dependencies, programs=programs)
+    expected = expected_value(chunk, dependencies)
+    reference = reference_key(chunk.operation, expected, label)
+    # Word problems (math nothing can check exactly): several samples, voted over what their programs compute.
+    sampled = programs and chunk.operation is Operation.MATH_OP and expected is None and config.dispatch.samples > 1
+    count = config.dispatch.samples if sampled else None
+    request = ChunkRequest(query_id, chunk.chunk_id, chunk.operation, prompt,
+                           max_tokens_for(chunk, config.dispatch, programs=programs),
+                           config.dispatch.sample_temperature if sampled else config.dispatch.temperature,
+                           system_prompt_for(chunk, config.dispatch, programs=programs))
+    wanted = count or redundancy_for(chunk, config.route)
+
+    async def judge(answer: NodeAnswer) -> NodeAnswer:
+        return await judge_by_program(answer, chunk, deps.runner)
+
+    dispatch = partial(
+        dispatch_chunk, chunk, request, nodes=deps.registry.table, in_flight=deps.in_flight,
+        connector=deps.connector, route_config=config.route, config=config.dispatch, emit=emit,
+        on_answer=partial(_record_answer, deps), rng=deps.rng, shortlist=deps.shortlist, judge=judge,
+        settled=partial(is_settled, chunk, wanted=wanted, reference=reference))
+    outcome = await dispatch(count=count)
+    chunk_answers, cancelled = list(outcome.answers), outcome.cancelled
+    result = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled)
+    if result.checked_by == "coordinator" and config.dispatch.escalation_nodes > 0:
+        exclude = escalation_exclude(deps.registry.table(), {a.node_id for a in chunk_answers})
+        log.info("chunk %s: every answer contradicts the exact value %s; asking %d more node(s)",
+                 chunk.chunk_id, expected, config.dispatch.escalation_nodes)
+        try:
+            more = await dispatch(exclude=exclude, count=config.dispatch.escalation_nodes)
+        except NoNodesAvailableError:
+            more = None
+        if more is not None:
+            chunk_answers += more.answers
+            result = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled + more.cancelled)
+    return result, chunk_answers, prompt
+
+
+def escalation_exclude(table: NodeTable, tried: set[str]) -> frozenset[str]:
+    """Who not to ask again: the nodes tried, and the nodes of the models tried while other models are live
+    (a second copy of a model that was wrong adds agreement, not truth)."""
+    models = {n.info.model for n in table if n.node_id in tried}
+    others = [n for n in table if n.node_id not in tried]
+    if any(n.info.model not in models for n in others):
+        return frozenset(tried | {n.node_id for n in others if n.info.model in models})
+    return frozenset(tried)
+
+
+def _assembled(chunk: Chunk, answers: list[NodeAnswer], deps: PipelineDeps, reference: str | None,
+               expected: float | None, cancelled: tuple[str, ...]) -> ChunkResult:
+    fitness = current_fitness(deps.registry, answers, chunk.operation.value)
+    try:
+        return replace(assemble_chunk(chunk, answers, fitness, reference, expected), cancelled=cancelled)
+    except AssemblyError as exc:
+        tried = ", ".join(f"{a.node_id} ({a.error})" for a in answers) or "none"
+        raise ChunkFailedError(f"chunk {chunk.chunk_id} could not be answered; nodes tried: {tried}") from exc
 
 
 async def _streamed(

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from dellm.coordinator.pipeline.answers import answers_match, is_degenerate, normalize_answer
+from dellm.coordinator.pipeline.answers import (
+    answers_match,
+    final_number,
+    format_number,
+    is_degenerate,
+    normalize_answer,
+)
+from dellm.coordinator.pipeline.execute import PROGRAM_FAILED
+from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.types import Chunk, ChunkResult, NodeAnswer, Vote
 
 MIN_FITNESS_WEIGHT = 0.01  # a node at fitness 0 still casts a (tiny) vote
@@ -21,10 +29,18 @@ class AssemblyError(RuntimeError):
     """No usable answer came back for a chunk."""
 
 
+def answer_key(answer: NodeAnswer, operation: Operation) -> str:
+    """The normalized key an answer votes under: a math answer's judged number (its program's value,
+    see pipeline/execute.py) when it has one, else its text normalized."""
+    if operation is Operation.MATH_OP and answer.value is not None:
+        return f"num:{format_number(answer.value)}"
+    return normalize_answer(answer.text, operation)
+
+
 def is_settled(chunk: Chunk, answers: Sequence[NodeAnswer], wanted: int, reference: str | None = None) -> bool:
     """Can the remaining redundant streams be cancelled? Yes once an answer matches the known right
     answer, or a strict majority of the ``wanted`` answers already agree."""
-    keys = [normalize_answer(a.text, chunk.operation) for a in answers
+    keys = [answer_key(a, chunk.operation) for a in answers
             if not a.failed and a.text.strip() and not is_degenerate(a.text)]
     if reference is not None and any(answers_match(key, reference) for key in keys):
         return True
@@ -33,12 +49,16 @@ def is_settled(chunk: Chunk, answers: Sequence[NodeAnswer], wanted: int, referen
 
 
 def assemble_chunk(
-    chunk: Chunk, answers: Sequence[NodeAnswer], fitness: Mapping[str, float], reference: str | None = None
+    chunk: Chunk, answers: Sequence[NodeAnswer], fitness: Mapping[str, float], reference: str | None = None,
+    expected: float | None = None,
 ) -> ChunkResult:
     """Weighted vote over ``answers``; failed, empty and degenerate answers get no vote.
 
     ``reference`` is the key of a known right answer (a math chunk's exact value, or a benchmark
     label; see reference_key): a group that matches it wins whatever the weights say.
+    ``expected`` is the exact value the coordinator computed itself: when no answer matches it, the
+    result states that value, says so, and is marked ``checked_by="coordinator"``; a value proven wrong
+    is never served. (A benchmark label is never served: it only judges.)
     """
     groups: list[str] = []  # representative normalized key of each group
     votes: list[Vote] = []
@@ -49,20 +69,25 @@ def assemble_chunk(
             error = answer.error or ("empty answer" if not text else
                                      "too long" if len(text) > MAX_ANSWER_CHARS else "degenerate, repeating output")
             votes.append(Vote(answer.node_id, text, "", answer.confidence, node_fitness, 0.0,
-                              answer.latency_ms, -1, error))
+                              answer.latency_ms, -1, error, program=answer.program))
             continue
-        key = normalize_answer(text, chunk.operation)
+        key = answer_key(answer, chunk.operation)
         group = next((i for i, rep in enumerate(groups) if answers_match(rep, key)), None)
         if group is None:
             groups.append(key)
             group = len(groups) - 1
         weight = max(node_fitness, MIN_FITNESS_WEIGHT) * answer.confidence
         votes.append(Vote(answer.node_id, text, key, answer.confidence, node_fitness, weight,
-                          answer.latency_ms, group))
+                          answer.latency_ms, group, program=answer.program))
 
     valid = [v for v in votes if v.group >= 0]
-    if not valid:
+    # Answers that said something checkable: valid ones, and programs that ran wrong (a wrong answer each).
+    judged = valid or [a for a in answers if a.program.startswith(PROGRAM_FAILED)]
+    if not judged:  # every stream failed: the network could not answer, whatever the coordinator knows
         raise AssemblyError(f"no usable answer for chunk {chunk.chunk_id}")
+    matched = expected is not None and any(answers_match(key, f"num:{format_number(expected)}") for key in groups)
+    if expected is not None and not matched:
+        return _served_by_coordinator(chunk, expected, votes, len(groups))
     weight_by_group = [sum(v.weight for v in valid if v.group == g) for g in range(len(groups))]
     # Highest weight wins; ties go to the group that answered first (stable, reproducible).
     winner_group = max(range(len(groups)), key=lambda g: (weight_by_group[g], -g))
@@ -70,12 +95,47 @@ def assemble_chunk(
         winner_group = next((g for g, key in enumerate(groups) if answers_match(key, reference)), winner_group)
     winner = max((v for v in valid if v.group == winner_group), key=lambda v: v.weight)
     total = sum(weight_by_group)
+    value = _group_value(groups[winner_group]) if chunk.operation is Operation.MATH_OP else None
     return ChunkResult(
         chunk=chunk,
-        answer=winner.answer,
+        answer=_stated_consistently(winner.answer, value),
         winner_node_id=winner.node_id,
         votes=tuple(votes),
         unanimous=len(groups) == 1 and len(valid) >= 2,
         agreement=weight_by_group[winner_group] / total if total > 0 else 1.0 / len(groups),
         groups=len(groups),
+        value=value,
+        expected=expected,
+        checked_by="exact_check" if matched else "",
+    )
+
+
+def _group_value(key: str) -> float | None:
+    return float(key[4:]) if key.startswith("num:") else None
+
+
+def _stated_consistently(text: str, value: float | None) -> str:
+    """The winner's words when they state the group's number; else the number itself (a node whose
+    program computed the right value may have written a wrong one after it)."""
+    if value is None or final_number(text.split("```")[-1] if text.count("```") >= 2 else text) == value:
+        return text
+    return f"Answer: {format_number(value)}"
+
+
+def _served_by_coordinator(chunk: Chunk, expected: float, votes: list[Vote], groups: int) -> ChunkResult:
+    """No node's answer matched the exact value: the result is that value, and says whose it is."""
+    stated = format_number(expected)
+    said = sorted({v.normalized.removeprefix("num:") for v in votes if v.group >= 0})
+    nodes_said = f"the nodes said {', '.join(said)}" if said else "no node gave a usable answer"
+    return ChunkResult(
+        chunk=chunk,
+        answer=f"Answer: {stated} (computed by the coordinator: {nodes_said})",
+        winner_node_id="",
+        votes=tuple(votes),
+        unanimous=False,
+        agreement=0.0,
+        groups=groups,
+        value=expected,
+        expected=expected,
+        checked_by="coordinator",
     )

@@ -9,11 +9,13 @@ the next best node that has not been tried for this chunk.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from dellm.coordinator.config import DispatchConfig, RouteConfig
@@ -57,55 +59,266 @@ async def stream_answer(
 ) -> NodeAnswer:
     """One node's whole answer to one chunk, its tokens emitted as they arrive. Never raises
     for a node's fault: the failure is in the returned answer's ``error``."""
-    started = time.perf_counter()
-    first_token_ms: float | None = None
-    parts: list[str] = []
-    logprobs: list[float] = []
-    reported_confidence = 0.0
-    finish = ""
-    error: str | None = None
-    pieces = size = 0
-    loop = asyncio.get_running_loop()
+    received = _Received(started=time.perf_counter())
     try:
-        async with asyncio.timeout(config.first_token_timeout_s) as deadline:
-            async for piece in connector.stream(node, request, config.answer_timeout_s):
-                if first_token_ms is None:
-                    first_token_ms = (time.perf_counter() - started) * 1000
-                    deadline.reschedule(loop.time() + config.answer_timeout_s)
-                pieces += 1
-                size += len(piece.text.encode("utf-8"))
-                if pieces > config.max_answer_pieces or size > config.max_answer_bytes:
-                    error = (f"cut off: streamed more than {config.max_answer_pieces} messages or "
-                             f"{config.max_answer_bytes} bytes")
-                    break
-                if piece.text:
-                    parts.append(piece.text)
-                    emit(ChunkToken(request.chunk_id, node.node_id, piece.text, len(piece.logprobs) or 1))
-                logprobs.extend(piece.logprobs)
-                if piece.done:
-                    finish, reported_confidence = piece.finish_reason, piece.confidence
-                    break
-            else:
-                error = "stream ended without a final message"
+        await _read_stream(received, node, request, connector, config, emit)
     except NodeCallError as exc:
-        error = f"{exc.code}: {exc.details}"
+        received.error = f"{exc.code}: {exc.details}"
     except TimeoutError:
-        error = "timed out" if first_token_ms is not None else "no first token before the deadline"
-    text = "".join(parts)
-    if error is None and not text.strip():
-        error = "empty answer"
-    confidence = confidence_from_logprobs(logprobs) if logprobs else (reported_confidence or 0.5)
-    return NodeAnswer(
-        chunk_id=request.chunk_id,
-        node_id=node.node_id,
-        text=text,
-        confidence=confidence,
-        latency_ms=(time.perf_counter() - started) * 1000,
-        first_token_ms=first_token_ms,
-        tokens=len(logprobs),
-        finish_reason=finish,
-        error=error,
-    )
+        received.error = "timed out" if received.first_token_ms is not None else "no first token before the deadline"
+    return received.answer(request.chunk_id, node.node_id)
+
+
+@dataclass
+class _Received:
+    """What one node has streamed so far: ``stream_answer``'s working state."""
+
+    started: float  # time.perf_counter() when the call began
+    first_token_ms: float | None = None
+    parts: list[str] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    reported_confidence: float = 0.0
+    finish: str = ""
+    error: str | None = None
+    pieces: int = 0
+    size: int = 0  # UTF-8 bytes of text
+
+    def over_bounds(self, piece: StreamPiece, config: DispatchConfig) -> bool:
+        """Count ``piece``; true once the answer has grown past the configured bounds."""
+        self.pieces += 1
+        self.size += len(piece.text.encode("utf-8"))
+        return self.pieces > config.max_answer_pieces or self.size > config.max_answer_bytes
+
+    def answer(self, chunk_id: str, node_id: str) -> NodeAnswer:
+        text = "".join(self.parts)
+        error = self.error
+        if error is None and not text.strip():
+            error = "empty answer"
+        confidence = confidence_from_logprobs(self.logprobs) if self.logprobs else (self.reported_confidence or 0.5)
+        return NodeAnswer(
+            chunk_id=chunk_id,
+            node_id=node_id,
+            text=text,
+            confidence=confidence,
+            latency_ms=(time.perf_counter() - self.started) * 1000,
+            first_token_ms=self.first_token_ms,
+            tokens=len(self.logprobs),
+            finish_reason=self.finish,
+            error=error,
+        )
+
+
+async def _read_stream(
+    received: _Received,
+    node: NodeRecord,
+    request: ChunkRequest,
+    connector: NodeConnector,
+    config: DispatchConfig,
+    emit: Callable[[PipelineEvent], None],
+) -> None:
+    """Read ``node``'s stream into ``received`` until its final piece, a bound or a deadline
+    (``first_token_timeout_s`` for the first piece, then ``answer_timeout_s`` for the whole)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(config.first_token_timeout_s) as deadline:
+        async for piece in connector.stream(node, request, config.answer_timeout_s):
+            if received.first_token_ms is None:
+                received.first_token_ms = (time.perf_counter() - received.started) * 1000
+                deadline.reschedule(loop.time() + config.answer_timeout_s)
+            if received.over_bounds(piece, config):
+                received.error = (f"cut off: streamed more than {config.max_answer_pieces} messages or "
+                                  f"{config.max_answer_bytes} bytes")
+                return
+            if piece.text:
+                received.parts.append(piece.text)
+                emit(ChunkToken(request.chunk_id, node.node_id, piece.text, len(piece.logprobs) or 1))
+            received.logprobs.extend(piece.logprobs)
+            if piece.done:
+                received.finish, received.reported_confidence = piece.finish_reason, piece.confidence
+                return
+        received.error = "stream ended without a final message"
+
+
+class ChunkDispatch:
+    """One chunk's dispatch: its redundancy slots streaming in parallel, each moving on to the next
+    best untried node when its node fails, racing a hedge node when its node is slow, and all of
+    them stopped once ``settled(answers)`` holds. Built per chunk; ``run()`` once.
+
+    Every node routed to is counted in ``in_flight`` from routing on (so that concurrent chunks
+    spread out) until its attempt ends, whichever way it ends.
+    """
+
+    def __init__(
+        self,
+        chunk: Chunk,
+        request: ChunkRequest,
+        *,
+        nodes: Callable[[], NodeTable],
+        in_flight: dict[str, int],
+        connector: NodeConnector,
+        route_config: RouteConfig,
+        config: DispatchConfig,
+        emit: Callable[[PipelineEvent], None],
+        on_answer: Callable[[NodeAnswer], None],
+        settled: Callable[[Sequence[NodeAnswer]], bool] | None = None,
+        rng: random.Random | None = None,
+        shortlist: Shortlist | None = None,
+        judge: Callable[[NodeAnswer], Awaitable[NodeAnswer]] | None = None,
+        exclude: frozenset[str] = frozenset(),
+        count: int | None = None,
+    ) -> None:
+        self._chunk = chunk
+        self._request = request
+        self._nodes = nodes
+        self._in_flight = in_flight
+        self._connector = connector
+        self._route_config = route_config
+        self._config = config
+        self._emit = emit
+        self._on_answer = on_answer
+        self._settled = settled
+        self._rng = rng
+        self._shortlist = shortlist or Shortlist(route_config)
+        self._judge = judge  # e.g. a math answer's program run in the sandbox (pipeline/execute.py)
+        self._count = count  # nodes for the first assignment; None: by the chunk's complexity
+        self.snapshot: dict[str, NodeRecord] = {}  # the records of the nodes routed to, as routing saw them
+        self.tried: set[str] = set(exclude)  # every node routed to for this chunk: never routed to twice
+        self.answers: list[NodeAnswer] = []  # every answer recorded, failed ones included, in arrival order
+        self.running: dict[str, asyncio.Task[None]] = {}  # the node each slot is streaming from -> its task
+        self.cancelled: list[str] = []  # nodes whose streams were stopped (repeats possible)
+
+    async def run(self) -> DispatchOutcome:
+        assignment = self._route(self._count)
+        self._emit(ChunkAssigned(assignment))
+        self.tried.update(assignment.node_ids)
+        for node_id in assignment.node_ids:
+            self._reserve(node_id)
+        async with asyncio.TaskGroup() as group:
+            for node_id in assignment.node_ids:
+                self.running[node_id] = group.create_task(self._slot(node_id))
+        if self.cancelled:
+            log.debug("chunk %s settled early; cancelled %s", self._chunk.chunk_id, ", ".join(self.cancelled))
+        return DispatchOutcome(self.answers, tuple(dict.fromkeys(self.cancelled)))
+
+    def _route(self, count: int | None) -> Assignment:
+        """``count`` nodes (default: by complexity) not tried yet; their records go into the snapshot."""
+        exclude = frozenset(self.tried)
+        candidates = self._shortlist.candidates(
+            self._nodes(), self._chunk.operation.value, self._in_flight, exclude, self._rng)
+        assignment = route_chunk(self._chunk, candidates, self._in_flight, self._route_config, count=count,
+                                 exclude=exclude, rng=self._rng)
+        self.snapshot.update((n.node_id, n) for n in candidates if n.node_id in assignment.node_ids)
+        return assignment
+
+    def _route_one_more(self, reason: str) -> str | None:
+        """Route one more node for this chunk (never one already tried), announced as a retry;
+        None when no node is left."""
+        try:
+            extra = self._route(1)
+        except NoNodesAvailableError:
+            return None
+        node_id = extra.node_ids[0]
+        self.tried.add(node_id)
+        self._reserve(node_id)
+        self._emit(ChunkAssigned(Assignment(self._chunk.chunk_id, (node_id,), retry=True, reason=reason)))
+        return node_id
+
+    def _reserve(self, node_id: str) -> None:
+        self._in_flight[node_id] = self._in_flight.get(node_id, 0) + 1
+
+    def _release(self, node_id: str) -> None:
+        self._in_flight[node_id] -= 1
+
+    async def _attempt(self, node_id: str) -> NodeAnswer:
+        """``node_id``'s answer; its reservation is released however the attempt ends."""
+        try:
+            node = self.snapshot.get(node_id)
+            if node is None:
+                return NodeAnswer(self._chunk.chunk_id, node_id, "", 0.0, 0.0, error="node left the cluster")
+            answer = await stream_answer(node, self._request_for(node_id), self._connector, self._config, self._emit)
+            return answer if self._judge is None else await self._judge(answer)
+        finally:
+            self._release(node_id)
+
+    def _request_for(self, node_id: str) -> ChunkRequest:
+        """The chunk's request; sampled (temperature > 0), each node gets its own seed, so that two copies
+        of one model give two samples rather than one answer twice."""
+        if self._request.temperature <= 0 or self._request.seed:
+            return self._request
+        key = f"{self._request.query_id}/{self._request.chunk_id}/{node_id}".encode()
+        return dataclasses.replace(self._request, seed=int.from_bytes(hashlib.sha256(key).digest()[:4], "big") or 1)
+
+    def _hedge_after(self, node_id: str) -> float:
+        """Seconds ``node_id`` may stream before a second node races it: hedge_factor x its usual
+        answer time, at least hedge_min_s."""
+        known = self.snapshot.get(node_id)
+        usual_s = (known.latency_ms if known is not None else None) or 0.0
+        return max(self._config.hedge_min_s, self._config.hedge_factor * usual_s / 1000)
+
+    async def _hedged_attempt(self, node_id: str) -> list[NodeAnswer]:
+        """The answer from ``node_id``; if it runs past its usual time, a second node races it and
+        the answers up to the first good one are returned (the last is the good one, if any)."""
+        hedge_after = self._hedge_after(node_id)
+        tasks = {asyncio.ensure_future(self._attempt(node_id)): node_id}
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=hedge_after)
+            if done:  # the usual case: answered in time, nothing to race
+                return [done.pop().result()]
+            hedge = self._route_one_more(f"hedge: {node_id} is slower than {hedge_after:.1f}s")
+            if hedge is not None:
+                tasks[asyncio.ensure_future(self._attempt(hedge))] = hedge
+            return await _until_first_good(tasks)
+        finally:
+            await self._stop(tasks)
+
+    async def _stop(self, tasks: dict[asyncio.Task[NodeAnswer], str]) -> None:
+        """Cancel the attempts still streaming (listing their nodes as cancelled) and wait for them."""
+        for task, node_id in tasks.items():
+            if not task.done():
+                self.cancelled.append(node_id)
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _slot(self, node_id: str) -> None:
+        """One redundancy slot: ``node_id``'s answer or, after each failure, the next best untried
+        node's, up to ``max_attempts`` nodes; a good answer that settles the chunk stops the others."""
+        attempts = self._config.max_attempts
+        for attempt in range(1, attempts + 1):
+            answer = self._record(await self._hedged_attempt(node_id))
+            if not answer.failed:
+                if self._settled is not None and self._settled(self.answers):
+                    self._cancel_other_slots(node_id)
+                return
+            log.warning("node %s failed chunk %s: %s", answer.node_id, self._chunk.chunk_id, answer.error)
+            retry = self._route_one_more(f"{answer.node_id} failed: {answer.error}") if attempt < attempts else None
+            if retry is None:
+                return
+            self.running[retry] = self.running.pop(node_id)
+            node_id = retry
+        self._release(node_id)  # max_attempts < 1: the slot's node was reserved but never called
+
+    def _record(self, results: list[NodeAnswer]) -> NodeAnswer:
+        """Record an attempt's answers in order; the last one decides the slot."""
+        for answer in results:
+            self.answers.append(answer)
+            self._on_answer(answer)
+        return results[-1]
+
+    def _cancel_other_slots(self, node_id: str) -> None:
+        for other, task in self.running.items():
+            if other != node_id and not task.done():
+                self.cancelled.append(other)
+                task.cancel()
+
+
+async def _until_first_good(tasks: Iterable[asyncio.Task[NodeAnswer]]) -> list[NodeAnswer]:
+    """The answers of racing attempts in the order they finish, up to the first good one."""
+    finished: list[NodeAnswer] = []
+    for next_done in asyncio.as_completed(list(tasks)):
+        answer = await next_done
+        finished.append(answer)
+        if not answer.failed:
+            break
+    return finished
 
 
 async def dispatch_chunk(
@@ -122,105 +335,21 @@ async def dispatch_chunk(
     settled: Callable[[Sequence[NodeAnswer]], bool] | None = None,
     rng: random.Random | None = None,
     shortlist: Shortlist | None = None,
+    judge: Callable[[NodeAnswer], Awaitable[NodeAnswer]] | None = None,
+    exclude: frozenset[str] = frozenset(),
+    count: int | None = None,
 ) -> DispatchOutcome:
     """All answers to ``chunk``, failed ones included (they are penalised in stage 6).
 
     Once ``settled(answers)`` holds (the answers so far already agree, or one is verified),
     the streams still running are cancelled: redundancy without paying twice.
+    Raises NoNodesAvailableError when no live node can take the chunk at all.
+    ``judge`` turns each answer into the one it is judged by before anything reads it (a math
+    answer's program, run); ``exclude`` are nodes never to route to (escalation asks new ones);
+    ``count`` overrides how many nodes the chunk gets at first.
     """
-    shortlist = shortlist or Shortlist(route_config)
-    snapshot: dict[str, NodeRecord] = {}  # the records of the nodes routed to, as routing saw them
-
-    def route(count: int | None, exclude: frozenset[str]) -> Assignment:
-        candidates = shortlist.candidates(nodes(), chunk.operation.value, in_flight, exclude, rng)
-        assignment = route_chunk(chunk, candidates, in_flight, route_config, count=count, exclude=exclude, rng=rng)
-        snapshot.update((n.node_id, n) for n in candidates if n.node_id in assignment.node_ids)
-        return assignment
-
-    assignment = route(None, frozenset())
-    emit(ChunkAssigned(assignment))
-    tried = set(assignment.node_ids)
-    answers: list[NodeAnswer] = []
-
-    def reserve(node_id: str) -> None:  # counted from routing on, so concurrent chunks spread out
-        in_flight[node_id] = in_flight.get(node_id, 0) + 1
-
-    async def attempt(node_id: str) -> NodeAnswer:
-        try:
-            node = snapshot.get(node_id)
-            if node is None:
-                return NodeAnswer(chunk.chunk_id, node_id, "", 0.0, 0.0, error="node left the cluster")
-            return await stream_answer(node, request, connector, config, emit)
-        finally:
-            in_flight[node_id] -= 1
-
-    def next_node(reason: str) -> str | None:
-        """Route one more node for this chunk (never one already tried), announced as a retry."""
-        try:
-            extra = route(1, frozenset(tried))
-        except NoNodesAvailableError:
-            return None
-        node_id = extra.node_ids[0]
-        tried.add(node_id)
-        reserve(node_id)
-        emit(ChunkAssigned(Assignment(chunk.chunk_id, (node_id,), retry=True, reason=reason)))
-        return node_id
-
-    async def hedged(node_id: str) -> list[NodeAnswer]:
-        """The answer from ``node_id``; if it runs past its usual time, a second node races it."""
-        known = snapshot.get(node_id)
-        usual_s = (known.latency_ms if known is not None else None) or 0.0
-        hedge_after = max(config.hedge_min_s, config.hedge_factor * usual_s / 1000)
-        tasks = {asyncio.ensure_future(attempt(node_id)): node_id}
-        finished: list[NodeAnswer] = []
-        try:
-            done, _ = await asyncio.wait(tasks, timeout=hedge_after)
-            if done:  # the usual case: answered in time, nothing to race
-                return [done.pop().result()]
-            hedge = next_node(f"hedge: {node_id} is slower than {hedge_after:.1f}s")
-            if hedge is not None:
-                tasks[asyncio.ensure_future(attempt(hedge))] = hedge
-            for next_done in asyncio.as_completed(list(tasks)):
-                answer = await next_done
-                finished.append(answer)
-                if not answer.failed:
-                    break
-            return finished
-        finally:
-            for task, other in tasks.items():
-                if not task.done():
-                    cancelled.append(other)
-                    task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def slot(node_id: str) -> None:
-        for _ in range(config.max_attempts):
-            results = await hedged(node_id)
-            for answer in results:
-                answers.append(answer)
-                on_answer(answer)
-            answer = results[-1]
-            if not answer.failed:
-                if settled is not None and settled(answers):
-                    for other, task in running.items():
-                        if other != node_id and not task.done():
-                            cancelled.append(other)
-                            task.cancel()
-                return
-            log.warning("node %s failed chunk %s: %s", answer.node_id, chunk.chunk_id, answer.error)
-            retry = next_node(f"{answer.node_id} failed: {answer.error}")
-            if retry is None:
-                return
-            running[retry] = running.pop(node_id)
-            node_id = retry
-
-    running: dict[str, asyncio.Task[None]] = {}  # the node each slot is streaming from -> its task
-    cancelled: list[str] = []
-    for node_id in assignment.node_ids:
-        reserve(node_id)
-    async with asyncio.TaskGroup() as group:
-        for node_id in assignment.node_ids:
-            running[node_id] = group.create_task(slot(node_id))
-    if cancelled:
-        log.debug("chunk %s settled early; cancelled %s", chunk.chunk_id, ", ".join(cancelled))
-    return DispatchOutcome(answers, tuple(dict.fromkeys(cancelled)))
+    return await ChunkDispatch(
+        chunk, request, nodes=nodes, in_flight=in_flight, connector=connector, route_config=route_config,
+        config=config, emit=emit, on_answer=on_answer, settled=settled, rng=rng, shortlist=shortlist,
+        judge=judge, exclude=exclude, count=count,
+    ).run()

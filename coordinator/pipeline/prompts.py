@@ -7,19 +7,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dellm.coordinator.config import DispatchConfig
 from dellm.coordinator.pipeline.answers import exact_answer, final_number
 from dellm.coordinator.pipeline.operations import OPERATIONS, Operation, operation_names
 from dellm.coordinator.types import Chunk, ChunkResult
 
-_WORD_PROBLEM = ("{task}\nSolve it step by step in a few short lines, then give the final number on the last "
-                 "line as 'Answer: <number>'.")
+# Math chunks ask for a program: the coordinator runs it in its sandbox and votes over what it computes.
+_PROGRAM = ("{task}\nWrite a short Python program that computes this and stores the final number in a variable "
+            "named answer, in a ```python code block. Then give the final number on the last line as "
+            "'Answer: <number>'.")
+_WORD_PROBLEM = ("{task}\nSolve it with a short Python program: one variable per quantity in the problem, each step "
+                 "on its own line, and the final number stored in a variable named answer, in a ```python code "
+                 "block. Then give the final number on the last line as 'Answer: <number>'.")
 
 
-def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult]) -> str:
-    """The prompt a node sees: earlier results it depends on, then the task."""
-    template = "{task}\n" + OPERATIONS[chunk.operation].instruction
-    if chunk.operation is Operation.MATH_OP and exact_answer(chunk.text) is None:
-        template = _WORD_PROBLEM  # a word problem needs its steps worked out before the number
+def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult], *, programs: bool = True) -> str:
+    """The prompt a node sees: earlier results it depends on, then the task and its operation's instruction.
+
+    With ``programs`` (the coordinator can run them), a math chunk asks for a short program as well."""
+    if chunk.operation is Operation.MATH_OP and programs:
+        word_problem = exact_answer(chunk.text) is None and not dependencies
+        template = _WORD_PROBLEM if word_problem else _PROGRAM
+    else:
+        template = "{task}\n" + OPERATIONS[chunk.operation].instruction
     task = template.format(task=chunk.text)
     if not dependencies:
         return task
@@ -27,10 +37,24 @@ def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult]) -> str
     return f"Results of earlier steps:\n{context}\n\nUsing those results where relevant:\n{task}"
 
 
+def system_prompt_for(chunk: Chunk, config: DispatchConfig, *, programs: bool = True) -> str:
+    """The system instruction a chunk's nodes get: plain concise text, or (math, with programs) code."""
+    if chunk.operation is Operation.MATH_OP and programs:
+        return config.program_system_prompt
+    return config.system_prompt
+
+
+def max_tokens_for(chunk: Chunk, config: DispatchConfig, *, programs: bool = True) -> int:
+    """The chunk's token budget: a program and its answer line need more room than a plain answer."""
+    if chunk.operation is Operation.MATH_OP and programs:
+        return max(config.max_tokens, config.program_max_tokens)
+    return config.max_tokens
+
+
 def concise_answer(result: ChunkResult) -> str:
     """What a dependent chunk needs of a result: a math chunk's number, else the answer itself."""
     if result.chunk.operation is Operation.MATH_OP:
-        value = final_number(result.answer)
+        value = result.value if result.value is not None else final_number(result.answer)
         if value is not None:
             return f"{value:.12g}"
     return " ".join(result.answer.split())

@@ -12,12 +12,10 @@ from __future__ import annotations
 from dellm.coordinator.config import RewardConfig
 from dellm.coordinator.pipeline.answers import (
     answers_match,
-    exact_answer,
     format_number,
-    normalize_answer,
     reference_key,
 )
-from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.assemble import answer_key
 from dellm.coordinator.types import ChunkResult, NodeAnswer, RewardDecision, Verdict
 from dellm.protos.wire import VERIFIED_SOURCES, FeedbackSource
 
@@ -59,7 +57,7 @@ def judge_chunk(
     readable arithmetic, a real majority of the vote; otherwise no verdict.
     """
     chunk = result.chunk
-    expected = exact_answer(chunk.text) if chunk.operation is Operation.MATH_OP else None
+    expected = result.expected  # the exact value the coordinator computed (dependency results substituted)
     reference = reference_key(chunk.operation, expected, label)
     winners = set(result.winning_node_ids)
     malformed = {v.node_id for v in result.votes if v.group < 0}
@@ -69,7 +67,7 @@ def judge_chunk(
         if answer.failed or not answer.text.strip() or answer.node_id in malformed:
             verdict, source, truth = Verdict.WRONG, FeedbackSource.FAILURE, truth_text
         elif reference is not None:
-            right = answers_match(normalize_answer(answer.text, chunk.operation), reference)
+            right = answers_match(answer_key(answer, chunk.operation), reference)
             source = FeedbackSource.LABEL if label else FeedbackSource.EXACT_CHECK
             verdict, truth = (Verdict.CORRECT if right else Verdict.WRONG), truth_text
         elif len(winners) >= 2:  # a real majority: at least two nodes gave the winning answer

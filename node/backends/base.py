@@ -29,6 +29,7 @@ class GenerationRequest:
     system: str | None = None
     #: Few-shot (prompt, answer) pairs, shown to the model before ``prompt`` (see ``node.backends.prompting``).
     examples: tuple[tuple[str, str], ...] = ()
+    seed: int = 0  # sampling seed when temperature > 0 (distinct samples of one prompt); 0: the backend's own
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,8 @@ class LlamaCppBackend:
         import numpy as np
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        if request.seed and request.temperature > 0:
+            llm.set_seed(request.seed)  # distinct samples of one prompt (self-consistency)
         tokens = llm.generate(
             prompt_tokens,
             temp=max(request.temperature, 0.0),

@@ -27,7 +27,9 @@ def _answer(node_id: str, text: str, latency_ms: float = 0.0, *, error: str | No
 
 def _judge(chunk: Chunk, answers: list[NodeAnswer], fitness: float = 0.5) -> dict[str, RewardDecision]:
     """Run the real stage 4 vote, then stage 6, as the pipeline does."""
-    result: ChunkResult = assemble_chunk(chunk, answers, {a.node_id: fitness for a in answers})
+    expected = exact_answer(chunk.text) if chunk.operation is Operation.MATH_OP else None  # as the pipeline does
+    result: ChunkResult = assemble_chunk(chunk, answers, {a.node_id: fitness for a in answers},
+                                         reference_key(chunk.operation, expected), expected)
     decisions = judge_chunk(result, answers, CONFIG)
     assert [d.node_id for d in decisions] == [a.node_id for a in answers]
     assert all(d.chunk_id == chunk.chunk_id for d in decisions)

@@ -1,0 +1,53 @@
+"""Between dispatch and assemble: the number a math answer is judged by, from the node's own program.
+
+A MATH_OP chunk asks each node for a short Python program as well as its answer. The program runs in
+the coordinator's sandbox (see ``coordinator/sandbox.py``), and what it computes is the node's
+answer for the vote and the reward:
+
+- a program that runs: its value, whatever the node wrote after it ("stated 360, its program
+  computed 36": judged by the program);
+- a program that is refused, fails, loops or allocates without bound: a wrong answer for that node
+  (the answer fails, with the reason), and the coordinator carries on;
+- no program at all: the number the node stated, as before.
+
+Answers to other operations pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from dellm.coordinator.pipeline.answers import final_number, format_number
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.sandbox import ProgramRunner, extract_program
+from dellm.coordinator.types import Chunk, NodeAnswer
+
+PROGRAM_FAILED = "its program did not compute a number"  # how a failed program's answer is marked
+
+
+def stated_number(text: str) -> float | None:
+    """The number a node states as its answer, outside any code block."""
+    prose = text.split("```")[-1] if text.count("```") >= 2 else text  # after the last fenced block
+    value = final_number(prose) if prose.strip() else None
+    return value if value is not None else final_number(text)
+
+
+async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunner | None) -> NodeAnswer:
+    """``answer`` with ``value`` and ``program`` set for a math chunk (see the module docstring)."""
+    if chunk.operation is not Operation.MATH_OP or answer.failed:
+        return answer
+    stated = stated_number(answer.text)
+    program = extract_program(answer.text) if runner is not None else None
+    if program is None or runner is None:
+        return dataclasses.replace(answer, value=stated, program="no program" if runner is not None else "")
+    execution = await runner.run(program)
+    if not execution.ok or execution.value is None or not math.isfinite(execution.value):
+        why = f"{PROGRAM_FAILED} ({execution.error})"
+        return dataclasses.replace(answer, value=None, program=why, error=why)
+    computed = execution.value
+    if stated is not None and not math.isclose(stated, computed, rel_tol=1e-6, abs_tol=1e-9):
+        note = f"stated {format_number(stated)}, its program computed {format_number(computed)}: judged by the program"
+    else:
+        note = f"its program computed {format_number(computed)}"
+    return dataclasses.replace(answer, value=computed, program=note)

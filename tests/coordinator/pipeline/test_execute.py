@@ -1,0 +1,98 @@
+"""Between dispatch and assemble: a math answer judged by its own program (ScriptedRunner test double)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dellm.coordinator.pipeline.answer import escalation_exclude
+from dellm.coordinator.pipeline.execute import judge_by_program, stated_number
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.registry.base import NodeTable
+from dellm.coordinator.sandbox import Execution, ScriptedRunner
+from dellm.coordinator.types import Chunk, NodeAnswer, NodeRecord
+from dellm.protos.wire import NodeDescription
+
+MATH = Chunk("c1", Operation.MATH_OP, "What is 15% of 240?", 8, 0.5)
+FACT = Chunk("c2", Operation.SEARCH_OP, "Name the capital of Japan", 6, 0.4)
+PROGRAM = "answer = 15 / 100 * 240"
+
+
+def answer(text: str, error: str | None = None) -> NodeAnswer:
+    return NodeAnswer("c1", "n1", text, 0.9, 100.0, error=error)
+
+
+def with_program(stated: str, body: str = PROGRAM) -> str:
+    return f"```python\n{body}\n```\nAnswer: {stated}"
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("Answer: 36", 36.0),
+    (with_program("36"), 36.0),
+    ("```python\nx = 15 * 240 / 100\nprint(x)\n```\nThe result is 36.0", 36.0),
+    ("```python\nanswer = 5\n```", 5.0),  # nothing after the block: the block's own last number
+    ("no number here", None),
+])
+def test_stated_number_reads_the_prose_after_the_program(text: str, value: float | None) -> None:
+    assert stated_number(text) == value
+
+
+async def test_the_program_decides_when_the_words_disagree() -> None:
+    runner = ScriptedRunner({PROGRAM: Execution.success(36.0)})
+    judged = await judge_by_program(answer(with_program("360")), MATH, runner)
+    assert judged.value == 36.0 and not judged.failed
+    assert judged.program == "stated 360, its program computed 36: judged by the program"
+    assert runner.programs == [PROGRAM]
+
+
+async def test_agreeing_words_and_program() -> None:
+    judged = await judge_by_program(answer(with_program("36")), MATH, ScriptedRunner({PROGRAM: Execution.success(36)}))
+    assert judged.value == 36.0 and judged.program == "its program computed 36"
+
+
+@pytest.mark.parametrize("execution", [
+    Execution.failure("timeout", "the program ran past its 2 s of CPU"),
+    Execution.failure("refused", "line 1: import of 'os' is not allowed"),
+    Execution.failure("memory", "over 256 MiB"),
+    Execution.failure("no_value", "the program computed no number"),
+    Execution(ok=True, value=float("inf")),
+])
+async def test_a_failed_program_is_a_failed_answer(execution: Execution) -> None:
+    judged = await judge_by_program(answer(with_program("36")), MATH, ScriptedRunner({PROGRAM: execution}))
+    assert judged.failed and judged.value is None
+    assert judged.error is not None and judged.error.startswith("its program did not compute a number")
+
+
+async def test_without_a_program_the_stated_number_counts() -> None:
+    runner = ScriptedRunner({})
+    judged = await judge_by_program(answer("It is 36. Answer: 36"), MATH, runner)
+    assert judged.value == 36.0 and judged.program == "no program" and runner.programs == []
+
+
+async def test_other_operations_and_failed_answers_pass_through() -> None:
+    runner = ScriptedRunner({})
+    fact = NodeAnswer("c2", "n1", "Tokyo", 0.9, 10.0)
+    assert await judge_by_program(fact, FACT, runner) == fact
+    broken = answer("", error="UNAVAILABLE: gone")
+    assert await judge_by_program(broken, MATH, runner) == broken
+
+
+async def test_programs_off_judges_the_stated_number_only() -> None:
+    judged = await judge_by_program(answer(with_program("360")), MATH, None)
+    assert judged.value == 360.0 and judged.program == ""
+
+
+def node(node_id: str, model: str) -> NodeRecord:
+    return NodeRecord(NodeDescription(node_id, "127.0.0.1:1", model=model))
+
+
+@pytest.mark.parametrize(("live", "tried", "excluded"), [
+    # other models are live: copies of the model that was wrong are skipped
+    ([("a", "small"), ("b", "small"), ("c", "large"), ("d", "small")], {"a", "b"}, {"a", "b", "d"}),
+    # only copies of the same model are left: they are asked
+    ([("a", "small"), ("b", "small"), ("d", "small")], {"a", "b"}, {"a", "b"}),
+    # several models were tried: their copies are skipped while an untried model is live
+    ([("a", "small"), ("b", "large"), ("c", "tiny"), ("d", "large")], {"a", "b"}, {"a", "b", "d"}),
+])
+def test_escalation_prefers_another_model(live: list[tuple[str, str]], tried: set[str], excluded: set[str]) -> None:
+    table = NodeTable(node(i, m) for i, m in live)
+    assert escalation_exclude(table, tried) == excluded

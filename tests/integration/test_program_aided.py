@@ -1,0 +1,124 @@
+"""Program-aided arithmetic and never serving a value the coordinator has proven wrong, end to end:
+an in-process coordinator (real sandbox) and scripted test-double nodes over real gRPC."""
+
+from __future__ import annotations
+
+import pytest
+
+from dellm.client.api import DellmClient
+from dellm.protos import dellm_pb2
+from tests.conftest import Cluster, script
+
+PERCENT = "Calculate 15% of 240 then name the capital of Japan"
+CAPITAL = {"pattern": "(?i)capital of japan", "reply": "Tokyo", "delay": 0.005}
+
+
+def program(body: str, stated: str) -> str:
+    return f"Here is the program:\n```python\n{body}\n```\nAnswer: {stated}"
+
+
+async def collect(address: str, query: str) -> list[dellm_pb2.AskEvent]:
+    async with DellmClient(address) as client:
+        return [event async for event in client.ask(query)]
+
+
+def chunk_result(events: list[dellm_pb2.AskEvent], chunk_id: str) -> dellm_pb2.ChunkResultEvent:
+    return next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result"
+                and e.chunk_result.chunk_id == chunk_id)
+
+
+def rewards(events: list[dellm_pb2.AskEvent], chunk_id: str) -> dict[str, dellm_pb2.NodeReward]:
+    return {r.node_id[:1]: r for r in events[-1].final.rewards if r.chunk_id == chunk_id}
+
+
+async def test_a_node_is_judged_by_its_program_not_its_words(cluster: Cluster) -> None:
+    """It says 360; its program computes 36: the vote and the verdict follow the program."""
+    says_wrong = program("answer = 15 / 100 * 240", "360")
+    await cluster.add_node("a", script([CAPITAL, {"pattern": "(?i)15% of 240", "reply": says_wrong}]))
+    events = await collect(cluster.address, PERCENT)
+    c1 = chunk_result(events, "c1")
+    assert c1.value == pytest.approx(36) and c1.checked_by == "exact_check"
+    assert "360" not in c1.answer and "36" in c1.answer
+    [vote] = c1.votes
+    assert vote.program == "stated 360, its program computed 36: judged by the program"
+    assert rewards(events, "c1")["a"].verdict == dellm_pb2.CORRECT
+    final = events[-1].final
+    assert "36" in final.answer and "360" not in final.answer and "Tokyo" in final.answer
+
+
+@pytest.mark.parametrize("body", [
+    "while True:\n    pass",
+    "x = [0] * 10**10\nanswer = 36",
+    "import os\nanswer = 36",
+    "answer = ().__class__.__bases__[0].__subclasses__()",
+    "answer = 1 / 0",
+], ids=["loops", "allocates", "imports", "escapes", "fails"])
+async def test_a_program_that_fails_is_a_wrong_answer_and_the_coordinator_stays_up(
+        cluster: Cluster, body: str) -> None:
+    await cluster.add_node("a", script([CAPITAL, {"pattern": "(?i)15% of 240", "reply": program(body, "36")}]))
+    await cluster.add_node("b", script([CAPITAL, {"pattern": "(?i)15% of 240", "reply": "It is 36. Answer: 36",
+                                                  "delay": 0.3}]))
+    events = await collect(cluster.address, PERCENT)
+    c1 = chunk_result(events, "c1")
+    assert c1.value == pytest.approx(36)
+    failed = [v for v in c1.votes if v.failed]
+    assert [v.node_id[:1] for v in failed] == ["a"] and "its program did not compute a number" in failed[0].error
+    assert rewards(events, "c1")["a"].verdict == dellm_pb2.WRONG
+    assert rewards(events, "c1")["b"].verdict == dellm_pb2.CORRECT
+    # the coordinator is still serving
+    again = await collect(cluster.address, "What is 2 plus 3?")
+    assert again[-1].WhichOneof("event") == "final"
+
+
+async def test_escalation_asks_another_model_when_every_answer_is_proven_wrong(cluster: Cluster) -> None:
+    wrong = [CAPITAL, {"pattern": "(?i)15% of 240", "reply": "Answer: 360"}]
+    await cluster.add_node("a", script(wrong, model="small"))
+    await cluster.add_node("b", script(wrong, model="small"))
+    await cluster.add_node("c", script([CAPITAL, {"pattern": "(?i)15% of 240", "reply": "Answer: 36"}],
+                                       model="large"))
+    await cluster.add_node("d", script(wrong, model="small"))
+    cluster.config  # noqa: B018 (default flags)
+    events = await collect(cluster.address, PERCENT)
+    c1 = chunk_result(events, "c1")
+    assert c1.value == pytest.approx(36) and c1.checked_by == "exact_check"
+    asked = [n[:1] for e in events if e.WhichOneof("event") == "assignment" and e.assignment.chunk_id == "c1"
+             for n in e.assignment.node_ids]
+    assert "c" in asked  # the other model was asked before another copy of the wrong one
+    assert rewards(events, "c1")["c"].verdict == dellm_pb2.CORRECT
+    assert all(r.verdict == dellm_pb2.WRONG for k, r in rewards(events, "c1").items() if k != "c")
+    assert "360" not in events[-1].final.answer
+
+
+async def test_the_coordinator_serves_its_own_value_when_no_node_agrees(cluster: Cluster) -> None:
+    wrong = [CAPITAL, {"pattern": "(?i)15% of 240", "reply": "Answer: 360"}]
+    for name in ("a", "b", "c"):
+        await cluster.add_node(name, script(wrong))
+    events = await collect(cluster.address, PERCENT)
+    c1 = chunk_result(events, "c1")
+    assert c1.checked_by == "coordinator" and c1.value == pytest.approx(36)
+    assert "computed by the coordinator" in c1.answer and "360" in c1.answer  # says what the nodes said
+    final = events[-1].final
+    assert final.checked_by == "coordinator" and final.chunks[0].checked_by == "coordinator"
+    assert "36" in final.answer.replace("360", "")
+    assert all(r.verdict == dellm_pb2.WRONG and r.reward < 0 for r in rewards(events, "c1").values())
+
+
+async def test_dependent_arithmetic_is_checked_with_the_result_substituted(cluster: Cluster) -> None:
+    rules = [{"pattern": "(?i)Using those results", "reply": "Answer: 1000"},  # the dependent step, wrong
+             {"pattern": "(?i)123 plus 456", "reply": "Answer: 579"}]
+    for name in ("a", "b"):
+        await cluster.add_node(name, script(rules))
+    events = await collect(cluster.address, "What is 123 plus 456, then multiply the result by 2")
+    c2 = chunk_result(events, "c2")
+    assert c2.value == pytest.approx(1158) and c2.checked_by == "coordinator"
+    assert "1158" in events[-1].final.answer.replace(",", "")
+
+
+async def test_a_dependency_that_is_not_a_number_is_no_crash(cluster: Cluster) -> None:
+    rules = [{"pattern": "(?i)Using those results", "reply": "Answer: 10"},
+             {"pattern": "(?i)capital of japan", "reply": "Tokyo"}]
+    await cluster.add_node("a", script(rules))
+    events = await collect(cluster.address, "Name the capital of Japan, then multiply the result by 2")
+    assert events[-1].WhichOneof("event") == "final"
+    results = [e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result"]
+    assert all(r.checked_by != "coordinator" for r in results)  # nothing to check it against: no invented value
