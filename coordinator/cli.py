@@ -10,7 +10,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from dellm.coordinator.config import CoordinatorConfig, DecomposeConfig, DispatchConfig, HealthConfig, RouteConfig
+from dellm.coordinator.config import (
+    CoordinatorConfig,
+    DecomposeConfig,
+    DispatchConfig,
+    HealthConfig,
+    RouteConfig,
+    SynthesisConfig,
+)
 from dellm.coordinator.core import Coordinator
 from dellm.coordinator.discovery.base import Discovery
 from dellm.coordinator.discovery.static import StaticDiscovery
@@ -82,6 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="plan queries with the rules (default) or ask the coordinator's model, falling back "
                              "to the rules when its plan is invalid")
     parser.add_argument("--synth-threads", type=int, default=None, help="CPU threads for the synthesis model")
+    parser.add_argument("--synth-budget", type=float, default=SynthesisConfig.time_budget_s, metavar="SECONDS",
+                        help="synthesis time budget; past it the template answer is served (0: none; "
+                             "default %(default)s)")
     parser.add_argument("--registry", default=None,
                         help="where nodes, fitness and queries live: a SQLite file, or redis://HOST:PORT/DB to share "
                              f"them between coordinators (default {default_registry_path()})")
@@ -159,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         print("dellm-coordinator: --max-chunks must be at least 1", file=sys.stderr)
         return 2
     config = replace(config, decompose=replace(config.decompose, max_chunks=args.max_chunks))
+    if args.synth_budget is not None and args.synth_budget < 0:
+        print("dellm-coordinator: --synth-budget must be 0 (none) or more", file=sys.stderr)
+        return 2
+    config = replace(config, synthesis=replace(config.synthesis, time_budget_s=args.synth_budget or None))
     if args.samples < 1 or args.escalation_nodes < 0:
         print("dellm-coordinator: --samples must be at least 1 and --escalation-nodes at least 0", file=sys.stderr)
         return 2

@@ -82,7 +82,7 @@ def assemble_chunk(
 
     valid = [v for v in votes if v.group >= 0]
     # Answers that said something checkable: valid ones, and programs that ran wrong (a wrong answer each).
-    judged = valid or [a for a in answers if a.program.startswith(PROGRAM_FAILED)]
+    judged = bool(valid) or any(a.program.startswith(PROGRAM_FAILED) for a in answers)
     if not judged:  # every stream failed: the network could not answer, whatever the coordinator knows
         raise AssemblyError(f"no usable answer for chunk {chunk.chunk_id}")
     matched = expected is not None and any(answers_match(key, f"num:{format_number(expected)}") for key in groups)

@@ -45,11 +45,12 @@ def test_qwen_on_llama_cpp_answers_ten_percent_of_a_thousand(local: LocalCluster
     # Greedy decoding differs between SIMD builds, so the model's words are not fixed: what must hold is
     # that the exact check judges what the model actually said, and that a right answer is served.
     (reward,) = final.rewards
-    right = final_number(result.votes[0].answer) == 100
-    assert reward.source == "exact_check"
-    assert reward.verdict == (dellm_pb2.CORRECT if right else dellm_pb2.WRONG), result.votes[0].answer
-    if right:
-        assert "100" in final.answer
+    (vote,) = result.votes
+    right = vote.normalized == "num:100"  # what it is judged by: its program's value, else its words
+    assert reward.source == ("failure" if vote.failed else "exact_check"), vote.error
+    assert reward.verdict == (dellm_pb2.CORRECT if right else dellm_pb2.WRONG), vote.answer
+    assert "100" in final.answer  # right, or served by the coordinator (never a value proven wrong)
+    assert result.checked_by == ("exact_check" if right else "coordinator")
     assert 0.0 < result.votes[0].confidence <= 1.0  # from the model's own token probabilities
 
 
@@ -74,15 +75,18 @@ def test_transformers_backend_node_answers(local: LocalCluster) -> None:
 
 def test_model_synthesis_merges_chunk_results(local: LocalCluster) -> None:
     require_model(QWEN)
-    local.start_coordinator(synth_model=QWEN, extra=["--synth-threads", "2"])
+    # No time budget here: the model's answer must be judged, not cut off by a busy machine.
+    local.start_coordinator(synth_model=QWEN, extra=["--synth-threads", "2", "--synth-budget", "0"])
     for name in ("a", "b"):
         local.start_node(NodeSpec(name, backend="scripted", script=FIXTURES / "good.toml"))
     local.wait_for_nodes(2)
     events = ask(local.coordinator_address, "Calculate 10% interest on $1000 then find best savings accounts")
     final = events[-1].final
-    assert final.synthesis == f"model:{QWEN}"
+    # The model's words vary between builds: either they keep every result and invent nothing, or they are
+    # rejected, with the reason, for the template. Nothing the check has not passed reaches the client.
+    assert final.synthesis == f"model:{QWEN}" or final.synthesis.startswith("template: model answer rejected: ")
     answer_tokens = [e.answer_token.text for e in events if e.WhichOneof("event") == "answer_token"]
-    assert len(answer_tokens) > 3 and "".join(answer_tokens).strip() == final.answer
+    assert "".join(answer_tokens).strip() == final.answer.strip()
     assert "100" in final.answer
 
 
@@ -104,7 +108,6 @@ def test_mixed_network_with_gemma_base_model(local: LocalCluster) -> None:
     judged = [r for r in final.rewards if r.node_id in said and not said[r.node_id].failed]
     assert judged and all(r.source == "exact_check" for r in judged)
     for r in judged:
-        right = final_number(said[r.node_id].answer) == 100
+        right = said[r.node_id].normalized == "num:100"  # its program's value, else its words
         assert r.verdict == (dellm_pb2.CORRECT if right else dellm_pb2.WRONG), said[r.node_id].answer
-    if any(r.verdict == dellm_pb2.CORRECT for r in judged):
-        assert "100" in final.answer  # the exact check picks the right answer whoever gave it
+    assert "100" in final.answer  # the exact check picks the right answer whoever gave it, or serves its own
