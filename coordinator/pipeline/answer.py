@@ -89,7 +89,7 @@ def expected_value(chunk: Chunk, dependencies: Sequence[ChunkResult]) -> float |
     if chunk.operation is not Operation.MATH_OP:
         return None
     prior = dependencies[-1].value if dependencies else None
-    return exact_answer(chunk.text, prior) if prior is not None else exact_answer(chunk.text)
+    return exact_answer(chunk.text, prior)
 
 
 def label_chunk_id(plan: Plan) -> str | None:

@@ -12,7 +12,8 @@ import functools
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 from dellm.coordinator.pipeline.operations import Operation
 
@@ -96,20 +97,471 @@ def reference_key(operation: Operation, expected: float | None = None, label: st
     return None
 
 
-_PERCENT_OF = re.compile(
-    r"(\d[\d,]*(?:\.\d+)?)\s*%\s*(?:interest\s+|tax\s+|tip\s+|discount\s+)?(?:of|on)\s+\$?\s*(\d[\d,]*(?:\.\d+)?)",
-    re.I,
-)
-_WORD_OPERATORS = (
-    (re.compile(r"\bdivided\s+by\b", re.I), "/"),
-    (re.compile(r"\b(?:multiplied\s+by|times)\b", re.I), "*"),
-    (re.compile(r"\bplus\b", re.I), "+"),
-    (re.compile(r"\bminus\b", re.I), "-"),
-)
+# --- exact arithmetic: the one computation a chunk asks for ----------------------------------------
+#
+# The text is read as tokens (numbers, words, symbols) and every computation in it is found: a written
+# expression ("12 * 7 + 3", "15 plus 27", "5 squared"), a phrase ("add 2 and 3", "the sum of 1, 2 and 3",
+# "15% of 240", "increase 80 by 5%"), or a step on the result of the step the chunk depends on ("multiply
+# the result by 2", "add 10 to that", "double it", "divide by 4"). A reading is a Python expression in
+# PRIOR (that earlier result), evaluated by the guarded evaluator below. Text holding anything but
+# exactly one computation (none, two, a stray number or operator, a phrase that reads two ways) has no
+# exact answer: the check never guesses.
 
-_OPERAND = r"\(?\s*-?\d[\d,]*(?:\.\d+)?\s*\)?"
-# A whole expression, not part of a longer token ("2.5 * 4e3" is not read as 2.5 * 4).
-_EXPRESSION = re.compile(rf"(?<![\w.]){_OPERAND}(?:\s*[-+*/x×÷^]\s*{_OPERAND})+(?![\w.]*\d|[a-wyzA-Z])")
+PRIOR = "P"  # the name the earlier result takes in a reading
+
+_TOKEN = re.compile(
+    r"(?P<unreadable>(?>\d[\d,]*(?:\.\d+)?)(?:e[+-]?\d|\.\d)[\w.]*|0x[0-9a-f]+)"  # 4e3, 1.2.3, 0x1f
+    r"|(?P<ordinal>\d+(?:st|nd|rd|th)\b)"
+    r"|(?P<number>\d+(?:,\d+)*(?:\.\d+)?|\.\d+)"
+    r"|(?P<word>[a-z]+(?:'[a-z]+)?)"
+    r"|(?P<symbol>\*\*|[-+*/^%()=,.;:?!√])"
+)
+_PLAIN_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+")  # "1,2,3" is not one
+_SPELLING = str.maketrans({"×": "*", "÷": "/", "−": "-", "$": " ", "€": " ", "£": " ", "¥": " "})
+
+# Outside the computation, these mean a second (unread) computation: the text has no exact answer.
+# So do scale words ("5 million", "3 dozen") and words that ask for another form of the value ("rounded",
+# "in binary", "the remainder").
+_STRAY_WORDS = frozenset({
+    "plus", "minus", "times", "multiplied", "divided", "squared", "cubed", "sqrt", "add", "subtract", "deduct",
+    "multiply", "divide", "percent", "increased", "decreased",
+    "dozen", "hundred", "thousand", "million", "billion", "trillion",
+    "round", "rounded", "rounding", "nearest", "floor", "ceiling", "remainder", "modulo", "mod", "binary", "hex",
+    "hexadecimal", "octal", "roman", "fraction", "factorial",
+})
+# ... and these too when an operand follows them ("double 4", "the sum of").
+_OPERATOR_WORDS = frozenset({"double", "triple", "quadruple", "halve", "half", "twice", "thrice", "square",
+                             "cube", "root", "power", "sum", "total", "product", "difference", "quotient",
+                             "average", "mean", "increase", "decrease", "reduce", "raise", "lower", "over",
+                             "x", "+", "-", "*", "/", "^", "**", "%", "√"})
+# Words the grammar reads: never a unit after a number ("5 km"), never the noun after "that".
+_CONNECTIVES = frozenset({
+    "a", "an", "the", "it", "that", "this", "and", "or", "to", "by", "of", "from", "on", "in", "into", "for",
+    "with", "then", "than", "is", "are", "equals", "plus", "minus", "times", "x", "over", "divided", "multiplied",
+    "squared", "cubed", "raised", "percent", "per", "more", "less", "fewer", "increased", "decreased", "reduced",
+    "lowered", "next", "also", "finally", "afterwards", "after", "please", "now",
+}) | _STRAY_WORDS
+_CLAUSE_ENDS = frozenset({",", ".", ";", ":", "?", "!", "and", "then", "please", "now", "next", "afterwards",
+                          "finally"})
+_RESULT_NOUNS = frozenset({"result", "answer", "total", "sum", "product", "difference", "quotient", "outcome"})
+_VALUE_NOUNS = _RESULT_NOUNS | {"number", "amount", "value", "figure"}
+_RESULT_ADJECTIVES = frozenset({"previous", "last", "prior", "final", "resulting", "new", "above"})
+_PERCENT_QUALIFIERS = frozenset({"interest", "tax", "tip", "discount", "commission", "fee", "vat", "gratuity",
+                                 "sales", "annual", "yearly", "simple", "service", "charge"})
+
+# (phrase, Python operator, precedence level, spelled in words)
+_INFIX = (
+    ("raised to the power of", "**", "power", True),
+    ("to the power of", "**", "power", True),
+    ("to the power", "**", "power", True),
+    ("raised to", "**", "power", True),
+    ("multiplied by", "*", "product", True),
+    ("divided by", "/", "product", True),
+    ("times", "*", "product", True),
+    ("over", "/", "product", True),
+    ("plus", "+", "sum", True),
+    ("minus", "-", "sum", True),
+    ("x", "*", "product", False),
+    ("*", "*", "product", False),
+    ("/", "/", "product", False),
+    ("+", "+", "sum", False),
+    ("-", "-", "sum", False),
+    ("^", "**", "power", False),
+    ("**", "**", "power", False),
+)
+_POSTFIX = {"squared": "**2", "cubed": "**3"}
+_SCALING_VERBS = {"double": "*2", "triple": "*3", "quadruple": "*4", "halve": "/2", "square": "**2", "cube": "**3"}
+_CHANGE_VERBS = {"increase": "+", "raise": "+", "decrease": "-", "reduce": "-", "lower": "-",
+                 "increased": "+", "raised": "+", "decreased": "-", "reduced": "-", "lowered": "-"}
+
+
+class _Token(NamedTuple):
+    kind: str  # number, word, symbol or ordinal
+    text: str
+
+
+class _Reading(NamedTuple):
+    source: str  # a Python expression in PRIOR
+    end: int  # the index of the first token after the reading
+    computes: bool = True  # False for a bare operand ("12", "the result")
+
+
+class _AmbiguousError(ValueError):
+    """A phrase that reads two ways ("3 plus 4 times 2"): no exact answer, never a guess."""
+
+
+def _tokens(text: str) -> list[_Token] | None:
+    """The text's tokens, lower-cased, currency signs dropped; None when a number cannot be read (4e3)."""
+    tokens: list[_Token] = []
+    for match in _TOKEN.finditer(text.lower().translate(_SPELLING)):
+        kind, token = match.lastgroup or "", match.group()
+        if kind == "unreadable" or (kind == "number" and not _PLAIN_NUMBER.fullmatch(token)):
+            return None
+        tokens.append(_Token(kind, token))
+    return tokens
+
+
+class _Reader:
+    """Finds the computations in a token list. Each method reads at token ``i`` and returns what it
+    read with the index after it, or None (or no readings)."""
+
+    def __init__(self, tokens: Sequence[_Token]) -> None:
+        self._tokens = tokens
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def text(self, i: int) -> str:
+        return self._tokens[i].text if 0 <= i < len(self._tokens) else ""
+
+    def kind(self, i: int) -> str:
+        return self._tokens[i].kind if 0 <= i < len(self._tokens) else ""
+
+    def phrase(self, i: int, phrase: str) -> int | None:
+        words = phrase.split()
+        return i + len(words) if all(self.text(i + k) == w for k, w in enumerate(words)) else None
+
+    def clause_end(self, i: int) -> bool:
+        return i >= len(self._tokens) or self.text(i) in _CLAUSE_ENDS
+
+    # --- operands ---
+
+    def number(self, i: int) -> _Reading | None:
+        """A number: an optional minus sign, the digits, and one unit word skipped ("5 km", "$5")."""
+        negative = self.text(i) == "-" and self.kind(i + 1) == "number"
+        j = i + 1 if negative else i
+        if self.kind(j) != "number":
+            return None
+        value = float(self.text(j).replace(",", ""))
+        j += 1
+        if self.kind(j) == "word" and self.text(j) not in _CONNECTIVES:
+            j += 1
+        return _Reading(f"({-value if negative else value!r})", j, computes=False)
+
+    def reference(self, i: int) -> int | None:
+        """The end of a reference to the earlier result: "the result", "that amount", "it", "this"."""
+        word = self.text(i)
+        if word == "it":
+            return i + 1
+        if word not in ("the", "that", "this"):
+            return None
+        j = i + 1
+        adjective = self.text(j) in _RESULT_ADJECTIVES
+        j += adjective
+        nouns = _RESULT_NOUNS if word == "the" and not adjective else _VALUE_NOUNS
+        if self.text(j) in nouns:
+            if self.text(j + 1) in ("of", "between"):  # "the sum of 3 and 4" is a computation
+                return None
+            return j + 1 + (self.text(j + 1) == "above")
+        bare = word != "the" and not adjective
+        if bare and not (self.kind(j) == "word" and self.text(j) not in _CONNECTIVES):  # not "that apple"
+            return j
+        return None
+
+    def operand(self, i: int) -> _Reading | None:
+        """A number, the earlier result, a bracketed expression, or a square root ("sqrt(16)", "√16")."""
+        if self.text(i) in ("a", "an") and self.kind(i + 1) == "number":
+            i += 1
+        number = self.number(i)
+        if number is not None:
+            return number
+        if self.text(i) == "(":
+            inner = self.expression(i + 1)
+            if inner is None or self.text(inner.end) != ")":
+                return None
+            return _Reading(f"({inner.source})", inner.end + 1, inner.computes)
+        if self.text(i) in ("sqrt", "√"):
+            inner = self.operand(i + 1)
+            return None if inner is None else _Reading(f"sqrt({inner.source})", inner.end)
+        end = self.reference(i)
+        return None if end is None else _Reading(PRIOR, end, computes=False)
+
+    def items(self, i: int) -> tuple[list[str], int] | None:
+        """Two or more operands: "A and B", "A, B and C", "A, B, and C", "A, B, C"."""
+        first = self.operand(i)
+        if first is None:
+            return None
+        sources, end = [first.source], first.end
+        while self.text(end) in (",", "and"):
+            j = end + 1 + (self.text(end) == "," and self.text(end + 1) == "and")
+            item = self.operand(j)
+            if item is None:
+                break
+            sources.append(item.source)
+            end = item.end
+        return (sources, end) if len(sources) > 1 else None
+
+    def rate(self, i: int) -> _Reading | None:
+        """A percentage: "15%", "15 percent", "15 per cent" (the number itself, not yet divided by 100)."""
+        number = self.number(i)
+        if number is None:
+            return None
+        end = self.phrase(number.end, "%") or self.phrase(number.end, "percent") or self.phrase(number.end, "per cent")
+        return None if end is None else _Reading(number.source, end)
+
+    # --- computations ---
+
+    def expression(self, i: int) -> _Reading | None:
+        """Operands joined by infix operators (usual precedence), the first one maybe "squared"/"cubed".
+        Spelled operators of different precedence ("3 plus 4 times 2") and "squared" after an operator
+        ("2 plus 3 squared") read two ways."""
+        first = self.operand(i)
+        if first is None:
+            return None
+        operands: list[str] = [first.source]
+        operators: list[str] = []
+        end, computes = first.end, first.computes
+        levels: set[str] = set()
+        spelled = False
+        while True:
+            if self.text(end) in _POSTFIX:
+                if operators:  # "2 plus 3 squared": (2 + 3)^2 or 2 + 3^2
+                    raise _AmbiguousError("squared/cubed after an operator")
+                operands[-1] = f"({operands[-1]}){_POSTFIX[self.text(end)]}"
+                end, computes = end + 1, True
+                continue
+            infix = next(((symbol, level, worded, after) for phrase, symbol, level, worded in _INFIX
+                          if (after := self.phrase(end, phrase)) is not None), None)
+            if infix is None:
+                break
+            symbol, level, worded, after = infix
+            right = self.operand(after)
+            if right is None:
+                break
+            operators.append(symbol)
+            operands.append(right.source)
+            end, computes, spelled = right.end, True, spelled or worded
+            levels.add(level)
+        if spelled and len(levels) > 1:
+            raise _AmbiguousError("spelled operators of different precedence")
+        source = operands[0] + "".join(op + x for op, x in zip(operators, operands[1:], strict=True))
+        return _Reading(source, end, computes)
+
+    def change(self, base: str, i: int, sign: str) -> _Reading | None:
+        """ "by 5%" (base +/- 5% of base) or "by 5" (base +/- 5) after increase/decrease and the like."""
+        by = self.phrase(i, "by")
+        if by is None:
+            return None
+        rate = self.rate(by)
+        if rate is not None:
+            return _Reading(f"{base}{sign}{base}*{rate.source}/100", rate.end)
+        amount = self.operand(by)
+        return None if amount is None else _Reading(f"{base}{sign}{amount.source}", amount.end)
+
+    def verb(self, i: int) -> list[_Reading]:
+        """ "add A and B", "add A to B", "subtract A from B", "multiply A by B", "divide A by B",
+        "double A", "square A", "increase A by B%", "raise A to the power of B"; without A
+        ("add 10", "multiply by 2", "increase by 5%") the step works on the earlier result."""
+        word = self.text(i)
+        j = i + 1 + (word in ("add", "sum") and self.text(i + 1) in ("together", "up"))
+        adds = word in ("add", "subtract", "deduct")
+        share = self.share(j) if adds else None  # "add 20% of the result to it"
+        rate = self.rate(j) if adds and share is None else None  # "add 10% to 50", "subtract 10%"
+        a = share or self.operand(j)
+        found: list[_Reading] = []
+
+        def then(end: int | None, source: Callable[[str], str]) -> None:
+            """Read an operand at ``end`` (after "to", "by", ...) and keep source(operand)."""
+            b = self.operand(end) if end is not None else None
+            if b is not None:
+                found.append(_Reading(source(b.source), b.end))
+
+        if word in ("add", "sum", "multiply"):
+            listed = self.items(j)
+            if listed is not None:
+                found.append(_Reading(("*" if word == "multiply" else "+").join(listed[0]), listed[1]))
+        if rate is not None:  # "add 10% to 50" is 55; "subtract 10%" takes 10% off the earlier result
+            sign = "+" if word == "add" else "-"
+            then(self.phrase(rate.end, "to" if word == "add" else "from"), lambda b: f"{b}{sign}{b}*{rate.source}/100")
+            if self.clause_end(rate.end):
+                found.append(_Reading(f"{PRIOR}{sign}{PRIOR}*{rate.source}/100", rate.end))
+        elif word == "add" and a is not None:
+            then(self.phrase(a.end, "to"), lambda b: f"{a.source}+{b}")
+            more = a.end + (self.text(a.end) == "more")
+            if self.clause_end(more) and PRIOR not in a.source:  # "add 10", not "add it" (to what?)
+                found.append(_Reading(f"{PRIOR}+{a.source}", more))
+        elif word in ("subtract", "deduct") and a is not None:
+            then(self.phrase(a.end, "from"), lambda b: f"{b}-{a.source}")
+            if self.clause_end(a.end) and PRIOR not in a.source:
+                found.append(_Reading(f"{PRIOR}-{a.source}", a.end))
+        elif word in ("multiply", "divide"):
+            symbol = "*" if word == "multiply" else "/"
+            if a is not None:
+                then(self.phrase(a.end, "by"), lambda b: f"{a.source}{symbol}{b}")
+                if word == "multiply":
+                    then(self.phrase(a.end, "times"), lambda b: f"{a.source}*{b}")
+            by = self.phrase(j, "by")
+            b = self.operand(by) if by is not None else None
+            if b is not None and self.clause_end(b.end) and PRIOR not in b.source:
+                found.append(_Reading(f"{PRIOR}{symbol}{b.source}", b.end))
+        elif word in _SCALING_VERBS and a is not None and (
+                self.kind(i - 1) != "number" and self.text(i - 1) not in ("a", "an", "the")):  # not "a square 5 m"
+            found.append(_Reading(f"({a.source}){_SCALING_VERBS[word]}", a.end))
+        if word in _CHANGE_VERBS:
+            changed = self.change(a.source, a.end, _CHANGE_VERBS[word]) if a is not None else None
+            if changed is not None:
+                found.append(changed)
+            by = self.phrase(j, "by")
+            amount = self.operand(by) if by is not None else None  # "increase by 5%", not "increase by it"
+            changed = self.change(PRIOR, j, _CHANGE_VERBS[word])
+            if changed is not None and self.clause_end(changed.end) and amount and PRIOR not in amount.source:
+                found.append(changed)
+        if word == "raise" and a is not None:
+            then(self.phrase(a.end, "to the power of") or self.phrase(a.end, "to"), lambda b: f"{a.source}**{b}")
+        return found
+
+    def noun(self, i: int) -> list[_Reading]:
+        """ "the sum/product/average of A, B and C", "the difference between A and B", "the quotient
+        of A and B", "the square/cube root of A", "the square of A", "half of A", "a third of A",
+        "twice A"; "the square root" alone is the earlier result's."""
+        j = i + (self.text(i) in ("the", "a", "an", "one"))
+        j += self.text(j) == "arithmetic" and self.text(j + 1) == "mean"
+        word = self.text(j)
+        found: list[_Reading] = []
+        joint = self.text(j + 1) == "of" or (word == "difference" and self.text(j + 1) == "between")
+        listed = self.items(j + 2) if joint else None
+        if listed is not None:
+            sources, end = listed
+            if word in ("sum", "total"):
+                found.append(_Reading("+".join(sources), end))
+            elif word == "product":
+                found.append(_Reading("*".join(sources), end))
+            elif word in ("average", "mean"):
+                found.append(_Reading(f"({'+'.join(sources)})/{len(sources)}", end))
+            elif word == "difference" and len(sources) == 2:
+                found.append(_Reading(f"difference({sources[0]},{sources[1]})", end))
+            elif word == "quotient" and len(sources) == 2:
+                found.append(_Reading(f"{sources[0]}/{sources[1]}", end))
+        if word in ("square", "cube") and self.text(j + 1) == "root":
+            function = "sqrt" if word == "square" else "cbrt"
+            start = self.phrase(j + 2, "of")
+            a = self.operand(start) if start is not None else None
+            if a is not None:
+                found.append(_Reading(f"{function}({a.source})", a.end))
+            elif self.clause_end(j + 2):  # "then take the square root"
+                found.append(_Reading(f"{function}({PRIOR})", j + 2))
+        elif word in ("square", "cube") and self.text(j + 1) == "of" and j > i:
+            a = self.operand(j + 2)
+            if a is not None:
+                found.append(_Reading(f"({a.source}){_POSTFIX['squared' if word == 'square' else 'cubed']}", a.end))
+        fraction = {"half": 2, "third": 3, "quarter": 4, "fourth": 4}.get(word)
+        if fraction is not None and (word == "half" or (j > i and self.text(i) != "the")):
+            a = self.operand(j + 1 + (self.text(j + 1) == "of"))
+            if a is not None and (word == "half" or self.text(j + 1) == "of"):
+                found.append(_Reading(f"({a.source})/{fraction}", a.end))
+        if word in ("twice", "thrice") and j == i:
+            a = self.operand(j + 1)
+            if a is not None:
+                found.append(_Reading(f"({a.source})*{2 if word == 'twice' else 3}", a.end))
+        return found
+
+    def share(self, i: int) -> _Reading | None:
+        """ "15% of 240", "10% interest on 1000" (the interest: 100)."""
+        rate = self.rate(i)
+        if rate is None:
+            return None
+        k = rate.end
+        while self.text(k) in _PERCENT_QUALIFIERS and k < rate.end + 2:
+            k += 1
+        base = self.operand(k + 1) if self.text(k) in ("of", "on") else None
+        return None if base is None else _Reading(f"({rate.source}*{base.source}/100)", base.end)
+
+    def percent(self, i: int) -> list[_Reading]:
+        """ "15% of 240", "10% interest on 1000" (the interest), "20% more/less than 50"; "A increased
+        by 5%" and "A decreased by 5"."""
+        share = self.share(i)
+        found: list[_Reading] = [] if share is None else [share]
+        rate = self.rate(i)
+        if rate is not None:
+            for phrase, sign in (("more than", "+"), ("less than", "-"), ("fewer than", "-")):
+                than = self.phrase(rate.end, phrase)
+                base = self.operand(than) if than is not None else None
+                if base is not None:
+                    found.append(_Reading(f"{base.source}{sign}{base.source}*{rate.source}/100", base.end))
+        a = self.operand(i)
+        if a is not None and self.text(a.end) in _CHANGE_VERBS and self.text(a.end).endswith("ed"):
+            changed = self.change(a.source, a.end + 1, _CHANGE_VERBS[self.text(a.end)])
+            if changed is not None:
+                found.append(changed)
+        return found
+
+    def computation(self, i: int) -> _Reading | None:
+        """The longest computation starting at token i."""
+        readings = [*self.verb(i), *self.noun(i), *self.percent(i)]
+        expression = self.expression(i)
+        if expression is not None and expression.computes:
+            readings.append(expression)
+        return max(readings, key=lambda reading: reading.end, default=None)
+
+    def stray(self, k: int) -> bool:
+        """Whether token k, outside the computation, is a number or an operator (a second computation)."""
+        kind, text = self.kind(k), self.text(k)
+        if kind in ("number", "ordinal") or (kind == "word" and text in _STRAY_WORDS):
+            return True
+        if text == "=" or text in _OPERATOR_WORDS:
+            follows = self.operand(k + 1) is not None or self.text(k + 1) in ("(", "of", "between", "by", "to")
+            return follows or (text != "=" and kind == "symbol" and self.kind(k - 1) == "number")
+        return False
+
+    def units(self, start: int, end: int) -> set[str]:
+        """The unit words after the numbers in tokens start..end, singular ("km", "hour")."""
+        return {self.text(k + 1).removesuffix("s") for k in range(start, end - 1)
+                if self.kind(k) == "number" and self.kind(k + 1) == "word" and self.text(k + 1) not in _CONNECTIVES}
+
+    def continues(self, end: int) -> bool:
+        """Whether the computation ending at ``end`` goes on ("add 5 and 3 to it", "divide 8 by 2 by 2",
+        "1/4 of his salary")."""
+        if self.text(end) == "of":
+            return True
+        return self.text(end) in ("to", "by", "from", "than", "into") and self.operand(end + 1) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _reading(text: str) -> ast.Expression | None:
+    """The one computation ``text`` asks for, as a Python expression in PRIOR; None without exactly one."""
+    tokens = _tokens(text)
+    if tokens is None:
+        return None
+    reader = _Reader(tokens)
+    spans: list[tuple[int, _Reading]] = []
+    i = 0
+    try:
+        while i < len(reader):
+            found = reader.computation(i)
+            if found is None:
+                i += 1
+                continue
+            spans.append((i, found))
+            i = found.end
+    except (_AmbiguousError, RecursionError):  # RecursionError: hundreds of nested brackets
+        return None
+    if len(spans) != 1:
+        return None
+    start, reading = spans[0]
+    outside = [k for k in range(len(reader)) if not start <= k < reading.end]
+    if reader.continues(reading.end) or any(reader.stray(k) for k in outside):
+        return None
+    if len(reader.units(start, reading.end)) > 1:  # "5 km plus 300 m"
+        return None
+    try:
+        return ast.parse(reading.source, mode="eval")
+    except (SyntaxError, RecursionError):
+        return None
+
+
+def _cube_root(x: float) -> float:
+    root = math.cbrt(x)
+    whole = round(root)
+    return float(whole) if whole**3 == x else root  # libm's cbrt(27) is 3.0000000000000004
+
+
+def _difference(a: float, b: float) -> float:
+    """ "The difference between A and B": A - B; when A < B it may mean B - A too, so it is not read."""
+    if a < b:
+        raise ValueError("the difference of a smaller and a larger number reads two ways")
+    return a - b
+
+
 _BINARY: Mapping[type[ast.operator], Callable[[float, float], float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -117,45 +569,76 @@ _BINARY: Mapping[type[ast.operator], Callable[[float, float], float]] = {
     ast.Div: operator.truediv,
     ast.Pow: operator.pow,
 }
+_FUNCTIONS: Mapping[str, Callable[..., float]] = {"sqrt": math.sqrt, "cbrt": _cube_root, "difference": _difference}
+MAX_EXPONENT = 64  # a larger power is refused ("2 ^ 100000")
 
 
-def _evaluate(node: ast.AST) -> float:
+def _evaluate(node: ast.AST, prior: float | None) -> float:
     if isinstance(node, ast.Expression):
-        return _evaluate(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return _evaluate(node.body, prior)
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
         return float(node.value)
+    if isinstance(node, ast.Name) and node.id == PRIOR:
+        if prior is None:
+            raise ValueError("the text works on an earlier result, and none is given")
+        return prior
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > 64:
+        left, right = _evaluate(node.left, prior), _evaluate(node.right, prior)
+        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
             raise ValueError("exponent too large")
-        return _BINARY[type(node.op)](left, right)
+        value = _BINARY[type(node.op)](left, right)
+        if not isinstance(value, float):  # (-8) ** (1/3) is complex
+            raise ValueError("not a real number")
+        return value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_evaluate(node.operand)
+        return -_evaluate(node.operand, prior)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS:
+        return _FUNCTIONS[node.func.id](*(_evaluate(arg, prior) for arg in node.args))
     raise ValueError(f"unsupported expression element {type(node).__name__}")
 
 
-@functools.lru_cache(maxsize=4096)  # read three times per chunk (prompt, settling, reward): parse once
-def exact_answer(text: str) -> float | None:
-    """The value of the arithmetic a chunk asks for, when it can be read exactly; else None.
+def _uses_prior(reading: ast.Expression) -> bool:
+    return any(isinstance(node, ast.Name) and node.id == PRIOR for node in ast.walk(reading))
 
-    Handles "X% [interest] of/on [$]Y" and plain expressions such as "12 * 7 + 3" or
-    "15 plus 27". Word problems ("Janet has 16 eggs...") are not read: None.
+
+@functools.lru_cache(maxsize=4096)  # read three times per chunk (prompt, settling, reward): parse once
+def exact_answer(text: str, prior: float | None = None) -> float | None:
+    """The value of the one computation a chunk asks for, when it can be read exactly; else None.
+
+    ``prior`` is the result of the step the chunk depends on (its last dependency): "multiply the result
+    by 2", "add 10 to that", "double it" and "divide by 4" work on it, and without it they are None.
+    Reads written expressions ("12 * 7 + 3", "15 plus 27", "2 to the power of 10", "5 squared"),
+    phrases ("add 2 and 3", "subtract 5 from 20", "the average of 2, 4 and 9", "15% of 240", "10%
+    interest on $1000", "increase 80 by 5%", "the square root of 144", "half of 30") with numbers
+    written in digits ("1,000", "-5", "$20", "5 km"). Word problems ("Janet has 16 eggs..."), two
+    computations, a stray number and a phrase that reads two ways are None: never a guess.
     """
-    percent = _PERCENT_OF.findall(text)
-    if len(percent) == 1:
-        rate, base = (parse_number(x) for x in percent[0])
-        if rate is not None and base is not None:
-            return rate * base / 100.0
-    spelled = text
-    for pattern, symbol in _WORD_OPERATORS:
-        spelled = pattern.sub(symbol, spelled)
-    expressions = _EXPRESSION.findall(spelled)
-    if len(expressions) != 1:
+    reading = _reading(text)
+    if reading is None:
         return None
-    source = expressions[0].replace(",", "").replace("×", "*").replace("x", "*").replace("÷", "/")
-    source = source.replace("^", "**")
     try:
-        value = _evaluate(ast.parse(source, mode="eval"))
-    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
+        value = _evaluate(reading, prior)
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError, RecursionError):
         return None
     return value if math.isfinite(value) else None
+
+
+def reads_arithmetic(text: str, dependent: bool = False) -> bool:
+    """Whether ``exact_answer`` reads ``text`` as one computation. A dependent chunk's computation may
+    work on the earlier result ("multiply the result by 2"), which is unknown when the query is planned."""
+    reading = _reading(text)
+    return reading is not None and (dependent or not _uses_prior(reading))
+
+
+def refers_to_prior(text: str) -> bool:
+    """Whether ``text`` reads as one computation on an earlier result ("double it", "add 10")."""
+    reading = _reading(text)
+    return reading is not None and _uses_prior(reading)
+
+
+def prior_value(dependency_answers: Sequence[str]) -> float | None:
+    """The earlier result a dependent chunk's arithmetic works on: the last dependency's final number."""
+    if not dependency_answers:
+        return None
+    value = final_number(dependency_answers[-1])
+    return value if value is not None and math.isfinite(value) else None

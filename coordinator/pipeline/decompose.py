@@ -3,7 +3,8 @@
 Rule-based: sequence words ("then", "after that", "based on this", ...) split the query
 into steps that depend on the step before; "and"/"also" between two clauses that each
 start with an action verb split into independent steps. A query the rules cannot split
-is one chunk. Pure: no I/O.
+is one chunk. A chunk whose arithmetic the coordinator reads exactly (answers.exact_answer) is a
+MATH_OP chunk; otherwise the operations table's keywords type it. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 
 from dellm.coordinator.config import DecomposeConfig
 from dellm.coordinator.errors import InvalidQueryError
+from dellm.coordinator.pipeline.answers import reads_arithmetic, refers_to_prior
 from dellm.coordinator.pipeline.operations import OPERATIONS, Operation, classify
 from dellm.coordinator.types import Chunk, Plan
 
@@ -24,10 +26,19 @@ _SENTENCE = re.compile(r"(?<=[.?!;])\s+(?=[A-Z])")
 
 _ACTION_START = re.compile(
     r"^(calculate|compute|find|search|look up|list|compare|write|generate|draft|compose|create|summari[sz]e|"
-    r"explain|describe|translate|suggest|solve|estimate|tell|give|name|what|how|who|which|when|where|why)\b",
+    r"explain|describe|translate|suggest|solve|estimate|tell|give|name|what|how|who|which|when|where|why|"
+    r"work out|figure out|evaluate|determine)\b",
     re.I,
 )
-_CONJUNCTION = re.compile(r"\s*(?:,\s*)?\b(?:and\s+also|and|also|as\s+well\s+as)\b\s+", re.I)
+# An arithmetic verb with its operand ("Add 5 and 3", "Multiply the result by 2", "Double it") starts an
+# instruction; "Square tiles cost $2" and "Double rooms..." stay statements.
+_ARITHMETIC_START = re.compile(
+    r"^(?:add|sum|subtract|deduct|multiply|divide|double|triple|halve|square|cube|increase|decrease|reduce|raise)\s+"
+    r"(?:-?\$?\d|\(|by\b|it\b|that\b|this\b|the\s+(?:result|answer|sum|product|total|difference|previous|last)\b)",
+    re.I,
+)
+_LEADING_FILLER = re.compile(r"^(?:first(?:ly)?|please|now|ok(?:ay)?)\b\s*,?\s*", re.I)
+_CONJUNCTION = re.compile(r"(\s*(?:,\s*)?\b(?:and\s+also|and|also|as\s+well\s+as)\b\s+|\s*,\s+)", re.I)
 _REFERS_BACK = re.compile(
     r"\b(it|its|them|the result|the answer|this (?:result|amount|number|value)|that (?:result|amount|number|value))\b",
     re.I,
@@ -58,12 +69,28 @@ def _clean(part: str) -> str:
     return part.strip(" \t\n,;.").strip()
 
 
+def _starts_action(text: str) -> bool:
+    """Whether text is an instruction: "find ...", "what ...", "Add 5 and 3", "First, add 5 and 3"."""
+    text = _LEADING_FILLER.sub("", text)
+    return bool(_ACTION_START.match(text) or _ARITHMETIC_START.match(text))
+
+
 def _split_conjunctions(step: str) -> list[str]:
-    """Split "find X and compare Y" into independent parts when each part starts with an action."""
-    pieces = _CONJUNCTION.split(step)
-    if len(pieces) > 1 and all(_ACTION_START.match(_clean(p)) for p in pieces if _clean(p)):
-        return [_clean(p) for p in pieces if _clean(p)]
-    return [step]
+    """Split "find X and compare Y" into parts at each "and"/"also"/comma followed by an action ("compare",
+    "what", "add 5 ..."), or between two computations ("999 plus 1 and 50 times 50"). A piece that starts
+    no action stays with the part before it ("Add 250 and 175", "the average of 12, 18 and 27, and what
+    is ..."); a step that starts as a statement ("Tom has 3 apples and ...") is not split."""
+    pieces = _CONJUNCTION.split(step)  # text, separator, text, ...
+    if not _starts_action(_clean(pieces[0])):
+        return [step]
+    parts = [pieces[0]]
+    for separator, piece in zip(pieces[1::2], pieces[2::2], strict=True):
+        text = _clean(piece)
+        if text and (_starts_action(text) or (reads_arithmetic(_clean(parts[-1])) and reads_arithmetic(text))):
+            parts.append(piece)
+        else:
+            parts[-1] += separator + piece
+    return [_clean(p) for p in parts if _clean(p)]
 
 
 def _units(text: str) -> list[tuple[str, str]]:
@@ -73,7 +100,7 @@ def _units(text: str) -> list[tuple[str, str]]:
     context: list[str] = []
     for sentence in _SENTENCE.split(text):
         body = _clean(_LEADING_CONJUNCTION.sub("", _LEADING_SEQUENCE.sub("", sentence)))
-        if not sentence.rstrip().endswith("?") and not _ACTION_START.match(body):
+        if not sentence.rstrip().endswith("?") and not _starts_action(body):
             context.append(sentence.strip())
             continue
         units.append((" ".join(context), sentence.strip()))
@@ -84,6 +111,13 @@ def _units(text: str) -> list[tuple[str, str]]:
         else:
             units.append(("", " ".join(context)))
     return units
+
+
+def operation_of(text: str, dependent: bool = False) -> Operation:
+    """A chunk's operation: MATH_OP whenever the coordinator can compute its arithmetic exactly ("Add 2
+    and 3", "What is 15% of 240", and on a dependent chunk "multiply the result by 2", whose earlier
+    result is not known yet); otherwise its keywords decide (see classify)."""
+    return Operation.MATH_OP if reads_arithmetic(text, dependent) else classify(text)
 
 
 def check_query(query: str, config: DecomposeConfig) -> None:
@@ -113,7 +147,7 @@ def decompose(query: str, config: DecomposeConfig | None = None) -> Plan:
                 step = f"{context} {step}"
             sequential = index > 0 or unit_sequential
             for position, part in enumerate(_split_conjunctions(step)):
-                refers_back = bool(_REFERS_BACK.search(part))
+                refers_back = bool(_REFERS_BACK.search(part)) or refers_to_prior(part)  # "multiply by 2"
                 if position == 0 or refers_back:  # "find X and compare it": the second waits
                     steps.append(([part], bool(steps) and (sequential or refers_back)))
                 else:
@@ -132,7 +166,7 @@ def decompose(query: str, config: DecomposeConfig | None = None) -> Plan:
         depends_on: tuple[str, ...] = ()
         if steps[level][1] and level - 1 in ids_by_level:
             depends_on = tuple(ids_by_level[level - 1])
-        operation = classify(part)
+        operation = operation_of(part, dependent=bool(depends_on))
         chunks.append(
             Chunk(
                 chunk_id=chunk_id,

@@ -33,17 +33,48 @@ class OperationSpec:
     checked_exactly: bool  # the coordinator can compute the right answer (arithmetic)
 
 
+# Arithmetic context for the word operators: a word counts only next to a number or a reference to an
+# earlier result ("15 plus 27", "multiply the result by 2", "the sum of 3 and 4"), so that "add milk to
+# the list", "a double room" and "the difference between cats and dogs" are not arithmetic.
+_NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
+_REF = (r"\b(?:it\b|(?:the|that|this)\s+(?:previous\s+|last\s+)?(?:result|answer|total|sum|product|difference)|"
+        r"(?:that|this)\s+(?:number|amount|value)|(?:that|this)(?=\s*(?:$|[.,;!?]|(?:then|and|by|to|from)\b)))")
+_OPERAND = rf"(?:{_NUM}|{_REF})"
+_ARITHMETIC_PAIR = rf"(?:{_NUM}\s+and\s+{_OPERAND}|{_REF}\s+and\s+{_NUM})"  # "10 and 4", "it and 4"
+_ARITHMETIC_WORDS = (
+    # A plus B, A times B, A to the power of B, ...: a number on one side at least
+    rf"{_NUM}(?:\s+[a-z]+)?\s+(?:plus|minus|times|multiplied\s+by|divided\s+by|over|x|to\s+the\s+power\s+of|"
+    rf"raised\s+to)\s+\(?{_OPERAND}",
+    rf"{_REF}\s+(?:plus|minus|times|multiplied\s+by|divided\s+by|to\s+the\s+power\s+of)\s+{_NUM}",
+    rf"{_OPERAND}(?:\s+[a-z]+)?\s+(?:squared|cubed)\b",
+    # add/subtract/multiply/divide/increase ... with their operands, or "by N" on the earlier result
+    rf"\b(?:add|subtract|deduct)\s+{_OPERAND}(?:\s*%|\s+[a-z]+)?\s+(?:to|from|and|,)\s*{_OPERAND}",
+    rf"\b(?:add|subtract|deduct)\s+{_NUM}\s*%?(?:\s+more)?\s*(?:$|[.,;!?]|(?:then|and)\b)",
+    rf"\b(?:multiply|divide)\s+{_OPERAND}(?:\s+[a-z]+)?\s+(?:by|and|times|,)\s*{_OPERAND}",
+    rf"\b(?:multiply|divide|increase|decrease|reduce|raise|lower)\s+(?:{_OPERAND}\s+)?by\s+{_OPERAND}",
+    rf"\braise\s+{_OPERAND}\s+to\b",
+    rf"\b(?:double|triple|quadruple|halve|twice|thrice|square|cube)\s+{_OPERAND}",
+    # the sum/product/difference/quotient/average of numbers, roots, fractions, percentages
+    rf"\b(?:sum|total|product|quotient|average|mean)\s+of\s+{_OPERAND}\s*(?:,|and)\s*{_OPERAND}",
+    rf"\bdifference\s+(?:between|of)\s+{_ARITHMETIC_PAIR}",
+    rf"\b(?:square|cube)\s+root\s+of\s+{_OPERAND}|\bsqrt\s*\(|√\s*\d",
+    r"\b(?:take|find|compute|calculate)\s+the\s+(?:square|cube)\s+root\b",
+    rf"\b(?:half|third|quarter)\s+(?:of\s+)?{_OPERAND}",
+    rf"{_NUM}\s*(?:%|percent|per\s+cent)\s+(?:[a-z]+\s+)?(?:of|on|more\s+than|less\s+than)\s+{_OPERAND}",
+)
+
 # In classification order: the first whose keywords match a chunk's text gives its operation.
 _TABLE = (
     OperationSpec(
         Operation.COMPARE_OP,
-        re.compile(r"\b(compare|comparison|versus|vs\.?|difference between|better than|"
+        re.compile(rf"\b(compare|comparison|versus|vs\.?|difference between(?!\s+{_ARITHMETIC_PAIR})|better than|"
                    r"pros and cons|which is (?:better|cheaper|faster))\b", re.I),
         0.5, "Compare concisely and state which is better and why in two or three sentences.", False),
     OperationSpec(
         Operation.MATH_OP,
         re.compile(r"\b(calculate|compute|how (?:much|many)|what is \d|solve|sum|total|"
-                   r"percent|interest|multiply|divide|average)\b|\d\s*[-+*/x×÷%^]\s*\d|\d%", re.I),
+                   r"percent|interest|multiply|divide|average)\b|\d\s*[-+*/x×÷%^]\s*\d|\d%|"
+                   + "|".join(_ARITHMETIC_WORDS), re.I),
         0.45, "Give the final number on the last line as 'Answer: <number>'.", True),
     OperationSpec(
         Operation.SEARCH_OP,

@@ -11,7 +11,8 @@ import pytest
 
 from dellm.coordinator.config import DecomposeConfig
 from dellm.coordinator.errors import InvalidQueryError
-from dellm.coordinator.pipeline.decompose import decompose, estimate_complexity, validate_plan
+from dellm.coordinator.pipeline.answers import exact_answer
+from dellm.coordinator.pipeline.decompose import decompose, estimate_complexity, operation_of, validate_plan
 from dellm.coordinator.pipeline.operations import Operation, classify
 from dellm.coordinator.types import Chunk, Plan
 
@@ -359,6 +360,202 @@ def test_classify(text: str, expected: Operation) -> None:
     assert classify(text) is expected
 
 
+# --- arithmetic typing: word operators make a chunk MATH_OP; look-alikes keep their own operation ---
+
+WORD_OPERATOR_CHUNKS = [
+    pytest.param("What is 15 plus 27", Operation.MATH_OP, id="plus"),
+    pytest.param("What is -5 minus 3", Operation.MATH_OP, id="minus"),
+    pytest.param("6 times 7", Operation.MATH_OP, id="times"),
+    pytest.param("$12 multiplied by 4", Operation.MATH_OP, id="multiplied-by"),
+    pytest.param("What is $100 divided by 4?", Operation.MATH_OP, id="divided-by"),
+    pytest.param("Tell me 100 over 8", Operation.MATH_OP, id="over"),
+    pytest.param("Tell me 12 squared", Operation.MATH_OP, id="squared"),
+    pytest.param("Tell me 3 cubed", Operation.MATH_OP, id="cubed"),
+    pytest.param("Tell me 2 to the power of 10", Operation.MATH_OP, id="to-the-power-of"),
+    pytest.param("Find the square root of 144", Operation.MATH_OP, id="square-root"),
+    pytest.param("Find 20 percent of 50", Operation.MATH_OP, id="percent"),
+    pytest.param("What is 15% of 240", Operation.MATH_OP, id="percent-sign-of"),
+    pytest.param("Calculate 10% interest on $1000", Operation.MATH_OP, id="seed-interest"),
+    pytest.param("Add 250 and 175", Operation.MATH_OP, id="add"),
+    pytest.param("Subtract 5 from 20", Operation.MATH_OP, id="subtract"),
+    pytest.param("Multiply 6 by 7", Operation.MATH_OP, id="multiply"),
+    pytest.param("Divide 100 by 8", Operation.MATH_OP, id="divide"),
+    pytest.param("Double 21", Operation.MATH_OP, id="double"),
+    pytest.param("Triple 7", Operation.MATH_OP, id="triple"),
+    pytest.param("Tell me half of 90", Operation.MATH_OP, id="half"),
+    pytest.param("Find the sum of 4 and 5", Operation.MATH_OP, id="sum"),
+    pytest.param("What's the difference between 10 and 4", Operation.MATH_OP, id="difference-of-numbers"),
+    pytest.param("Find the product of 2, 3 and 4", Operation.MATH_OP, id="product"),
+    pytest.param("Find the average of 4, 8 and 12", Operation.MATH_OP, id="average"),
+    pytest.param("Increase 200 by 15%", Operation.MATH_OP, id="increase-by"),
+    # look-alikes: the same words without arithmetic
+    pytest.param("find the best savings accounts", Operation.SEARCH_OP, id="search-best"),
+    pytest.param("Find the top 10 movies of 2023", Operation.SEARCH_OP, id="search-top-with-numbers"),
+    pytest.param("Which city is the largest", Operation.SEARCH_OP, id="search-which"),
+    pytest.param("What's the difference between cats and dogs", Operation.COMPARE_OP, id="difference-of-things"),
+    pytest.param("Add milk to the shopping list", Operation.SEARCH_OP, id="add-to-a-list"),
+    pytest.param("Book a double room for 2 nights", Operation.GENERAL_OP, id="double-room"),
+    pytest.param("Write a poem about the square root of love", Operation.GENERATE_OP, id="square-root-of-words"),
+    pytest.param("Translate half of the people into French", Operation.GENERATE_OP, id="half-of-words"),
+    pytest.param("Tell me 3 good times to visit Paris", Operation.GENERAL_OP, id="times-as-a-noun"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), WORD_OPERATOR_CHUNKS)
+def test_a_chunk_with_word_arithmetic_is_typed_math(text: str, expected: Operation) -> None:
+    plan = decompose(text)
+
+    assert [(c.text, c.operation) for c in plan.chunks] == [(text, expected)]
+
+
+@pytest.mark.parametrize(("text", "expected"), WORD_OPERATOR_CHUNKS)
+def test_math_keywords_cover_word_operators_in_arithmetic_context(text: str, expected: Operation) -> None:
+    assert (classify(text) is Operation.MATH_OP) is (expected is Operation.MATH_OP)
+
+
+@pytest.mark.parametrize(
+    ("text", "dependent", "expected"),
+    [
+        pytest.param("multiply the result by 2", True, Operation.MATH_OP, id="the-result"),
+        pytest.param("add 100 to that result", True, Operation.MATH_OP, id="that-result"),
+        pytest.param("divide by 4", True, Operation.MATH_OP, id="implicit-divide"),
+        pytest.param("add 8", True, Operation.MATH_OP, id="implicit-add"),
+        pytest.param("take the square root", True, Operation.MATH_OP, id="implicit-root"),
+        pytest.param("take 20% of that", True, Operation.MATH_OP, id="percent-of-that"),
+        pytest.param("double it", True, Operation.MATH_OP, id="double-it"),
+        pytest.param("add 8", False, Operation.MATH_OP, id="implicit-without-dependency-by-keywords"),
+        pytest.param("name the capital of Japan", True, Operation.GENERAL_OP, id="dependent-non-math"),
+        pytest.param("compare it with Berlin", True, Operation.COMPARE_OP, id="dependent-compare"),
+        pytest.param("summarize it", True, Operation.GENERATE_OP, id="dependent-generate"),
+    ],
+)
+def test_operation_of_a_dependent_chunk(text: str, dependent: bool, expected: Operation) -> None:
+    assert operation_of(text, dependent) is expected
+
+
+def _chained_values(plan: Plan) -> list[float | None]:
+    """Each chunk's exact value, with the value of its last dependency as the prior (as the pipeline does)."""
+    values: dict[str, float | None] = {}
+    for chunk in plan.chunks:
+        prior = values[chunk.depends_on[-1]] if chunk.depends_on else None
+        values[chunk.chunk_id] = exact_answer(chunk.text, prior)
+    return [values[c.chunk_id] for c in plan.chunks]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        pytest.param(
+            "Calculate 15% of 240 then name the capital of Japan",
+            [("Calculate 15% of 240", (Operation.MATH_OP,), (), 36.0),
+             ("name the capital of Japan", (Operation.SEARCH_OP, Operation.GENERAL_OP), ("c1",), None)],
+            id="math-then-question",
+        ),
+        pytest.param(
+            "What is 123 plus 456, then multiply the result by 2",
+            [("What is 123 plus 456", (Operation.MATH_OP,), (), 579.0),
+             ("multiply the result by 2", (Operation.MATH_OP,), ("c1",), 1158.0)],
+            id="then-multiply-the-result",
+        ),
+        pytest.param(
+            "Add 250 and 175 and then add 100 to that result",
+            [("Add 250 and 175", (Operation.MATH_OP,), (), 425.0),
+             ("add 100 to that result", (Operation.MATH_OP,), ("c1",), 525.0)],
+            id="and-then-add-to-that-result",
+        ),
+        pytest.param(
+            "What is 1000 divided by 8, then divide the result by 5",
+            [("What is 1000 divided by 8", (Operation.MATH_OP,), (), 125.0),
+             ("divide the result by 5", (Operation.MATH_OP,), ("c1",), 25.0)],
+            id="then-divide-the-result",
+        ),
+        pytest.param(
+            "Multiply 6 by 7, then add 8",
+            [("Multiply 6 by 7", (Operation.MATH_OP,), (), 42.0),
+             ("add 8", (Operation.MATH_OP,), ("c1",), 50.0)],
+            id="implicit-operand",
+        ),
+        pytest.param(
+            "What is 50 divided by 2? Multiply that by 3.",
+            [("What is 50 divided by 2?", (Operation.MATH_OP,), (), 25.0),
+             ("Multiply that by 3", (Operation.MATH_OP,), ("c1",), 75.0)],
+            id="second-sentence-refers-back",
+        ),
+        pytest.param(
+            "Calculate 5 + 3 and double it",
+            [("Calculate 5 + 3", (Operation.MATH_OP,), (), 8.0),
+             ("double it", (Operation.MATH_OP,), ("c1",), 16.0)],
+            id="and-double-it",
+        ),
+        pytest.param(
+            "First, add 3 and 4. Then multiply the result by 5.",
+            [("First, add 3 and 4", (Operation.MATH_OP,), (), 7.0),
+             ("multiply the result by 5", (Operation.MATH_OP,), ("c1",), 35.0)],
+            id="first-then",
+        ),
+        pytest.param(
+            "What is 5 plus 5? Then multiply that by 10. Then subtract 7 from the result.",
+            [("What is 5 plus 5?", (Operation.MATH_OP,), (), 10.0),
+             ("multiply that by 10", (Operation.MATH_OP,), ("c1",), 100.0),
+             ("subtract 7 from the result", (Operation.MATH_OP,), ("c2",), 93.0)],
+            id="chain-of-three",
+        ),
+        pytest.param(
+            "Multiply 12 by 8, subtract 16 from it, and then divide by 4",
+            [("Multiply 12 by 8", (Operation.MATH_OP,), (), 96.0),
+             ("subtract 16 from it", (Operation.MATH_OP,), ("c1",), 80.0),
+             ("divide by 4", (Operation.MATH_OP,), ("c2",), 20.0)],
+            id="comma-step-refers-back",
+        ),
+        pytest.param(
+            "Double 65, then add 20% of the result to it",
+            [("Double 65", (Operation.MATH_OP,), (), 130.0),
+             ("add 20% of the result to it", (Operation.MATH_OP,), ("c1",), 156.0)],
+            id="add-a-share-of-the-result",
+        ),
+        pytest.param(
+            "What is the average of 12, 18 and 27, and what is 5 cubed?",
+            [("What is the average of 12, 18 and 27", (Operation.MATH_OP,), (), 19.0),
+             ("what is 5 cubed?", (Operation.MATH_OP,), (), 125.0)],
+            id="list-inside-the-first-of-two-questions",
+        ),
+        pytest.param(
+            "Work out 999 plus 1 and 50 times 50",
+            [("Work out 999 plus 1", (Operation.MATH_OP,), (), 1000.0),
+             ("50 times 50", (Operation.MATH_OP,), (), 2500.0)],
+            id="two-computations-joined-by-and",
+        ),
+        pytest.param(
+            "Add 1,275 and 3,490 and name the author of the novel 1984",
+            [("Add 1,275 and 3,490", (Operation.MATH_OP,), (), 4765.0),
+             ("name the author of the novel 1984", (Operation.SEARCH_OP, Operation.GENERAL_OP), (), None)],
+            id="add-list-then-question",
+        ),
+        pytest.param(
+            "Who wrote Romeo and Juliet, and what is 250 minus 87?",
+            [("Who wrote Romeo and Juliet", (Operation.SEARCH_OP,), (), None),
+             ("what is 250 minus 87?", (Operation.MATH_OP,), (), 163.0)],
+            id="and-inside-a-title",
+        ),
+        pytest.param(
+            "Find 15% of 200, then find the best savings accounts",
+            [("Find 15% of 200", (Operation.MATH_OP,), (), 30.0),
+             ("find the best savings accounts", (Operation.SEARCH_OP,), ("c1",), None)],
+            id="find-percent-then-search",
+        ),
+    ],
+)
+def test_compound_arithmetic_plans(
+    query: str, expected: list[tuple[str, tuple[Operation, ...], tuple[str, ...], float | None]]
+) -> None:
+    plan = decompose(query)
+
+    validate_plan(plan)
+    assert [(c.text, c.depends_on) for c in plan.chunks] == [(text, deps) for text, _, deps, _ in expected]
+    assert all(c.operation in allowed for c, (_, allowed, _, _) in zip(plan.chunks, expected, strict=True))
+    assert _chained_values(plan) == [value for *_, value in expected]
+
+
 @pytest.mark.parametrize(
     "chunks",
     [
@@ -390,6 +587,20 @@ def test_validate_plan_accepts_acyclic_plans(chunks: tuple[Chunk, ...]) -> None:
 def test_validate_plan_rejects_bad_plans(chunks: tuple[Chunk, ...], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         validate_plan(Plan("q", chunks))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("Tom likes to find shells and write poems", id="statement-with-action-words"),
+        pytest.param("Find hotels in Paris, London and Rome", id="comma-list-of-objects"),
+        pytest.param("Add 1, 2, 3 and 4", id="comma-list-of-numbers"),
+    ],
+)
+def test_conjunctions_without_a_new_action_do_not_split(query: str) -> None:
+    plan = decompose(query)
+
+    assert [c.text for c in plan.chunks] == [query]
 
 
 @pytest.mark.parametrize(
