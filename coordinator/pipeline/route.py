@@ -1,30 +1,78 @@
 """Stage 2: choose the nodes for a chunk.
 
-score = latency_weight x normalized latency + fitness_weight x (1 - fitness), lowest best,
-picked with a heap. A node's expected latency grows with the work already queued on it
-(a node serves one generation at a time), so busy nodes naturally yield to idle ones.
-Past ``RouteConfig.shortlist_size`` live nodes a ``Shortlist`` chooses which of them a decision
-scores, so that it costs about the same at 10,000 nodes as at 40. No I/O.
+score = latency_weight x normalized latency + fitness_weight x (1 - fitness), lowest best: the seed's
+formula (``seed_score``), with three refinements so that it serves answers that are right. No I/O.
+
+1. Latency is normalised among this chunk's candidates. A node's expected time is its measured
+   whole-answer time (the median of the measured nodes until it has one) times one plus the answers
+   queued on it (a node serves one generation at a time, so busy nodes yield to idle ones), divided by
+   the worst expected time among the nodes that may take this chunk: excluded (already tried) and
+   quarantined nodes are left out before normalising, so a slow node nobody would pick does not make
+   the others look fast. The registry keeps one moving average per node (``NodeRecord.latency_ms``),
+   not one per operation nor a count of tokens, so a per-token pace cannot be read. The chunk's
+   expected answer length would scale every candidate's time by the same factor and cancels in the
+   ratio: it changes no ranking, so it is not applied. (It would where nodes were measured on answers
+   of different lengths; that needs the registry to keep tokens per answer, ``NodeAnswer.tokens``.)
+2. Fitness weighs as much as its evidence allows (``evidence_weights``). With no judged answer at the
+   operation the seed's 0.7/0.3 decides as it always did. As the best-known candidate's trials at the
+   operation grow, the fitness weight moves from ``fitness_weight`` toward ``fitness_weight_cap``,
+   w = base + (cap - base) x trials / (trials + evidence_half_trials), and the latency weight gives up
+   the same amount. One pair of weights per decision, the same for every candidate: weights that
+   differed per node would let a node with evidence pay less for the same latency than a newcomer,
+   which is a bias, not evidence. A newcomer's uncertainty is exploration's business (Thompson samples
+   its wide posterior, UCB adds its bonus). With the defaults, at 20 trials a node proven right (0.9)
+   beats a 3x faster node proven wrong (0.3), and between two nodes equally right the faster still wins.
+3. Truth from diversity (``choose_nodes``). A chunk no exact check can judge (every operation but
+   arithmetic, ``OPERATIONS[op].checked_exactly``) that gets two or more nodes gets the strongest
+   available model among them, and distinct models before a second copy of one: two copies of a model
+   agreeing prove less than two models agreeing. Strength (``strongest_model``) is the model's pooled
+   success rate at the operation (successes / trials, the evidence fitness is made of, without its speed
+   bonus) once every candidate model has ``strength_min_trials`` judged answers there, else its size
+   read from its name (1.5b > 0.5b > 270m > 135m; unknown sizes rank last); ties go to the model whose
+   best node scores best. "Available" is live, not excluded, not quarantined; a busy strongest node is
+   still taken (its queue counts in its score, and hedging races it if it runs late). The other slots go
+   by score. Checked chunks (the exact value judges any single answer) are chosen by score alone, as
+   before; so are retries and hedges, which ask for one node.
+
+Ties break on node id, so routing is reproducible. Past ``RouteConfig.shortlist_size`` live nodes a
+``Shortlist`` chooses which of them a decision scores, so that it costs about the same at 10,000 nodes
+as at 40.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import random
+import re
 import statistics
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from dellm.coordinator.config import RouteConfig
 from dellm.coordinator.errors import NoNodesAvailableError
+from dellm.coordinator.pipeline.operations import OPERATIONS, Operation
 from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.types import Assignment, Chunk, NodeRecord
 from dellm.protos.wire import NodeState
 
+# "1.5b", "0.5B", "270m", "135M": a parameter count in a model's name (not "2.5" in "qwen2.5", "4" in "q4_k_m").
+_MODEL_SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)([bm])(?![a-z])", re.I)
+_UNITS = {"b": 1e9, "m": 1e6}
+
 
 def redundancy_for(chunk: Chunk, config: RouteConfig) -> int:
     return config.redundancy if chunk.complexity >= config.redundancy_threshold else 1
+
+
+def checked_exactly(operation: str) -> bool:
+    """Can the coordinator compute this operation's right answer itself (arithmetic)?"""
+    try:
+        return OPERATIONS[Operation(operation)].checked_exactly
+    except ValueError:  # "" or an unknown operation: nothing checks it
+        return False
 
 
 def effective_fitness(
@@ -52,10 +100,22 @@ def quarantined(node: NodeRecord, operation: str, config: RouteConfig) -> bool:
             and stats.fitness < config.quarantine_fitness)
 
 
+def trials_at(node: NodeRecord, operation: str) -> int:
+    stats = node.op_stats.get(operation)
+    return stats.trials if stats is not None else 0
+
+
 def latency_prior(nodes: Iterable[NodeRecord], config: RouteConfig) -> float:
     """The latency assumed for a node not measured yet: the median of those measured."""
     measured = [n.latency_ms for n in nodes if n.latency_ms is not None]
     return statistics.median(measured) if measured else config.default_latency_ms
+
+
+def expected_latencies(nodes: Iterable[NodeRecord], in_flight: Mapping[str, int], prior: float) -> dict[str, float]:
+    """node id -> expected time for one more answer: its whole-answer time (``prior`` until measured)
+    times one plus the answers already queued on it."""
+    return {n.node_id: (n.latency_ms if n.latency_ms is not None else prior) * (1 + in_flight.get(n.node_id, 0))
+            for n in nodes}
 
 
 def seed_score(expected_latency: float, worst_latency: float, fitness: float, config: RouteConfig) -> float:
@@ -63,29 +123,112 @@ def seed_score(expected_latency: float, worst_latency: float, fitness: float, co
     return config.latency_weight * expected_latency / worst_latency + config.fitness_weight * (1.0 - fitness)
 
 
+def evidence_weights(trials: int, config: RouteConfig) -> tuple[float, float]:
+    """(latency weight, fitness weight) for a decision whose best-known candidate has ``trials`` judged
+    answers at the operation: the seed's weights at 0 trials, the fitness weight moving toward
+    ``fitness_weight_cap`` as trials / (trials + evidence_half_trials), the latency weight giving up
+    what it gains."""
+    room = config.fitness_weight_cap - config.fitness_weight
+    if trials <= 0 or room <= 0:
+        return config.latency_weight, config.fitness_weight
+    shift = min(room * trials / (trials + max(config.evidence_half_trials, 1e-9)),
+                config.latency_weight)  # the latency weight never goes negative
+    return config.latency_weight - shift, config.fitness_weight + shift
+
+
+@functools.lru_cache(maxsize=1024)  # a decision is ~60 us; building a config is ~10 of them
+def _weighted(config: RouteConfig, trials: int) -> RouteConfig:
+    """``config`` with the weights ``evidence_weights`` gives for ``trials`` (the same object when unchanged)."""
+    latency_weight, fitness_weight = evidence_weights(trials, config)
+    if (latency_weight, fitness_weight) == (config.latency_weight, config.fitness_weight):
+        return config
+    return replace(config, latency_weight=latency_weight, fitness_weight=fitness_weight)
+
+
 def score_nodes(
     nodes: Iterable[NodeRecord], in_flight: Mapping[str, int], config: RouteConfig, operation: str = "",
-    rng: random.Random | None = None,
+    rng: random.Random | None = None, exclude: Collection[str] = frozenset(),
 ) -> list[tuple[float, str]]:
-    """(score, node_id) for each live node; lower is better. Quarantined nodes are left out
-    while any other live node remains, but for a rare probe (with ``rng``) to see if they recovered."""
+    """(score, node_id) for each live node not in ``exclude``; lower is better. Quarantined nodes are
+    left out while any other such node remains, but for a rare probe (with ``rng``) to see if they
+    recovered. Latency is normalised among the nodes scored; the weights follow the evidence at
+    ``operation`` (see the module's notes)."""
+    return [(score, node.node_id) for score, node in _scored(nodes, in_flight, config, operation, rng, exclude)]
+
+
+def _scored(
+    nodes: Iterable[NodeRecord], in_flight: Mapping[str, int], config: RouteConfig, operation: str,
+    rng: random.Random | None, exclude: Collection[str],
+) -> list[tuple[float, NodeRecord]]:
     live = [n for n in nodes if n.state == NodeState.UP]
+    prior = latency_prior(live, config)  # every measured live node informs the guess for an unmeasured one
+    candidates = [n for n in live if n.node_id not in exclude]
     probe = rng.random() < config.quarantine_probe_rate if rng is not None else False
-    trusted = [n for n in live if probe or not quarantined(n, operation, config)]
-    live = trusted or live
-    total_trials = (sum(n.op_stats[operation].trials for n in live if operation in n.op_stats)
+    trusted = [n for n in candidates if probe or not quarantined(n, operation, config)]
+    candidates = trusted or candidates
+    total_trials = (sum(trials_at(n, operation) for n in candidates)
                     if config.exploration == "ucb" else 0)  # only UCB's bonus reads it
-    prior = latency_prior(live, config)
-    expected = {
-        n.node_id: (n.latency_ms if n.latency_ms is not None else prior) * (1 + in_flight.get(n.node_id, 0))
-        for n in live
-    }
+    weights = _weighted(config, max((trials_at(n, operation) for n in candidates), default=0))
+    expected = expected_latencies(candidates, in_flight, prior)
     worst = max(expected.values(), default=1.0) or 1.0
     return [
-        (seed_score(expected[n.node_id], worst, effective_fitness(n, operation, total_trials, config, rng), config),
-         n.node_id)
-        for n in live
+        (seed_score(expected[n.node_id], worst, effective_fitness(n, operation, total_trials, config, rng), weights),
+         n)
+        for n in candidates
     ]
+
+
+def model_size(model: str) -> float:
+    """Parameters read from a model's name ("qwen2.5-coder-1.5b-instruct" -> 1.5e9, "gemma-3-270m" ->
+    2.7e8); 0.0 when the name gives none."""
+    return max((float(number) * _UNITS[unit.lower()] for number, unit in _MODEL_SIZE.findall(model)), default=0.0)
+
+
+def model_of(node: NodeRecord) -> str:
+    """The model a node runs; a node that names none counts as a model of its own (it may be anything)."""
+    return node.info.model or f"<unnamed {node.node_id}>"
+
+
+def strongest_model(ranked: Sequence[NodeRecord], operation: str, config: RouteConfig) -> str | None:
+    """The strongest model among ``ranked`` (best score first). Once every model there has
+    ``strength_min_trials`` judged answers at ``operation``, by its pooled success rate there (successes /
+    trials: the evidence fitness is built from, without the speed bonus); until then by the size in its
+    name. The other measure breaks ties, then the model whose best node ranks first."""
+    trials: dict[str, int] = {}
+    successes: dict[str, int] = {}
+    sizes: dict[str, float] = {}
+    for node in ranked:  # dicts keep rank order: a model's first node is its best
+        model = model_of(node)
+        stats = node.op_stats.get(operation)
+        trials[model] = trials.get(model, 0) + (stats.trials if stats is not None else 0)
+        successes[model] = successes.get(model, 0) + (stats.successes if stats is not None else 0)
+        sizes.setdefault(model, model_size(node.info.model))
+    if not trials:
+        return None
+    by_evidence = all(t >= max(config.strength_min_trials, 1) for t in trials.values())
+
+    def strength(model: str) -> tuple[float, float]:
+        rate = successes[model] / trials[model] if trials[model] else 0.0
+        return (rate, sizes[model]) if by_evidence else (sizes[model], rate)
+
+    return max(trials, key=strength)  # max keeps the first of equals: the best-ranked model
+
+
+def choose_nodes(ranked: Sequence[NodeRecord], wanted: int, operation: str, config: RouteConfig) -> tuple[str, ...]:
+    """``wanted`` node ids from ``ranked`` (best score first), in rank order: the best node of the strongest
+    model, then the best nodes of models not chosen yet, then second copies."""
+    if not ranked:
+        return ()
+    strongest = strongest_model(ranked, operation, config)
+    chosen = {next(n.node_id for n in ranked if model_of(n) == strongest)}
+    models = {strongest}
+    for distinct_only in (True, False):  # other models first, then second copies
+        for node in ranked:
+            if len(chosen) < wanted and node.node_id not in chosen and not (
+                    distinct_only and model_of(node) in models):
+                chosen.add(node.node_id)
+                models.add(model_of(node))
+    return tuple(n.node_id for n in ranked if n.node_id in chosen)
 
 
 def route_chunk(
@@ -100,30 +243,37 @@ def route_chunk(
 ) -> Assignment:
     """Pick ``count`` (default: by complexity) distinct nodes, never one from ``exclude``."""
     wanted = redundancy_for(chunk, config) if count is None else count
-    scored = score_nodes(nodes, in_flight, config, chunk.operation.value, rng)
-    candidates = [(s, node_id) for s, node_id in scored if node_id not in exclude]
-    if not candidates:
+    operation = chunk.operation.value
+    scored = _scored(nodes, in_flight, config, operation, rng, exclude)
+    if not scored:
         raise NoNodesAvailableError(f"no live node can take chunk {chunk.chunk_id}")
-    chosen = heapq.nsmallest(wanted, candidates)  # ties break on node id: reproducible
-    return Assignment(chunk_id=chunk.chunk_id, node_ids=tuple(node_id for _, node_id in chosen))
+    diverse = config.diversity and not OPERATIONS[chunk.operation].checked_exactly
+    if not diverse or wanted < 2:
+        chosen = heapq.nsmallest(wanted, scored, key=lambda s: (s[0], s[1].node_id))  # ties: node id
+        return Assignment(chunk_id=chunk.chunk_id, node_ids=tuple(n.node_id for _, n in chosen))
+    ranked = [n for _, n in sorted(scored, key=lambda s: (s[0], s[1].node_id))]
+    return Assignment(chunk_id=chunk.chunk_id, node_ids=choose_nodes(ranked, wanted, operation, config))
 
 
 class Shortlist:
     """The candidates one routing decision scores when the network is too large to score whole.
 
     Per operation type it keeps the live nodes ranked by their deterministic score (measured latency
-    and fitness at that operation; quarantined nodes last), rebuilt when the table has changed and the
-    ranking is older than ``shortlist_refresh_s``. A decision walks the ranking for the
-    ``shortlist_size`` best idle nodes (the busy ones met on the way come too: their queue is counted
-    when they are scored) and adds ``shortlist_explorers`` nodes drawn at random from the whole table,
-    so a node ranked low, or one that joined after the last rebuild, still gets tried. The scoring
-    itself, exploration included, is ``score_nodes``'s, on those candidates.
+    and fitness at that operation, weighted by the evidence there; quarantined nodes last), rebuilt when
+    the table has changed and the ranking is older than ``shortlist_refresh_s``. A decision walks the
+    ranking for the ``shortlist_size`` best idle nodes (the busy ones met on the way come too: their
+    queue is counted when they are scored) and adds ``shortlist_explorers`` nodes drawn at random from
+    the whole table, so a node ranked low, or one that joined after the last rebuild, still gets tried.
+    For an operation no exact check judges (see ``RouteConfig.diversity``) it also brings the best-ranked
+    node of each of the ``redundancy`` strongest models, so that the strongest model can be chosen
+    however it ranks. The scoring itself, exploration included, is ``score_nodes``'s, on those candidates.
     """
 
     def __init__(self, config: RouteConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._clock = clock
-        self._rankings: dict[str, tuple[int, float, list[str]]] = {}  # operation -> (table version, built, ids)
+        # operation -> (table version, built, ids by score, best node of each model by strength)
+        self._rankings: dict[str, tuple[int, float, list[str], list[str]]] = {}
 
     def candidates(
         self, table: NodeTable, operation: str, in_flight: Mapping[str, int], exclude: Collection[str] = (),
@@ -132,9 +282,10 @@ class Shortlist:
         config = self._config
         if len(table) <= config.shortlist_size + len(exclude):
             return list(table)
+        ranking, strong = self._ranking(table, operation)
         chosen: dict[str, NodeRecord] = {}
         idle = 0
-        for node_id in self._ranking(table, operation):
+        for node_id in ranking:
             node = table.get(node_id)
             if node is None or node_id in exclude:
                 continue
@@ -145,23 +296,36 @@ class Shortlist:
         for node in table.sample(rng or random.Random(0), config.shortlist_explorers):
             if node.node_id not in exclude:
                 chosen.setdefault(node.node_id, node)
+        if config.diversity and not checked_exactly(operation):
+            strongest = [table.get(i) for i in strong if i not in exclude]
+            for node in [n for n in strongest if n is not None][:config.redundancy]:
+                chosen.setdefault(node.node_id, node)
         return list(chosen.values())
 
-    def _ranking(self, table: NodeTable, operation: str) -> list[str]:
+    def _ranking(self, table: NodeTable, operation: str) -> tuple[list[str], list[str]]:
         now = self._clock()
         cached = self._rankings.get(operation)
         if cached is not None and (cached[0] == table.version or now - cached[1] < self._config.shortlist_refresh_s):
-            return cached[2]
+            return cached[2], cached[3]
         config = self._config
         nodes = list(table)
         prior = latency_prior(nodes, config)
         worst = max((n.latency_ms for n in nodes if n.latency_ms is not None), default=prior) or 1.0
+        weights = _weighted(config, max((trials_at(n, operation) for n in nodes), default=0))
 
         def key(node: NodeRecord) -> tuple[bool, float, str]:
             latency = node.latency_ms if node.latency_ms is not None else prior
-            score = seed_score(latency, worst, node.fitness_for(operation), config)
+            score = seed_score(latency, worst, node.fitness_for(operation), weights)
             return quarantined(node, operation, config), score, node.node_id
 
-        ranking = [node.node_id for node in sorted(nodes, key=key)]
-        self._rankings[operation] = (table.version, now, ranking)
-        return ranking
+        ranked = sorted(nodes, key=key)
+        strong: list[str] = []
+        trusted = ([n for n in ranked if not quarantined(n, operation, config)]
+                   if config.diversity and not checked_exactly(operation) else [])
+        while trusted and len(strong) < config.redundancy:  # the best node of each strongest model in turn
+            model = strongest_model(trusted, operation, config)
+            strong.append(next(n.node_id for n in trusted if model_of(n) == model))
+            trusted = [n for n in trusted if model_of(n) != model]
+        ranking = [node.node_id for node in ranked]
+        self._rankings[operation] = (table.version, now, ranking, strong)
+        return ranking, strong

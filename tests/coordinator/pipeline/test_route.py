@@ -321,3 +321,276 @@ def test_thompson_sampling_is_reproducible_with_a_seed_and_mostly_exploits() -> 
     assert picks(7) == picks(7)
     assert picks(7) != picks(8)
     assert 150 < picks(7).count("good") < 200
+
+
+# --- 1. latency normalised among this chunk's candidates ------------------------------------------
+
+@pytest.mark.parametrize(
+    ("nodes", "exclude", "expected"),
+    [
+        pytest.param(
+            [_node("a", 100, 0.5), _node("b", 200, 0.9), _node("c", 2000, 0.5)], frozenset({"c"}),
+            {"a": _seed_score(100, 200, 0.5), "b": _seed_score(200, 200, 0.9)},
+            id="excluded-node-sets-no-worst",
+        ),
+        pytest.param(
+            [_node("a", 100, 0.5), _node("b", 200, 0.9), _node("c", 2000, 0.5)], frozenset(),
+            {"a": _seed_score(100, 2000, 0.5), "b": _seed_score(200, 2000, 0.9), "c": _seed_score(2000, 2000, 0.5)},
+            id="nothing-excluded-as-the-seed",
+        ),
+        pytest.param(
+            [_node("a", 100, 0.5), _node("b", 300, 0.5), _node("c", 10_000, 0.5), _node("new", None, 0.5)],
+            frozenset({"c"}),
+            {"a": _seed_score(100, 300, 0.5), "b": _seed_score(300, 300, 0.5), "new": _seed_score(300, 300, 0.5)},
+            id="excluded-node-still-informs-the-prior",  # median of 100, 300, 10000
+        ),
+    ],
+)
+def test_latency_is_normalised_among_the_candidates(
+        nodes: list[NodeRecord], exclude: frozenset[str], expected: dict[str, float]) -> None:
+    scores = {node_id: score for score, node_id in score_nodes(nodes, {}, CONFIG, exclude=exclude)}
+
+    assert scores == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("absent", "winner"),
+    [
+        pytest.param(_node("far", 3000, 0.5), "fast", id="slow-outsider"),
+        pytest.param(_node("far", 10, 0.5), "fast", id="fast-outsider"),
+    ],
+)
+def test_an_excluded_node_does_not_change_how_the_others_rank(absent: NodeRecord, winner: str) -> None:
+    """The fast node (3x faster, fitness 0.5) against the fit one (0.9): the seed's score decides the
+    same whether a third node is absent or present but excluded. Before, a slow excluded node shrank
+    their latency gap and flipped the choice to the fit node on a retry."""
+    pair = [_node("fast", 100, 0.5), _node("fit", 300, 0.9)]
+
+    alone = route_chunk(LOW, pair, {}, CONFIG).node_ids
+    with_excluded = route_chunk(LOW, [*pair, absent], {}, CONFIG, exclude=frozenset({"far"})).node_ids
+
+    assert alone == with_excluded == (winner,)
+
+
+def test_a_quarantined_node_sets_no_worst() -> None:
+    from dellm.coordinator.types import OpStats
+
+    liar = NodeRecord(NodeDescription("liar", "127.0.0.1:1"), latency_ms=5000.0,
+                      op_stats={"SEARCH_OP": OpStats(0.05, 10, 0)})
+    nodes = [_node("a", 100, 0.5), _node("b", 400, 0.5), liar]
+
+    scores = {n: s for s, n in score_nodes(nodes, {}, CONFIG, "SEARCH_OP")}
+
+    assert scores == pytest.approx({"a": _seed_score(100, 400, 0.5), "b": _seed_score(400, 400, 0.5)})
+
+
+@pytest.mark.parametrize("tokens", [1, 6, 60, 600])
+def test_the_chunk_length_scales_every_candidate_alike_and_changes_no_ranking(tokens: int) -> None:
+    nodes = [_node("a", 100, 0.2), _node("b", 250, 0.9), _node("c", 400, 0.6)]
+    chunk = Chunk("c1", Operation.SEARCH_OP, "find " + "word " * tokens, tokens, 0.8)
+
+    assert route_chunk(chunk, nodes, {}, CONFIG).node_ids == route_chunk(HIGH, nodes, {}, CONFIG).node_ids
+
+
+# --- 2. fitness weighs as much as its evidence allows ---------------------------------------------
+
+@pytest.mark.parametrize(
+    ("trials", "config", "weights"),
+    [
+        pytest.param(0, RouteConfig(), (0.7, 0.3), id="no-evidence-the-seed"),
+        pytest.param(1, RouteConfig(), (0.7 - 0.4 / 11, 0.3 + 0.4 / 11), id="one-trial"),
+        pytest.param(10, RouteConfig(), (0.5, 0.5), id="half-way-at-k"),
+        pytest.param(20, RouteConfig(), (0.7 - 0.8 / 3, 0.3 + 0.8 / 3), id="twenty-trials"),
+        pytest.param(10_000, RouteConfig(), (0.7 - 0.4 * 10_000 / 10_010, 0.3 + 0.4 * 10_000 / 10_010),
+                     id="toward-the-cap"),
+        pytest.param(20, RouteConfig(fitness_weight_cap=0.3), (0.7, 0.3), id="cap-at-base-turns-it-off"),
+        pytest.param(20, RouteConfig(fitness_weight_cap=0.1), (0.7, 0.3), id="cap-below-base-turns-it-off"),
+        pytest.param(10, RouteConfig(latency_weight=0.5, fitness_weight=0.5), (0.4, 0.6), id="custom-weights"),
+        pytest.param(5, RouteConfig(evidence_half_trials=5), (0.5, 0.5), id="custom-half-way"),
+        pytest.param(10_000, RouteConfig(latency_weight=0.1, fitness_weight=0.3, fitness_weight_cap=0.9),
+                     (0.0, 0.4), id="latency-weight-never-negative"),
+    ],
+)
+def test_evidence_weights(trials: int, config: RouteConfig, weights: tuple[float, float]) -> None:
+    from dellm.coordinator.pipeline.route import evidence_weights
+
+    assert evidence_weights(trials, config) == pytest.approx(weights)
+
+
+def _judged(node_id: str, latency_ms: float, fitness: float, trials: int = 0, overall: float = 0.5,
+            model: str = "", operation: str = "SEARCH_OP") -> NodeRecord:
+    """A node with ``trials`` judged answers at ``operation`` at ``fitness`` (successes in proportion)."""
+    from dellm.coordinator.types import OpStats
+
+    stats = {operation: OpStats(fitness, trials, round(fitness * trials))} if trials else {}
+    return NodeRecord(NodeDescription(node_id, "127.0.0.1:1", model=model), fitness=overall,
+                      latency_ms=latency_ms, op_stats=stats)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "config", "winner"),
+    [
+        pytest.param([_judged("fast", 100, 0.3, 20), _judged("slow", 300, 0.9, 20)], CONFIG, "slow",
+                     id="proven-right-3x-slower-beats-proven-wrong"),
+        pytest.param([_judged("fast", 100, 0.3, 20), _judged("slow", 300, 0.9, 20)],
+                     RouteConfig(exploration="none", fitness_weight_cap=0.3), "fast",
+                     id="same-without-evidence-weighting-the-old-starving"),
+        pytest.param([_judged("fast", 100, 0.0, overall=0.3), _judged("slow", 300, 0.0, overall=0.9)], CONFIG,
+                     "fast", id="no-evidence-the-seed-decides"),
+        pytest.param([_judged("fast", 100, 0.3, 2), _judged("slow", 300, 0.9, 2)], CONFIG, "fast",
+                     id="little-evidence-the-seed-still-decides"),
+        pytest.param([_judged("fast", 100, 0.9, 20), _judged("slow", 300, 0.9, 20)], CONFIG, "fast",
+                     id="equally-right-the-faster-wins"),
+        pytest.param([_judged("fast", 100, 0.85, 50), _judged("slow", 300, 0.95, 50)], CONFIG, "fast",
+                     id="nearly-as-right-and-3x-faster-wins"),
+        pytest.param([_judged("fast", 100, 0.3, 20), _judged("slow", 300, 0.0, overall=0.9)], CONFIG, "slow",
+                     id="one-proven-candidate-weighs-the-decision"),
+        pytest.param([_judged("fast", 100, 0.3, 20), _judged("slow", 1000, 0.9, 20)], CONFIG, "fast",
+                     id="10x-slower-still-loses-at-20-trials"),
+        pytest.param([_judged("fast", 100, 0.3, 200), _judged("slow", 1000, 0.9, 200)], CONFIG, "slow",
+                     id="10x-slower-wins-once-the-evidence-is-strong"),
+    ],
+)
+def test_fitness_weighs_as_much_as_its_evidence(nodes: list[NodeRecord], config: RouteConfig, winner: str) -> None:
+    assert route_chunk(LOW, nodes, {}, config).node_ids == (winner,)
+
+
+def test_evidence_weights_are_the_same_for_every_candidate_of_a_decision() -> None:
+    """One node's evidence sets the decision's weights; equal latencies then cost both the same."""
+    veteran, newcomer = _judged("veteran", 200, 0.7, 200), _judged("newcomer", 200, 0.0, overall=0.7)
+
+    scores = {n: s for s, n in score_nodes([veteran, newcomer], {}, CONFIG, "SEARCH_OP")}
+
+    assert scores["veteran"] == pytest.approx(scores["newcomer"])
+
+
+def test_under_thompson_work_moves_to_the_proven_right_node() -> None:
+    import random
+
+    nodes = [_judged("fast", 100, 0.3, 20), _judged("slow", 300, 0.9, 20)]
+
+    def share_of_slow(config: RouteConfig, trials: int) -> float:
+        rng = random.Random(5)
+        judged = [_judged(n.node_id, n.latency_ms or 0, n.op_stats["SEARCH_OP"].fitness, trials) for n in nodes]
+        picks = [route_chunk(LOW, judged, {}, config, rng=rng).node_ids[0] for _ in range(1000)]
+        return picks.count("slow") / len(picks)
+
+    starving = share_of_slow(RouteConfig(fitness_weight_cap=0.3), 20)
+    at_20, at_50 = share_of_slow(RouteConfig(), 20), share_of_slow(RouteConfig(), 50)
+    assert starving < 0.05  # the seed's weights: the right node starves
+    assert 0.5 < at_20 < at_50  # the default: it gets the work, more as evidence grows
+    assert at_50 > 0.95
+
+
+# --- 3. truth from diversity: the strongest model, distinct models --------------------------------
+
+Q15, Q05, G270, S135 = ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m",
+                        "smollm2-135m-instruct")
+
+
+@pytest.mark.parametrize(
+    ("model", "size"),
+    [
+        pytest.param(Q15, 1.5e9, id="qwen-1.5b"),
+        pytest.param(Q05, 0.5e9, id="qwen-0.5b"),
+        pytest.param(G270, 270e6, id="gemma-270m"),
+        pytest.param(S135, 135e6, id="smollm-135m"),
+        pytest.param("Llama-3.2-1B-Instruct-Q4_K_M.gguf", 1e9, id="upper-case-and-quantization"),
+        pytest.param("mistral-7b-v0.1", 7e9, id="7b"),
+        pytest.param("scripted-good-0", 0.0, id="no-size"),
+        pytest.param("", 0.0, id="empty"),
+        pytest.param("phi-3-mini-4k", 0.0, id="context-length-is-no-size"),
+    ],
+)
+def test_model_size_from_the_name(model: str, size: float) -> None:
+    from dellm.coordinator.pipeline.route import model_size
+
+    assert model_size(model) == pytest.approx(size)
+
+
+def test_sizes_order_the_shipped_models() -> None:
+    from dellm.coordinator.pipeline.route import model_size
+
+    assert sorted([S135, Q05, G270, Q15], key=model_size, reverse=True) == [Q15, Q05, G270, S135]
+
+
+# The issue's network and the shipped four: the bigger the model, the slower.
+BIG = _judged("big", 900, 0.0, model=Q15)
+SMALL_A, SMALL_B = _judged("small-a", 300, 0.0, model=Q05), _judged("small-b", 300, 0.0, model=Q05)
+GEMMA, SMOL = _judged("gemma", 200, 0.0, model=G270), _judged("smol", 100, 0.0, model=S135)
+SEARCH_HIGH = _chunk(0.8)
+MATH_HIGH = Chunk("m1", Operation.MATH_OP, "What is 123 + 456?", 6, 0.55)
+
+
+def _proven(node: NodeRecord, fitness: float, trials: int) -> NodeRecord:
+    return _judged(node.node_id, node.latency_ms or 0.0, fitness, trials, model=node.info.model)
+
+
+@pytest.mark.parametrize(
+    ("chunk", "nodes", "config", "kwargs", "expected"),
+    [
+        pytest.param(SEARCH_HIGH, [BIG, SMALL_A, SMALL_B], CONFIG, {}, ("small-a", "big"),
+                     id="issue-network-strong-model-paired-not-two-copies"),
+        pytest.param(SEARCH_HIGH, [BIG, SMALL_A, SMALL_B], RouteConfig(exploration="none", diversity=False), {},
+                     ("small-a", "small-b"), id="diversity-off-the-old-two-copies"),
+        pytest.param(MATH_HIGH, [BIG, SMALL_A, SMALL_B], CONFIG, {}, ("small-a", "small-b"),
+                     id="checked-chunk-by-score-alone"),
+        pytest.param(LOW, [BIG, SMALL_A, SMALL_B], CONFIG, {}, ("small-a",), id="one-node-by-score-alone"),
+        pytest.param(SEARCH_HIGH, [BIG, SMALL_A, GEMMA, SMOL], CONFIG, {}, ("smol", "big"),
+                     id="shipped-four-strongest-plus-best-scored"),
+        pytest.param(SEARCH_HIGH, [BIG, SMALL_A, GEMMA, SMOL], CONFIG, {"count": 3}, ("smol", "gemma", "big"),
+                     id="three-slots-all-distinct"),
+        pytest.param(SEARCH_HIGH, [SMALL_A, SMALL_B], CONFIG, {}, ("small-a", "small-b"),
+                     id="copies-when-no-other-model"),
+        pytest.param(SEARCH_HIGH, [BIG, SMALL_A, SMALL_B], CONFIG, {"count": 3}, ("small-a", "small-b", "big"),
+                     id="copies-after-every-model"),
+        pytest.param(SEARCH_HIGH, [BIG, _judged("big-2", 700, 0.0, model=Q15), SMALL_A], CONFIG, {},
+                     ("small-a", "big-2"), id="best-scored-copy-of-the-strongest"),
+        pytest.param(SEARCH_HIGH, [BIG, SMALL_A, SMALL_B, SMOL], CONFIG, {"exclude": frozenset({"big"})},
+                     ("smol", "small-a"), id="strongest-excluded-next-strongest"),
+        pytest.param(SEARCH_HIGH, [_proven(BIG, 0.1, 10), SMALL_A, SMALL_B, SMOL], CONFIG, {},
+                     ("smol", "small-a"), id="strongest-quarantined-next-strongest"),
+        pytest.param(SEARCH_HIGH, [BIG, SMALL_A, SMALL_B], CONFIG, {"busy": "big"}, ("small-a", "big"),
+                     id="busy-strongest-still-taken"),
+        pytest.param(SEARCH_HIGH, [_proven(BIG, 0.3, 20), _proven(SMALL_A, 0.9, 20), _proven(SMALL_B, 0.9, 20),
+                                   _proven(SMOL, 0.3, 20)], CONFIG, {}, ("small-a", "smol"),
+                     id="every-model-judged-strength-by-success-rate"),
+        pytest.param(SEARCH_HIGH, [_proven(BIG, 0.3, 20), _proven(SMALL_A, 0.9, 20), _proven(SMALL_B, 0.9, 20),
+                                   _proven(SMOL, 0.3, 5)], CONFIG, {}, ("small-a", "big"),
+                     id="a-model-not-judged-enough-strength-by-size"),
+        pytest.param(SEARCH_HIGH, [_proven(BIG, 0.3, 10), _proven(SMALL_A, 0.9, 5), _proven(SMALL_B, 0.9, 5),
+                                   _proven(SMOL, 0.3, 20)], CONFIG, {}, ("small-a", "smol"),
+                     id="copies-pool-their-trials"),
+        pytest.param(SEARCH_HIGH, [_node("x", 300), _node("y", 100), _node("z", 200)], CONFIG, {}, ("y", "z"),
+                     id="unnamed-models-by-score"),
+    ],
+)
+def test_unchecked_chunks_get_the_strongest_model_and_distinct_models(
+        chunk: Chunk, nodes: list[NodeRecord], config: RouteConfig, kwargs: dict[str, object],
+        expected: tuple[str, ...]) -> None:
+    in_flight = {str(kwargs["busy"]): 2} if "busy" in kwargs else {}
+    count = kwargs.get("count")
+    exclude = kwargs.get("exclude", frozenset())
+    assert count is None or isinstance(count, int)
+    assert isinstance(exclude, frozenset)
+
+    assert route_chunk(chunk, nodes, in_flight, config, count=count, exclude=exclude).node_ids == expected
+
+
+@pytest.mark.parametrize("operation", [op for op in Operation if op is not Operation.MATH_OP])
+def test_every_unchecked_operation_pairs_distinct_models(operation: Operation) -> None:
+    chunk = Chunk("c1", operation, "some task", 3, 0.9)
+    nodes = [_judged(n.node_id, n.latency_ms or 0.0, 0.0, model=n.info.model, operation=operation.value)
+             for n in (BIG, SMALL_A, SMALL_B)]
+
+    assert route_chunk(chunk, nodes, {}, CONFIG).node_ids == ("small-a", "big")
+
+
+def test_strongest_model_under_thompson_is_always_in_the_pair() -> None:
+    import random
+
+    rng = random.Random(11)
+    pairs = [route_chunk(SEARCH_HIGH, [BIG, SMALL_A, SMALL_B, GEMMA, SMOL], {}, RouteConfig(), rng=rng).node_ids
+             for _ in range(300)]
+
+    assert all("big" in pair and len({p.split("-")[0] for p in pair}) == 2 for pair in pairs)

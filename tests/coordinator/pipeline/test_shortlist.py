@@ -132,3 +132,59 @@ def test_every_exploration_mode_routes_a_large_network(exploration: str) -> None
 
     assert {"n000", "n001"} & set(chosen)  # the best nodes are found
     assert all(table.get(node_id) is not None for node_id in chosen)
+
+
+def _model_node(i: int, model: str, latency_ms: float, operation: str = OP, fitness: float = 0.5,
+                trials: int = 0) -> NodeRecord:
+    stats = {operation: OpStats(fitness, trials, round(fitness * trials))} if trials else {}
+    return NodeRecord(NodeDescription(f"n{i:03d}", f"127.0.0.1:{6000 + i}", model=model), latency_ms=latency_ms,
+                      op_stats=stats)
+
+
+@pytest.mark.parametrize(
+    ("operation", "brought"),
+    [
+        pytest.param(Operation.SEARCH_OP, True, id="unchecked-operation-brings-the-strongest-model"),
+        pytest.param(Operation.GENERATE_OP, True, id="another-unchecked-operation"),
+        pytest.param(Operation.MATH_OP, False, id="checked-operation-by-rank-alone"),
+    ],
+)
+def test_the_strongest_model_is_a_candidate_however_it_ranks(operation: Operation, brought: bool) -> None:
+    """199 fast copies of a 0.5b model and one slow 1.5b node, ranked last: for work no exact check
+    judges, the 1.5b node is among the candidates (and chosen, paired with a 0.5b)."""
+    nodes = [_model_node(i, "qwen2.5-coder-0.5b-instruct", 100.0 + i) for i in range(199)]
+    nodes.append(_model_node(199, "qwen2.5-coder-1.5b-instruct", 5000.0))
+    table = NodeTable(nodes)
+    config = replace(CONFIG, shortlist_explorers=0)
+    chunk = Chunk("c1", operation, "some task", 4, 0.9)
+
+    candidates = _ids(Shortlist(config).candidates(table, operation.value, {}))
+
+    assert ("n199" in candidates) is brought
+    assert len(candidates) == config.shortlist_size + brought
+    chosen = route_chunk(chunk, Shortlist(config).candidates(table, operation.value, {}), {}, config).node_ids
+    assert chosen == (("n000", "n199") if brought else ("n000", "n001"))
+
+
+def test_an_excluded_strongest_model_is_not_brought() -> None:
+    nodes = [_model_node(i, "qwen2.5-coder-0.5b-instruct", 100.0 + i, "SEARCH_OP") for i in range(199)]
+    nodes.append(_model_node(199, "qwen2.5-coder-1.5b-instruct", 5000.0, "SEARCH_OP"))
+    shortlist = Shortlist(replace(CONFIG, shortlist_explorers=0))
+
+    candidates = _ids(shortlist.candidates(NodeTable(nodes), "SEARCH_OP", {}, frozenset({"n199"})))
+
+    assert "n199" not in candidates
+
+
+def test_the_ranking_weighs_fitness_by_its_evidence() -> None:
+    """n001, 3x slower than n000 but proven right (0.9 over 20 trials) where n000 is proven wrong (0.3),
+    ranks first, as scoring would choose it; with the seed's weights n000 would."""
+    nodes = [_node(0, latency_ms=100.0, fitness=0.3, trials=20), _node(1, latency_ms=300.0, fitness=0.9, trials=20),
+             *(_node(i, latency_ms=300.0) for i in range(2, 8))]
+    table = NodeTable(nodes)
+    config = replace(CONFIG, shortlist_explorers=0)
+
+    assert _ids(Shortlist(config).candidates(table, OP, {}))[:2] == ["n001", "n000"]
+    assert route_chunk(CHUNK, Shortlist(config).candidates(table, OP, {}), {}, config).node_ids == ("n001",)
+    seed_only = replace(config, fitness_weight_cap=config.fitness_weight)
+    assert _ids(Shortlist(seed_only).candidates(table, OP, {}))[:2] == ["n000", "n001"]
