@@ -6,6 +6,7 @@ VENV ?= .venv
 PYTHON = $(VENV)/bin/python
 PIP = $(PYTHON) -m pip --disable-pip-version-check
 CONSTRAINTS = constraints.txt
+PIP_VERSION = 26.3  # the venv's own pip: what python -m venv brings differs between Pythons (23.2 on 3.11.7)
 PROTO_OUT = protos/dellm_pb2.py protos/dellm_pb2.pyi protos/dellm_pb2_grpc.py
 MODELS_FOR_TESTS = qwen2.5-coder-0.5b-instruct gemma-3-270m smollm2-135m-instruct
 STAMP = $(VENV)/.dellm-installed
@@ -18,6 +19,7 @@ STAMP = $(VENV)/.dellm-installed
 # scripts/build_llama.py checks the build's own system info), then the node extra on top of it.
 $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) scripts/make_venv.py scripts/build_llama.py node/llama_build.py
 	@$(SYSTEM_PYTHON) scripts/make_venv.py $(VENV)
+	$(PIP) install --quiet --upgrade "pip==$(PIP_VERSION)"
 	$(PIP) install --quiet -c $(CONSTRAINTS) "torch==2.13.0"
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lan,redis,transformers,dev]"
 	$(PYTHON) scripts/build_llama.py --constraints $(CONSTRAINTS)

@@ -13,12 +13,11 @@ from dellm.coordinator.pipeline.operations import OPERATIONS, Operation, operati
 from dellm.coordinator.types import Chunk, ChunkResult
 
 # Math chunks ask for a program: the coordinator runs it in its sandbox and votes over what it computes.
-_PROGRAM = ("{task}\nWrite a short Python program that computes this and stores the final number in a variable "
-            "named answer, in a ```python code block. Then give the final number on the last line as "
-            "'Answer: <number>'.")
-_WORD_PROBLEM = ("{task}\nSolve it with a short Python program: one variable per quantity in the problem, each step "
-                 "on its own line, and the final number stored in a variable named answer, in a ```python code "
-                 "block. Then give the final number on the last line as 'Answer: <number>'.")
+_PROGRAM = ("{task}\nReply with only a ```python code block that computes it and stores the final number in a "
+            "variable named answer, then one last line 'Answer: <number>'. No explanations.")
+_WORD_PROBLEM = ("{task}\nReply with only a ```python code block that solves it: one variable per quantity in the "
+                 "problem, each step on its own line, the final number stored in a variable named answer. Then one "
+                 "last line 'Answer: <number>'. No explanations.")
 
 
 def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult], *, programs: bool = True) -> str:
