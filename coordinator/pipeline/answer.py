@@ -185,14 +185,15 @@ async def answer_chunk(
     """
     config = deps.config
     programs = deps.runner is not None
-    prompt = build_chunk_prompt(chunk, dependencies, programs=programs)
     expected = expected_value(chunk, dependencies)
+    checkable = expected is not None
+    prompt = build_chunk_prompt(chunk, dependencies, programs=programs, checkable=checkable)
     reference = reference_key(chunk.operation, expected, label)
     # Word problems (math nothing can check exactly): several samples, voted over what their programs compute.
     sampled = programs and chunk.operation is Operation.MATH_OP and expected is None and config.dispatch.samples > 1
     count = config.dispatch.samples if sampled else None
     request = ChunkRequest(query_id, chunk.chunk_id, chunk.operation, prompt,
-                           max_tokens_for(chunk, config.dispatch, programs=programs),
+                           max_tokens_for(chunk, config.dispatch, programs=programs, checkable=checkable),
                            config.dispatch.sample_temperature if sampled else config.dispatch.temperature,
                            system_prompt_for(chunk, config.dispatch, programs=programs))
     wanted = count or redundancy_for(chunk, config.route)

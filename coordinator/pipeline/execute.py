@@ -15,8 +15,10 @@ Answers to other operations pass through unchanged.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
+import re
 
 from dellm.coordinator.pipeline.answers import final_number, format_number
 from dellm.coordinator.pipeline.operations import Operation
@@ -24,6 +26,23 @@ from dellm.coordinator.sandbox import ProgramRunner, extract_program
 from dellm.coordinator.types import Chunk, NodeAnswer
 
 PROGRAM_FAILED = "its program did not compute a number"  # how a failed program's answer is marked
+
+
+_ASSIGNMENT = re.compile(r"^\s*[A-Za-z_]\w*\s*=[^=].*$")
+
+
+def bare_program(text: str) -> str | None:
+    """Code a node wrote without a fenced block: its assignment lines (``answer = 15 / 100 * 240``),
+    when they parse as Python and one of them assigns ``answer`` or ``result``."""
+    lines = [line.strip() for line in text.splitlines() if _ASSIGNMENT.match(line)]
+    if not any(re.match(r"(answer|result)\s*=", line) for line in lines):
+        return None
+    program = "\n".join(lines)
+    try:
+        ast.parse(program)
+    except SyntaxError:
+        return None
+    return program
 
 
 def stated_number(text: str) -> float | None:
@@ -38,7 +57,7 @@ async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunn
     if chunk.operation is not Operation.MATH_OP or answer.failed:
         return answer
     stated = stated_number(answer.text)
-    program = extract_program(answer.text) if runner is not None else None
+    program = (extract_program(answer.text) or bare_program(answer.text)) if runner is not None else None
     if program is None or runner is None:
         return dataclasses.replace(answer, value=stated, program="no program" if runner is not None else "")
     execution = await runner.run(program)

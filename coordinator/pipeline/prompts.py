@@ -15,18 +15,26 @@ from dellm.coordinator.types import Chunk, ChunkResult
 # Math chunks ask for a program: the coordinator runs it in its sandbox and votes over what it computes.
 _PROGRAM = ("{task}\nReply with only a ```python code block that computes it and stores the final number in a "
             "variable named answer, then one last line 'Answer: <number>'. No explanations.")
+# Arithmetic the coordinator can check exactly needs no working: one line of code is the whole answer.
+_EXPRESSION = ("{task}\nReply with only a one-line ```python code block of the form: answer = <expression>. "
+               "No explanations.")
 _WORD_PROBLEM = ("{task}\nReply with only a ```python code block that solves it: one variable per quantity in the "
                  "problem, each step on its own line, the final number stored in a variable named answer. Then one "
                  "last line 'Answer: <number>'. No explanations.")
 
 
-def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult], *, programs: bool = True) -> str:
+def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult], *, programs: bool = True,
+                       checkable: bool | None = None) -> str:
     """The prompt a node sees: earlier results it depends on, then the task and its operation's instruction.
 
-    With ``programs`` (the coordinator can run them), a math chunk asks for a short program as well."""
+    With ``programs`` (the coordinator can run them), a math chunk asks for a program: one line when its
+    arithmetic can be ``checkable`` exactly (read from the text when not given), worked steps for a
+    word problem."""
     if chunk.operation is Operation.MATH_OP and programs:
-        word_problem = exact_answer(chunk.text) is None and not dependencies
-        template = _WORD_PROBLEM if word_problem else _PROGRAM
+        if checkable is None:
+            checkable = exact_answer(chunk.text) is not None
+        word_problem = not checkable and not dependencies
+        template = _EXPRESSION if checkable else _WORD_PROBLEM if word_problem else _PROGRAM
     else:
         template = "{task}\n" + OPERATIONS[chunk.operation].instruction
     task = template.format(task=chunk.text)
@@ -43,10 +51,11 @@ def system_prompt_for(chunk: Chunk, config: DispatchConfig, *, programs: bool = 
     return config.system_prompt
 
 
-def max_tokens_for(chunk: Chunk, config: DispatchConfig, *, programs: bool = True) -> int:
-    """The chunk's token budget: a program and its answer line need more room than a plain answer."""
+def max_tokens_for(chunk: Chunk, config: DispatchConfig, *, programs: bool = True, checkable: bool = False) -> int:
+    """The chunk's token budget: one line of code for checkable arithmetic, a program and its answer line
+    for the rest of math, and the plain budget otherwise."""
     if chunk.operation is Operation.MATH_OP and programs:
-        return max(config.max_tokens, config.program_max_tokens)
+        return config.expression_max_tokens if checkable else max(config.max_tokens, config.program_max_tokens)
     return config.max_tokens
 
 

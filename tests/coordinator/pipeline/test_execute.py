@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dellm.coordinator.pipeline.answer import escalation_exclude
-from dellm.coordinator.pipeline.execute import judge_by_program, stated_number
+from dellm.coordinator.pipeline.execute import bare_program, judge_by_program, stated_number
 from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.sandbox import Execution, ScriptedRunner
@@ -96,3 +96,22 @@ def node(node_id: str, model: str) -> NodeRecord:
 def test_escalation_prefers_another_model(live: list[tuple[str, str]], tried: set[str], excluded: set[str]) -> None:
     table = NodeTable(node(i, m) for i, m in live)
     assert escalation_exclude(table, tried) == excluded
+
+
+@pytest.mark.parametrize(("text", "program"), [
+    ("answer = 15 / 100 * 240", "answer = 15 / 100 * 240"),
+    ("Sure.\nx = 579\nanswer = x * 2\nThat is it.", "x = 579\nanswer = x * 2"),
+    ("result = 7 * 8", "result = 7 * 8"),
+    ("x = 5", None),  # no answer or result assigned
+    ("answer == 5", None),  # a comparison, not an assignment
+    ("answer = (15 +", None),  # does not parse
+    ("The answer is 36.", None),
+])
+def test_bare_program_reads_unfenced_code(text: str, program: str | None) -> None:
+    assert bare_program(text) == program
+
+
+async def test_an_unfenced_one_line_program_is_run() -> None:
+    runner = ScriptedRunner({PROGRAM: Execution.success(36.0)})
+    judged = await judge_by_program(answer(PROGRAM), MATH, runner)
+    assert judged.value == 36.0 and runner.programs == [PROGRAM]
