@@ -288,6 +288,68 @@ def seed_query(section: Section, network: Report | None, alone: Report | None, t
         section.figures.append(Figure("seed query, one node alone, total", f"{alone['median']['total_s']:.2f} s"))
 
 
+# --- issues 11 and 13: a portable build, and answers the network can stand behind -------------------------
+
+
+def fmt(value: object) -> str:
+    return f"{value:.1f}" if isinstance(value, int | float) else "-"
+
+
+def llama_build(section: Section, report: Report) -> None:
+    if not provenance(section, report):
+        return
+    rows = []
+    for label, build in report["builds"].items():
+        rate, ttft = build.get("tokens_per_s", {}), build.get("ttft_s", {})
+        rows.append([label, "yes" if build.get("amx") else "no", fmt(rate.get("median")), fmt(rate.get("max")),
+                     fmt(ttft.get("median")), str(len(build.get("runs", []))), "; ".join(build.get("failures", []))])
+        if isinstance(rate.get("median"), int | float):
+            section.figures.append(Figure(f"llama.cpp build {label}: {report['model']} tokens/s (median)",
+                                          f"{rate['median']:.1f}", "no AMX", not build.get("amx")))
+    section.lines += ["", *table(["build", "AMX", "tokens/s median", "tokens/s best", "first token s (median)",
+                                  "runs", "failures"], rows)]
+
+
+def compound(section: Section, report: Report) -> None:
+    if not provenance(section, report):
+        return
+    summary, targets = report["summary"], report["targets"]
+    consensus = summary["consensus"]
+    section.lines += ["", f"Network: {report['setup']}.", "",
+                      *table(["kind", "queries", "fully correct"],
+                             [[kind, str(v["queries"]), f"{v['correct']} ({v['accuracy']:.0%})"]
+                              for kind, v in summary["per_kind"].items()]),
+                      "", f"Unanimous consensus: {consensus['unanimous_rate']:.0%} of the chunks with two or more "
+                          f"votes ({consensus['unanimous_share_of_all_chunks']:.0%} of all chunks). Latency through "
+                          f"`dellm ask`: p50 {summary['latency_p50_s']:.2f} s, p95 {summary['latency_p95_s']:.2f} s."]
+    accuracy = summary["accuracy"]
+    section.figures += [
+        Figure("compound queries fully correct", f"{summary['fully_correct']}/{summary['queries']} ({accuracy:.0%})",
+               f">= {targets['accuracy_min']:.0%}", accuracy >= targets["accuracy_min"]),
+        Figure("compound queries unanimous consensus", f"{consensus['unanimous_rate']:.0%}",
+               f"> {targets['unanimous_rate_over']:.0%}", consensus["unanimous_rate"] > targets["unanimous_rate_over"]),
+        Figure("compound queries p50 / p95", f"{summary['latency_p50_s']:.2f} / {summary['latency_p95_s']:.2f} s",
+               f"< {targets['latency_p50_s_under']:.0f} / {targets['latency_p95_s_under']:.0f} s",
+               summary["latency_p50_s"] < targets["latency_p50_s_under"]
+               and summary["latency_p95_s"] < targets["latency_p95_s_under"]),
+    ]
+    failures = report.get("failures") or []
+    if failures:
+        section.lines += ["", "Failures:", ""]
+        for failure in failures[:12]:
+            text = " ".join(str(failure.get("answer", "")).split())[:160]
+            section.lines.append(f"- {failure.get('query', '')!r}: {text!r} (missing {failure.get('missing', [])})")
+
+
+def prompt_cache(section: Section, report: Report) -> None:
+    if not provenance(section, report):
+        return
+    rows = [[mode, f"{v['ttft_s']['median']:.3f}", f"{v['ttft_s']['p95']:.3f}"]
+            for mode, v in report.get("modes", {}).items() if isinstance(v, dict) and "ttft_s" in v]
+    if rows:
+        section.lines += ["", *table(["mode", "time to first token, median s", "p95 s"], rows)]
+
+
 # --- earlier issues' benchmarks: shown from their reports, re-run with their own commands ---------
 
 
@@ -417,6 +479,9 @@ def sections() -> list[Section]:
         ["fitness_scripted_seed1.json", "fitness_scripted_seed2.json", "fitness_scripted_seed3.json",
          "fitness_real.json", "fitness_real_w37.json"], fitness))
     add("GSM8K: one node against the network (issue 4)", "gsm8k", one("gsm8k/results.json", gsm8k))
+    add("Portable llama.cpp builds (issue 11)", "llama_build", one("llama_build.json", llama_build))
+    add("Compound queries through dellm ask (issue 13)", "compound", one("compound_queries.json", compound))
+    add("Prompt KV cache (issue 13)", "prompt_cache", one("prompt_cache.json", prompt_cache))
     add("Faults and load (issue 5)", "chaos", many(
         ["chaos_calm.json", "chaos_kill.json", "chaos_all.json", "load_64_clients.json"], chaos))
     return built

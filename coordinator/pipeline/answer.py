@@ -17,7 +17,7 @@ from dellm.coordinator.errors import ChunkFailedError, NoNodesAvailableError, Un
 from dellm.coordinator.pipeline.answers import exact_answer, reference_key
 from dellm.coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled
 from dellm.coordinator.pipeline.decompose import decompose, validate_plan
-from dellm.coordinator.pipeline.dispatch import NodeConnector, dispatch_chunk
+from dellm.coordinator.pipeline.dispatch import ChunkDispatch, NodeConnector
 from dellm.coordinator.pipeline.execute import judge_by_program
 from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.pipeline.planner import ModelPlanner
@@ -202,11 +202,11 @@ async def answer_chunk(
         return await judge_by_program(answer, chunk, deps.runner)
 
     dispatch = partial(
-        dispatch_chunk, chunk, request, nodes=deps.registry.table, in_flight=deps.in_flight,
+        ChunkDispatch, chunk, request, nodes=deps.registry.table, in_flight=deps.in_flight,
         connector=deps.connector, route_config=config.route, config=config.dispatch, emit=emit,
         on_answer=partial(_record_answer, deps), rng=deps.rng, shortlist=deps.shortlist, judge=judge,
         settled=partial(is_settled, chunk, wanted=wanted, reference=reference))
-    outcome = await dispatch(count=count)
+    outcome = await dispatch(count=count).run()
     chunk_answers, cancelled = list(outcome.answers), outcome.cancelled
     result = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled)
     if result.checked_by == "coordinator" and config.dispatch.escalation_nodes > 0:
@@ -214,7 +214,7 @@ async def answer_chunk(
         log.info("chunk %s: every answer contradicts the exact value %s; asking %d more node(s)",
                  chunk.chunk_id, expected, config.dispatch.escalation_nodes)
         try:
-            more = await dispatch(exclude=exclude, count=config.dispatch.escalation_nodes)
+            more = await dispatch(exclude=exclude, count=config.dispatch.escalation_nodes).run()
         except NoNodesAvailableError:
             more = None
         if more is not None:

@@ -144,7 +144,11 @@ class ChunkDispatch:
     them stopped once ``settled(answers)`` holds. Built per chunk; ``run()`` once.
 
     Every node routed to is counted in ``in_flight`` from routing on (so that concurrent chunks
-    spread out) until its attempt ends, whichever way it ends.
+    spread out) until its attempt ends, whichever way it ends. ``run()`` returns all answers, failed
+    ones included (stage 6 penalises them), and raises NoNodesAvailableError when no live node can
+    take the chunk at all. ``judge`` turns each answer into the one it is judged by before anything
+    reads it (a math answer's program, run); ``exclude`` are nodes never to route to (escalation asks
+    new ones); ``count`` overrides how many nodes the chunk gets at first.
     """
 
     def __init__(
@@ -319,37 +323,3 @@ async def _until_first_good(tasks: Iterable[asyncio.Task[NodeAnswer]]) -> list[N
         if not answer.failed:
             break
     return finished
-
-
-async def dispatch_chunk(
-    chunk: Chunk,
-    request: ChunkRequest,
-    *,
-    nodes: Callable[[], NodeTable],
-    in_flight: dict[str, int],
-    connector: NodeConnector,
-    route_config: RouteConfig,
-    config: DispatchConfig,
-    emit: Callable[[PipelineEvent], None],
-    on_answer: Callable[[NodeAnswer], None],
-    settled: Callable[[Sequence[NodeAnswer]], bool] | None = None,
-    rng: random.Random | None = None,
-    shortlist: Shortlist | None = None,
-    judge: Callable[[NodeAnswer], Awaitable[NodeAnswer]] | None = None,
-    exclude: frozenset[str] = frozenset(),
-    count: int | None = None,
-) -> DispatchOutcome:
-    """All answers to ``chunk``, failed ones included (they are penalised in stage 6).
-
-    Once ``settled(answers)`` holds (the answers so far already agree, or one is verified),
-    the streams still running are cancelled: redundancy without paying twice.
-    Raises NoNodesAvailableError when no live node can take the chunk at all.
-    ``judge`` turns each answer into the one it is judged by before anything reads it (a math
-    answer's program, run); ``exclude`` are nodes never to route to (escalation asks new ones);
-    ``count`` overrides how many nodes the chunk gets at first.
-    """
-    return await ChunkDispatch(
-        chunk, request, nodes=nodes, in_flight=in_flight, connector=connector, route_config=route_config,
-        config=config, emit=emit, on_answer=on_answer, settled=settled, rng=rng, shortlist=shortlist,
-        judge=judge, exclude=exclude, count=count,
-    ).run()

@@ -15,7 +15,7 @@ import pytest
 
 from dellm.coordinator.config import DispatchConfig, RouteConfig
 from dellm.coordinator.errors import NodeCallError, NoNodesAvailableError
-from dellm.coordinator.pipeline.dispatch import ChunkDispatch, DispatchOutcome, dispatch_chunk, stream_answer
+from dellm.coordinator.pipeline.dispatch import ChunkDispatch, DispatchOutcome, stream_answer
 from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.types import (
@@ -160,11 +160,11 @@ async def dispatch(
         return settled is not None and settled(so_far)
 
     async with asyncio.timeout(2.0):  # a hang fails the test, not the run
-        outcome = await dispatch_chunk(
+        outcome = await ChunkDispatch(
             chunk, REQUEST, nodes=lambda: table, in_flight=counts, connector=connector, route_config=ROUTE,
             config=config, emit=events.append, on_answer=recorded.append,
             settled=settles if settled is not None else None,
-        )
+        ).run()
     return Dispatched(outcome, events, recorded, counts, connector, settled_calls)
 
 
@@ -309,10 +309,10 @@ async def test_no_live_node_raises_before_anything_is_emitted_or_counted() -> No
     events: list[PipelineEvent] = []
 
     with pytest.raises(NoNodesAvailableError, match="chunk c1"):
-        await dispatch_chunk(
+        await ChunkDispatch(
             LOW, REQUEST, nodes=lambda: NodeTable(), in_flight=counts, connector=FakeNodeConnector({}),
             route_config=ROUTE, config=CONFIG, emit=events.append, on_answer=lambda answer: None,
-        )
+        ).run()
     assert events == [] and counts == {}
 
 
