@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import platform
+import re
 import socket
 import sqlite3
 import time
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from dellm.node.advertise import MdnsAdvertiser
 
 log = logging.getLogger(__name__)
+_CODE_ANSWER = re.compile(r"```|^\s*(?:answer|result)\s*=", re.M)  # an answer written as a program
 SERVICE_NAME = dellm_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 VERSION = "0.1.0"
 
@@ -126,7 +128,8 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
             temperature=max(0.0, request.temperature),
             stop=tuple(request.stop),
             system=request.system or None,
-            examples=await self._few_shot_examples(request.prompt, request.chunk_id),
+            examples=await self._few_shot_examples(request.prompt, request.chunk_id,
+                                                    code_ok=request.operation == dellm_pb2.MATH_OP),
             seed=request.seed,
         )
         logprobs: list[float] = []
@@ -144,15 +147,22 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
         yield dellm_pb2.TokenChunk(done=True, finish_reason=finish, confidence=confidence_from_logprobs(logprobs),
                                    completion_tokens=len(logprobs))
 
-    async def _few_shot_examples(self, prompt: str, chunk_id: str) -> tuple[tuple[str, str], ...]:
-        """The most similar verified examples from this node's feedback (SQLite, off the event loop)."""
+    async def _few_shot_examples(self, prompt: str, chunk_id: str, *, code_ok: bool = True
+                                 ) -> tuple[tuple[str, str], ...]:
+        """The most similar verified examples from this node's feedback (SQLite, off the event loop).
+
+        Math chunks are answered with code (the coordinator runs it); an example answered with code
+        would teach a fact or text chunk to reply ``answer = ...``, so those get none (``code_ok``)."""
         if self._config.few_shot <= 0:
             return ()
+        wanted = self._config.few_shot if code_ok else 3 * self._config.few_shot  # room to leave code out
         try:
-            found = await asyncio.to_thread(self._feedback.verified_examples, prompt, self._config.few_shot)
+            found = await asyncio.to_thread(self._feedback.verified_examples, prompt, wanted)
         except sqlite3.Error as exc:
             log.warning("chunk %s: few-shot lookup failed, answering without examples: %s", chunk_id, exc)
             return ()
+        if not code_ok:
+            found = [e for e in found if not _CODE_ANSWER.search(e.answer)][: self._config.few_shot]
         examples = fit_examples([(e.prompt, e.answer) for e in found], self._config.few_shot_max_chars)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("chunk %s: %d few-shot examples (similarity %s)", chunk_id, len(examples),

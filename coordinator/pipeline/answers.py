@@ -21,6 +21,9 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _ANSWER_MARKER = re.compile(r"\b(?:final answer|answer|result|total)\b\s*(?:is|:|=)", re.I)
 _WORD = re.compile(r"[a-z0-9]+")
 TEXT_SIMILARITY = 0.6  # word-set Jaccard at or above which two free-text answers count as one
+SHORT_ANSWER_WORDS = 3  # a free-text answer of at most this many content words matches a sentence containing it
+_FILLER = frozenset({"the", "a", "an", "is", "are", "was", "it", "its", "of", "in", "on", "for", "to", "and",
+                     "answer", "by"})  # words that carry no fact
 def is_degenerate(text: str) -> bool:
     """True for output that loops ("- 1000 * 0.10 = 1000 - 1000 * 0.10 = 1000 ..."): a small model's
     failure mode, malformed rather than an answer."""
@@ -84,7 +87,12 @@ def answers_match(a: str, b: str) -> bool:
         return math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9)
     if a.startswith("text:") and b.startswith("text:"):
         wa, wb = set(a[5:].split()), set(b[5:].split())
-        return bool(wa | wb) and len(wa & wb) / len(wa | wb) >= TEXT_SIMILARITY
+        if bool(wa | wb) and len(wa & wb) / len(wa | wb) >= TEXT_SIMILARITY:
+            return True
+        # A short factoid answer and a sentence that contains it say the same thing ("Tokyo" and "The
+        # capital of Japan is Tokyo"): the short one's content words all appear in the other.
+        short, long = sorted((wa - _FILLER, wb - _FILLER), key=len)
+        return 0 < len(short) <= SHORT_ANSWER_WORDS and short <= long
     return False
 
 

@@ -279,11 +279,12 @@ async def recording_node(tmp_path: Path, store: FeedbackStore,
         await node.stop(0.1)
 
 
-async def _generate(address: str, prompt: str) -> str:
+async def _generate(address: str, prompt: str, operation: int = dellm_pb2.OPERATION_UNSPECIFIED) -> str:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = dellm_pb2_grpc.NodeServiceStub(channel)
         chunks = [c async for c in stub.Generate(dellm_pb2.GenerateRequest(query_id="q", chunk_id="c1",
-                                                                           prompt=prompt), timeout=10)]
+                                                                           prompt=prompt, operation=operation),
+                                                 timeout=10)]
     return "".join(c.text for c in chunks)
 
 
@@ -320,6 +321,21 @@ async def test_generate_puts_verified_feedback_before_the_prompt(
 
     await _generate(node.address, "Summarise the plot of Hamlet.")  # nothing similar is known
     assert backend.requests[-1].examples == ()
+
+
+async def test_code_examples_teach_only_math_chunks(recording_node: tuple[RunningNode, RecordingBackend]) -> None:
+    """A verified program (math chunks answer with code) must not teach a fact chunk to reply `answer = ...`."""
+    node, backend = recording_node
+    program = "```python\nanswer = 15 / 100 * 240\n```"
+    await _feedback(node.address, "Calculate 15% of 240, then name the capital of Japan", program,
+                    dellm_pb2.CORRECT, "exact_check")
+    await _feedback(node.address, "Name the capital of Italy", "Rome", dellm_pb2.CORRECT, "user")
+
+    await _generate(node.address, "Calculate 15% of 300", dellm_pb2.MATH_OP)
+    assert (("Calculate 15% of 240, then name the capital of Japan", program)) in backend.requests[-1].examples
+    await _generate(node.address, "Name the capital of Japan", dellm_pb2.SEARCH_OP)
+    examples = backend.requests[-1].examples
+    assert examples and all("answer =" not in answer and "```" not in answer for _, answer in examples)
 
 
 @pytest.mark.parametrize("recording_node", [0], indirect=True)

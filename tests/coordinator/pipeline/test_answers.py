@@ -214,3 +214,20 @@ def test_exact_answer_with_prior_chains_the_issue_queries() -> None:
     second = exact_answer("multiply the result by 2", prior_value([f"Answer: {first}"]))
 
     assert (first, second) == (579.0, 1158.0)
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    ("Tokyo", "The capital of Japan is Tokyo.", True),
+    ("Au", "The chemical symbol for gold is Au.", True),
+    ("Jane Austen", "Pride and Prejudice was written by Jane Austen.", True),
+    ("Paris", "The capital of France is Lyon.", False),
+    ("Leo Tolstoy", "Pride and Prejudice was written by Jane Austen.", False),
+    ("The answer is", "Tokyo", False),  # nothing but filler is no answer
+    ("Online high-yield savings accounts", "Credit unions and online banks", False),
+])
+def test_a_short_factoid_matches_a_sentence_that_contains_it(a: str, b: str, same: bool) -> None:
+    from dellm.coordinator.pipeline.answers import answers_match, normalize_answer
+    from dellm.coordinator.pipeline.operations import Operation
+
+    key_a, key_b = normalize_answer(a, Operation.SEARCH_OP), normalize_answer(b, Operation.SEARCH_OP)
+    assert answers_match(key_a, key_b) is same and answers_match(key_b, key_a) is same
