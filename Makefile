@@ -6,7 +6,8 @@ VENV ?= .venv
 PYTHON = $(VENV)/bin/python
 PIP = $(PYTHON) -m pip --disable-pip-version-check
 CONSTRAINTS = constraints.txt
-PIP_VERSION = 26.3  # the venv's own pip: what python -m venv brings differs between Pythons (23.2 on 3.11.7)
+# The venv's own pip, pinned: what python -m venv brings differs between Pythons (23.2 on 3.11.7).
+PIP_VERSION = 26.3
 PROTO_OUT = protos/dellm_pb2.py protos/dellm_pb2.pyi protos/dellm_pb2_grpc.py
 MODELS_FOR_TESTS = qwen2.5-coder-0.5b-instruct gemma-3-270m smollm2-135m-instruct
 STAMP = $(VENV)/.dellm-installed
