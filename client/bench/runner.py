@@ -12,7 +12,20 @@ Three runs, each on its own real processes on loopback (``client.local_cluster``
               label (fitness per operation type) and sends each node verified feedback, which the node
               keeps and reuses as few-shot examples. Then the evaluation slice is asked without labels.
 
-The evaluation slice is problems ``offset .. offset+n`` for all three runs. A question is right
+Two more runs answer "does the network beat its best single node?" (``--runs alone,sampled``):
+
+alone         the strongest fair single node: ``--alone-model`` (default the 1.5B coder) in ONE node process,
+              no coordinator, asked directly, greedy, one sample, with each of its natural prompts (chain of
+              thought; the coordinator's own program prompt, the program run in the same sandbox); see
+              ``alone.py``. Phases ``alone_cot`` and ``alone_program``; the better is the baseline.
+sampled       the network with the coordinator's default flags (synthesis off, ``--max-tokens``) on
+              ``--sampled-models`` (default one 1.5B and two 0.5B nodes, one thread each), once per
+              ``--samples`` value (default 1, 3, 5): word problems get that many samples at the
+              coordinator's sampling temperature, one per node, voted over what their programs compute.
+              The coordinator never asks one node twice for a chunk, so samples above the number of nodes
+              are capped at it (the report says so). Phases ``samples_<n>``, each on a fresh cluster.
+
+The evaluation slice is problems ``offset .. offset+n`` for every run. A question is right
 when the final number of the answer (``coordinator.pipeline.assemble.final_number``) equals the
 label after ``####`` (numeric compare, tolerance 1e-6). A question that errors (no node, deadline)
 counts as an error and as not right, and the run goes on.
@@ -37,9 +50,18 @@ from pathlib import Path
 from typing import Any
 
 from dellm.client.api import ClientConfig, DellmClient
+from dellm.client.bench.alone import PROMPT_KINDS, ask_all_alone, warm_up
 from dellm.client.bench.data import DEFAULT_DATA, REPO_ROOT, BenchError, Problem, count_problems, load_problems
-from dellm.client.bench.report import PHASE_TITLES, write_outputs
-from dellm.client.bench.scoring import PHASES, QuestionRecord, error_kind, is_correct, summarize
+from dellm.client.bench.report import PHASE_TITLES, phase_title, write_outputs
+from dellm.client.bench.scoring import (
+    ALONE_PREFIX,
+    PHASES,
+    SAMPLES_PREFIX,
+    QuestionRecord,
+    error_kind,
+    is_correct,
+    summarize,
+)
 from dellm.client.errors import DellmError
 from dellm.client.local_cluster import ClusterError, LocalCluster, NodeSpec
 from dellm.coordinator.pipeline.answers import final_number
@@ -59,7 +81,12 @@ DEFAULT_SINGLE_MODEL = "qwen2.5-coder-0.5b-instruct"
 DEFAULT_MODELS = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 DEFAULT_MAX_TOKENS = 320  # a worked answer plus its 'Answer: <number>' line; 96 (the coordinator's) cuts it off
 DEFAULT_QUESTION_TIMEOUT_S = 600.0  # one whole question; the coordinator's own per-stream deadline is shorter
-RUNS = ("single", "network", "learning")  # one cluster each: (a), (b), (c)
+RUNS = ("single", "network", "learning", "alone", "sampled")  # one cluster each (sampled: one per --samples)
+DEFAULT_RUNS = ("single", "network", "learning")  # (a), (b), (c): what `dellm bench gsm8k` runs unless told
+# The baseline and the self-consistency network (``--runs alone,sampled``).
+DEFAULT_ALONE_MODEL = "qwen2.5-coder-1.5b-instruct"  # the strongest model the catalogue ships
+DEFAULT_SAMPLED_MODELS = ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct")
+DEFAULT_SAMPLES = (1, 3, 5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,6 +107,12 @@ class BenchConfig:
     out: Path = DEFAULT_OUT
     redundancy: int | None = None  # nodes per chunk in (b) and (c); None: every node
     question_timeout_s: float = DEFAULT_QUESTION_TIMEOUT_S
+    alone_model: str = DEFAULT_ALONE_MODEL
+    alone_prompts: tuple[str, ...] = PROMPT_KINDS
+    # Copies of one model are fine here: each sample has its own seed, so copies answer differently.
+    sampled_models: tuple[str, ...] = DEFAULT_SAMPLED_MODELS
+    samples: tuple[int, ...] = DEFAULT_SAMPLES
+    network_tag: str = ""  # added to the sampled phases' names (samples_3_<tag>): several networks side by side
     backend: str = "llama_cpp"  # "scripted" runs test-double nodes (tests); models then name scripts
     scripts: Mapping[str, Path] = field(default_factory=dict)  # model name -> script, for "scripted"
 
@@ -91,8 +124,12 @@ class BenchConfig:
         return self.redundancy or len(self.models)
 
 
-def validate_config(config: BenchConfig) -> int:
-    """Refuse parameters that cannot give a meaningful run; returns the number of problems in the file."""
+def validate_config(config: BenchConfig, runs: Sequence[str] = DEFAULT_RUNS) -> int:
+    """Refuse parameters that cannot give a meaningful run; returns the number of problems in the file.
+    Only the models of ``runs`` must exist."""
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown or not runs:
+        raise BenchError(f"--runs takes some of {', '.join(RUNS)}, got {', '.join(runs) or 'none'}")
     if config.n < 1:
         raise BenchError(f"--n must be at least 1, got {config.n}")
     if config.offset < 0:
@@ -111,6 +148,16 @@ def validate_config(config: BenchConfig) -> int:
     if config.redundancy is not None and not 1 <= config.redundancy <= len(config.models):
         raise BenchError(f"--redundancy must be between 1 and the number of models ({len(config.models)}), "
                          f"got {config.redundancy}")
+    if not config.sampled_models:
+        raise BenchError("--sampled-models needs at least one model")
+    if not config.samples or min(config.samples) < 1:
+        raise BenchError(f"--samples must be whole numbers of at least 1, got {list(config.samples)}")
+    unknown = [p for p in config.alone_prompts if p not in PROMPT_KINDS]
+    if unknown or not config.alone_prompts:
+        raise BenchError(f"--alone-prompts must name some of {', '.join(PROMPT_KINDS)}, "
+                         f"got {list(config.alone_prompts)}")
+    if not all(c.isalnum() or c in "-." for c in config.network_tag):
+        raise BenchError(f"--network-tag takes letters, digits, '-' and '.', got {config.network_tag!r}")
     if config.question_timeout_s <= 0:
         raise BenchError("the question timeout must be positive")
     if not config.data.is_file():
@@ -121,11 +168,15 @@ def validate_config(config: BenchConfig) -> int:
     if config.offset + config.n > total:
         raise BenchError(f"--offset {config.offset} --n {config.n} needs problems up to {config.offset + config.n}, "
                          f"but {config.data} has {total}")
-    if config.offset + config.n + config.train_n > total:
+    if config.train_n and config.offset + config.n + config.train_n > total:
         raise BenchError(f"the training slice (problems {config.offset + config.n} .. "
                          f"{config.offset + config.n + config.train_n}, after the evaluation slice) runs past the "
                          f"{total} problems in {config.data}; lower --train-n or --offset")
-    for model in {config.single_model, *config.models}:
+    wanted = {config.single_model} if "single" in runs else set()
+    wanted |= set(config.models) if {"network", "learning"} & set(runs) else set()
+    wanted |= {config.alone_model} if "alone" in runs else set()
+    wanted |= set(config.sampled_models) if "sampled" in runs else set()
+    for model in sorted(wanted):
         _check_model(model, config)
     return total
 
@@ -161,8 +212,21 @@ def node_name(model: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def vote_number(answer: str, normalized: str, failed: bool) -> float | None:
+    """The number a node's answer is judged by: the value the coordinator voted on (``num:<value>``, for a math
+    chunk what its program computed), else the final number of its text."""
+    if failed or not answer:
+        return None
+    if normalized.startswith("num:"):
+        try:
+            return float(normalized.removeprefix("num:"))
+        except ValueError:
+            pass
+    return final_number(answer)
+
+
 def _vote_entry(vote: dellm_pb2.Vote, names: Mapping[str, str], label: float) -> dict[str, Any]:
-    number = final_number(vote.answer) if vote.answer and not vote.failed else None
+    number = vote_number(vote.answer, vote.normalized, vote.failed)
     return {
         "node_id": vote.node_id, "node": names.get(vote.node_id, vote.node_id[:8]), "answer": vote.answer,
         "normalized": vote.normalized, "number": number, "correct": is_correct(number, label) and not vote.failed,
@@ -292,6 +356,7 @@ class BenchState:
     load_before: tuple[float, ...] = ()
     load_after: tuple[float, ...] = ()
     code: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> commit and modified files at its start
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # alone/sampled phase -> its command, setup, load
 
 
 def _cluster(config: BenchConfig, phase: str) -> LocalCluster:
@@ -302,10 +367,20 @@ def _cluster(config: BenchConfig, phase: str) -> LocalCluster:
     return LocalCluster(workdir=workdir)
 
 
+def unique_node_names(models: Sequence[str]) -> list[str]:
+    """One name per node: ``bench-<model>``, with ``-2``, ``-3`` ... for further copies of a model."""
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for model in models:
+        seen[model] = seen.get(model, 0) + 1
+        names.append(node_name(model) + (f"-{seen[model]}" if seen[model] > 1 else ""))
+    return names
+
+
 def _start_nodes(cluster: LocalCluster, config: BenchConfig, models: Sequence[str], threads: int) -> list[str]:
     started = []
-    for model in models:
-        spec = node_spec(node_name(model), model, config, threads)
+    for name, model in zip(unique_node_names(models), models, strict=True):
+        spec = node_spec(name, model, config, threads)
         cluster.start_node(spec, ready_timeout=300.0)
         started.append(f"{spec.name} ({model}, {spec.backend}, {threads} thread(s))")
     cluster.wait_for_nodes(len(models), timeout=120.0)
@@ -363,13 +438,84 @@ def _run_phase(state: BenchState, phase: str, progress: Callable[[str], None]) -
     state.phase_wall_s[f"{phase}_total"] = round(time.monotonic() - started, 1)
 
 
+def _run_alone(state: BenchState, progress: Callable[[str], None]) -> None:
+    """The baseline: one node process, no coordinator, each prompt of ``config.alone_prompts`` in turn."""
+    from dellm.coordinator.sandbox import SubprocessSandbox
+
+    config = state.config
+    threads = config.node_threads(1)
+    state.code["alone"] = code_version()
+    progress(f"one node alone ({config.alone_model}, {threads} thread(s)), no coordinator: "
+             f"prompts {', '.join(config.alone_prompts)}")
+    with _cluster(config, "alone") as cluster:  # no coordinator is started: the node serves on its own
+        spec = node_spec(node_name(config.alone_model), config.alone_model, config, threads)
+        node = cluster.start_node(spec, ready_timeout=300.0)
+        progress(f"  warm-up generation (not measured): {asyncio.run(warm_up(node.address)):.1f}s")
+        runner = SubprocessSandbox()
+        for kind in config.alone_prompts:
+            phase = ALONE_PREFIX + kind
+            state.nodes[phase] = [f"{spec.name} ({config.alone_model}, {spec.backend}, {threads} thread(s)), alone"]
+            state.meta[phase] = _phase_meta(state, {"prompt": kind, "model": config.alone_model, "threads": threads,
+                                                    "max_tokens": config.max_tokens, "temperature": 0.0})
+            progress(f"  {phase}: {len(state.eval_problems)} problem(s)")
+            started = time.monotonic()
+            try:
+                asyncio.run(ask_all_alone(node.address, state.eval_problems, phase, kind, spec.name, runner,
+                                          max_tokens=config.max_tokens, timeout_s=config.question_timeout_s,
+                                          progress=progress, sink=state.records))
+            finally:
+                state.phase_wall_s[phase] = round(time.monotonic() - started, 1)
+                state.meta[phase]["loadavg_after"] = list(_loadavg())
+
+
+def sampled_flags(config: BenchConfig, samples: int) -> list[str]:
+    """The coordinator's default flags but for the answer budget and the number of samples."""
+    return ["--max-tokens", str(config.max_tokens), "--samples", str(samples)]
+
+
+def _run_sampled(state: BenchState, progress: Callable[[str], None]) -> None:
+    """The network at each ``config.samples``, each on a fresh cluster (registry, fitness and node state)."""
+    config = state.config
+    models = config.sampled_models
+    threads = config.node_threads(len(models))
+    for samples in config.samples:
+        phase = f"{SAMPLES_PREFIX}{samples}" + (f"_{config.network_tag}" if config.network_tag else "")
+        state.code[phase] = code_version()
+        flags = sampled_flags(config, samples)
+        progress(f"{phase_title(phase)}: a coordinator ({' '.join(flags)}) and {len(models)} node(s)")
+        started = time.monotonic()
+        with _cluster(config, phase) as cluster:
+            address = cluster.start_coordinator(synth_model="none", extra=flags)
+            state.nodes[phase] = _start_nodes(cluster, config, models, threads)
+            warm = [asyncio.run(warm_up(p.address)) for p in cluster.processes if p.name != "coordinator"]
+            progress(f"  warm-up generations (not measured): {', '.join(f'{w:.1f}s' for w in warm)}")
+            state.meta[phase] = _phase_meta(state, {
+                "coordinator_flags": ["--synth-model", "none", *flags], "models": list(models),
+                "threads_per_node": threads, "samples": samples, "samples_used": min(samples, len(models)),
+                "capped": samples > len(models)})
+            try:
+                asyncio.run(ask_all(address, state.eval_problems, phase, send_labels=False,
+                                    timeout_s=config.question_timeout_s, progress=progress, sink=state.records))
+            finally:
+                state.phase_wall_s[phase] = round(time.monotonic() - started, 1)
+                state.meta[phase]["loadavg_after"] = list(_loadavg())
+            state.fitness[phase] = asyncio.run(node_fitness(address))
+
+
+def _phase_meta(state: BenchState, setup: dict[str, Any]) -> dict[str, Any]:
+    """What a new-style run says about itself: its command, slice, setup and the load it ran under."""
+    config = state.config
+    return {"command": state.command, "slice": [config.offset, config.offset + config.n], "data": str(config.data),
+            "setup": setup, "loadavg_before": list(_loadavg()), "started_unix": round(time.time(), 1)}
+
+
 def run_gsm8k_bench(config: BenchConfig, *, command: str = "", progress: Callable[[str], None] | None = None,
-                    runs: Sequence[str] = RUNS) -> dict[str, Any]:
+                    runs: Sequence[str] = DEFAULT_RUNS) -> dict[str, Any]:
     """Run the benchmark, write ``results.json``, ``summary.md`` and ``accuracy.png`` to ``config.out``,
     and return the results. Raises BenchError for nonsense parameters (before starting anything);
     on Ctrl-C the clusters are stopped and what was measured is written before KeyboardInterrupt goes on."""
     say = progress or (lambda message: log.info("%s", message))
-    validate_config(config)
+    validate_config(config, runs)
     config = replace(config, out=Path(config.out), data=Path(config.data))
     problems = load_problems(config.data, config.offset, config.n + config.train_n)  # one read, two slices
     eval_problems, train_problems = problems[:config.n], problems[config.n:]
@@ -378,7 +524,12 @@ def run_gsm8k_bench(config: BenchConfig, *, command: str = "", progress: Callabl
     clock = time.monotonic()
     try:
         for run in runs:
-            _run_phase(state, run, say)
+            if run == "alone":
+                _run_alone(state, say)
+            elif run == "sampled":
+                _run_sampled(state, say)
+            else:
+                _run_phase(state, run, say)
     except KeyboardInterrupt:
         state.interrupted = True
         raise
@@ -429,11 +580,11 @@ def machine_info() -> dict[str, Any]:
 def build_results(state: BenchState) -> dict[str, Any]:
     config = state.config
     summaries = {}
-    for phase in PHASES:
+    seen = list(dict.fromkeys(r.phase for r in state.records))
+    for phase in [p for p in PHASES if p in seen] + [p for p in seen if p not in PHASES]:
         records = [r for r in state.records if r.phase == phase]
-        if records:
-            summaries[phase] = {**summarize(records), "nodes": state.nodes.get(phase, state.nodes.get("learned", [])),
-                                "fitness_at_end": state.fitness.get(phase, []), "wall_s": state.phase_wall_s.get(phase)}
+        summaries[phase] = {**summarize(records), "nodes": state.nodes.get(phase, state.nodes.get("learned", [])),
+                            "fitness_at_end": state.fitness.get(phase, []), "wall_s": state.phase_wall_s.get(phase)}
     eval_range = [config.offset, config.offset + config.n]
     train_range = [config.offset + config.n, config.offset + config.n + config.train_n]
     config_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "scripts"}
@@ -456,5 +607,6 @@ def build_results(state: BenchState) -> dict[str, Any]:
         "interrupted": state.interrupted,
         "failure": state.failure,
         "summary": summaries,
+        "runs": {phase: {**meta, "wall_s": state.phase_wall_s.get(phase)} for phase, meta in state.meta.items()},
         "records": [asdict(r) for r in state.records],
     }

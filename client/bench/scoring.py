@@ -14,6 +14,9 @@ from typing import Any
 
 TOLERANCE = 1e-6
 PHASES = ("single", "network", "train", "learned")  # what a record belongs to; (c) asks "train" then "learned"
+# The single-node baseline and the self-consistency network: "alone_<prompt>" and "samples_<n>" phases.
+ALONE_PREFIX = "alone_"
+SAMPLES_PREFIX = "samples_"
 
 
 @dataclass
@@ -71,6 +74,21 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion ``correct / total`` (95 % for z = 1.96); None when empty.
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest at 0/n and n/n."""
+    if total <= 0:
+        return None
+    if not 0 <= correct <= total:
+        raise ValueError(f"correct must be between 0 and {total}, got {correct}")
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def _valid_votes(chunk: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [v for v in chunk.get("votes", []) if not v.get("failed") and v.get("normalized")]
 
@@ -112,6 +130,7 @@ def summarize(records: Sequence[QuestionRecord]) -> dict[str, Any]:
         "errors_by_kind": dict(Counter(error_kind(r.error) for r in records if r.error)),
         "correct": correct,
         "accuracy": correct / questions if questions else None,
+        "accuracy_ci95": list(interval) if (interval := wilson_interval(correct, questions)) else None,
         "chunks_with_2plus_answers": compared,
         "unanimous_chunks": unanimous,
         "consensus_rate": unanimous / compared if compared else None,

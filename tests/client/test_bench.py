@@ -333,3 +333,143 @@ def test_an_unreachable_cluster_is_an_error_not_a_crash(tmp_path: Path, monkeypa
     assert (single["questions"], single["errors"], single["correct"]) == (2, 2, 0)
     assert all("UNAVAILABLE" in r["error"] and r["error_kind"] == "unavailable" for r in results["records"])
     assert single["latency_p50_s"] is None
+
+
+# --- the single node alone vs the self-consistency network --------------------------------------------
+
+# A test-double node for the single-node runs: right step by step on apples, wrong on pens; its pens program
+# computes 60 but it states 17 (the program is what counts); it writes no program for apples.
+ALONE_SCRIPT = '''
+model = "scripted-alone"
+
+[[rule]]
+pattern = "(?s)pens.*python"
+reply = """```python
+boxes = 5
+per_box = 12
+answer = boxes * per_box
+```
+Answer: 17"""
+
+[[rule]]
+pattern = "(?s)pens.*step by step"
+reply = "12 + 5 = 17. Answer: 17"
+
+[[rule]]
+pattern = "(?s)apples"
+reply = "3 + 4 = 7. Answer: 7"
+
+[default]
+reply = "I do not know."
+'''
+
+
+def test_wilson_interval() -> None:
+    from dellm.client.bench import wilson_interval
+
+    assert wilson_interval(0, 0) is None
+    low, high = wilson_interval(5, 10)  # type: ignore[misc]
+    assert (low, high) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    low, high = wilson_interval(0, 10)  # type: ignore[misc]
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson_interval(50, 50)  # type: ignore[misc]
+    assert high == 1.0 and low == pytest.approx(0.9287, abs=1e-4)
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+    assert summarize([_record(0, True, 1.0, [_vote("a", "num:1", True)], unanimous=True)])["accuracy_ci95"][1] == 1.0
+
+
+def test_the_program_prompt_alone_is_the_coordinators_word_problem_prompt() -> None:
+    from dellm.client.bench.alone import alone_prompt
+    from dellm.coordinator.config import DispatchConfig
+    from dellm.coordinator.pipeline.prompts import build_chunk_prompt
+
+    question = "A box holds 12 pens. How many pens are in 5 boxes?"
+    program = alone_prompt("program", question)
+    assert program.chunk is not None and program.text == build_chunk_prompt(program.chunk, [])
+    assert "variable named answer" in program.text and program.system == DispatchConfig().program_system_prompt
+    cot = alone_prompt("cot", question)
+    assert cot.chunk is None and "step by step" in cot.text and "'Answer: <number>'" in cot.text
+    with pytest.raises(ValueError):
+        alone_prompt("few-shot", question)
+
+
+def test_alone_and_sampled_runs_on_scripted_nodes(tmp_path: Path) -> None:
+    alone_script = tmp_path / "alone.toml"
+    alone_script.write_text(ALONE_SCRIPT)
+    scripts = {**SCRIPTS, "scripted-alone": alone_script}
+    config = scripted_config(tmp_path, train_n=0, alone_model="scripted-alone", scripts=scripts,
+                             sampled_models=("scripted-strong", "scripted-strong", "scripted-weak"), samples=(1, 5))
+    messages: list[str] = []
+    results = run_gsm8k_bench(config, command="test", progress=messages.append, runs=("alone", "sampled"))
+    summary = results["summary"]
+    assert set(summary) == {"alone_cot", "alone_program", "samples_1", "samples_5"}
+    # step by step: right on apples, wrong on pens; the program's 60 counts, not the stated 17
+    assert summary["alone_cot"]["correct"] == 1 and summary["alone_program"]["correct"] == 2
+    pens = next(r for r in results["records"] if r["phase"] == "alone_program" and r["index"] == 1)
+    assert pens["predicted"] == 60 and "judged by the program" in pens["chunks"][0]["votes"][0]["program"]
+    assert summary["alone_program"]["accuracy_ci95"] == pytest.approx([0.3424, 1.0], abs=1e-4)
+    # the network answered every problem; five samples on three nodes is capped at three, and says so
+    for phase in ("samples_1", "samples_5"):
+        assert summary[phase]["errors"] == 0 and summary[phase]["latency_p50_s"] is not None
+    runs = results["runs"]
+    assert runs["samples_5"]["setup"]["capped"] and runs["samples_5"]["setup"]["samples_used"] == 3
+    assert "--samples" in runs["samples_5"]["setup"]["coordinator_flags"]
+    assert runs["alone_cot"]["setup"]["temperature"] == 0.0 and runs["alone_cot"]["loadavg_before"]
+    names = [n.split(" ")[0] for n in summary["samples_1"]["nodes"]]
+    assert names == ["bench-scripted-strong", "bench-scripted-strong-2", "bench-scripted-weak"]
+
+    markdown = (config.out / "summary.md").read_text()
+    assert "one node alone, program + sandbox **(baseline)**" in markdown
+    assert "capped at 3" in markdown and "p50 / baseline p50" in markdown and "95% CI" in markdown
+    assert "(a) one node alone" not in markdown  # no (a)/(b)/(c) runs in this folder
+    assert any("[alone_cot 2/2]" in m for m in messages) and any("[samples_5 2/2]" in m for m in messages)
+
+
+def test_runs_are_added_to_a_folders_results(tmp_path: Path) -> None:
+    """A later run keeps the phases it did not measure and replaces those it did."""
+    from dellm.client.bench import baseline_phase, baseline_table, merge_results
+
+    def summary(correct: int, p50: float) -> dict[str, object]:
+        return {**summarize([_record(i, i < correct, p50, [_vote("a", "num:1", i < correct)], unanimous=True)
+                             for i in range(4)]), "nodes": ["bench-x (x, llama_cpp, 1 thread(s))"]}
+
+    old = {"benchmark": "gsm8k", "command": "old", "summary": {"single": summary(1, 1.0), "alone_cot": summary(2, 2.0)},
+           "records": [{"phase": "single"}, {"phase": "alone_cot"}], "runs": {"alone_cot": {"setup": {}}}}
+    new = {"benchmark": "gsm8k", "command": "new", "summary": {"alone_cot": summary(3, 4.0),
+                                                              "alone_program": summary(3, 2.0),
+                                                              "samples_3": summary(4, 5.0)},
+           "records": [{"phase": "alone_cot"}, {"phase": "alone_program"}, {"phase": "samples_3"}],
+           "runs": {"samples_3": {"setup": {"capped": False}}}}
+    merged = merge_results(old, new)
+    assert merged["command"] == "old"  # the (a)/(b)/(c) description stays
+    assert set(merged["summary"]) == {"single", "alone_cot", "alone_program", "samples_3"}
+    assert merged["summary"]["alone_cot"]["correct"] == 3
+    assert [r["phase"] for r in merged["records"]] == ["single", "alone_cot", "alone_program", "samples_3"]
+    # equal accuracy: the faster prompt is the baseline; the network's p50 is 2.5x its
+    assert baseline_phase(merged) == "alone_program"
+    table = baseline_table(merged)
+    assert "| network, 3 samples | x | 100.0% | [51.0, 100.0] | 4/4 | 0 | 5.0 | 5.0 | 2.50x |" in table
+    assert cli.main(["bench", "gsm8k", "--runs", "alone,bogus", "--out", str(tmp_path)]) == 2
+    assert cli.main(["bench", "gsm8k", "--runs", "sampled", "--samples", "1,x", "--out", str(tmp_path)]) == 2
+
+
+def test_sampled_phases_are_named_by_samples_and_network(tmp_path: Path) -> None:
+    from dellm.client.bench.report import phase_title
+
+    assert phase_title("samples_1") == "network, 1 sample"
+    assert phase_title("samples_3_3x1.5b") == "network, 3 samples (3x1.5b)"
+    assert phase_title("alone_cot") == "one node alone, chain of thought"
+    with pytest.raises(BenchError, match="--network-tag"):
+        validate_config(scripted_config(tmp_path, network_tag="a b"), runs=("sampled",))
+    with pytest.raises(BenchError, match="--runs"):
+        validate_config(scripted_config(tmp_path), runs=("everything",))
+
+
+def test_a_vote_is_judged_by_the_value_the_coordinator_voted_on() -> None:
+    """A program answer's text may state anything; its executed value (``num:``) is what counts."""
+    from dellm.client.bench.runner import vote_number
+
+    assert vote_number("```python\nanswer = 3 * 6\n```\nprint 2 lines", "num:18", False) == 18
+    assert vote_number("He has 7 apples. Answer: 7", "text:he has 7 apples", False) == 7
+    assert vote_number("Answer: 7", "num:7", True) is None
