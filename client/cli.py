@@ -19,7 +19,7 @@ from google.protobuf.json_format import MessageToDict
 
 from dellm.client.api import ClientConfig, DellmClient, default_coordinator
 from dellm.client.errors import DellmError
-from dellm.client.render import ProgressPrinter, event_json, nodes_table
+from dellm.client.render import ProgressPrinter, event_json, nodes_table, terminal_safe
 from dellm.protos import version_line
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
 
@@ -59,10 +59,10 @@ async def _nodes(args: argparse.Namespace) -> int:
 async def _feedback(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         rewards = await client.feedback(args.query_id, args.correct, args.answer or "")
-    print(f"feedback recorded for query {args.query_id}: {'correct' if args.correct else 'wrong'}; "
+    print(f"feedback recorded for query {terminal_safe(args.query_id)}: {'correct' if args.correct else 'wrong'}; "
           f"{len(rewards)} node answer(s) rewarded")
-    for r in rewards:
-        print(f"  {r.chunk_id} {r.node_id[:8]}: {r.reward:+.3f}, "
+    for r in rewards:  # ids as the coordinator sent them: terminal-safe
+        print(f"  {terminal_safe(r.chunk_id)} {terminal_safe(r.node_id[:8])}: {r.reward:+.3f}, "
               f"fitness {r.fitness_before:.3f} -> {r.fitness_after:.3f}")
     return 0
 
@@ -179,13 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_gsm8k_parser(bench_commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from dellm.client.bench import (
+        DEFAULT_ALONE_MODEL,
         DEFAULT_DATA,
         DEFAULT_MAX_TOKENS,
         DEFAULT_MODELS,
         DEFAULT_N,
         DEFAULT_OUT,
+        DEFAULT_RUNS,
+        DEFAULT_SAMPLED_MODELS,
+        DEFAULT_SAMPLES,
         DEFAULT_SINGLE_MODEL,
         DEFAULT_TRAIN_N,
+        PROMPT_KINDS,
+        RUNS,
     )
 
     gsm8k = bench_commands.add_parser(
@@ -206,20 +212,53 @@ def _add_gsm8k_parser(bench_commands: argparse._SubParsersAction) -> None:  # ty
                        help="CPU threads per node (default: all cores in (a), cores / number of models in (b), (c))")
     gsm8k.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                        help="tokens per answer (default %(default)s)")
-    gsm8k.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default %(default)s)")
+    gsm8k.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                       help="output folder; runs are added to its results.json (default %(default)s)")
+    gsm8k.add_argument("--runs", default=",".join(DEFAULT_RUNS),
+                       help=f"comma-separated runs, of {', '.join(RUNS)}: 'alone' is the best single node with no "
+                            "coordinator (each --alone-prompts), 'sampled' the network at each --samples "
+                            "(default %(default)s)")
+    gsm8k.add_argument("--alone-model", default=DEFAULT_ALONE_MODEL,
+                       help="the model of the 'alone' run (default %(default)s)")
+    gsm8k.add_argument("--alone-prompts", default=",".join(PROMPT_KINDS),
+                       help="prompts of the 'alone' run: cot (step by step), program (the coordinator's program "
+                            "prompt, run in its sandbox) (default %(default)s)")
+    gsm8k.add_argument("--sampled-models", default=",".join(DEFAULT_SAMPLED_MODELS),
+                       help="comma-separated models of the 'sampled' network, one node each; a model may repeat "
+                            "(default %(default)s)")
+    gsm8k.add_argument("--network-tag", default="",
+                       help="a name for the 'sampled' network, added to its runs' names (samples_3_<tag>), so that "
+                            "several networks are reported side by side")
+    gsm8k.add_argument("--samples", default=",".join(map(str, DEFAULT_SAMPLES)),
+                       help="samples per word problem in the 'sampled' runs, one run each; at most one per node "
+                            "(default %(default)s)")
 
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
-    from dellm.client.bench import BenchConfig, BenchError, run_gsm8k_bench, summary_table
+    from dellm.client.bench import RUNS, BenchConfig, BenchError, baseline_table, run_gsm8k_bench, summary_table
     from dellm.client.local_cluster import ClusterError
 
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    config = BenchConfig(n=args.n, offset=args.offset, train_n=args.train_n, data=args.data,
-                         single_model=args.single_model, models=models, threads=args.threads,
-                         max_tokens=args.max_tokens, out=args.out, redundancy=args.redundancy)
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    runs = names(args.runs)
+    unknown = [r for r in runs if r not in RUNS]
+    try:
+        samples = tuple(int(part) for part in names(args.samples))
+    except ValueError:
+        print(f"dellm bench: --samples takes whole numbers separated by commas, got {args.samples!r}", file=sys.stderr)
+        return 2
+    if unknown or not runs:
+        print(f"dellm bench: --runs takes some of {', '.join(RUNS)}, got {args.runs!r}", file=sys.stderr)
+        return 2
+    config = BenchConfig(n=args.n, offset=args.offset, train_n=args.train_n if "learning" in runs else 0,
+                         data=args.data, single_model=args.single_model, models=names(args.models),
+                         threads=args.threads, max_tokens=args.max_tokens, out=args.out, redundancy=args.redundancy,
+                         alone_model=args.alone_model, alone_prompts=names(args.alone_prompts),
+                         sampled_models=names(args.sampled_models), samples=samples, network_tag=args.network_tag)
     try:
         results = run_gsm8k_bench(config, command=" ".join(["dellm", *argv]),
-                                  progress=lambda message: print(message, flush=True))
+                                  progress=lambda message: print(message, flush=True), runs=runs)
     except BenchError as exc:
         print(f"dellm bench: {exc}", file=sys.stderr)
         return 2
@@ -231,7 +270,11 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
               file=sys.stderr)
         return 130
     print()
-    print(summary_table(results))
+    if any(p in results["summary"] for p in ("single", "network", "learned")):
+        print(summary_table(results))
+    table = baseline_table(results)
+    if table:
+        print(table)
     print(f"\nwall time {results['wall_s']:.0f} s; results in {args.out}/ (results.json, summary.md, accuracy.png)")
     return 0
 
@@ -260,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             return _doctor(args, argv)
         handler = {"ask": _ask, "nodes": _nodes, "feedback": _feedback}[args.command]
         return asyncio.run(handler(args))
-    except DellmError as exc:
-        print(f"dellm {args.command}: {exc}", file=sys.stderr)
+    except DellmError as exc:  # the coordinator's (or a node's) own words: terminal-safe
+        print(f"dellm {args.command}: {terminal_safe(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

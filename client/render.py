@@ -1,8 +1,14 @@
-"""How ``dellm`` shows a query's events to a person, or as JSON lines to a program."""
+"""How ``dellm`` shows a query's events to a person, or as JSON lines to a program.
+
+Every string in those events came from the network (a node's answer, name or error, the coordinator's
+plan), so none reaches a terminal as it is: :func:`terminal_safe` strips escape sequences and control
+characters first. JSON lines keep every string exact (JSON escapes what a terminal would act on).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import TextIO
 
@@ -10,17 +16,46 @@ from google.protobuf.json_format import MessageToDict
 
 from dellm.protos import dellm_pb2
 
+# An escape sequence whole, so that no remnant of it is shown: a string (OSC, DCS, SOS, PM, APC) up to its
+# terminator (BEL or ST) or the end of the text; a control sequence (CSI); any other ESC sequence. Both the
+# 7-bit (ESC x) and the 8-bit (C1) introducers. Whatever this misses is made harmless by _CONTROLS below.
+_ESCAPE_SEQUENCE = re.compile(
+    r"(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # strings
+    r"|(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"  # CSI: parameters, intermediates, final byte
+    r"|\x1b[ -/]*[0-~]?"  # other ESC sequences (charset selection, keypad modes, RIS ...)
+)
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides and isolates (they
+# reorder what follows them on the screen, so a line could show other than what it says).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # what json.dumps leaves raw
+
+
+def terminal_safe(text: str, *, newlines: bool = False) -> str:
+    """``text`` as it may be written to a terminal: escape sequences and control characters removed
+    (carriage return and backspace included: they overwrite what was shown). With ``newlines`` (a
+    text's body, like the answer), newline and tab are kept; without, each becomes a space, so that a
+    name or an error stays on its own line and cannot fake another."""
+    text = _CONTROLS.sub("", _ESCAPE_SEQUENCE.sub("", text))
+    return text if newlines else text.replace("\n", " ").replace("\t", " ")
+
 
 def event_json(event: dellm_pb2.AskEvent) -> str:
-    return json.dumps(MessageToDict(event, preserving_proto_field_name=True), ensure_ascii=False)
+    """One event as a JSON line: every string exact once parsed, and no raw control character in the line
+    (json.dumps escapes C0 itself; C1 and the bidirectional controls are escaped here the same way)."""
+    line = json.dumps(MessageToDict(event, preserving_proto_field_name=True), ensure_ascii=False)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def short(node_id: str) -> str:
-    return node_id[:8]
+    return terminal_safe(node_id)[:8]
 
 
 class ProgressPrinter:
-    """Renders live progress: the plan, assignments, tokens per node, consensus, the answer."""
+    """Renders live progress: the plan, assignments, tokens per node, consensus, the answer.
+
+    Everything goes out through ``_line`` and ``_stream``, which pass it through :func:`terminal_safe`:
+    whatever field an event gains, no node or network string reaches the terminal raw.
+    """
 
     def __init__(self, out: TextIO, names: Mapping[str, str] | None = None) -> None:
         self._out = out
@@ -38,7 +73,12 @@ class ProgressPrinter:
             self._out.write("\n")
             self._stream_owner = None
             self._in_answer = False
-        self._out.write(text + "\n")
+        self._out.write(terminal_safe(text) + "\n")
+        self._out.flush()
+
+    def _stream(self, text: str, *, newlines: bool = False) -> None:
+        """Write streamed text where the cursor is (no line of its own)."""
+        self._out.write(terminal_safe(text, newlines=newlines))
         self._out.flush()
 
     def show(self, event: dellm_pb2.AskEvent) -> None:
@@ -48,7 +88,7 @@ class ProgressPrinter:
             for c in event.plan.chunks:
                 after = f", after {', '.join(c.depends_on)}" if c.depends_on else ""
                 op = dellm_pb2.Operation.Name(c.operation)
-                self._line(f"  {c.chunk_id} {op:<11} {c.text!r} (complexity {c.complexity:.2f}{after})")
+                self._line(f"  {c.chunk_id} {op:<11} {terminal_safe(c.text)!r} (complexity {c.complexity:.2f}{after})")
         elif kind == "assignment":
             a = event.assignment
             nodes = ", ".join(self._label(n) for n in a.node_ids)
@@ -62,11 +102,10 @@ class ProgressPrinter:
             if owner != self._stream_owner:
                 if self._stream_owner is not None or self._in_answer:
                     self._out.write("\n")
-                self._out.write(f"  [{t.chunk_id} @ {short(t.node_id)}] ")
+                self._stream(f"  [{t.chunk_id} @ {short(t.node_id)}] ")
                 self._stream_owner = owner
                 self._in_answer = False
-            self._out.write(t.text.replace("\n", " "))
-            self._out.flush()
+            self._stream(t.text)  # a chunk's tokens stay on its one line: newlines become spaces
         elif kind == "chunk_result":
             r = event.chunk_result
             valid = [v for v in r.votes if not v.failed]
@@ -79,7 +118,7 @@ class ProgressPrinter:
             source = ("computed by the coordinator (no node's answer matched its exact value)"
                       if r.checked_by == "coordinator" else f"from {self._label(r.winner_node_id)}")
             checked = " [checked exactly]" if r.checked_by == "exact_check" else ""
-            self._line(f"{r.chunk_id} result {source}: {' '.join(r.answer.split())!r}{checked}")
+            self._line(f"{r.chunk_id} result {source}: {' '.join(terminal_safe(r.answer).split())!r}{checked}")
             for v in r.votes:
                 what = f"failed: {v.error}" if v.failed else f"{v.normalized} (weight {v.weight:.2f})"
                 if v.program and not v.failed and v.program != "no program":
@@ -92,8 +131,7 @@ class ProgressPrinter:
             if not self._in_answer:
                 self._line("answer:")
                 self._in_answer = True
-            self._out.write(event.answer_token.text)
-            self._out.flush()
+            self._stream(event.answer_token.text, newlines=True)
         elif kind == "final":
             f = event.final
             self._line()
@@ -113,7 +151,10 @@ def nodes_table(nodes: list[dellm_pb2.NodeStatus], now: float) -> str:
     for n in nodes:
         seen = f"{now - n.last_seen_unix:.0f}s ago" if n.last_seen_unix else "never"
         latency = f"{n.latency_ms:.0f} ms" if n.latency_ms else "-"
-        rows.append(f"{short(n.info.node_id):<10} {n.info.name[:16]:<16} {n.info.address:<22} "
-                    f"{(n.info.model + ' ' + n.info.backend)[:30]:<30} {n.state:<5} {n.fitness:>7.3f} "
+        info = n.info  # as the nodes described themselves: made terminal-safe before it is cut to width
+        name, address, state = terminal_safe(info.name), terminal_safe(info.address), terminal_safe(n.state)
+        model = terminal_safe(f"{info.model} {info.backend}")
+        rows.append(f"{short(info.node_id):<10} {name[:16]:<16} {address:<22} "
+                    f"{model[:30]:<30} {state:<5} {n.fitness:>7.3f} "
                     f"{latency:>9} {n.in_flight:>8} {seen:>10}")
     return "\n".join(rows)
