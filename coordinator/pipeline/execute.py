@@ -45,11 +45,14 @@ def bare_program(text: str) -> str | None:
     return program
 
 
+_FENCED = re.compile(r"```.*?(?:```|$)", re.S)
+
+
 def stated_number(text: str) -> float | None:
-    """The number a node states as its answer, outside any code block."""
-    prose = text.split("```")[-1] if text.count("```") >= 2 else text  # after the last fenced block
-    value = final_number(prose) if prose.strip() else None
-    return value if value is not None else final_number(text)
+    """The number a node states as its answer, outside its code (fenced blocks and bare assignment lines);
+    None when it states none (a bare one-line program states nothing: its value is what it computes)."""
+    prose = "\n".join(line for line in _FENCED.sub("\n", text).splitlines() if not _ASSIGNMENT.match(line))
+    return final_number(prose) if prose.strip() else None
 
 
 async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunner | None) -> NodeAnswer:

@@ -29,7 +29,8 @@ def with_program(stated: str, body: str = PROGRAM) -> str:
     ("Answer: 36", 36.0),
     (with_program("36"), 36.0),
     ("```python\nx = 15 * 240 / 100\nprint(x)\n```\nThe result is 36.0", 36.0),
-    ("```python\nanswer = 5\n```", 5.0),  # nothing after the block: the block's own last number
+    ("```python\nanswer = 5\n```", None),  # nothing stated outside the code: its value is what it computes
+    ("answer = 1000 * 0.10", None),  # a bare one-line program states nothing either
     ("no number here", None),
 ])
 def test_stated_number_reads_the_prose_after_the_program(text: str, value: float | None) -> None:
