@@ -199,8 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dellm-coordinator: {exc}" + (" (or --discovery static|none)" if "discovery" in str(exc) else ""),
               file=sys.stderr)
         return 2
-    except RegistryUnavailableError as exc:
+    except RegistryUnavailableError as exc:  # a Redis that cannot be reached, a file that cannot be the registry
         print(f"dellm-coordinator: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the registry's folder cannot be made
+        why = (f"{exc.filename} is not a folder" if isinstance(exc, FileExistsError | NotADirectoryError)
+               else f"{exc.strerror or exc} ({exc.filename or registry_spec})")
+        print(f"dellm-coordinator: cannot open the registry {registry_spec}: {why}; give another --registry path",
+              file=sys.stderr)
         return 2
     coordinator = Coordinator(config, registry, synthesizer, discovery, planner, security)
     try:

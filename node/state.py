@@ -51,21 +51,54 @@ STOP_WORDS: frozenset[str] = frozenset({
 FEEDBACK_FILE = "feedback.sqlite3"  # in a node's state folder: written by the node, read by `dellm-node train`
 
 
+#: A node name: it keys the node's state folder and starts its mDNS instance name (which must fit in one
+#: 63-byte DNS label with "-" and 8 characters of the node id), so: 1-48 letters, digits, '-', '_' or '.',
+#: not starting with '.' (no '.', '..' or hidden folder), never a path separator.
+NODE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,47}")
+NODE_ID = re.compile(r"[0-9a-f]{32}")  # what load_or_create_node_id writes: uuid4().hex
+
+
+class NodeStateError(ValueError):
+    """A node name that cannot key a state folder, or a node_id file that does not hold a node id.
+    ``str()`` is one line naming the problem and the fix."""
+
+
+def check_node_name(name: str) -> str:
+    """``name`` when it is a valid node name (see NODE_NAME); else NodeStateError saying why."""
+    if not NODE_NAME.fullmatch(name):
+        shown = repr(name if len(name) <= 60 else name[:60] + "...")
+        raise NodeStateError(f"node name {shown} ({len(name)} characters) is not valid: use 1-48 letters, digits, "
+                             "'-', '_' or '.', not starting with '.'")
+    return name
+
+
 def node_state_dir(state_dir: Path, name: str, *, create: bool = True) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "default"
-    path = state_dir / "nodes" / safe
+    """The folder of node ``name`` under ``state_dir`` (NodeStateError for a name that is not valid:
+    never a folder elsewhere)."""
+    path = state_dir / "nodes" / check_node_name(name)
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def load_or_create_node_id(folder: Path) -> str:
-    """The node's id, created once and kept across restarts (fitness follows it)."""
+    """The node's id, created once and kept across restarts (fitness follows it).
+
+    A node_id file that cannot be read or does not hold an id is refused with NodeStateError, never
+    replaced: a new id would silently start the node over as a stranger (fitness and history lost).
+    """
     path = folder / "node_id"
-    if path.exists():
-        node_id = path.read_text(encoding="utf-8").strip()
-        if re.fullmatch(r"[0-9a-f]{32}", node_id):
-            return node_id
+    if path.exists() or path.is_symlink():
+        try:
+            node_id = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise NodeStateError(f"cannot read the node id file {path} ({reason}); fix it, or delete it to start "
+                                 "this node over with a new id (its fitness starts over too)") from exc
+        if not NODE_ID.fullmatch(node_id):
+            raise NodeStateError(f"the node id file {path} is corrupt (it should hold 32 hex digits); restore it, "
+                                 "or delete it to start this node over with a new id (its fitness starts over too)")
+        return node_id
     node_id = uuid.uuid4().hex
     tmp = path.with_suffix(".tmp")
     tmp.write_text(node_id + "\n", encoding="utf-8")

@@ -3,11 +3,12 @@
 Answers are normalized so that equal answers group together: for math chunks (and any
 answer that is essentially a number) the final number, with currency, thousands
 separators and units dropped; otherwise lower-cased words, compared by word overlap.
-Each group's weight is the sum of fitness x confidence of its members. Pure: no I/O.
+Each group's weight is the sum of fitness x confidence of its members, each in [0, 1]. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from dellm.coordinator.pipeline.answers import (
@@ -27,6 +28,16 @@ MAX_ANSWER_CHARS = 8000  # longer than any chunk answer asked for: malformed, no
 
 class AssemblyError(RuntimeError):
     """No usable answer came back for a chunk."""
+
+
+def vote_weight(fitness: float, confidence: float) -> float:
+    """fitness x confidence, each taken within [0, 1] (fitness at least MIN_FITNESS_WEIGHT, and anything
+    not a finite number as 0): however an answer's confidence was come by, no one vote outweighs what
+    its node's fitness allows."""
+    def unit(x: float) -> float:
+        return min(1.0, max(0.0, x)) if math.isfinite(x) else 0.0
+
+    return max(unit(fitness), MIN_FITNESS_WEIGHT) * unit(confidence)
 
 
 def answer_key(answer: NodeAnswer, operation: Operation) -> str:
@@ -76,7 +87,7 @@ def assemble_chunk(
         if group is None:
             groups.append(key)
             group = len(groups) - 1
-        weight = max(node_fitness, MIN_FITNESS_WEIGHT) * answer.confidence
+        weight = vote_weight(node_fitness, answer.confidence)
         votes.append(Vote(answer.node_id, text, key, answer.confidence, node_fitness, weight,
                           answer.latency_ms, group, program=answer.program))
 

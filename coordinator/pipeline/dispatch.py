@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -69,6 +70,12 @@ async def stream_answer(
     return received.answer(request.chunk_id, node.node_id)
 
 
+#: What one logprob counts toward ``max_answer_bytes`` (a float32 on the wire): a node must not get
+#: past the bound on an answer's size with evidence instead of text.
+LOGPROB_BYTES = 4
+_ROUNDING = 1e-3  # how far past its bound a node's float32 figure may stray by rounding (then clamped)
+
+
 @dataclass
 class _Received:
     """What one node has streamed so far: ``stream_answer``'s working state."""
@@ -77,16 +84,16 @@ class _Received:
     first_token_ms: float | None = None
     parts: list[str] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    reported_confidence: float = 0.0
+    reported_confidence: float = 0.0  # the node's own figure on its final message, bounded to [0, 1]
     finish: str = ""
     error: str | None = None
     pieces: int = 0
-    size: int = 0  # UTF-8 bytes of text
+    size: int = 0  # UTF-8 bytes of text plus LOGPROB_BYTES per logprob
 
     def over_bounds(self, piece: StreamPiece, config: DispatchConfig) -> bool:
         """Count ``piece``; true once the answer has grown past the configured bounds."""
         self.pieces += 1
-        self.size += len(piece.text.encode("utf-8"))
+        self.size += len(piece.text.encode("utf-8")) + LOGPROB_BYTES * len(piece.logprobs)
         return self.pieces > config.max_answer_pieces or self.size > config.max_answer_bytes
 
     def answer(self, chunk_id: str, node_id: str) -> NodeAnswer:
@@ -128,14 +135,32 @@ async def _read_stream(
                 received.error = (f"cut off: streamed more than {config.max_answer_pieces} messages or "
                                   f"{config.max_answer_bytes} bytes")
                 return
+            fault = _malformed(piece)
+            if fault is not None:  # nothing of the piece is taken: not its text, not its evidence
+                received.error = f"malformed stream: {fault}"
+                return
             if piece.text:
                 received.parts.append(piece.text)
                 emit(ChunkToken(request.chunk_id, node.node_id, piece.text, len(piece.logprobs) or 1))
             received.logprobs.extend(piece.logprobs)
             if piece.done:
-                received.finish, received.reported_confidence = piece.finish_reason, piece.confidence
+                received.finish = piece.finish_reason
+                received.reported_confidence = min(1.0, max(0.0, piece.confidence))
                 return
         received.error = "stream ended without a final message"
+
+
+def _malformed(piece: StreamPiece) -> str | None:
+    """Why ``piece`` cannot be a model's output, or None: a logprob or confidence that is NaN, infinite,
+    or a probability above 1 (past float rounding) is no evidence at all; the node is broken or lying.
+    A merely extreme value (a logprob below -100) is possible and only clamped: see
+    ``confidence_from_logprobs``."""
+    bad = next((v for v in piece.logprobs if not (math.isfinite(v) and v <= _ROUNDING)), None)
+    if bad is not None:
+        return f"logprob {bad} is not a log-probability (finite, at most 0)"
+    if piece.done and not (math.isfinite(piece.confidence) and 0.0 <= piece.confidence <= 1.0 + _ROUNDING):
+        return f"confidence {piece.confidence} is not a probability (finite, in [0, 1])"
+    return None
 
 
 class ChunkDispatch:

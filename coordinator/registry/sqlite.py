@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from dellm.coordinator.errors import UnknownNodeError, UnknownQueryError
+from dellm.coordinator.errors import RegistryUnavailableError, UnknownNodeError, UnknownQueryError
 from dellm.coordinator.registry.base import NodeTable, QueryRecord, moving_latency
 from dellm.coordinator.types import NodeRecord, OpStats
 from dellm.protos.wire import NodeDescription
@@ -46,6 +46,88 @@ CREATE TABLE IF NOT EXISTS queries (
 );
 """
 _COLUMNS = "node_id, info, fitness, latency_ms, state, last_seen, answers, correct, failures, failure_streak"
+# The columns each table of _SCHEMA must have, in a file that has the table: the file's schema is checked
+# before anything is written to it.
+_TABLE_COLUMNS = {
+    "nodes": frozenset(_COLUMNS.split(", ")),
+    "op_stats": frozenset({"node_id", "operation", "fitness", "trials", "successes"}),
+    "queries": frozenset({"query_id", "query", "answer", "created", "detail"}),
+}
+_START_AFRESH = "or move it away to start a fresh registry (nodes rejoin; their fitness starts over)"
+
+
+class RegistryFileError(RegistryUnavailableError):
+    """The SQLite file cannot serve as the registry: a folder, not a database, damaged, another program's
+    database, or emptied. ``str()`` is one line naming the file and what to do."""
+
+
+def _open_checked(path: Path | str, timeout: float) -> sqlite3.Connection:
+    """A connection to the registry file ``path``, checked before anything is written to it.
+
+    Refused with RegistryFileError: a folder; an existing empty (0-byte) file (a registry this class
+    made holds its schema from the moment it is opened, so an empty one was emptied by a failure, or
+    made by something else: starting afresh in it would discard the nodes' fitness without a word);
+    a file that is not an SQLite database; a damaged one (``PRAGMA quick_check``, which also finds a
+    truncated file); one with other tables and none of ours, or ours without their columns.
+    """
+    name = str(path)
+    file = None if name in (":memory:", "") else Path(name)
+    existed = file is not None and file.exists()
+    if file is not None and file.is_dir():
+        raise RegistryFileError(f"registry {name} is a folder, not a file; give a file path such as "
+                                f"{file / 'coordinator.sqlite3'}")
+    if file is not None and existed and file.stat().st_size == 0:
+        raise RegistryFileError(f"registry {name} is empty (0 bytes), which a registry never is: it was emptied "
+                                "(restore it from a backup) or made by something else; delete it to start a "
+                                "fresh registry")
+    try:
+        db = sqlite3.connect(name, check_same_thread=False, isolation_level=None, timeout=timeout)
+    except sqlite3.Error as exc:
+        raise RegistryFileError(f"registry {name} cannot be opened: {exc}") from exc
+    try:
+        if existed:
+            _check_contents(db, name)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        # A coordinator that starts has not heard from anyone yet: nodes come back as they rejoin.
+        db.execute("UPDATE nodes SET state = 'down'")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        text = str(exc)
+        if "not a database" in text:
+            raise RegistryFileError(f"registry {name} is not an SQLite database: did --registry name the wrong "
+                                    f"file? Give another path, {_START_AFRESH}") from exc
+        if "malformed" in text or "corrupt" in text:
+            raise RegistryFileError(f"registry {name} is damaged ({text}): restore it from a backup, "
+                                    f"{_START_AFRESH}") from exc
+        raise RegistryFileError(f"registry {name} cannot be opened: {text} (can this user read and write it and "
+                                "its folder?)") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _check_contents(db: sqlite3.Connection, name: str) -> None:
+    """Raise RegistryFileError unless the existing database ``name`` is whole and is (or could be) ours."""
+    verdict = [row[0] for row in db.execute("PRAGMA quick_check(1)").fetchall()]
+    if verdict != ["ok"]:
+        raise RegistryFileError(f"registry {name} is damaged ({'; '.join(map(str, verdict))}): restore it from a "
+                                f"backup, {_START_AFRESH}")
+    tables = {row[0] for row in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+    if tables and not tables & _TABLE_COLUMNS.keys():
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise RegistryFileError(f"registry {name} is another program's database (tables {shown}), not a DELLM "
+                                "registry: give another path")
+    for table in sorted(tables & _TABLE_COLUMNS.keys()):
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        missing = sorted(_TABLE_COLUMNS[table] - columns)
+        if missing:
+            raise RegistryFileError(f"registry {name} has a {table} table without the columns {', '.join(missing)}: "
+                                    f"it is not a DELLM registry, or an incompatible one; give another path, "
+                                    f"{_START_AFRESH}")
 
 
 class SqliteRegistry:
@@ -59,12 +141,7 @@ class SqliteRegistry:
         self._initial_fitness = initial_fitness
         self._lock = threading.RLock()
         self._batch_depth = 0  # inside batch(): the calls join its transaction
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        # A coordinator that starts has not heard from anyone yet: nodes come back as they rejoin.
-        self._db.execute("UPDATE nodes SET state = 'down'")
+        self._db = _open_checked(path, timeout=10.0)  # RegistryFileError when the file cannot be the registry
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

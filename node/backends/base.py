@@ -66,11 +66,22 @@ class InferenceBackend(Protocol):
     def close(self) -> None: ...
 
 
+#: The range a token's logprob counts within: above 0 is a probability over 1, and below -100 (e^-100)
+#: is as good as impossible. Keeps exp(mean) in [e^-100, 1] whatever a model or a peer reports.
+LOGPROB_MIN, LOGPROB_MAX = -100.0, 0.0
+
+
 def confidence_from_logprobs(logprobs: Sequence[float]) -> float:
-    """Geometric-mean token probability, exp(mean logprob); 0.5 when there is no evidence."""
+    """Geometric-mean token probability, exp(mean logprob), in [0, 1]; 0.5 when there is no evidence.
+
+    Each logprob counts clamped to [LOGPROB_MIN, LOGPROB_MAX]: +inf as 0, -inf and NaN as -100
+    (NaN is no evidence of anything, so it earns the least confidence). Total: it never raises.
+    The coordinator goes further and refuses a stream with NaN or infinite logprobs as malformed.
+    """
     if not logprobs:
         return 0.5
-    return math.exp(sum(logprobs) / len(logprobs))
+    total = math.fsum(LOGPROB_MIN if math.isnan(v) else min(LOGPROB_MAX, max(LOGPROB_MIN, v)) for v in logprobs)
+    return math.exp(total / len(logprobs))
 
 
 @dataclass
