@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -21,9 +22,29 @@ from dellm.node.config import NodeConfig, default_state_dir
 from dellm.node.daemon import node_info, serve_node
 from dellm.node.models import ModelError, resolve_model
 from dellm.node.selfcheck import GenerationCheckError, require_generation
-from dellm.node.state import FEEDBACK_FILE, FeedbackStore, load_or_create_node_id, node_state_dir
+from dellm.node.state import (
+    FEEDBACK_FILE,
+    NODE_NAME,
+    FeedbackStore,
+    NodeStateError,
+    check_node_name,
+    load_or_create_node_id,
+    node_state_dir,
+)
 from dellm.protos import MissingExtraError, import_extra, version_line
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
+
+MAX_TXT_ENTRY_BYTES = 255  # one mDNS TXT entry, "model=<name>" (RFC 6763)
+
+
+def default_node_name() -> str:
+    """This machine's host name when it is a valid node name; else its first part, cut to fit (e.g. a
+    60-character host name), or "node" when nothing valid is left."""
+    host = socket.gethostname()
+    if NODE_NAME.fullmatch(host):
+        return host
+    first = re.sub(r"[^A-Za-z0-9_-]+", "-", host.split(".")[0]).strip("-")[:48]
+    return first or "node"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,8 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="announce the node over mDNS so coordinators on the LAN find it (default: on)")
     parser.add_argument("--interface", default=None,
                         help="address for mDNS to bind to (default: every interface)")
-    parser.add_argument("--name", default=None, help="node name; also keys its state folder (default: hostname)")
+    parser.add_argument("--name", default=None,
+                        help="node name, which keys its state folder: 1-48 letters, digits, '-', '_' or '.', not "
+                             "starting with '.' (default: the host name, or its first part when that is not one)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all)")
+    parser.add_argument("--prompt-cache", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the evaluated prompt prefix, and each recent system prompt's, in the llama.cpp "
+                             "context between requests, so a request evaluates only what is new (default: on)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help=f"where the node id and feedback live (default {default_state_dir()})")
     parser.add_argument("--few-shot", type=int, default=NodeConfig.few_shot, metavar="N",
@@ -87,8 +113,9 @@ def train_main(argv: list[str]) -> int:
     from dellm.node.train import NoVerifiedFeedbackError, TrainConfig, TrainingError, feedback_path, read_training_pairs
     from dellm.node.train import train_adapter as run_training
 
-    name = args.name or socket.gethostname()
+    name = default_node_name() if args.name is None else args.name
     try:
+        check_node_name(name)
         model = resolve_model(args.model)
         pairs = read_training_pairs(feedback_path(args.state_dir or default_state_dir(), name), args.max_pairs)
         config = TrainConfig(epochs=args.epochs, learning_rate=args.lr, rank=args.rank, batch_size=args.batch_size)
@@ -125,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.few_shot < 0:
         print("dellm-node: --few-shot must be 0 or more", file=sys.stderr)
         return 2
+    name = default_node_name() if args.name is None else args.name
+    try:
+        check_node_name(name)
+    except NodeStateError as exc:
+        print(f"dellm-node: --name: {exc}", file=sys.stderr)
+        return 2
     try:
         security = security_from_arguments(args, os.environ.get("DELLM_TOKEN"), server=True)
         if args.advertise:
@@ -132,10 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     except (SecurityError, MissingExtraError) as exc:
         print(f"dellm-node: {exc}", file=sys.stderr)
         return 2
-    name = args.name or socket.gethostname()
     config = NodeConfig(listen=args.listen, name=name, coordinator=args.coordinator, cluster=args.cluster,
                         advertise=args.advertise, interface=args.interface,
                         state_dir=args.state_dir or default_state_dir(), few_shot=args.few_shot, security=security)
+    try:  # before the model loads: a node that cannot know who it is fails at once
+        folder = node_state_dir(config.state_dir, name)
+        node_id = load_or_create_node_id(folder)
+    except (NodeStateError, OSError) as exc:  # a corrupt node id is refused, never silently replaced
+        print(f"dellm-node: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.backend == "scripted":
             backend = create_backend("scripted", model_path=None, model_name=args.model or "scripted",
@@ -151,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             backend = create_backend(
                 args.backend, model_path=model.path, model_name=model.name,
                 instruct=model.instruct,
-                n_threads=args.threads or os.cpu_count(), adapter=args.adapter,
+                n_threads=args.threads or os.cpu_count(), adapter=args.adapter, prompt_cache=args.prompt_cache,
             )
             sha256 = model.sha256
     except (ModelError, BackendError, ScriptError, ValueError) as exc:
@@ -166,9 +204,14 @@ def main(argv: list[str] | None = None) -> int:
               f"install it with `pip install 'dellm[{extra}]'` (see the README for llama.cpp's build flags)",
               file=sys.stderr)
         return 2
+    model_name = backend.describe().model
+    if args.advertise and len(f"model={model_name}".encode()) > MAX_TXT_ENTRY_BYTES:
+        backend.close()
+        print(f"dellm-node: the model name {model_name[:40]!r}... is {len(model_name.encode())} bytes; mDNS "
+              f"advertises at most {MAX_TXT_ENTRY_BYTES - len('model=')} (rename the model file, or run with "
+              "--no-advertise)", file=sys.stderr)
+        return 2
 
-    folder = node_state_dir(config.state_dir, name)
-    node_id = load_or_create_node_id(folder)
     feedback = FeedbackStore(folder / FEEDBACK_FILE)
     try:
         asyncio.run(serve_node(backend, node_info(node_id, name, backend, sha256, config.cluster), feedback, config))

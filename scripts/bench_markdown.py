@@ -344,10 +344,18 @@ def compound(section: Section, report: Report) -> None:
 def prompt_cache(section: Section, report: Report) -> None:
     if not provenance(section, report):
         return
-    rows = [[mode, f"{v['ttft_s']['median']:.3f}", f"{v['ttft_s']['p95']:.3f}"]
-            for mode, v in report.get("modes", {}).items() if isinstance(v, dict) and "ttft_s" in v]
+    rows = [[label, f"{report[key]['ttft_median_s']:.3f}", f"{report[key]['ttft_p95_s']:.3f}",
+             f"{report[key]['total_s']:.1f}"]
+            for label, key in (("prompt prefix kept (default)", "cache_on"), ("context reset before every request",
+                                                                             "cache_off")) if key in report]
     if rows:
-        section.lines += ["", *table(["mode", "time to first token, median s", "p95 s"], rows)]
+        section.lines += ["", *table(["node", "time to first token, median s", "p95 s", "total s"], rows),
+                          "", f"Load average during the run: {report.get('load_average_before', ['?'])[0]}."]
+        ratio = report.get("ttft_median_ratio_on_to_off")
+        if isinstance(ratio, int | float):
+            section.figures.append(Figure("prompt KV cache: first-token time with / without",
+                                          f"{report['cache_on']['ttft_median_s']:.2f} / "
+                                          f"{report['cache_off']['ttft_median_s']:.2f} s"))
 
 
 # --- earlier issues' benchmarks: shown from their reports, re-run with their own commands ---------

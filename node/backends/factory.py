@@ -25,11 +25,14 @@ def create_backend(
     n_threads: int | None,
     script_path: Path | None = None,
     adapter: Path | None = None,
+    prompt_cache: bool = True,
 ) -> InferenceBackend:
     """Load the backend of ``kind`` (one of :data:`BACKEND_KINDS`).
 
     ``adapter`` is a LoRA adapter folder (from ``dellm-node train``); only the transformers
-    backend serves one. Raises ``ValueError`` for an unknown kind, a missing path or an
+    backend serves one. ``prompt_cache`` keeps the llama.cpp context's evaluated prompt prefix
+    (and each recent system prompt's) between requests; the other backends evaluate every
+    prompt whole and ignore it. Raises ``ValueError`` for an unknown kind, a missing path or an
     adapter given to another backend, and :class:`~node.backends.base.BackendError` when the
     model or adapter cannot be loaded.
     """
@@ -40,7 +43,8 @@ def create_backend(
         from dellm.node.backends.llama_cpp import LlamaCppBackend
 
         return LlamaCppBackend(
-            _required(model_path, kind), model_name=model_name, instruct=instruct, n_threads=n_threads
+            _required(model_path, kind), model_name=model_name, instruct=instruct, n_threads=n_threads,
+            prompt_cache=prompt_cache,
         )
     if kind == "transformers":
         from dellm.node.backends.hf_transformers import TransformersBackend

@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
         ("bench_token_pace.py", ["--rounds", "0"], "--rounds must be at least 1"),
         ("bench_seed_query.py", ["--runs", "0"], "--runs must be at least 1"),
         ("bench_commits.py", ["no-such-commit"], "is not a commit"),
+        ("bench_prompt_cache.py", ["--requests", "1"], "--requests must be at least 2"),
+        ("bench_prompt_cache.py", ["--threads", "0"], "--threads must be at least 1"),
+        ("bench_prompt_cache.py", ["--max-tokens", "0"], "--max-tokens must be at least 1"),
     ],
 )
 def test_nonsense_parameters_are_refused_with_a_message(script: str, args: list[str], message: str,

@@ -192,6 +192,84 @@ async def test_two_tasks_share_one_backend_through_stream_generation(qwen: Llama
     assert events in (sorted(events), sorted(events, reverse=True))
 
 
+PLAIN_SYSTEM = "You are a concise assistant. Answer directly in plain text, without code."
+PROGRAM_SYSTEM = ("You are a careful assistant. You solve arithmetic by writing a short Python program, then you "
+                  "state its result.")
+# A node's requests as a coordinator sends them: the two system prompts alternate.
+ALTERNATING = (
+    GenerationRequest("What is the capital of France?\nAnswer concisely.", max_tokens=16, system=PLAIN_SYSTEM),
+    GenerationRequest("What is 7 times 8?\nWrite a short Python program.", max_tokens=16, system=PROGRAM_SYSTEM),
+    GenerationRequest("What is the chemical symbol for gold?\nAnswer concisely.", max_tokens=16, system=PLAIN_SYSTEM),
+    GenerationRequest("What is 12 plus 30?\nWrite a short Python program.", max_tokens=16, system=PROGRAM_SYSTEM),
+)
+
+
+def _system_prefix_tokens(backend: LlamaCppBackend, system: str) -> int:
+    """How many leading tokens two chat prompts with ``system`` share (the system turn and the user header)."""
+    llm: Any = backend._llm
+    one, two = (backend._prompt_tokens(llm, GenerationRequest(q, system=system)) for q in ("Hi", "Who are you?"))
+    return next(i for i, (a, b) in enumerate(zip(one, two, strict=False)) if a != b)
+
+
+def _decoded_tokens(backend: LlamaCppBackend) -> int:
+    """Tokens llama.cpp has decoded in the backend's context (its performance counters, each at least 1)."""
+    import llama_cpp
+
+    llm: Any = backend._llm
+    perf = llama_cpp.llama_perf_context(llm.ctx)
+    return int(perf.n_p_eval) + int(perf.n_eval)
+
+
+@pytest.mark.model
+def test_the_prompt_cache_skips_the_system_prompt_of_the_next_request(qwen: LlamaCppBackend) -> None:
+    _run(qwen, GenerationRequest("Name a primary colour.", max_tokens=4, system=PLAIN_SYSTEM))
+    _run(qwen, GenerationRequest("Name a planet.", max_tokens=4, system=PLAIN_SYSTEM))
+    second = qwen.last_prompt
+    assert second is not None
+    assert second.cached_tokens >= _system_prefix_tokens(qwen, PLAIN_SYSTEM) >= 20
+    assert second.evaluated_tokens == second.prompt_tokens - second.cached_tokens < second.prompt_tokens
+
+
+@pytest.mark.model
+def test_alternating_system_prompts_each_stay_cached(qwen: LlamaCppBackend) -> None:
+    """After the first two requests, each prompt's own system prefix comes from the cache, though the one
+    before it had the other system prompt (the plain prefix reuse alone would keep only a few tokens)."""
+    _run(qwen, GenerationRequest("Say hello.", max_tokens=2))  # llama.cpp's counters read 1 until they count
+    evaluations, decoded = [], []
+    for request in ALTERNATING:
+        before = _decoded_tokens(qwen)
+        pieces = _run(qwen, request)
+        evaluations.append(qwen.last_prompt)
+        # What llama.cpp itself decoded: the prompt tokens said to be evaluated, then each answer token that
+        # was followed by another (the end-of-generation token, when the model ended).
+        followed = len(_logprobs(pieces)) - (pieces[-1].finish_reason == "length")
+        decoded.append(_decoded_tokens(qwen) - before - followed)
+    assert decoded == [e.evaluated_tokens for e in evaluations if e is not None], evaluations
+    for request, evaluation in zip(ALTERNATING[2:], evaluations[2:], strict=True):
+        assert evaluation is not None
+        assert evaluation.cached_tokens >= _system_prefix_tokens(qwen, request.system or ""), evaluations
+
+
+@pytest.mark.model
+def test_without_the_prompt_cache_every_prompt_is_evaluated_whole_and_the_answers_are_the_same(
+    qwen: LlamaCppBackend,
+) -> None:
+    require_modules("llama_cpp")
+    uncached = LlamaCppBackend(require_model("qwen2.5-coder-0.5b-instruct"), model_name="qwen-uncached",
+                               n_threads=2, prompt_cache=False)
+    try:
+        assert uncached.prompt_cache is False and qwen.prompt_cache is True
+        for request in ALTERNATING:
+            without = _text(_run(uncached, request))
+            evaluation = uncached.last_prompt
+            assert evaluation is not None and evaluation.evaluated_tokens == evaluation.prompt_tokens
+            # Greedy: the cache changes the cost, not the answer (on questions with a clear answer: the reused
+            # prefix was computed in another batch, so its last bits may differ and a near-tie could flip).
+            assert _text(_run(qwen, request)) == without
+    finally:
+        uncached.close()
+
+
 def test_corrupt_gguf_raises_backend_error_naming_the_path(tmp_path: Path) -> None:
     require_modules("llama_cpp")
     broken = tmp_path / "broken.gguf"
@@ -231,9 +309,11 @@ def test_factory_builds_the_llama_cpp_backend() -> None:
         model_name="qwen",
         instruct=None,
         n_threads=1,
+        prompt_cache=False,
     )
     try:
         assert isinstance(backend, LlamaCppBackend)
         assert backend.describe().backend == "llama_cpp"
+        assert backend.prompt_cache is False
     finally:
         backend.close()
