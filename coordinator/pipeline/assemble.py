@@ -13,12 +13,11 @@ from collections.abc import Mapping, Sequence
 
 from dellm.coordinator.pipeline.answers import (
     answers_match,
-    final_number,
     format_number,
     is_degenerate,
     normalize_answer,
 )
-from dellm.coordinator.pipeline.execute import PROGRAM_FAILED
+from dellm.coordinator.pipeline.execute import PROGRAM_FAILED, stated_number
 from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.types import Chunk, ChunkResult, NodeAnswer, Vote
 
@@ -128,7 +127,7 @@ def _group_value(key: str) -> float | None:
 def _stated_consistently(text: str, value: float | None) -> str:
     """The winner's words when they state the group's number; else the number itself (a node whose
     program computed the right value may have written a wrong one after it)."""
-    if value is None or final_number(text.split("```")[-1] if text.count("```") >= 2 else text) == value:
+    if value is None or stated_number(text) == value:
         return text
     return f"Answer: {format_number(value)}"
 
