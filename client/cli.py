@@ -216,7 +216,8 @@ def _add_gsm8k_parser(bench_commands: argparse._SubParsersAction) -> None:  # ty
                        help="output folder; runs are added to its results.json (default %(default)s)")
     gsm8k.add_argument("--runs", default=",".join(DEFAULT_RUNS),
                        help=f"comma-separated runs, of {', '.join(RUNS)}: 'alone' is the best single node with no "
-                            "coordinator (each --alone-prompts), 'sampled' the network at each --samples "
+                            "coordinator (each --alone-prompts), 'sampled' the network at each --samples, "
+                            "'paired' the two asked problem by problem (fair latency on a busy machine) "
                             "(default %(default)s)")
     gsm8k.add_argument("--alone-model", default=DEFAULT_ALONE_MODEL,
                        help="the model of the 'alone' run (default %(default)s)")
@@ -230,8 +231,8 @@ def _add_gsm8k_parser(bench_commands: argparse._SubParsersAction) -> None:  # ty
                        help="a name for the 'sampled' network, added to its runs' names (samples_3_<tag>), so that "
                             "several networks are reported side by side")
     gsm8k.add_argument("--samples", default=",".join(map(str, DEFAULT_SAMPLES)),
-                       help="samples per word problem in the 'sampled' runs, one run each; at most one per node "
-                            "(default %(default)s)")
+                       help="answers per word problem in the 'sampled' runs (self-consistency), one run each; "
+                            "'paired' uses the first (default %(default)s)")
 
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:

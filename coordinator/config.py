@@ -85,11 +85,14 @@ class DispatchConfig:
     # When the coordinator's exact value contradicts every answer, up to this many more nodes are asked
     # (other models first, then higher fitness at the operation) before the coordinator serves the value itself.
     escalation_nodes: int = 2
-    # Self-consistency for word problems (math the coordinator cannot check exactly): this many samples at
-    # sample_temperature, each node with its own seed, voted over their programs' values; the chunk settles
-    # as soon as a strict majority agrees. 1 turns it off (one greedy answer, as for other chunks).
-    samples: int = 3
+    # Self-consistency for word problems (math the coordinator cannot check exactly; pipeline/consistency.py):
+    # up to this many answers, alternating two methods (worked steps in words, and a program run in the sandbox),
+    # the first of each greedy and the rest sampled at sample_temperature with seeds of their own, spread over
+    # the nodes (a node may answer several in turn). The chunk settles as soon as the vote is clear (two agree
+    # and none disagrees, or the leader is two ahead). 1 turns it off: one greedy program, as for other chunks.
+    samples: int = 5
     sample_temperature: float = 0.6
+    reasoning_max_tokens: int = 320  # worked steps in words and the answer line; GSM8K's need ~100-250 tokens
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ class NodeAnswer:
     # stated), and how that number was found (see pipeline/execute.py).
     value: float | None = None
     program: str = ""
+    prompt: str = ""  # the prompt this answer was asked with, when not the chunk's own (a sample asked another way)
 
     @property
     def failed(self) -> bool:

@@ -4,7 +4,8 @@ The node process is asked directly (``NodeService.Generate``), greedily, one sam
 one of its two natural single-sample prompts:
 
 - ``cot``      chain of thought: "solve it step by step", the final line ``Answer: <number>``; the answer
-               is the number of that line (``final_number``);
+               is the number of that line (``final_number``); the coordinator's own reasoning prompt for a
+               word problem (``prompts.reasoning_prompt``), so that the network and the node alone are asked alike;
 - ``program``  program-aided: the very prompt and system instruction the coordinator gives a word problem
                (``build_chunk_prompt`` on a math chunk, ``DispatchConfig.program_system_prompt``), and the
                program it writes run in the same sandbox and judged the same way
@@ -29,16 +30,13 @@ from dellm.coordinator.config import DispatchConfig
 from dellm.coordinator.pipeline.answers import final_number, format_number
 from dellm.coordinator.pipeline.execute import judge_by_program
 from dellm.coordinator.pipeline.operations import Operation
-from dellm.coordinator.pipeline.prompts import build_chunk_prompt
+from dellm.coordinator.pipeline.prompts import REASONING_SYSTEM, build_chunk_prompt, reasoning_prompt
 from dellm.coordinator.sandbox import ProgramRunner
 from dellm.coordinator.types import Chunk, NodeAnswer
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 
 PROMPT_KINDS = ("cot", "program")
 
-COT_SYSTEM = "You are a careful assistant who solves math word problems."
-COT_PROMPT = ("{question}\nSolve it step by step, one short line per step. Then give the final number on the last "
-              "line as 'Answer: <number>'.")
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ class AlonePrompt:
 def alone_prompt(kind: str, question: str) -> AlonePrompt:
     """The prompt one node alone is asked ``question`` with (see the module docstring)."""
     if kind == "cot":
-        return AlonePrompt(kind, COT_SYSTEM, COT_PROMPT.format(question=question), None)
+        return AlonePrompt(kind, REASONING_SYSTEM, reasoning_prompt(question), None)
     if kind == "program":
         chunk = Chunk("alone", Operation.MATH_OP, question, token_count=len(question.split()), complexity=1.0)
         return AlonePrompt(kind, DispatchConfig().program_system_prompt, build_chunk_prompt(chunk, []), chunk)

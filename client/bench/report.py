@@ -85,9 +85,6 @@ def baseline_table(results: Mapping[str, Any]) -> str:
         ratio = ("n/a" if not base_p50 or s["latency_p50_s"] is None
                  else f"{s['latency_p50_s'] / base_p50:.2f}x")
         title = phase_title(phase) + (" **(baseline)**" if phase == base else "")
-        meta = results.get("runs", {}).get(phase, {}).get("setup", {})
-        if meta.get("capped"):
-            title += f" (capped at {meta['samples_used']}: {meta['samples_used']} nodes)"
         lines.append(f"| {title} | {nodes} | {_pct(s['accuracy'])} | {_ci(s)} | {s['correct']}/{s['questions']} | "
                      f"{s['errors']} | {_secs(s['latency_p50_s'])} | {_secs(s['latency_p95_s'])} | {ratio} |")
     return "\n".join(lines)

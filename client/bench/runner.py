@@ -20,10 +20,15 @@ alone         the strongest fair single node: ``--alone-model`` (default the 1.5
               ``alone.py``. Phases ``alone_cot`` and ``alone_program``; the better is the baseline.
 sampled       the network with the coordinator's default flags (synthesis off, ``--max-tokens``) on
               ``--sampled-models`` (default one 1.5B and two 0.5B nodes, one thread each), once per
-              ``--samples`` value (default 1, 3, 5): word problems get that many samples at the
-              coordinator's sampling temperature, one per node, voted over what their programs compute.
-              The coordinator never asks one node twice for a chunk, so samples above the number of nodes
-              are capped at it (the report says so). Phases ``samples_<n>``, each on a fresh cluster.
+              ``--samples`` value (default 1, 3, 5): word problems get up to that many answers, worked
+              steps and programs alternating (``coordinator/pipeline/consistency.py``), spread over the
+              nodes, voted over the numbers they reach, stopped once the vote is clear. Phases
+              ``samples_<n>``, each on a fresh cluster.
+
+paired        ``alone`` (its first prompt) and ``sampled`` (its first ``--samples``) with both clusters up at
+              once, each problem asked of the node alone and then of the network, the order swapped every
+              problem: whatever else the machine is doing weighs on both alike, so their latencies compare
+              pair by pair even on a busy machine (``paired_latency`` in the results gives the ratios).
 
 The evaluation slice is problems ``offset .. offset+n`` for every run. A question is right
 when the final number of the answer (``coordinator.pipeline.assemble.final_number``) equals the
@@ -81,7 +86,7 @@ DEFAULT_SINGLE_MODEL = "qwen2.5-coder-0.5b-instruct"
 DEFAULT_MODELS = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 DEFAULT_MAX_TOKENS = 320  # a worked answer plus its 'Answer: <number>' line; 96 (the coordinator's) cuts it off
 DEFAULT_QUESTION_TIMEOUT_S = 600.0  # one whole question; the coordinator's own per-stream deadline is shorter
-RUNS = ("single", "network", "learning", "alone", "sampled")  # one cluster each (sampled: one per --samples)
+RUNS = ("single", "network", "learning", "alone", "sampled", "paired")  # one cluster each (sampled: one per --samples)
 DEFAULT_RUNS = ("single", "network", "learning")  # (a), (b), (c): what `dellm bench gsm8k` runs unless told
 # The baseline and the self-consistency network (``--runs alone,sampled``).
 DEFAULT_ALONE_MODEL = "qwen2.5-coder-1.5b-instruct"  # the strongest model the catalogue ships
@@ -174,8 +179,8 @@ def validate_config(config: BenchConfig, runs: Sequence[str] = DEFAULT_RUNS) -> 
                          f"{total} problems in {config.data}; lower --train-n or --offset")
     wanted = {config.single_model} if "single" in runs else set()
     wanted |= set(config.models) if {"network", "learning"} & set(runs) else set()
-    wanted |= {config.alone_model} if "alone" in runs else set()
-    wanted |= set(config.sampled_models) if "sampled" in runs else set()
+    wanted |= {config.alone_model} if {"alone", "paired"} & set(runs) else set()
+    wanted |= set(config.sampled_models) if {"sampled", "paired"} & set(runs) else set()
     for model in sorted(wanted):
         _check_model(model, config)
     return total
@@ -388,7 +393,8 @@ def _start_nodes(cluster: LocalCluster, config: BenchConfig, models: Sequence[st
 
 
 def _coordinator_flags(config: BenchConfig, redundancy: int | None, labels: bool = False) -> list[str]:
-    flags = ["--max-tokens", str(config.max_tokens)]
+    # One answer per node and chunk: (a), (b) and (c) measure redundancy across nodes, not self-consistency.
+    flags = ["--max-tokens", str(config.max_tokens), "--samples", "1"]
     if redundancy is None:  # a threshold above any complexity (at most 1.0): every chunk to one node
         flags += ["--redundancy-threshold", "2"]
     else:
@@ -491,8 +497,7 @@ def _run_sampled(state: BenchState, progress: Callable[[str], None]) -> None:
             progress(f"  warm-up generations (not measured): {', '.join(f'{w:.1f}s' for w in warm)}")
             state.meta[phase] = _phase_meta(state, {
                 "coordinator_flags": ["--synth-model", "none", *flags], "models": list(models),
-                "threads_per_node": threads, "samples": samples, "samples_used": min(samples, len(models)),
-                "capped": samples > len(models)})
+                "threads_per_node": threads, "samples": samples})
             try:
                 asyncio.run(ask_all(address, state.eval_problems, phase, send_labels=False,
                                     timeout_s=config.question_timeout_s, progress=progress, sink=state.records))
@@ -500,6 +505,78 @@ def _run_sampled(state: BenchState, progress: Callable[[str], None]) -> None:
                 state.phase_wall_s[phase] = round(time.monotonic() - started, 1)
                 state.meta[phase]["loadavg_after"] = list(_loadavg())
             state.fitness[phase] = asyncio.run(node_fitness(address))
+
+
+def _run_paired(state: BenchState, progress: Callable[[str], None]) -> None:
+    """The node alone and the network, both up, asked each problem in turn (see ``paired`` above)."""
+    from dellm.coordinator.sandbox import SubprocessSandbox
+
+    config = state.config
+    kind, samples, models = config.alone_prompts[0], config.samples[0], config.sampled_models
+    alone_phase = ALONE_PREFIX + kind
+    network_phase = f"{SAMPLES_PREFIX}{samples}" + (f"_{config.network_tag}" if config.network_tag else "")
+    alone_threads, threads = config.node_threads(1), config.node_threads(len(models))
+    state.code["paired"] = code_version()
+    progress(f"paired: {alone_phase} ({config.alone_model}, {alone_threads} thread(s)) and {network_phase} "
+             f"({', '.join(models)}, {threads} thread(s) each), problem by problem")
+    started = time.monotonic()
+    with _cluster(config, "paired-alone") as alone_cluster, _cluster(config, f"paired-{network_phase}") as cluster:
+        spec = node_spec(node_name(config.alone_model), config.alone_model, config, alone_threads)
+        node = alone_cluster.start_node(spec, ready_timeout=300.0)
+        flags = sampled_flags(config, samples)
+        address = cluster.start_coordinator(synth_model="none", extra=flags)
+        state.nodes[alone_phase] = [f"{spec.name} ({config.alone_model}, {spec.backend}, {alone_threads} thread(s)), "
+                                    "alone"]
+        state.nodes[network_phase] = _start_nodes(cluster, config, models, threads)
+        warm = [asyncio.run(warm_up(p.address)) for p in [*alone_cluster.processes, *cluster.processes]
+                if p.name != "coordinator"]
+        progress(f"  warm-up generations (not measured): {', '.join(f'{w:.1f}s' for w in warm)}")
+        state.meta[alone_phase] = _phase_meta(state, {
+            "prompt": kind, "model": config.alone_model, "threads": alone_threads, "max_tokens": config.max_tokens,
+            "temperature": 0.0, "paired_with": network_phase})
+        state.meta[network_phase] = _phase_meta(state, {
+            "coordinator_flags": ["--synth-model", "none", *flags], "models": list(models),
+            "threads_per_node": threads, "samples": samples, "paired_with": alone_phase})
+        try:
+            asyncio.run(_ask_paired(state, node.address, spec.name, kind, address, (alone_phase, network_phase),
+                                    SubprocessSandbox(), progress))
+        finally:
+            for phase in (alone_phase, network_phase):
+                state.phase_wall_s[phase] = round(time.monotonic() - started, 1)
+                state.meta[phase]["loadavg_after"] = list(_loadavg())
+        state.fitness[network_phase] = asyncio.run(node_fitness(address))
+
+
+async def _ask_paired(state: BenchState, node_address: str, node: str, kind: str, coordinator: str,
+                      phases: tuple[str, str], runner: Any, progress: Callable[[str], None]) -> None:
+    import grpc
+
+    from dellm.client.bench.alone import ask_alone
+    from dellm.protos import dellm_pb2_grpc
+
+    config = state.config
+    alone_phase, network_phase = phases
+    async with grpc.aio.insecure_channel(node_address) as channel, \
+            DellmClient(coordinator, ClientConfig(ask_timeout_s=config.question_timeout_s)) as client:
+        stub = dellm_pb2_grpc.NodeServiceStub(channel)
+        names = await client.node_names()
+
+        async def alone(problem: Problem) -> QuestionRecord:
+            return await ask_alone(stub, problem, alone_phase, kind, node, runner, config.max_tokens,
+                                   config.question_timeout_s)
+
+        async def network(problem: Problem) -> QuestionRecord:
+            return await ask_problem(client, problem, network_phase, names, False)
+
+        for number, problem in enumerate(state.eval_problems, start=1):
+            first, second = (alone, network) if number % 2 else (network, alone)
+            records = [await first(problem), await second(problem)]
+            state.records.extend(records)
+            a, b = sorted(records, key=lambda r: r.phase != alone_phase)
+            right = {p: sum(r.correct for r in state.records if r.phase == p) for p in phases}
+            progress(f"  [paired {number}/{len(state.eval_problems)}] #{problem.index}: label {problem.label}; alone "
+                     f"{_fmt_number(a.predicted)} in {a.latency_s:.1f}s, network {_fmt_number(b.predicted)} in "
+                     f"{b.latency_s:.1f}s; right so far {right[alone_phase]} vs {right[network_phase]}")
 
 
 def _phase_meta(state: BenchState, setup: dict[str, Any]) -> dict[str, Any]:
@@ -528,6 +605,8 @@ def run_gsm8k_bench(config: BenchConfig, *, command: str = "", progress: Callabl
                 _run_alone(state, say)
             elif run == "sampled":
                 _run_sampled(state, say)
+            elif run == "paired":
+                _run_paired(state, say)
             else:
                 _run_phase(state, run, say)
     except KeyboardInterrupt:
@@ -608,5 +687,28 @@ def build_results(state: BenchState) -> dict[str, Any]:
         "failure": state.failure,
         "summary": summaries,
         "runs": {phase: {**meta, "wall_s": state.phase_wall_s.get(phase)} for phase, meta in state.meta.items()},
+        "paired_latency": paired_latency(state.records, state.meta),
         "records": [asdict(r) for r in state.records],
     }
+
+
+def paired_latency(records: Sequence[QuestionRecord], meta: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """For each network phase run paired with a phase alone: the per-problem latency ratios network / alone,
+    their median, and the ratio of the two medians."""
+    import statistics
+
+    out: dict[str, Any] = {}
+    for phase, m in meta.items():
+        other = m.get("setup", {}).get("paired_with")
+        if not other or not phase.startswith(SAMPLES_PREFIX):
+            continue
+        alone = {r.index: r.latency_s for r in records if r.phase == other and r.latency_s}
+        network = {r.index: r.latency_s for r in records if r.phase == phase and r.latency_s}
+        common = sorted(alone.keys() & network.keys())
+        if not common:
+            continue
+        ratios = [network[i] / alone[i] for i in common]
+        out[phase] = {"alone": other, "pairs": len(common), "median_ratio": round(statistics.median(ratios), 3),
+                      "p50_ratio": round(statistics.median(network[i] for i in common)
+                                         / statistics.median(alone[i] for i in common), 3)}
+    return out

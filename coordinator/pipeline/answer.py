@@ -16,6 +16,7 @@ from dellm.coordinator.config import CoordinatorConfig, RewardConfig
 from dellm.coordinator.errors import ChunkFailedError, NoNodesAvailableError, UnknownNodeError
 from dellm.coordinator.pipeline.answers import exact_answer, reference_key
 from dellm.coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled
+from dellm.coordinator.pipeline.consistency import consistency_settled, sample_requests
 from dellm.coordinator.pipeline.decompose import decompose, validate_plan
 from dellm.coordinator.pipeline.dispatch import ChunkDispatch, NodeConnector
 from dellm.coordinator.pipeline.execute import judge_by_program
@@ -189,14 +190,17 @@ async def answer_chunk(
     checkable = expected is not None
     prompt = build_chunk_prompt(chunk, dependencies, programs=programs, checkable=checkable)
     reference = reference_key(chunk.operation, expected, label)
-    # Word problems (math nothing can check exactly): several samples, voted over what their programs compute.
-    sampled = programs and chunk.operation is Operation.MATH_OP and expected is None and config.dispatch.samples > 1
-    count = config.dispatch.samples if sampled else None
     request = ChunkRequest(query_id, chunk.chunk_id, chunk.operation, prompt,
                            max_tokens_for(chunk, config.dispatch, programs=programs, checkable=checkable),
-                           config.dispatch.sample_temperature if sampled else config.dispatch.temperature,
-                           system_prompt_for(chunk, config.dispatch, programs=programs))
-    wanted = count or redundancy_for(chunk, config.route)
+                           config.dispatch.temperature, system_prompt_for(chunk, config.dispatch, programs=programs))
+    # Word problems (math nothing can check exactly, no earlier result to use): self-consistency over two
+    # methods, worked steps and programs, voted over the numbers they reach (pipeline/consistency.py).
+    word_problem = (programs and chunk.operation is Operation.MATH_OP and expected is None and not dependencies
+                    and config.dispatch.samples > 1)
+    samples = sample_requests(chunk, request, config.dispatch) if word_problem else ()
+    wanted = len(samples) or redundancy_for(chunk, config.route)
+    settled = (partial(consistency_settled, chunk, planned=len(samples)) if word_problem
+               else partial(is_settled, chunk, wanted=wanted, reference=reference))
 
     async def judge(answer: NodeAnswer) -> NodeAnswer:
         return await judge_by_program(answer, chunk, deps.runner)
@@ -205,8 +209,8 @@ async def answer_chunk(
         ChunkDispatch, chunk, request, nodes=deps.registry.table, in_flight=deps.in_flight,
         connector=deps.connector, route_config=config.route, config=config.dispatch, emit=emit,
         on_answer=partial(_record_answer, deps), rng=deps.rng, shortlist=deps.shortlist, judge=judge,
-        settled=partial(is_settled, chunk, wanted=wanted, reference=reference))
-    outcome = await dispatch(count=count).run()
+        settled=settled)
+    outcome = await dispatch(count=len(samples) or None, samples=samples).run()
     chunk_answers, cancelled = list(outcome.answers), outcome.cancelled
     result = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled)
     if result.checked_by == "coordinator" and config.dispatch.escalation_nodes > 0:
@@ -308,11 +312,11 @@ def _reward(
     applied: list[AppliedReward] = []
     for result in results:
         chunk_answers = answers[result.chunk.chunk_id]
-        by_node = {a.node_id: a for a in chunk_answers}
-        for decision in judge_chunk(result, chunk_answers, config, labels.get(result.chunk.chunk_id)):
+        decisions = judge_chunk(result, chunk_answers, config, labels.get(result.chunk.chunk_id))
+        for answer, decision in zip(chunk_answers, decisions, strict=True):  # one decision per answer, in order
             applied.append(apply_decision(
                 deps.registry, deps.send_feedback, decision, result.chunk.operation.value, config,
-                query_id=query_id, prompt=prompts[decision.chunk_id], answer=by_node[decision.node_id].text))
+                query_id=query_id, prompt=answer.prompt or prompts[decision.chunk_id], answer=answer.text))
     return applied
 
 

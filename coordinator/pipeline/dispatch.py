@@ -9,6 +9,7 @@ the next best node that has not been tried for this chunk.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import logging
@@ -21,7 +22,7 @@ from typing import Protocol
 
 from dellm.coordinator.config import DispatchConfig, RouteConfig
 from dellm.coordinator.errors import NodeCallError, NoNodesAvailableError
-from dellm.coordinator.pipeline.route import Shortlist, route_chunk
+from dellm.coordinator.pipeline.route import Shortlist, model_of, route_chunk, strongest_model
 from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.types import (
     Assignment,
@@ -174,6 +175,10 @@ class ChunkDispatch:
     take the chunk at all. ``judge`` turns each answer into the one it is judged by before anything
     reads it (a math answer's program, run); ``exclude`` are nodes never to route to (escalation asks
     new ones); ``count`` overrides how many nodes the chunk gets at first.
+
+    ``samples`` (self-consistency, see pipeline/consistency.py) are requests to spread over the nodes in
+    order instead of one request for all: the first go to the routed nodes, the strongest model's node
+    first, and a node that has answered takes the next while the chunk is not settled.
     """
 
     def __init__(
@@ -194,6 +199,7 @@ class ChunkDispatch:
         judge: Callable[[NodeAnswer], Awaitable[NodeAnswer]] | None = None,
         exclude: frozenset[str] = frozenset(),
         count: int | None = None,
+        samples: Sequence[ChunkRequest] = (),
     ) -> None:
         self._chunk = chunk
         self._request = request
@@ -209,6 +215,7 @@ class ChunkDispatch:
         self._shortlist = shortlist or Shortlist(route_config)
         self._judge = judge  # e.g. a math answer's program run in the sandbox (pipeline/execute.py)
         self._count = count  # nodes for the first assignment; None: by the chunk's complexity
+        self._samples = collections.deque(samples)  # requests not yet given to a node
         self.snapshot: dict[str, NodeRecord] = {}  # the records of the nodes routed to, as routing saw them
         self.tried: set[str] = set(exclude)  # every node routed to for this chunk: never routed to twice
         self.answers: list[NodeAnswer] = []  # every answer recorded, failed ones included, in arrival order
@@ -222,11 +229,23 @@ class ChunkDispatch:
         for node_id in assignment.node_ids:
             self._reserve(node_id)
         async with asyncio.TaskGroup() as group:
-            for node_id in assignment.node_ids:
-                self.running[node_id] = group.create_task(self._slot(node_id))
+            for node_id in self._strongest_first(assignment.node_ids):
+                self.running[node_id] = group.create_task(self._slot(node_id, self._next_request(node_id)))
         if self.cancelled:
             log.debug("chunk %s settled early; cancelled %s", self._chunk.chunk_id, ", ".join(self.cancelled))
         return DispatchOutcome(self.answers, tuple(dict.fromkeys(self.cancelled)))
+
+    def _strongest_first(self, node_ids: Sequence[str]) -> list[str]:
+        """``node_ids`` with the strongest model's nodes first (so that they take the first samples)."""
+        if not self._samples:
+            return list(node_ids)
+        records = [self.snapshot[n] for n in node_ids if n in self.snapshot]
+        best = strongest_model(records, self._chunk.operation.value, self._route_config)
+        return sorted(node_ids, key=lambda n: n not in self.snapshot or model_of(self.snapshot[n]) != best)
+
+    def _next_request(self, node_id: str) -> ChunkRequest:
+        """The next sample when there are samples, else the chunk's request as ``node_id`` gets it."""
+        return self._samples.popleft() if self._samples else self._request_for(node_id)
 
     def _route(self, count: int | None) -> Assignment:
         """``count`` nodes (default: by complexity) not tried yet; their records go into the snapshot."""
@@ -257,13 +276,15 @@ class ChunkDispatch:
     def _release(self, node_id: str) -> None:
         self._in_flight[node_id] -= 1
 
-    async def _attempt(self, node_id: str) -> NodeAnswer:
-        """``node_id``'s answer; its reservation is released however the attempt ends."""
+    async def _attempt(self, node_id: str, request: ChunkRequest) -> NodeAnswer:
+        """``node_id``'s answer to ``request``; its reservation is released however the attempt ends."""
         try:
             node = self.snapshot.get(node_id)
             if node is None:
                 return NodeAnswer(self._chunk.chunk_id, node_id, "", 0.0, 0.0, error="node left the cluster")
-            answer = await stream_answer(node, self._request_for(node_id), self._connector, self._config, self._emit)
+            answer = await stream_answer(node, request, self._connector, self._config, self._emit)
+            if request.prompt != self._request.prompt:  # a sample asked another way: reward feedback quotes it
+                answer = dataclasses.replace(answer, prompt=request.prompt)
             return answer if self._judge is None else await self._judge(answer)
         finally:
             self._release(node_id)
@@ -283,18 +304,18 @@ class ChunkDispatch:
         usual_s = (known.latency_ms if known is not None else None) or 0.0
         return max(self._config.hedge_min_s, self._config.hedge_factor * usual_s / 1000)
 
-    async def _hedged_attempt(self, node_id: str) -> list[NodeAnswer]:
+    async def _hedged_attempt(self, node_id: str, request: ChunkRequest) -> list[NodeAnswer]:
         """The answer from ``node_id``; if it runs past its usual time, a second node races it and
         the answers up to the first good one are returned (the last is the good one, if any)."""
         hedge_after = self._hedge_after(node_id)
-        tasks = {asyncio.ensure_future(self._attempt(node_id)): node_id}
+        tasks = {asyncio.ensure_future(self._attempt(node_id, request)): node_id}
         try:
             done, _ = await asyncio.wait(tasks, timeout=hedge_after)
             if done:  # the usual case: answered in time, nothing to race
                 return [done.pop().result()]
             hedge = self._route_one_more(f"hedge: {node_id} is slower than {hedge_after:.1f}s")
             if hedge is not None:
-                tasks[asyncio.ensure_future(self._attempt(hedge))] = hedge
+                tasks[asyncio.ensure_future(self._attempt(hedge, request))] = hedge
             return await _until_first_good(tasks)
         finally:
             await self._stop(tasks)
@@ -307,23 +328,33 @@ class ChunkDispatch:
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _slot(self, node_id: str) -> None:
+    async def _slot(self, node_id: str, request: ChunkRequest) -> None:
         """One redundancy slot: ``node_id``'s answer or, after each failure, the next best untried
-        node's, up to ``max_attempts`` nodes; a good answer that settles the chunk stops the others."""
+        node's, up to ``max_attempts`` nodes; a good answer that settles the chunk stops the others,
+        and one that does not takes the next sample, if any, on the same node."""
         attempts = self._config.max_attempts
-        for attempt in range(1, attempts + 1):
-            answer = self._record(await self._hedged_attempt(node_id))
+        if attempts < 1:
+            self._release(node_id)  # the slot's node was reserved but is never called
+            return
+        failures = 0
+        while True:
+            answer = self._record(await self._hedged_attempt(node_id, request))
             if not answer.failed:
                 if self._settled is not None and self._settled(self.answers):
                     self._cancel_other_slots(node_id)
-                return
+                    return
+                if not self._samples:
+                    return
+                request = self._samples.popleft()
+                self._reserve(node_id)
+                continue
+            failures += 1
             log.warning("node %s failed chunk %s: %s", answer.node_id, self._chunk.chunk_id, answer.error)
-            retry = self._route_one_more(f"{answer.node_id} failed: {answer.error}") if attempt < attempts else None
+            retry = self._route_one_more(f"{answer.node_id} failed: {answer.error}") if failures < attempts else None
             if retry is None:
                 return
             self.running[retry] = self.running.pop(node_id)
             node_id = retry
-        self._release(node_id)  # max_attempts < 1: the slot's node was reserved but never called
 
     def _record(self, results: list[NodeAnswer]) -> NodeAnswer:
         """Record an attempt's answers in order; the last one decides the slot."""

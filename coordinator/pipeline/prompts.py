@@ -21,6 +21,16 @@ _EXPRESSION = ("{task}\nReply with only a one-line ```python code block of the f
 _WORD_PROBLEM = ("{task}\nReply with only a ```python code block that solves it: one variable per quantity in the "
                  "problem, each step on its own line, the final number stored in a variable named answer. Then one "
                  "last line 'Answer: <number>'. No explanations.")
+# A word problem's other method: reasoning in words (chain of thought), judged by its final line. Two methods
+# fail differently, so their agreement is better evidence than two answers of one method (pipeline/consistency.py).
+_REASONING = ("{task}\nSolve it step by step, one short line per step. Then give the final number on the last line "
+              "as 'Answer: <number>'.")
+REASONING_SYSTEM = "You are a careful assistant who solves math word problems."
+
+
+def reasoning_prompt(text: str) -> str:
+    """A word problem asked for worked steps in words and a final 'Answer: <number>' line."""
+    return _REASONING.format(task=text)
 
 
 def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult], *, programs: bool = True,

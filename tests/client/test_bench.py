@@ -409,11 +409,11 @@ def test_alone_and_sampled_runs_on_scripted_nodes(tmp_path: Path) -> None:
     pens = next(r for r in results["records"] if r["phase"] == "alone_program" and r["index"] == 1)
     assert pens["predicted"] == 60 and "judged by the program" in pens["chunks"][0]["votes"][0]["program"]
     assert summary["alone_program"]["accuracy_ci95"] == pytest.approx([0.3424, 1.0], abs=1e-4)
-    # the network answered every problem; five samples on three nodes is capped at three, and says so
+    # the network answered every problem, with up to five samples spread over three nodes
     for phase in ("samples_1", "samples_5"):
         assert summary[phase]["errors"] == 0 and summary[phase]["latency_p50_s"] is not None
     runs = results["runs"]
-    assert runs["samples_5"]["setup"]["capped"] and runs["samples_5"]["setup"]["samples_used"] == 3
+    assert runs["samples_5"]["setup"]["samples"] == 5
     assert "--samples" in runs["samples_5"]["setup"]["coordinator_flags"]
     assert runs["alone_cot"]["setup"]["temperature"] == 0.0 and runs["alone_cot"]["loadavg_before"]
     names = [n.split(" ")[0] for n in summary["samples_1"]["nodes"]]
@@ -421,7 +421,7 @@ def test_alone_and_sampled_runs_on_scripted_nodes(tmp_path: Path) -> None:
 
     markdown = (config.out / "summary.md").read_text()
     assert "one node alone, program + sandbox **(baseline)**" in markdown
-    assert "capped at 3" in markdown and "p50 / baseline p50" in markdown and "95% CI" in markdown
+    assert "p50 / baseline p50" in markdown and "95% CI" in markdown
     assert "(a) one node alone" not in markdown  # no (a)/(b)/(c) runs in this folder
     assert any("[alone_cot 2/2]" in m for m in messages) and any("[samples_5 2/2]" in m for m in messages)
 
@@ -473,3 +473,23 @@ def test_a_vote_is_judged_by_the_value_the_coordinator_voted_on() -> None:
     assert vote_number("```python\nanswer = 3 * 6\n```\nprint 2 lines", "num:18", False) == 18
     assert vote_number("He has 7 apples. Answer: 7", "text:he has 7 apples", False) == 7
     assert vote_number("Answer: 7", "num:7", True) is None
+
+
+def test_a_paired_run_asks_each_problem_of_both_in_turn_and_reports_latency_ratios(tmp_path: Path) -> None:
+    alone_script = tmp_path / "alone.toml"
+    alone_script.write_text(ALONE_SCRIPT)
+    scripts = {**SCRIPTS, "scripted-alone": alone_script}
+    config = scripted_config(tmp_path, train_n=0, alone_model="scripted-alone", alone_prompts=("program",),
+                             scripts=scripts, sampled_models=("scripted-strong", "scripted-weak"), samples=(3,),
+                             network_tag="pair")
+    messages: list[str] = []
+    results = run_gsm8k_bench(config, command="test", progress=messages.append, runs=("paired",))
+    assert set(results["summary"]) == {"alone_program", "samples_3_pair"}
+    # problem by problem: alone then network for the first, network then alone for the second
+    assert [(r["phase"], r["index"]) for r in results["records"]] == [
+        ("alone_program", 0), ("samples_3_pair", 0), ("samples_3_pair", 1), ("alone_program", 1)]
+    assert results["summary"]["alone_program"]["correct"] == 2
+    ratio = results["paired_latency"]["samples_3_pair"]
+    assert ratio["alone"] == "alone_program" and ratio["pairs"] == 2 and ratio["median_ratio"] > 0
+    assert results["runs"]["samples_3_pair"]["setup"]["paired_with"] == "alone_program"
+    assert any("[paired 2/2]" in m for m in messages)

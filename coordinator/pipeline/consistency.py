@@ -1,0 +1,88 @@
+"""Self-consistency for word problems: several answers by two methods, voted, stopped once the vote is clear.
+
+A word problem is math the coordinator cannot check exactly ("Janet's ducks lay 16 eggs per day ..."), so
+the only evidence is agreement. Agreement between copies of one method proves little: a program that
+misreads the problem and a second sample of it misread it alike. So the plan alternates two methods that
+fail differently:
+
+- ``REASONING``: worked steps in words, judged by the final 'Answer: <number>' line; the strongest models
+  are best at it, so the plan's first answer is this one, from the strongest model's node (dispatch gives
+  the plan's samples to its nodes strongest first);
+- ``PROGRAM``: a Python program, judged by what it computes in the coordinator's sandbox
+  (pipeline/execute.py).
+
+The first answer of each method is greedy; the rest are sampled at ``sample_temperature``, each with a seed
+of its own, so that two copies of a model (or one node asked twice) give two samples, not one answer twice.
+A node that has answered takes the plan's next sample while the vote is open. The chunk settles
+(``consistency_settled``) as soon as the vote is clear: at least two answers agree and none disagrees, or
+the leader is two votes ahead of the next, or it holds a strict majority of the whole plan; further
+samples could no longer change the winner, or very rarely would. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from dellm.coordinator.config import DispatchConfig
+from dellm.coordinator.pipeline.answers import answers_match, is_degenerate
+from dellm.coordinator.pipeline.assemble import answer_key
+from dellm.coordinator.pipeline.prompts import REASONING_SYSTEM, reasoning_prompt
+from dellm.coordinator.types import Chunk, ChunkRequest, NodeAnswer
+
+
+class Method(enum.StrEnum):
+    REASONING = "reasoning"
+    PROGRAM = "program"
+
+
+@dataclass(frozen=True)
+class Sample:
+    index: int  # 0-based position in the plan
+    method: Method
+    temperature: float
+
+
+def sample_plan(samples: int, temperature: float) -> tuple[Sample, ...]:
+    """``samples`` answers: reasoning then program, greedy; then the two alternating, sampled."""
+    methods = (Method.REASONING, Method.PROGRAM)
+    return tuple(Sample(i, methods[i % 2], 0.0 if i < 2 else temperature) for i in range(samples))
+
+
+def sample_seed(query_id: str, chunk_id: str, index: int) -> int:
+    """A sampling seed of its own for each sample of a chunk (never 0: 0 means "the node's own")."""
+    digest = hashlib.sha256(f"{query_id}/{chunk_id}/{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") or 1
+
+
+def sample_requests(chunk: Chunk, program_request: ChunkRequest, config: DispatchConfig) -> tuple[ChunkRequest, ...]:
+    """The plan's requests, in order. ``program_request`` is the chunk's program request (prompt, system
+    instruction and budget, see prompts.py); a reasoning sample asks for worked steps instead."""
+    requests = []
+    for sample in sample_plan(config.samples, config.sample_temperature):
+        seed = sample_seed(program_request.query_id, chunk.chunk_id, sample.index) if sample.temperature > 0 else 0
+        if sample.method is Method.REASONING:
+            request = replace(program_request, prompt=reasoning_prompt(chunk.text), system=REASONING_SYSTEM,
+                              max_tokens=max(config.max_tokens, config.reasoning_max_tokens))
+        else:
+            request = program_request
+        requests.append(replace(request, temperature=sample.temperature, seed=seed))
+    return tuple(requests)
+
+
+def consistency_settled(chunk: Chunk, answers: Sequence[NodeAnswer], planned: int) -> bool:
+    """Is the vote over a word problem's ``planned`` samples clear (see the module docstring)?"""
+    keys = [answer_key(a, chunk.operation) for a in answers
+            if not a.failed and a.text.strip() and not is_degenerate(a.text)]
+    groups: list[tuple[str, int]] = []  # (representative key, votes)
+    for key in keys:
+        at = next((i for i, (rep, _) in enumerate(groups) if answers_match(rep, key)), None)
+        if at is None:
+            groups.append((key, 1))
+        else:
+            groups[at] = (groups[at][0], groups[at][1] + 1)
+    counts = [*sorted((n for _, n in groups), reverse=True), 0]
+    leader, second = counts[0], counts[1]
+    return leader >= 2 and (second == 0 or leader - second >= 2 or leader > planned // 2)

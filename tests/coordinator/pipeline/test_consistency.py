@@ -1,0 +1,144 @@
+"""Self-consistency for word problems (pipeline/consistency.py): the plan of samples, when the vote is clear,
+and how dispatch spreads the samples over the nodes (the strongest model first, a node taking the next
+sample while the vote is open), driven by the fake connector of test_dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import pytest
+
+from dellm.coordinator.config import DispatchConfig, RouteConfig
+from dellm.coordinator.pipeline.consistency import (
+    Method,
+    consistency_settled,
+    sample_plan,
+    sample_requests,
+)
+from dellm.coordinator.pipeline.dispatch import ChunkDispatch
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.prompts import REASONING_SYSTEM, build_chunk_prompt
+from dellm.coordinator.registry.base import NodeTable
+from dellm.coordinator.types import Chunk, ChunkRequest, NodeAnswer, NodeRecord, StreamPiece
+from dellm.protos.wire import NodeDescription
+
+PROBLEM = Chunk("c1", Operation.MATH_OP, "Tom has 3 bags of 4 apples and eats 2. How many are left?", 14, 0.9)
+CONFIG = DispatchConfig(samples=5, sample_temperature=0.6, first_token_timeout_s=1.0, answer_timeout_s=1.0,
+                        hedge_min_s=5.0)
+PROGRAM_REQUEST = ChunkRequest("q1", "c1", Operation.MATH_OP, build_chunk_prompt(PROBLEM, []), 192, 0.0,
+                               CONFIG.program_system_prompt)
+
+
+def test_the_plan_alternates_methods_greedy_first_then_sampled() -> None:
+    plan = sample_plan(5, 0.6)
+    assert [s.method for s in plan] == [Method.REASONING, Method.PROGRAM, Method.REASONING, Method.PROGRAM,
+                                        Method.REASONING]
+    assert [s.temperature for s in plan] == [0.0, 0.0, 0.6, 0.6, 0.6]
+    assert sample_plan(1, 0.6) == sample_plan(5, 0.6)[:1]
+
+
+def test_requests_ask_each_method_its_own_way_and_each_sample_has_its_own_seed() -> None:
+    requests = sample_requests(PROBLEM, PROGRAM_REQUEST, CONFIG)
+    reasoning, program, *sampled = requests
+    assert reasoning.system == REASONING_SYSTEM and "step by step" in reasoning.prompt
+    assert reasoning.max_tokens == CONFIG.reasoning_max_tokens and reasoning.temperature == 0.0
+    assert reasoning.seed == 0 and program.seed == 0  # greedy: no seed needed
+    assert program == PROGRAM_REQUEST  # the program method is the chunk's own request
+    assert len({r.seed for r in sampled}) == len(sampled) and all(r.seed and r.temperature == 0.6 for r in sampled)
+    assert sample_requests(PROBLEM, PROGRAM_REQUEST, CONFIG) == requests  # reproducible
+
+
+def said(*values: float | None) -> list[NodeAnswer]:
+    """Answers judged to ``values`` (None: a failed program)."""
+    return [NodeAnswer("c1", f"n{i}", f"Answer: {v}", 0.9, 10.0, value=v) if v is not None else
+            NodeAnswer("c1", f"n{i}", "boom", 0.9, 10.0, error="its program did not compute a number")
+            for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize(("values", "settled"), [
+    ((10,), False),  # one answer proves nothing
+    ((10, 10), True),  # two agree, none disagrees
+    ((10, 12), False),
+    ((10, None, 10), True),  # a failed program is no vote
+    ((10, 12, 10), False),  # 2 against 1, with samples left: not yet
+    ((10, 12, 10, 10), True),  # two ahead
+    ((10, 12, 12, 10), False),
+    ((10, 12, 12, 10, 10), True),  # a majority of the plan of 5
+    ((10, 12, 14, 16), False),
+    ((10.0, 10.0000000001), True),  # the same number, rounded apart
+])
+def test_the_vote_is_clear(values: tuple[float | None, ...], settled: bool) -> None:
+    assert consistency_settled(PROBLEM, said(*values), planned=5) is settled
+
+
+# --- dispatching the plan -------------------------------------------------------------------------
+
+
+class SampleConnector:
+    """A ``NodeConnector`` test double: ``reply(node_id, request)`` is what the node answers, after
+    ``delay_s[node_id]`` seconds. Records every (node, request) in call order."""
+
+    def __init__(self, reply: Callable[[str, ChunkRequest], str], delay_s: dict[str, float]) -> None:
+        self._reply, self._delay_s = reply, delay_s
+        self.calls: list[tuple[str, ChunkRequest]] = []
+
+    async def stream(self, node: NodeRecord, request: ChunkRequest, timeout: float) -> AsyncIterator[StreamPiece]:
+        self.calls.append((node.node_id, request))
+        await asyncio.sleep(self._delay_s[node.node_id])
+        yield StreamPiece(self._reply(node.node_id, request), (-0.1,))
+        yield StreamPiece("", (), done=True, finish_reason="stop")
+
+
+def record(node_id: str, model: str, latency_ms: float) -> NodeRecord:
+    return NodeRecord(NodeDescription(node_id, "127.0.0.1:1", model=model), latency_ms=latency_ms)
+
+
+async def run_samples(connector: SampleConnector, nodes: Sequence[NodeRecord]) -> list[NodeAnswer]:
+    table = NodeTable(list(nodes))
+    requests = sample_requests(PROBLEM, PROGRAM_REQUEST, CONFIG)
+
+    async def judge(answer: NodeAnswer) -> NodeAnswer:  # the number after "Answer:" (no sandbox needed here)
+        text = answer.text.rsplit(":", 1)[-1]
+        return answer if answer.failed else NodeAnswer(**{**answer.__dict__, "value": float(text)})
+
+    def settled(answers: Sequence[NodeAnswer]) -> bool:
+        return consistency_settled(PROBLEM, answers, planned=len(requests))
+
+    async with asyncio.timeout(5.0):
+        outcome = await ChunkDispatch(
+            PROBLEM, PROGRAM_REQUEST, nodes=lambda: table, in_flight={}, connector=connector,
+            route_config=RouteConfig(exploration="none"), config=CONFIG, emit=lambda e: None,
+            on_answer=lambda a: None, settled=settled, judge=judge, count=len(requests), samples=requests,
+        ).run()
+    return outcome.answers
+
+
+async def test_the_strongest_model_reasons_first_and_agreement_of_the_first_two_settles() -> None:
+    # the 0.5b node is faster, so it ranks first; the 1.5b node still takes the first sample (reasoning)
+    connector = SampleConnector(lambda node, request: "Answer: 10", {"small": 0.01, "big": 0.05})
+    answers = await run_samples(connector, [record("small", "qwen-0.5b", 100), record("big", "qwen-1.5b", 300)])
+    first = {node: request for node, request in connector.calls[:2]}
+    assert first["big"].system == REASONING_SYSTEM and first["small"] == PROGRAM_REQUEST
+    # small answered, then took sample 3 while waiting; big's agreeing answer settled it and cancelled that
+    assert [a.value for a in answers] == [10.0, 10.0]
+    assert len(connector.calls) == 3 and connector.calls[2][0] == "small"
+
+
+async def test_a_node_takes_the_next_samples_in_turn_until_the_vote_is_clear() -> None:
+    def reply(node: str, request: ChunkRequest) -> str:  # the reasoning samples say 12, the programs 10
+        return "Answer: 12" if request.system == REASONING_SYSTEM else "Answer: 10"
+
+    connector = SampleConnector(reply, {"only": 0.01})
+    answers = await run_samples(connector, [record("only", "qwen-1.5b", 100)])
+    # R 12, P 10, R 12 (2 to 1: open), P 10 (2 to 2), R 12: a majority of the five
+    assert [a.value for a in answers] == [12.0, 10.0, 12.0, 10.0, 12.0]
+    assert [r.temperature for _, r in connector.calls] == [0.0, 0.0, 0.6, 0.6, 0.6]
+    assert all(a.prompt for a in answers[0::2]) and not any(a.prompt for a in answers[1::2])
+
+
+async def test_an_answer_asked_another_way_carries_its_prompt_for_the_reward_feedback() -> None:
+    connector = SampleConnector(lambda node, request: "Answer: 7", {"a": 0.01, "b": 0.02})
+    answers = await run_samples(connector, [record("a", "m-1.5b", 100), record("b", "m-1.5b", 200)])
+    reasoning = next(a for a in answers if a.prompt)
+    assert "step by step" in reasoning.prompt
