@@ -247,15 +247,39 @@ class TemplateSynthesizer:
         return answer, "single-chunk" if len(results) == 1 else self.label
 
 
+class OverrunStreak:
+    """Whether the synthesis model is worth waiting for: not after ``skip_after`` overruns of its budget in
+    a row, except on every ``probe_every``-th query skipped, which tries it again (a machine that was busy
+    may be idle now). A synthesis within budget ends the streak. ``skip_after`` 0: always wait."""
+
+    def __init__(self, skip_after: int, probe_every: int) -> None:
+        self._skip_after, self._probe_every = skip_after, max(1, probe_every)
+        self.overruns = 0  # in a row
+        self._skipped = 0  # queries skipped since the streak reached skip_after
+
+    def worth_waiting(self) -> bool:
+        if self._skip_after <= 0 or self.overruns < self._skip_after:
+            return True
+        self._skipped += 1
+        return self._skipped % self._probe_every == 0
+
+    def record(self, overran: bool) -> None:
+        self.overruns = self.overruns + 1 if overran else 0
+        if not overran:
+            self._skipped = 0
+
+
 class ModelSynthesizer:
     """Merges with a small model within ``config.time_budget_s``; serves the template answer instead
-    when the model fails, runs over its budget, or writes an answer that is not faithful."""
+    when the model fails, runs over its budget, or writes an answer that is not faithful, and at once
+    when it has overrun its budget ``config.skip_after_overruns`` times in a row (see OverrunStreak)."""
 
     def __init__(self, backend: InferenceBackend, config: SynthesisConfig, lock: asyncio.Lock | None = None) -> None:
         self._backend = backend
         self._config = config
         self._lock = lock or asyncio.Lock()  # one generation at a time on this backend
         self._stopping: set[asyncio.Task[str]] = set()  # cancelled generations still winding down
+        self.streak = OverrunStreak(config.skip_after_overruns if config.time_budget_s else 0, config.probe_every)
         self.label = f"model:{backend.describe().model}"
 
     async def synthesize(
@@ -268,19 +292,23 @@ class ModelSynthesizer:
         return answer, label
 
     async def _merge(self, query: str, results: Sequence[ChunkResult]) -> tuple[str, str]:
+        budget = self._config.time_budget_s or None
+        if not self.streak.worth_waiting():
+            return template_answer(results), (f"template: synthesis skipped, it overran its {budget:g} s budget "
+                                              f"{self.streak.overruns} times in a row")
         request = GenerationRequest(
             prompt=synthesis_prompt(query, results),
             system=SYSTEM_PROMPT,
             max_tokens=self._config.max_tokens,
             temperature=self._config.temperature,
         )
-        budget = self._config.time_budget_s or None
         generation = asyncio.create_task(self._generate(request))
         try:
             done, _ = await asyncio.wait({generation}, timeout=budget)
         finally:
             if not generation.done():  # over budget, or this query was cancelled
                 self._stop(generation)
+        self.streak.record(overran=not done)
         if not done:
             log.info("synthesis over its %s s budget; using the template", budget)
             return template_answer(results), f"template: synthesis over its {budget:g} s budget"

@@ -223,6 +223,33 @@ async def test_over_budget_the_generation_is_cancelled_and_the_template_served()
     lock.release()
 
 
+async def test_after_overruns_in_a_row_the_template_is_served_at_once_and_the_model_probed_again() -> None:
+    synthesizer = ModelSynthesizer(script([{"pattern": "", "reply": " ".join(["word"] * 200), "delay": 0.05}],
+                                          model="scripted-synth"),
+                                   SynthesisConfig(time_budget_s=0.1, skip_after_overruns=2, probe_every=3))
+    labels = []
+    for _ in range(7):
+        started = time.perf_counter()
+        _, label, _ = await _synthesize(synthesizer)
+        labels.append((label.split(",")[0], time.perf_counter() - started >= 0.1))
+    waited, skipped = ("template: synthesis over its 0.1 s budget", True), ("template: synthesis skipped", False)
+    # two overruns, then two skipped at once, the third query since the streak probes the model again (and it
+    # overruns again), and so on
+    assert labels == [waited, waited, skipped, skipped, waited, skipped, skipped]
+
+
+async def test_one_synthesis_within_budget_ends_the_streak() -> None:
+    from dellm.coordinator.pipeline.synthesize import OverrunStreak
+
+    streak = OverrunStreak(skip_after=2, probe_every=2)
+    streak.record(overran=True)
+    streak.record(overran=True)
+    assert [streak.worth_waiting(), streak.worth_waiting()] == [False, True]  # the second is the probe
+    streak.record(overran=False)
+    assert streak.worth_waiting() and streak.worth_waiting()
+    assert OverrunStreak(skip_after=0, probe_every=5).worth_waiting()  # 0: always wait
+
+
 async def test_waiting_for_the_models_lock_counts_against_the_budget() -> None:
     lock = asyncio.Lock()
     await lock.acquire()  # the planner is using the model
