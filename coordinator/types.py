@@ -127,11 +127,21 @@ class ChunkResult:
     # "coordinator": no node's answer matched ``expected`` (even after escalation), so ``expected`` is served;
     # "exact_check": a node's answer matched it; "": nothing could check the result.
     checked_by: str = ""
+    # The index of the winning group among the votes; -1: read it from the winner's vote (a node that answered
+    # twice, as in self-consistency, may have votes in two groups, so assemble sets it).
+    winner_group: int = -1
+
+    @property
+    def winning_group(self) -> int:
+        if self.winner_group >= 0:
+            return self.winner_group
+        return next((v.group for v in self.votes if v.node_id == self.winner_node_id), -1)
 
     @property
     def winning_node_ids(self) -> tuple[str, ...]:
-        winner_group = next((v.group for v in self.votes if v.node_id == self.winner_node_id), -1)
-        return tuple(v.node_id for v in self.votes if v.group == winner_group and v.group >= 0)
+        """The nodes of the winning group, each once."""
+        group = self.winning_group
+        return tuple(dict.fromkeys(v.node_id for v in self.votes if v.group == group and v.group >= 0))
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,7 @@ def assemble_chunk(
         value=value,
         expected=expected,
         checked_by="exact_check" if matched else "",
+        winner_group=winner_group,
     )
 
 

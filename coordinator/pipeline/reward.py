@@ -59,19 +59,24 @@ def judge_chunk(
     chunk = result.chunk
     expected = result.expected  # the exact value the coordinator computed (dependency results substituted)
     reference = reference_key(chunk.operation, expected, label)
-    winners = set(result.winning_node_ids)
-    malformed = {v.node_id for v in result.votes if v.group < 0}
+    winners = set(result.winning_node_ids)  # distinct nodes: a node agreeing with itself proves nothing
+    # One vote per answer, in the same order (assemble); a node that answered twice (self-consistency) is
+    # judged answer by answer.
+    votes = result.votes if len(result.votes) == len(answers) else (None,) * len(answers)
     truth_text = label if label else (format_number(expected) if expected is not None else "")
     decisions: list[RewardDecision] = []
-    for answer in answers:
-        if answer.failed or not answer.text.strip() or answer.node_id in malformed:
+    for answer, vote in zip(answers, votes, strict=True):
+        malformed = vote.group < 0 if vote is not None else any(
+            v.node_id == answer.node_id and v.group < 0 for v in result.votes)
+        if answer.failed or not answer.text.strip() or malformed:
             verdict, source, truth = Verdict.WRONG, FeedbackSource.FAILURE, truth_text
         elif reference is not None:
             right = answers_match(answer_key(answer, chunk.operation), reference)
             source = FeedbackSource.LABEL if label else FeedbackSource.EXACT_CHECK
             verdict, truth = (Verdict.CORRECT if right else Verdict.WRONG), truth_text
         elif len(winners) >= 2:  # a real majority: at least two nodes gave the winning answer
-            verdict = Verdict.CORRECT if answer.node_id in winners else Verdict.WRONG
+            right = vote.group == result.winning_group if vote is not None else answer.node_id in winners
+            verdict = Verdict.CORRECT if right else Verdict.WRONG
             source, truth = FeedbackSource.VOTE, result.answer
         else:
             verdict, source, truth = Verdict.UNKNOWN, FeedbackSource.NONE, ""

@@ -339,3 +339,29 @@ def test_a_label_is_the_strongest_evidence_and_earns_the_speed_bonus() -> None:
 def test_a_vote_earns_no_speed_bonus() -> None:
     decisions = _judge(SEARCH, [_answer("a", "Paris", 10.0), _answer("b", "Paris", 10.0)])
     assert {d.reward for d in decisions.values()} == {CONFIG.correct_reward}
+
+
+def _judge_in_order(chunk: Chunk, answers: list[NodeAnswer]) -> list[RewardDecision]:
+    result = assemble_chunk(chunk, answers, {a.node_id: 0.5 for a in answers})
+    return judge_chunk(result, answers, CONFIG)
+
+
+def test_a_node_that_answered_twice_is_judged_answer_by_answer() -> None:
+    # self-consistency: node a said 12 then 13; b and c said 13. The vote is 13; a's first answer is wrong.
+    answers = [_answer("a", "Answer: 12"), _answer("b", "Answer: 13"), _answer("a", "Answer: 13"),
+               _answer("c", "Answer: 13")]
+    verdicts = [(d.node_id, d.verdict) for d in _judge_in_order(WORD_PROBLEM, answers)]
+    assert verdicts == [("a", Verdict.WRONG), ("b", Verdict.CORRECT), ("a", Verdict.CORRECT), ("c", Verdict.CORRECT)]
+
+
+def test_the_winning_group_is_the_vote_s_even_when_the_winner_answered_in_another_group_first() -> None:
+    answers = [_answer("a", "Answer: 12"), _answer("a", "Answer: 13"), _answer("b", "Answer: 13")]
+    result = assemble_chunk(WORD_PROBLEM, answers, {"a": 0.9, "b": 0.5})
+    assert result.value == 13 and result.winner_node_id == "a"
+    assert result.winning_node_ids == ("a", "b")
+    assert {v.normalized for v in result.votes if v.group == result.winning_group} == {"num:13"}
+
+
+def test_a_node_agreeing_with_itself_is_no_majority() -> None:
+    answers = [_answer("a", "Answer: 13"), _answer("a", "Answer: 13"), _answer("b", "Answer: 9")]
+    assert {d.verdict for d in _judge_in_order(WORD_PROBLEM, answers)} == {Verdict.UNKNOWN}
