@@ -91,6 +91,7 @@ class NodeAnswer:
     # stated), and how that number was found (see pipeline/execute.py).
     value: float | None = None
     program: str = ""
+    program_failed: bool = False  # its program was refused, failed or computed no number: a wrong answer, judged
     prompt: str = ""  # the prompt this answer was asked with, when not the chunk's own (a sample asked another way)
 
     @property

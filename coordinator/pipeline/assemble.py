@@ -17,7 +17,7 @@ from dellm.coordinator.pipeline.answers import (
     is_degenerate,
     normalize_answer,
 )
-from dellm.coordinator.pipeline.execute import PROGRAM_FAILED, stated_number
+from dellm.coordinator.pipeline.execute import stated_number
 from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.types import Chunk, ChunkResult, NodeAnswer, Vote
 
@@ -92,7 +92,7 @@ def assemble_chunk(
 
     valid = [v for v in votes if v.group >= 0]
     # Answers that said something checkable: valid ones, and programs that ran wrong (a wrong answer each).
-    judged = bool(valid) or any(a.program.startswith(PROGRAM_FAILED) for a in answers)
+    judged = bool(valid) or any(a.program_failed for a in answers)
     if not judged:  # every stream failed: the network could not answer, whatever the coordinator knows
         raise AssemblyError(f"no usable answer for chunk {chunk.chunk_id}")
     matched = expected is not None and any(answers_match(key, f"num:{format_number(expected)}") for key in groups)

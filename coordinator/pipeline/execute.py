@@ -66,7 +66,7 @@ async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunn
     execution = await runner.run(program)
     if not execution.ok or execution.value is None or not math.isfinite(execution.value):
         why = f"{PROGRAM_FAILED} ({execution.error})"
-        return dataclasses.replace(answer, value=None, program=why, error=why)
+        return dataclasses.replace(answer, value=None, program=why, error=why, program_failed=True)
     computed = execution.value
     if stated is not None and not math.isclose(stated, computed, rel_tol=1e-6, abs_tol=1e-9):
         note = f"stated {format_number(stated)}, its program computed {format_number(computed)}: judged by the program"

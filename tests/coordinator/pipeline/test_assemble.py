@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from dellm.coordinator.pipeline.answers import final_number, normalize_answer, reference_key
@@ -292,6 +294,18 @@ def test_failed_and_empty_answers_get_no_vote(bad: NodeAnswer, error: str) -> No
 def test_no_usable_answer_raises(answers: list[NodeAnswer]) -> None:
     with pytest.raises(AssemblyError, match="no usable answer for chunk c1"):
         assemble_chunk(MATH, answers, {"a": 0.9, "b": 0.9})
+
+
+def test_programs_that_all_failed_are_judged_and_the_exact_value_is_served() -> None:
+    """Every node's program failed: each is a wrong answer (not a network failure), so the coordinator's
+    exact value is served and says so, instead of the query failing."""
+    failed = [NodeAnswer("c1", n, "answer = 1/0", 1.0, 5.0, error="its program did not compute a number (boom)",
+                         program="its program did not compute a number (boom)", program_failed=True)
+              for n in ("a", "b")]
+    result = assemble_chunk(MATH, failed, {"a": 0.9, "b": 0.9}, expected=90.0)
+    assert result.checked_by == "coordinator" and result.value == 90.0
+    with pytest.raises(AssemblyError):  # the same failures, but of the stream: nothing was judged
+        assemble_chunk(MATH, [replace(a, program_failed=False) for a in failed], {"a": 0.9, "b": 0.9}, expected=90.0)
 
 
 @pytest.mark.parametrize(

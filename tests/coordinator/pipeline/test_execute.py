@@ -59,7 +59,7 @@ async def test_agreeing_words_and_program() -> None:
 ])
 async def test_a_failed_program_is_a_failed_answer(execution: Execution) -> None:
     judged = await judge_by_program(answer(with_program("36")), MATH, ScriptedRunner({PROGRAM: execution}))
-    assert judged.failed and judged.value is None
+    assert judged.failed and judged.program_failed and judged.value is None
     assert judged.error is not None and judged.error.startswith("its program did not compute a number")
 
 
