@@ -401,6 +401,20 @@ def fitness(section: Section, reports: list[tuple[str, Report]]) -> None:
                               f"last 100 {last:.2f}, {last / first - 1:+.0%} relative."]
 
 
+def gsm8k_baseline(section: Section, report: Report) -> None:
+    from dellm.client.bench.report import baseline_table, baseline_verdict
+
+    section.machines.add(describe_machine(report["machine"]))
+    commands = sorted({run.get("command", "") for run in report.get("runs", {}).values()} - {""})
+    section.lines += [
+        "The strongest single model alone (no coordinator, greedy, its better single-sample prompt, all cores) "
+        "against the network (one thread per node, word problems by self-consistency, "
+        "`coordinator/pipeline/consistency.py`), on GSM8K problems "
+        f"{report['slices']['evaluation'][0]}..{report['slices']['evaluation'][1] - 1}. Commands: "
+        + "; ".join(f"`{c}`" for c in commands) + ". Every answer: `bench-results/gsm8k50/results.json`.",
+        "", baseline_table(report), "", *baseline_verdict(report)]
+
+
 def gsm8k(section: Section, report: Report) -> None:
     section.machines.add(describe_machine(report["machine"]))
     section.lines += [f"`{report['command']}` on {describe_machine(report['machine'])} (results, every answer: "
@@ -487,6 +501,8 @@ def sections() -> list[Section]:
         ["fitness_scripted_seed1.json", "fitness_scripted_seed2.json", "fitness_scripted_seed3.json",
          "fitness_real.json", "fitness_real_w37.json"], fitness))
     add("GSM8K: one node against the network (issue 4)", "gsm8k", one("gsm8k/results.json", gsm8k))
+    add("GSM8K: the best single node against the network with self-consistency (issue 13)", "gsm8k_baseline",
+        one("gsm8k50/results.json", gsm8k_baseline))
     add("Portable llama.cpp builds (issue 11)", "llama_build", one("llama_build.json", llama_build))
     add("Compound queries through dellm ask (issue 13)", "compound", one("compound_queries.json", compound))
     add("Prompt KV cache (issue 13)", "prompt_cache", one("prompt_cache.json", prompt_cache))
