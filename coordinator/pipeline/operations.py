@@ -31,6 +31,9 @@ class OperationSpec:
     base_complexity: float  # complexity before the chunk's length and numbers add to it
     instruction: str  # what the node is asked after the task ("{task}\n<instruction>")
     checked_exactly: bool  # the coordinator can compute the right answer (arithmetic)
+    # Tokens an answer needs at most (a cap on DispatchConfig.max_tokens): a short list is ~40 tokens, and
+    # every token past what the answer needs is time the user waits. None: the configured budget.
+    max_tokens: int | None = None
 
 
 # Arithmetic context for the word operators: a word counts only next to a number or a reference to an
@@ -79,13 +82,13 @@ _TABLE = (
     OperationSpec(
         Operation.SEARCH_OP,
         re.compile(r"\b(find|search|look up|lookup|list|which|where|best|top|recommend|who|when)\b", re.I),
-        0.35, "Answer concisely with a short list of the most relevant items.", False),
+        0.35, "Answer concisely: at most three items, one short line each.", False, 64),
     OperationSpec(
         Operation.GENERATE_OP,
         re.compile(r"\b(write|generate|draft|compose|create|summari[sz]e|explain|describe|"
                    r"translate|suggest|plan)\b", re.I),
         0.4, "Keep it brief.", False),
-    OperationSpec(Operation.GENERAL_OP, None, 0.3, "Answer concisely.", False),
+    OperationSpec(Operation.GENERAL_OP, None, 0.3, "Answer concisely.", False, 64),
 )
 
 OPERATIONS: Mapping[Operation, OperationSpec] = MappingProxyType({spec.operation: spec for spec in _TABLE})

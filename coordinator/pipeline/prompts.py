@@ -63,10 +63,11 @@ def system_prompt_for(chunk: Chunk, config: DispatchConfig, *, programs: bool = 
 
 def max_tokens_for(chunk: Chunk, config: DispatchConfig, *, programs: bool = True, checkable: bool = False) -> int:
     """The chunk's token budget: one line of code for checkable arithmetic, a program and its answer line
-    for the rest of math, and the plain budget otherwise."""
+    for the rest of math, and the plain budget otherwise, capped by what its operation needs."""
     if chunk.operation is Operation.MATH_OP and programs:
         return config.expression_max_tokens if checkable else max(config.max_tokens, config.program_max_tokens)
-    return config.max_tokens
+    cap = OPERATIONS[chunk.operation].max_tokens
+    return config.max_tokens if cap is None else min(config.max_tokens, cap)
 
 
 def concise_answer(result: ChunkResult) -> str:
