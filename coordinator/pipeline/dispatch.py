@@ -216,6 +216,7 @@ class ChunkDispatch:
         self._judge = judge  # e.g. a math answer's program run in the sandbox (pipeline/execute.py)
         self._count = count  # nodes for the first assignment; None: by the chunk's complexity
         self._samples = collections.deque(samples)  # requests not yet given to a node
+        self._sampling = bool(samples)
         self.snapshot: dict[str, NodeRecord] = {}  # the records of the nodes routed to, as routing saw them
         self.tried: set[str] = set(exclude)  # every node routed to for this chunk: never routed to twice
         self.answers: list[NodeAnswer] = []  # every answer recorded, failed ones included, in arrival order
@@ -339,13 +340,14 @@ class ChunkDispatch:
         failures = 0
         while True:
             answer = self._record(await self._hedged_attempt(node_id, request))
-            if not answer.failed:
+            # While sampling, a program that failed is a wrong sample (a vote lost), not a node that failed.
+            if not answer.failed or (self._sampling and answer.program_failed):
                 if self._settled is not None and self._settled(self.answers):
                     self._cancel_other_slots(node_id)
                     return
                 if not self._samples:
                     return
-                request = self._samples.popleft()
+                node_id, request = answer.node_id, self._samples.popleft()  # a hedge that won goes on
                 self._reserve(node_id)
                 continue
             failures += 1

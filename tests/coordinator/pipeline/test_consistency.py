@@ -142,3 +142,25 @@ async def test_an_answer_asked_another_way_carries_its_prompt_for_the_reward_fee
     answers = await run_samples(connector, [record("a", "m-1.5b", 100), record("b", "m-1.5b", 200)])
     reasoning = next(a for a in answers if a.prompt)
     assert "step by step" in reasoning.prompt
+
+
+async def test_a_failed_program_is_a_lost_vote_and_the_node_goes_on_sampling() -> None:
+    def reply(node: str, request: ChunkRequest) -> str:
+        return "Answer: 7" if request.system == REASONING_SYSTEM else "```python\nanswer = 1/0\n```"
+
+    async def judge(answer: NodeAnswer) -> NodeAnswer:  # what execute.judge_by_program does with 1/0
+        if "1/0" in answer.text:
+            return NodeAnswer(**{**answer.__dict__, "error": "its program did not compute a number (boom)",
+                                 "program_failed": True})
+        return NodeAnswer(**{**answer.__dict__, "value": 7.0})
+
+    connector = SampleConnector(reply, {"only": 0.01})
+    table = NodeTable([record("only", "qwen-1.5b", 100)])
+    requests = sample_requests(PROBLEM, PROGRAM_REQUEST, CONFIG)
+    outcome = await ChunkDispatch(
+        PROBLEM, PROGRAM_REQUEST, nodes=lambda: table, in_flight={}, connector=connector,
+        route_config=RouteConfig(exploration="none"), config=CONFIG, emit=lambda e: None, on_answer=lambda a: None,
+        settled=lambda answers: consistency_settled(PROBLEM, answers, planned=len(requests)), judge=judge,
+        count=len(requests), samples=requests).run()
+    # reasoning 7, program failed, reasoning 7: two agree and none disagrees (a failed program is no vote)
+    assert [(a.value, a.program_failed) for a in outcome.answers] == [(7.0, False), (None, True), (7.0, False)]
