@@ -93,6 +93,7 @@ class NodeAnswer:
     program: str = ""
     program_failed: bool = False  # its program was refused, failed or computed no number: a wrong answer, judged
     prompt: str = ""  # the prompt this answer was asked with, when not the chunk's own (a sample asked another way)
+    sample: int = -1  # its place in a self-consistency plan (pipeline/consistency.py; 0 and 1 are greedy); -1: none
 
     @property
     def failed(self) -> bool:
@@ -183,6 +184,7 @@ class ChunkRequest:
     temperature: float
     system: str = ""
     seed: int = 0  # sampling seed when temperature > 0; 0: the node's own
+    sample: int = -1  # its place in a self-consistency plan; -1: not a sample
 
 
 @dataclass(frozen=True)

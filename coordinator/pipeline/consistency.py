@@ -68,7 +68,7 @@ def sample_requests(chunk: Chunk, program_request: ChunkRequest, config: Dispatc
                               max_tokens=max(config.max_tokens, config.reasoning_max_tokens))
         else:
             request = program_request
-        requests.append(replace(request, temperature=sample.temperature, seed=seed))
+        requests.append(replace(request, temperature=sample.temperature, seed=seed, sample=sample.index))
     return tuple(requests)
 
 

@@ -284,8 +284,9 @@ class ChunkDispatch:
             if node is None:
                 return NodeAnswer(self._chunk.chunk_id, node_id, "", 0.0, 0.0, error="node left the cluster")
             answer = await stream_answer(node, request, self._connector, self._config, self._emit)
-            if request.prompt != self._request.prompt:  # a sample asked another way: reward feedback quotes it
-                answer = dataclasses.replace(answer, prompt=request.prompt)
+            if request.sample >= 0:  # a sample may be asked another way: reward feedback quotes its prompt
+                prompt = request.prompt if request.prompt != self._request.prompt else ""
+                answer = dataclasses.replace(answer, prompt=prompt, sample=request.sample)
             return answer if self._judge is None else await self._judge(answer)
         finally:
             self._release(node_id)

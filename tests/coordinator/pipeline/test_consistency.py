@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -44,7 +45,8 @@ def test_requests_ask_each_method_its_own_way_and_each_sample_has_its_own_seed()
     assert reasoning.system == REASONING_SYSTEM and "step by step" in reasoning.prompt
     assert reasoning.max_tokens == CONFIG.reasoning_max_tokens and reasoning.temperature == 0.0
     assert reasoning.seed == 0 and program.seed == 0  # greedy: no seed needed
-    assert program == PROGRAM_REQUEST  # the program method is the chunk's own request
+    assert program == replace(PROGRAM_REQUEST, sample=1)  # the program method is the chunk's own request
+    assert [r.sample for r in requests] == [0, 1, 2, 3, 4]
     assert len({r.seed for r in sampled}) == len(sampled) and all(r.seed and r.temperature == 0.6 for r in sampled)
     assert sample_requests(PROBLEM, PROGRAM_REQUEST, CONFIG) == requests  # reproducible
 
@@ -119,7 +121,7 @@ async def test_the_strongest_model_reasons_first_and_agreement_of_the_first_two_
     connector = SampleConnector(lambda node, request: "Answer: 10", {"small": 0.01, "big": 0.05})
     answers = await run_samples(connector, [record("small", "qwen-0.5b", 100), record("big", "qwen-1.5b", 300)])
     first = {node: request for node, request in connector.calls[:2]}
-    assert first["big"].system == REASONING_SYSTEM and first["small"] == PROGRAM_REQUEST
+    assert first["big"].system == REASONING_SYSTEM and first["small"] == replace(PROGRAM_REQUEST, sample=1)
     # small answered, then took sample 3 while waiting; big's agreeing answer settled it and cancelled that
     assert [a.value for a in answers] == [10.0, 10.0]
     assert len(connector.calls) == 3 and connector.calls[2][0] == "small"
@@ -164,3 +166,27 @@ async def test_a_failed_program_is_a_lost_vote_and_the_node_goes_on_sampling() -
         count=len(requests), samples=requests).run()
     # reasoning 7, program failed, reasoning 7: two agree and none disagrees (a failed program is no vote)
     assert [(a.value, a.program_failed) for a in outcome.answers] == [(7.0, False), (None, True), (7.0, False)]
+
+
+def sample_answer(node: str, value: float, sample: int, confidence: float = 0.5) -> NodeAnswer:
+    return NodeAnswer("c1", node, f"Answer: {value:g}", confidence, 10.0, value=value, sample=sample)
+
+
+@pytest.mark.parametrize(("answers", "served"), [
+    # no two agree: the greedy reasoning answer, whatever the sampled answers' confidence
+    ([sample_answer("a", 6, 0, 0.3), sample_answer("b", 9, 1, 0.9), sample_answer("a", 2, 2, 0.99),
+      sample_answer("b", 7, 3, 0.99)], 6),
+    # greedy reasoning failed to give a number: a greedy program beats sampled singletons
+    ([sample_answer("b", 9, 1, 0.2), sample_answer("a", 2, 2, 0.99), sample_answer("a", 4, 4, 0.99)], 9),
+    # two sampled answers agreeing outvote a lone greedy one
+    ([sample_answer("a", 6, 0, 0.9), sample_answer("b", 8, 2, 0.1), sample_answer("a", 8, 4, 0.1)], 8),
+    # two against two: the pair holding the greedy reasoning answer
+    ([sample_answer("a", 5, 0, 0.1), sample_answer("b", 8, 1, 0.9), sample_answer("a", 8, 2, 0.9),
+      sample_answer("b", 5, 3, 0.1)], 5),
+])
+def test_the_majority_of_samples_wins_and_without_one_the_greedy_answer(answers: list[NodeAnswer],
+                                                                        served: float) -> None:
+    from dellm.coordinator.pipeline.assemble import assemble_chunk
+
+    result = assemble_chunk(PROBLEM, answers, {"a": 0.5, "b": 0.5})
+    assert result.value == served
