@@ -20,10 +20,12 @@ from dellm.coordinator.errors import (
     AdmissionRejectedError,
     NodeCallError,
     NoNodesAvailableError,
+    NotOwnerError,
     TooManyQueriesError,
     UnknownNodeError,
 )
 from dellm.coordinator.health import HealthMonitor
+from dellm.coordinator.identity import new_secret, proves, secret_digest
 from dellm.coordinator.node_client import FeedbackSender, NodePool
 from dellm.coordinator.pipeline.answer import PipelineDeps, answer_query, apply_decision
 from dellm.coordinator.pipeline.decompose import check_query as check_query_text
@@ -127,11 +129,13 @@ class Coordinator:
 
     # --- membership -------------------------------------------------------------------
 
-    async def admit(self, address: str, expected: NodeDescription | None = None) -> NodeRecord:
+    async def admit(self, address: str, expected: NodeDescription | None = None, *,
+                    owner_proven: bool = False) -> NodeRecord:
         """Check the node at ``address`` over gRPC and register it.
 
         ``expected`` is what the node claimed (its Join request or mDNS advertisement); the
-        node's own Info must agree with it. Raises AdmissionRejectedError saying why not.
+        node's own Info must agree with it. ``owner_proven``: the caller presented the id's node
+        secret (only Join can). Raises AdmissionRejectedError saying why not, or NotOwnerError.
         """
         probe = self.pool.probe(expected.node_id if expected else "?", address)
         try:
@@ -154,7 +158,7 @@ class Coordinator:
             known: NodeRecord | None = self.registry.get(actual.node_id)
         except UnknownNodeError:
             known = None
-        await self._refuse_duplicate(known, address)
+        await self._refuse_duplicate(known, actual.node_id, address, owner_proven=owner_proven)
         record = self.registry.upsert_node(replace(actual, address=address), now=time.time())
         await self.pool.client(record.node_id, address).connect(self.config.rpc_timeout_s)
         if known is None or known.state != NodeState.UP or known.info.address != address:
@@ -162,10 +166,21 @@ class Coordinator:
                      record.info.backend, record.fitness)
         return record
 
-    async def _refuse_duplicate(self, known: NodeRecord | None, address: str) -> None:
-        """A node id already live at another address that still answers as that id is a duplicate."""
-        if known is None or known.state != NodeState.UP or known.info.address == address:
+    async def _refuse_duplicate(self, known: NodeRecord | None, node_id: str, address: str, *,
+                                owner_proven: bool) -> None:
+        """A node id known at another address that still answers as that id there is a duplicate, whatever
+        the registry says of its state (a node marked down, or told to leave by someone else, may be alive):
+        an id moves to a new address only once its old address is dead. An id bound to a secret may move
+        only with the secret's proof (checked by ``join`` before this), so discovery cannot move it."""
+        if known is None or known.info.address == address:
             return
+        await self._refuse_live_duplicate(known, address)
+        if not owner_proven and self.registry.node_credential(node_id) is not None:
+            raise NotOwnerError(f"node id {node_id} is bound to the node last at {known.info.address}; only that "
+                                f"node (with its node secret, over Join) can move it to {address}")
+
+    async def _refuse_live_duplicate(self, known: NodeRecord, address: str) -> None:
+        """AdmissionRejectedError when ``known``'s address still answers Info as its id."""
         node_id = known.node_id
         try:
             other = await self.pool.probe(node_id, known.info.address).info_once(self.config.rpc_timeout_s)
@@ -175,17 +190,34 @@ class Coordinator:
             raise AdmissionRejectedError(f"node id {node_id} is already live at {known.info.address}; "
                                          f"refusing the duplicate at {address}")
 
-    async def join(self, claimed: NodeDescription) -> NodeRecord:
-        """The Join RPC: a node names itself and its address."""
-        if not claimed.node_id or not claimed.address:
+    async def join(self, claimed: NodeDescription, secret: str = "") -> tuple[NodeRecord, str]:
+        """The Join RPC: a node names itself and its address, and proves it owns its id (coordinator/identity.py).
+
+        Returns the node's record and the secret newly issued to it (empty when it presented the one it
+        holds). NotOwnerError when the id is bound to a secret that ``secret`` is not.
+        """
+        node_id = claimed.node_id
+        if not node_id or not claimed.address:
             raise AdmissionRejectedError("a joining node must give its node_id and address")
-        return await self.admit(claimed.address, claimed)
+        digest = self.registry.node_credential(node_id)
+        if digest is not None and not proves(secret, digest):
+            raise NotOwnerError(f"node id {node_id} belongs to the node that first joined with it: a Join must "
+                                "present the node secret issued to it then")
+        record = await self.admit(claimed.address, claimed, owner_proven=digest is not None)
+        if digest is not None:
+            return record, ""
+        if self.registry.node_credential(node_id) is not None:  # another Join for the id won the race meanwhile
+            raise NotOwnerError(f"node id {node_id} was just claimed by another Join; this one is refused")
+        issued = new_secret()
+        self.registry.bind_credential(node_id, secret_digest(issued))
+        log.info("node %s bound to a new node secret", node_id)
+        return record, issued
 
     async def found(self, address: str, advert: NodeDescription | None, *, source: str) -> None:
         """DiscoverySink: admit what discovery found; log a refusal once per address and reason."""
         try:
             await self.admit(address, advert)
-        except AdmissionRejectedError as exc:
+        except (AdmissionRejectedError, NotOwnerError) as exc:
             if self._refusals.get(address) != str(exc):
                 self._refusals[address] = str(exc)
                 log.warning("%s: not admitting %s: %s", source, address, exc)
@@ -198,7 +230,12 @@ class Coordinator:
             self.registry.set_state(node_id, NodeState.DOWN)
             log.info("%s: node %s said goodbye: down", source, node_id)
 
-    def leave(self, node_id: str) -> None:
+    def leave(self, node_id: str, secret: str = "") -> None:
+        """The Leave RPC: only the id's owner (its node secret) may take it out of the routing."""
+        self.registry.get(node_id)  # UnknownNodeError -> NOT_FOUND
+        digest = self.registry.node_credential(node_id)
+        if digest is None or not proves(secret, digest):
+            raise NotOwnerError(f"only node {node_id} itself (with its node secret) may leave")
         self.registry.set_state(node_id, NodeState.DOWN, now=time.time())
         log.info("node %s left", node_id)
 

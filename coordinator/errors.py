@@ -13,6 +13,8 @@ stay with the stage that raises them.
     ├── RegistryUnavailableError  UNAVAILABLE          the registry's store cannot be reached
     ├── NodeCallError             UNAVAILABLE          a call to a node failed (from grpc.aio.AioRpcError)
     ├── AdmissionRejectedError    FAILED_PRECONDITION  a node that may not join, and why
+    │   └── JoinLimitedError      RESOURCE_EXHAUSTED   too many Joins from one address, or too many nodes
+    ├── NotOwnerError             PERMISSION_DENIED    a Join, Leave or Feedback without the owner's proof
     ├── UnknownNodeError          NOT_FOUND            no node with this id (also a KeyError)
     └── UnknownQueryError         NOT_FOUND            no query with this id (also a KeyError)
 """
@@ -79,6 +81,19 @@ class AdmissionRejectedError(CoordinatorError):
     """A node may not join: it does not answer, does not match its claim, or is a duplicate."""
 
     status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class JoinLimitedError(AdmissionRejectedError):
+    """Too many Joins from one peer address in a short time, or the registry holds its bound of nodes."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NotOwnerError(CoordinatorError):
+    """The caller did not prove it owns what it acts on: a node id's secret (Join, Leave) or a query's
+    feedback token (Feedback)."""
+
+    status = grpc.StatusCode.PERMISSION_DENIED
 
 
 class UnknownNodeError(CoordinatorError, KeyError):

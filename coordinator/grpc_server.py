@@ -53,16 +53,16 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         self, request: dellm_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.JoinReply:
         try:
-            record = await self._coordinator.join(description_from_proto(request.info))
+            record, issued = await self._coordinator.join(description_from_proto(request.info), request.node_secret)
         except CoordinatorError as exc:
             await context.abort(exc.status, str(exc))
-        return dellm_pb2.JoinReply(node_id=record.node_id, fitness=record.fitness)
+        return dellm_pb2.JoinReply(node_id=record.node_id, fitness=record.fitness, node_secret=issued)
 
     async def Leave(
         self, request: dellm_pb2.LeaveRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.LeaveReply:
         try:
-            self._coordinator.leave(request.node_id)
+            self._coordinator.leave(request.node_id, request.node_secret)
         except CoordinatorError as exc:
             await context.abort(exc.status, str(exc))
         return dellm_pb2.LeaveReply()

@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     feedback = FeedbackStore(folder / FEEDBACK_FILE)
     try:
         asyncio.run(serve_node(backend, node_info(node_id, name, backend, sha256, config.cluster), feedback, config))
+    except NodeStateError as exc:  # a damaged node secrets file: the node could not prove its id
+        print(f"dellm-node: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"dellm-node: {exc}", file=sys.stderr)
         return 1

@@ -9,8 +9,12 @@ takes few-shot examples for its prompts (:meth:`FeedbackStore.verified_examples`
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import json
+import logging
 import math
+import os
 import re
 import sqlite3
 import threading
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dellm.protos.wire import VERIFIED_SOURCES
+
+log = logging.getLogger(__name__)
 
 #: Feedback sources that carry real evidence of right or wrong (not "vote", "failure" or "none").
 EVIDENCE_SOURCES: tuple[str, ...] = tuple(sorted(VERIFIED_SOURCES))  # defined once, in the wire contract
@@ -104,6 +110,49 @@ def load_or_create_node_id(folder: Path) -> str:
     tmp.write_text(node_id + "\n", encoding="utf-8")
     tmp.replace(path)
     return node_id
+
+
+NODE_SECRETS_FILE = "node_secrets.json"  # in a node's state folder: {coordinator address: node secret}
+
+
+class NodeSecrets:
+    """The secrets coordinators issued to this node's id at its first Join (see coordinator/identity.py),
+    one per coordinator address; later Joins and the Leave present it. Kept in ``path`` (mode 0600,
+    replaced atomically), or only in memory when ``path`` is None.
+
+    A file that cannot be read is not replaced silently: the node would lose its id's proof, so the
+    coordinator would refuse it; NodeStateError names the file.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._secrets: dict[str, str] = {}
+        if path is not None and path.exists():
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise NodeStateError(f"cannot read the node secrets file {path} ({type(exc).__name__}); restore "
+                                     "it, or delete it and start the node under a new name") from exc
+            if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
+                raise NodeStateError(f"the node secrets file {path} is corrupt; restore it, or delete it and start "
+                                     "the node under a new name")
+            self._secrets = {str(k): v for k, v in loaded.items()}
+
+    def get(self, coordinator: str) -> str:
+        return self._secrets.get(coordinator, "")
+
+    def put(self, coordinator: str, secret: str) -> None:
+        self._secrets[coordinator] = secret
+        if self._path is None:
+            return
+        tmp = self._path.with_suffix(".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(self._secrets, out)
+        tmp.replace(self._path)
+        log.info("kept the node secret from coordinator %s in %s", coordinator, self._path)
 
 
 @dataclass(frozen=True)

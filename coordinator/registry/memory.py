@@ -42,6 +42,7 @@ class CachedRegistry:
         self._records = {record.node_id: record for record in backing.list_nodes()}
         self._table = NodeTable(self._records.values())
         self._queries: dict[str, QueryRecord] = {}  # saved, not yet flushed
+        self._credentials: dict[str, str | None] = {}  # node id -> secret digest, read through once
         self._pending: list[Callable[[], object]] = []
         self._pending_lock = threading.Lock()
         self._wake = threading.Event()
@@ -130,6 +131,15 @@ class CachedRegistry:
         self._store(replace(known, fitness=after, correct=known.correct + int(bool(correct)), op_stats=op_stats))
         self._queue(lambda: self._backing.apply_reward(node_id, reward, correct, update, operation))
         return before, after
+
+    def node_credential(self, node_id: str) -> str | None:
+        if node_id not in self._credentials:
+            self._credentials[node_id] = self._backing.node_credential(node_id)
+        return self._credentials[node_id]
+
+    def bind_credential(self, node_id: str, digest: str) -> None:
+        self._credentials[node_id] = digest
+        self._queue(lambda: self._backing.bind_credential(node_id, digest))
 
     def save_query(self, record: QueryRecord) -> None:
         with self._pending_lock:

@@ -298,6 +298,14 @@ class RedisRegistry:
             self._table.put(record)
         return record
 
+    def node_credential(self, node_id: str) -> str | None:
+        with self._reachable():
+            return cast(str | None, self._client.hget(f"{self._prefix}:credentials", node_id))
+
+    def bind_credential(self, node_id: str, digest: str) -> None:
+        with self._reachable():
+            self._client.hset(f"{self._prefix}:credentials", node_id, digest)
+
     def save_query(self, record: QueryRecord) -> None:
         payload = json.dumps(asdict(record))
         with self._reachable():

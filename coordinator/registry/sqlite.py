@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS op_stats (
     successes INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (node_id, operation)
 );
+CREATE TABLE IF NOT EXISTS node_credentials (
+    node_id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS queries (
     query_id TEXT PRIMARY KEY,
     query TEXT NOT NULL,
@@ -52,6 +56,7 @@ _TABLE_COLUMNS = {
     "nodes": frozenset(_COLUMNS.split(", ")),
     "op_stats": frozenset({"node_id", "operation", "fitness", "trials", "successes"}),
     "queries": frozenset({"query_id", "query", "answer", "created", "detail"}),
+    "node_credentials": frozenset({"node_id", "digest"}),
 }
 _START_AFRESH = "or move it away to start a fresh registry (nodes rejoin; their fitness starts over)"
 
@@ -261,6 +266,15 @@ class SqliteRegistry:
                     (node_id, operation, update(before if op is None else float(op[0])), int(bool(correct))),
                 )
         return before, after
+
+    def node_credential(self, node_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT digest FROM node_credentials WHERE node_id = ?", (node_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def bind_credential(self, node_id: str, digest: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO node_credentials (node_id, digest) VALUES (?, ?)", (node_id, digest))
 
     def save_query(self, record: QueryRecord) -> None:
         with self._transaction() as db:
