@@ -25,9 +25,9 @@ from dellm.coordinator.errors import (
     UnknownNodeError,
 )
 from dellm.coordinator.health import HealthMonitor
-from dellm.coordinator.identity import new_secret, proves, secret_digest
+from dellm.coordinator.identity import check_secret, proves, secret_digest
 from dellm.coordinator.node_client import FeedbackSender, NodePool
-from dellm.coordinator.pipeline.answer import PipelineDeps, answer_query, apply_decision
+from dellm.coordinator.pipeline.answer import PipelineDeps, answer_query
 from dellm.coordinator.pipeline.decompose import check_query as check_query_text
 from dellm.coordinator.pipeline.planner import ModelPlanner
 from dellm.coordinator.pipeline.reward import reward_for
@@ -41,10 +41,12 @@ from dellm.coordinator.types import (
     NodeFeedback,
     NodeRecord,
     PipelineEvent,
+    QueryFinished,
     RewardDecision,
     StreamPiece,
     Verdict,
 )
+from dellm.coordinator.user_verdicts import check_feedback, recorded, replacing, winning_answers, with_feedback_token
 from dellm.protos.security import SecurityConfig
 from dellm.protos.wire import SUPPORTED_PROTOCOL_VERSIONS, FeedbackSource, NodeDescription, NodeState
 
@@ -190,28 +192,27 @@ class Coordinator:
             raise AdmissionRejectedError(f"node id {node_id} is already live at {known.info.address}; "
                                          f"refusing the duplicate at {address}")
 
-    async def join(self, claimed: NodeDescription, secret: str = "") -> tuple[NodeRecord, str]:
-        """The Join RPC: a node names itself and its address, and proves it owns its id (coordinator/identity.py).
-
-        Returns the node's record and the secret newly issued to it (empty when it presented the one it
-        holds). NotOwnerError when the id is bound to a secret that ``secret`` is not.
+    async def join(self, claimed: NodeDescription, secret: str = "") -> NodeRecord:
+        """The Join RPC: a node names itself and its address, and proves it owns its id with its node
+        secret (coordinator/identity.py): an unbound id is bound to the secret presented, a bound one
+        requires it (NotOwnerError). A node without a secret (older versions) stays unbound.
         """
         node_id = claimed.node_id
         if not node_id or not claimed.address:
             raise AdmissionRejectedError("a joining node must give its node_id and address")
+        check_secret(secret)
         digest = self.registry.node_credential(node_id)
         if digest is not None and not proves(secret, digest):
             raise NotOwnerError(f"node id {node_id} belongs to the node that first joined with it: a Join must "
                                 "present the node secret issued to it then")
         record = await self.admit(claimed.address, claimed, owner_proven=digest is not None)
-        if digest is not None:
-            return record, ""
+        if digest is not None or not secret:
+            return record
         if self.registry.node_credential(node_id) is not None:  # another Join for the id won the race meanwhile
             raise NotOwnerError(f"node id {node_id} was just claimed by another Join; this one is refused")
-        issued = new_secret()
-        self.registry.bind_credential(node_id, secret_digest(issued))
-        log.info("node %s bound to a new node secret", node_id)
-        return record, issued
+        self.registry.bind_credential(node_id, secret_digest(secret))
+        log.info("node %s bound to its node secret", node_id)
+        return record
 
     async def found(self, address: str, advert: NodeDescription | None, *, source: str) -> None:
         """DiscoverySink: admit what discovery found; log a refusal once per address and reason."""
@@ -261,26 +262,44 @@ class Coordinator:
                                 planner=self._planner, runner=self.runner)
             label = reference_answer.strip() if self.config.accept_labels else ""
             async for event in answer_query(query, deps, label or None):
+                if isinstance(event, QueryFinished):  # only the asker gets the token to judge the query with
+                    record, token = with_feedback_token(self.registry.get_query(event.query_id))
+                    self.registry.save_query(record)
+                    event = replace(event, feedback_token=token)
                 yield event
         finally:
             self._limiter.release(client)
 
-    async def feedback(self, query_id: str, correct: bool, answer: str = "") -> list[AppliedReward]:
-        """A user's verdict on a whole query, applied to the nodes whose answers it used."""
+    async def feedback(self, query_id: str, correct: bool, answer: str = "", token: str = "") -> list[AppliedReward]:
+        """A user's verdict on a whole query, applied to the nodes whose answers it used: only from the
+        asker (``token``), and once per (chunk, node): a repeat changes nothing, the other verdict replaces
+        the first (coordinator/user_verdicts.py). No await inside: one verdict is applied at a time."""
         record = self.registry.get_query(query_id)  # UnknownQueryError -> NOT_FOUND
+        check_feedback(record, token, answer)  # NotOwnerError -> PERMISSION_DENIED
         verdict = Verdict.CORRECT if correct else Verdict.WRONG
+        config = self.config.reward
         applied: list[AppliedReward] = []
-        for chunk in record.detail["chunks"]:
-            for node_answer in chunk["answers"]:
-                if not node_answer["in_winning_group"]:
-                    continue
-                reward = reward_for(verdict, node_answer["latency_ms"], self.config.reward, verified=True)
-                decision = RewardDecision(node_answer["node_id"], chunk["chunk_id"], verdict, reward,
-                                          FeedbackSource.USER,
-                                          answer or (record.answer if correct else ""))
-                applied.append(apply_decision(self.registry, self._send_feedback, decision, chunk["operation"],
-                                              self.config.reward, query_id=query_id, prompt=chunk["prompt"],
-                                              answer=node_answer["text"]))
+        given: dict[str, tuple[Verdict, float]] = {}
+        for judged in winning_answers(record):
+            if judged.previous is verdict:  # said before: nothing changes
+                fitness = self.registry.get(judged.node_id).fitness
+                applied.append(AppliedReward(RewardDecision(judged.node_id, judged.chunk_id, verdict, 0.0,
+                                                            FeedbackSource.USER), fitness, fitness))
+                continue
+            reward = reward_for(verdict, judged.latency_ms, config, verified=True)
+            decision = RewardDecision(judged.node_id, judged.chunk_id, verdict, reward, FeedbackSource.USER,
+                                      answer or (record.answer if correct else ""))
+            before, after = self.registry.apply_reward(judged.node_id, reward, correct,
+                                                       replacing(judged.previous_delta, reward, config),
+                                                       judged.operation)
+            given[judged.key] = (verdict, after - min(1.0, max(0.0, before - judged.previous_delta)))
+            self._send_feedback(judged.node_id, NodeFeedback(
+                query_id=query_id, chunk_id=judged.chunk_id, prompt=judged.prompt, answer=judged.text,
+                verdict=verdict, reward=reward, correct_answer=decision.correct_answer, fitness=after,
+                source=FeedbackSource.USER))
+            applied.append(AppliedReward(decision, before, after))
+        if given:
+            self.registry.save_query(recorded(record, given))
         return applied
 
     def _send_feedback(self, node_id: str, feedback: NodeFeedback) -> None:

@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -28,11 +27,11 @@ from dellm.node.backends.base import (
 )
 from dellm.node.config import NodeConfig
 from dellm.node.state import (
-    NODE_SECRETS_FILE,
     FeedbackEntry,
     FeedbackStore,
-    NodeSecrets,
     NodeStateError,
+    load_or_create_node_secret,
+    new_node_secret,
     node_state_dir,
 )
 from dellm.protos import dellm_pb2, dellm_pb2_grpc, import_extra
@@ -238,7 +237,7 @@ class RunningNode:
     joiner: asyncio.Task[None] | None = None
     advertiser: MdnsAdvertiser | None = None  # dellm[lan]: zeroconf
     security: SecurityConfig = field(default_factory=SecurityConfig)
-    secrets: NodeSecrets = field(default_factory=lambda: NodeSecrets(None))
+    node_secret: str = field(default="", repr=False)  # proves the node id to coordinators (Join, Leave)
 
     async def stop(self, grace: float, coordinator: str | None = None, join_timeout: float = 5.0) -> None:
         if self.advertiser is not None:
@@ -248,20 +247,17 @@ class RunningNode:
             await asyncio.gather(self.joiner, return_exceptions=True)
         if coordinator:
             await leave_coordinator(coordinator, self.servicer.info.node_id, join_timeout, self.security,
-                                    self.secrets.get(coordinator))
+                                    self.node_secret)
         await self.server.stop(grace)
 
 
 async def join_coordinator(coordinator: str, info: dellm_pb2.NodeInfo, timeout: float,
-                           security: SecurityConfig | None = None, secrets: NodeSecrets | None = None) -> float:
-    """One Join call, presenting the node secret ``secrets`` holds for ``coordinator`` and keeping the one
-    it issues (a first Join); returns the fitness the coordinator holds for this node."""
-    secrets = secrets if secrets is not None else NodeSecrets(None)
+                           security: SecurityConfig | None = None, node_secret: str = "") -> float:
+    """One Join call, presenting ``node_secret`` (the coordinator binds the id to it at the first Join);
+    returns the fitness the coordinator holds for this node."""
     async with channel(coordinator, security) as joined:
         reply = await dellm_pb2_grpc.CoordinatorServiceStub(joined).Join(
-            dellm_pb2.JoinRequest(info=info, node_secret=secrets.get(coordinator)), timeout=timeout)
-    if reply.node_secret:
-        secrets.put(coordinator, reply.node_secret)
+            dellm_pb2.JoinRequest(info=info, node_secret=node_secret), timeout=timeout)
     return reply.fitness
 
 
@@ -277,14 +273,15 @@ async def leave_coordinator(coordinator: str, node_id: str, timeout: float,
 
 async def keep_joined(coordinator: str, info: dellm_pb2.NodeInfo, config: NodeConfig,
                       joined: asyncio.Event | None = None, trusted: JoinedCoordinator | None = None,
-                      secrets: NodeSecrets | None = None) -> None:
+                      node_secret: str = "") -> None:
     """Join, retrying with backoff, then re-join every ``rejoin_interval_s`` as a heartbeat.
     After each Join, ``trusted`` learns the coordinator's addresses (Feedback is taken only from them)."""
     delay = 0.5
     was_joined = False
     while True:
         try:
-            fitness = await join_coordinator(coordinator, info, config.join_timeout_s, config.security, secrets)
+            fitness = await join_coordinator(coordinator, info, config.join_timeout_s, config.security,
+                                             node_secret)
         except grpc.aio.AioRpcError as exc:
             if was_joined or delay == 0.5:
                 log.warning("cannot join coordinator %s: %s: %s (retrying)", coordinator, exc.code().name,
@@ -312,7 +309,7 @@ def advertised_address(bound: str) -> str:
 
 async def start_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedback: FeedbackStore,
                      config: NodeConfig) -> RunningNode:
-    secrets = NodeSecrets(_secrets_path(config))  # NodeStateError for a damaged file, before serving anything
+    node_secret = _node_secret(config)  # NodeStateError for a damaged file, before serving anything
     server = new_server(config.security)
     bound = bind(server, config.listen, config.security)
     full_info = dellm_pb2.NodeInfo()
@@ -326,10 +323,10 @@ async def start_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedba
     await server.start()
     await set_serving(health_servicer, [SERVICE_NAME], True)
     log.info("node %s serving on %s (%s)", full_info.node_id, full_info.address, config.security.describe())
-    running = RunningNode(server, full_info.address, servicer, security=config.security, secrets=secrets)
+    running = RunningNode(server, full_info.address, servicer, security=config.security, node_secret=node_secret)
     if config.coordinator:
         running.joiner = asyncio.create_task(keep_joined(config.coordinator, full_info, config, trusted=joined,
-                                                         secrets=running.secrets))
+                                                         node_secret=node_secret))
     if config.advertise:
         import_extra("zeroconf", "lan", "advertising over mDNS (on by default; --no-advertise turns it off)")
         from dellm.node.advertise import MdnsAdvertiser
@@ -339,12 +336,13 @@ async def start_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedba
     return running
 
 
-def _secrets_path(config: NodeConfig) -> Path | None:
-    """Where the node keeps its node secrets: its state folder; None (memory only) for a node without a name."""
+def _node_secret(config: NodeConfig) -> str:
+    """The node's secret from its state folder; a node without a (valid) name has no folder: one for this run."""
     try:
-        return node_state_dir(config.state_dir, config.name) / NODE_SECRETS_FILE
+        folder = node_state_dir(config.state_dir, config.name)
     except NodeStateError:
-        return None
+        return new_node_secret()
+    return load_or_create_node_secret(folder)
 
 
 async def serve_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedback: FeedbackStore,

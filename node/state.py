@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import json
-import logging
 import math
 import os
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -27,13 +26,16 @@ from pathlib import Path
 
 from dellm.protos.wire import VERIFIED_SOURCES
 
-log = logging.getLogger(__name__)
-
 #: Feedback sources that carry real evidence of right or wrong (not "vote", "failure" or "none").
 EVIDENCE_SOURCES: tuple[str, ...] = tuple(sorted(VERIFIED_SOURCES))  # defined once, in the wire contract
 
 #: How many of the latest verified entries few-shot lookups rank (keeps each lookup cheap).
 MAX_EXAMPLE_CANDIDATES = 2000
+
+#: A verified entry whose prompt, answer and correct answer are longer than this together is never a
+#: few-shot example or a training pair: an example is a short question and its answer, and one huge
+#: entry (a user's 3.9 MB "right answer") would otherwise fill every prompt it is similar to.
+MAX_EXAMPLE_CHARS = 4000
 
 #: Rebuilding the few-shot index after new feedback takes at most this share of the node's time: a
 #: build that took 10 ms is not repeated within 0.2 s (until then the last index answers). A busy
@@ -112,47 +114,41 @@ def load_or_create_node_id(folder: Path) -> str:
     return node_id
 
 
-NODE_SECRETS_FILE = "node_secrets.json"  # in a node's state folder: {coordinator address: node secret}
+NODE_SECRET_FILE = "node_secret"  # in a node's state folder, beside node_id (mode 0600)
+NODE_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")  # what new_node_secret makes: 32 random bytes, URL-safe base64
 
 
-class NodeSecrets:
-    """The secrets coordinators issued to this node's id at its first Join (see coordinator/identity.py),
-    one per coordinator address; later Joins and the Leave present it. Kept in ``path`` (mode 0600,
-    replaced atomically), or only in memory when ``path`` is None.
+def new_node_secret() -> str:
+    return secrets.token_urlsafe(32)
 
-    A file that cannot be read is not replaced silently: the node would lose its id's proof, so the
-    coordinator would refuse it; NodeStateError names the file.
+
+def load_or_create_node_secret(folder: Path) -> str:
+    """The node's secret, made once at its first start and kept beside its id (mode 0600).
+
+    Coordinators bind the node id to it at the first Join and require it for later Joins and the
+    Leave (coordinator/identity.py), so it is refused when damaged, never replaced: a new secret would
+    lock the node out of its own id. NodeStateError names the file and the fix.
     """
-
-    def __init__(self, path: Path | None) -> None:
-        self._path = path
-        self._secrets: dict[str, str] = {}
-        if path is not None and path.exists():
-            try:
-                loaded = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
-                raise NodeStateError(f"cannot read the node secrets file {path} ({type(exc).__name__}); restore "
-                                     "it, or delete it and start the node under a new name") from exc
-            if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
-                raise NodeStateError(f"the node secrets file {path} is corrupt; restore it, or delete it and start "
-                                     "the node under a new name")
-            self._secrets = {str(k): v for k, v in loaded.items()}
-
-    def get(self, coordinator: str) -> str:
-        return self._secrets.get(coordinator, "")
-
-    def put(self, coordinator: str, secret: str) -> None:
-        self._secrets[coordinator] = secret
-        if self._path is None:
-            return
-        tmp = self._path.with_suffix(".tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(self._secrets, out)
-        tmp.replace(self._path)
-        log.info("kept the node secret from coordinator %s in %s", coordinator, self._path)
+    path = folder / NODE_SECRET_FILE
+    if path.exists() or path.is_symlink():
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NodeStateError(f"cannot read the node secret file {path} ({type(exc).__name__}); fix it, or "
+                                 "delete it and node_id to start this node over with a new id") from exc
+        if not NODE_SECRET.fullmatch(secret):
+            raise NodeStateError(f"the node secret file {path} is corrupt; restore it, or delete it and node_id "
+                                 "to start this node over with a new id (its fitness starts over too)")
+        return secret
+    secret = new_node_secret()
+    tmp = path.with_suffix(".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(secret + "\n")
+    tmp.replace(path)
+    return secret
 
 
 @dataclass(frozen=True)
@@ -276,8 +272,10 @@ class FeedbackStore:
         with self._lock:
             return self._db.execute(
                 f"SELECT prompt, answer, verdict, correct_answer FROM feedback WHERE source IN ({marks}) "
-                "AND verdict IN ('CORRECT', 'WRONG') ORDER BY received_at DESC, rowid DESC LIMIT ?",
-                (*EVIDENCE_SOURCES, -1 if limit is None else limit),
+                "AND verdict IN ('CORRECT', 'WRONG') "
+                "AND length(prompt) + length(answer) + length(correct_answer) <= ? "
+                "ORDER BY received_at DESC, rowid DESC LIMIT ?",
+                (*EVIDENCE_SOURCES, MAX_EXAMPLE_CHARS, -1 if limit is None else limit),
             ).fetchall()
 
     def close(self) -> None:

@@ -394,14 +394,12 @@ class JoinRequest(_message.Message):
     def __init__(self, info: _Optional[_Union[NodeInfo, _Mapping]] = ..., node_secret: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("node_id", "fitness", "node_secret")
+    __slots__ = ("node_id", "fitness")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     FITNESS_FIELD_NUMBER: _ClassVar[int]
-    NODE_SECRET_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     fitness: float
-    node_secret: str
-    def __init__(self, node_id: _Optional[str] = ..., fitness: _Optional[float] = ..., node_secret: _Optional[str] = ...) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., fitness: _Optional[float] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("node_id", "node_secret")

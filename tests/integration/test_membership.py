@@ -17,7 +17,7 @@ from dellm.coordinator.pipeline.synthesize import TemplateSynthesizer
 from dellm.coordinator.registry import SqliteRegistry
 from dellm.node.config import NodeConfig
 from dellm.node.daemon import node_info, start_node
-from dellm.node.state import NODE_SECRETS_FILE, FeedbackStore, NodeSecrets
+from dellm.node.state import FeedbackStore
 from dellm.protos.wire import NodeDescription, description_from_proto
 from tests.conftest import Cluster, script
 
@@ -131,10 +131,9 @@ async def test_a_duplicate_node_id_from_another_live_address_is_refused(cluster:
         await cluster.stop_node("a")  # once the first is gone, the id may move: only with its node secret
         with pytest.raises(NotOwnerError, match="only that node"):
             await cluster.coordinator.coordinator.admit(twin.address)
-        secret = NodeSecrets(tmp_path / "state" / "nodes" / "a" / NODE_SECRETS_FILE).get(cluster.address)
-        record, issued = await cluster.coordinator.coordinator.join(
-            description_from_proto(twin.servicer.info), secret)
-        assert record.info.address == twin.address and not issued
+        record = await cluster.coordinator.coordinator.join(description_from_proto(twin.servicer.info),
+                                                            first.node_secret)
+        assert record.info.address == twin.address
     finally:
         await twin.stop(0)
         twin_store.close()

@@ -17,7 +17,7 @@ import pytest
 from dellm.coordinator.config import CoordinatorConfig
 from dellm.coordinator.identity import secret_digest
 from dellm.node.daemon import SERVICE_NAME, join_coordinator
-from dellm.node.state import NODE_SECRETS_FILE, NodeSecrets
+from dellm.node.state import NODE_SECRET_FILE, load_or_create_node_secret
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from dellm.protos.transport import add_health_and_reflection, bind, channel, new_server, set_serving
 from dellm.protos.wire import NodeState
@@ -53,10 +53,6 @@ async def call(address: str, method: str, request: object) -> object:
         return await getattr(dellm_pb2_grpc.CoordinatorServiceStub(ch), method)(request, timeout=10)
 
 
-def secrets_of(cluster: Cluster, name: str) -> NodeSecrets:
-    return NodeSecrets(cluster.tmp / "state" / "nodes" / name / NODE_SECRETS_FILE)
-
-
 @pytest.fixture
 async def victim_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = Cluster(tmp_path, CoordinatorConfig(canary_interval_s=0))
@@ -81,7 +77,7 @@ async def test_the_hijack_is_refused_and_the_victim_keeps_its_id(victim_cluster:
         assert "node secret" in (left.value.details() or "")
         assert registry.get(victim.node_id).state == NodeState.UP
 
-        for guess in ("", "not-the-secret"):
+        for guess in ("", "x" * 43):  # none, and a well-formed wrong one
             with pytest.raises(grpc.aio.AioRpcError) as joined:
                 await call(c.address, "Join", dellm_pb2.JoinRequest(info=impostor, node_secret=guess))
             assert joined.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -89,7 +85,7 @@ async def test_the_hijack_is_refused_and_the_victim_keeps_its_id(victim_cluster:
         assert record.info.address == victim.address and record.fitness == 0.9 and record.state == NodeState.UP
 
         # the victim's own heartbeat Join is still taken
-        fitness = await join_coordinator(c.address, victim, 5.0, secrets=secrets_of(c, "victim"))
+        fitness = await join_coordinator(c.address, victim, 5.0, node_secret=c.nodes["victim"].node_secret)
         assert fitness == pytest.approx(0.9)
     finally:
         await server.stop(None)
@@ -98,7 +94,7 @@ async def test_the_hijack_is_refused_and_the_victim_keeps_its_id(victim_cluster:
 async def test_the_owner_moves_its_id_only_once_the_old_address_is_dead(victim_cluster: Cluster) -> None:
     c = victim_cluster
     victim = c.nodes["victim"].servicer.info
-    secret = secrets_of(c, "victim").get(c.address)
+    secret = c.nodes["victim"].node_secret
     assert secret and c.coordinator.coordinator.registry.node_credential(victim.node_id) == secret_digest(secret)
     server, moved = await serve_impostor(victim)  # the same node (it has the secret) at a second address
     try:
@@ -108,7 +104,7 @@ async def test_the_owner_moves_its_id_only_once_the_old_address_is_dead(victim_c
         assert "already live" in (refused.value.details() or "")
         await c.stop_node("victim")  # its old address is dead now
         reply = await call(c.address, "Join", dellm_pb2.JoinRequest(info=moved, node_secret=secret))
-        assert isinstance(reply, dellm_pb2.JoinReply) and not reply.node_secret  # known secret: none reissued
+        assert isinstance(reply, dellm_pb2.JoinReply)
         assert c.coordinator.coordinator.registry.get(victim.node_id).info.address == moved.address
     finally:
         await server.stop(None)
@@ -145,14 +141,26 @@ async def test_a_node_restarted_with_its_state_rejoins_and_keeps_its_fitness(vic
     assert record.state == NodeState.UP and record.fitness == 0.8
 
 
-def test_a_damaged_node_secrets_file_is_refused_naming_it(tmp_path: Path) -> None:
+def test_a_damaged_node_secret_file_is_refused_naming_it(tmp_path: Path) -> None:
     from dellm.node.state import NodeStateError
 
-    path = tmp_path / NODE_SECRETS_FILE
-    path.write_text("{not json")
+    secret = load_or_create_node_secret(tmp_path)
+    assert load_or_create_node_secret(tmp_path) == secret  # kept, not remade
+    path = tmp_path / NODE_SECRET_FILE
+    assert path.stat().st_mode & 0o077 == 0
+    path.write_text("not a secret")
     with pytest.raises(NodeStateError, match=str(path)):
-        NodeSecrets(path)
-    secrets = NodeSecrets(tmp_path / "fresh.json")
-    secrets.put("127.0.0.1:1", "s3cret")
-    assert NodeSecrets(tmp_path / "fresh.json").get("127.0.0.1:1") == "s3cret"
-    assert (tmp_path / "fresh.json").stat().st_mode & 0o077 == 0
+        load_or_create_node_secret(tmp_path)
+
+
+async def test_a_too_short_secret_is_refused(victim_cluster: Cluster) -> None:
+    server, other = await serve_impostor(dellm_pb2.NodeInfo(node_id="other".ljust(32, "0"), name="other",
+                                                            model="scripted", backend="scripted",
+                                                            protocol_version=1, cluster="default"))
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(victim_cluster.address, "Join", dellm_pb2.JoinRequest(info=other, node_secret="short"))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "short" not in (refused.value.details() or "")  # never echoed
+    finally:
+        await server.stop(None)
