@@ -25,7 +25,7 @@ from dellm.coordinator.errors import RegistryUnavailableError
 from dellm.coordinator.grpc_server import serve
 from dellm.coordinator.pipeline.planner import ModelPlanner
 from dellm.coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, TemplateSynthesizer
-from dellm.coordinator.registry import open_registry
+from dellm.coordinator.registry import RegistryWriteError, open_registry
 from dellm.node.selfcheck import GenerationCheckError
 from dellm.protos import MissingExtraError, import_extra, version_line
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     coordinator = Coordinator(config, registry, synthesizer, discovery, planner, security)
     try:
         asyncio.run(serve(coordinator, config.listen))
+    except RegistryWriteError as exc:  # said loudly in the log as it happened; the exit status says it too
+        print(f"dellm-coordinator: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"dellm-coordinator: {exc}", file=sys.stderr)
         return 1

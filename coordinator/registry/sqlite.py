@@ -142,11 +142,13 @@ class SqliteRegistry:
     rewards (from this or another process on the same file) are never lost.
     """
 
-    def __init__(self, path: Path | str, *, initial_fitness: float = 0.5) -> None:
+    def __init__(self, path: Path | str, *, initial_fitness: float = 0.5, busy_timeout_s: float = 10.0) -> None:
         self._initial_fitness = initial_fitness
         self._lock = threading.RLock()
         self._batch_depth = 0  # inside batch(): the calls join its transaction
-        self._db = _open_checked(path, timeout=10.0)  # RegistryFileError when the file cannot be the registry
+        self.path = str(path)
+        # how long a write waits for another connection's lock before it fails
+        self._db = _open_checked(path, timeout=busy_timeout_s)  # RegistryFileError when the file cannot be the registry
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -271,6 +273,11 @@ class SqliteRegistry:
         with self._lock:
             row = self._db.execute("SELECT digest FROM node_credentials WHERE node_id = ?", (node_id,)).fetchone()
         return None if row is None else str(row[0])
+
+    def node_credentials(self) -> dict[str, str]:
+        """Every bound node id and its secret digest (read once by the write-behind cache)."""
+        with self._lock:
+            return {str(k): str(v) for k, v in self._db.execute("SELECT node_id, digest FROM node_credentials")}
 
     def bind_credential(self, node_id: str, digest: str) -> None:
         with self._transaction() as db:
