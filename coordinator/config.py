@@ -124,6 +124,24 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class AdmissionConfig:
+    """Limits on joining (coordinator/admission.py) and how long the registry remembers a node."""
+
+    joins_per_s: float = 20.0  # Join calls a second from one peer address, on average (heartbeats included)
+    join_burst: int = 100  # ... and at once: a host starting many nodes
+    new_ids_burst: int = 32  # new node ids one peer address may register at once ...
+    new_ids_per_min: float = 32.0  # ... and then a minute (a flood of 1000 ids gets 32 in)
+    max_nodes: int = 1000  # node ids held (up or down, not gone); a new one past it is refused
+    # Canaries a new node must answer right before it gets any work (a node with that many right answers
+    # already is judged); until then it is "probation": health-checked, sent a canary every
+    # probation_interval_s, never routed to. 0: none (the library default, so that scripted test nodes get
+    # work at once; dellm-coordinator --probation-canaries turns it on).
+    probation_canaries: int = 0
+    probation_interval_s: float = 5.0
+    retention_s: float = 7 * 24 * 3600.0  # a node gone this long is pruned: its fitness kept in the archive
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     listen: str = "127.0.0.1:50050"
     cluster: str = "default"  # only nodes of this cluster are admitted
@@ -133,6 +151,7 @@ class CoordinatorConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     rpc_timeout_s: float = 5.0  # Info, Feedback and other unary calls to nodes
     feedback_timeout_s: float = 5.0
     feedback_linger_s: float = 0.25  # a node's feedback is gathered this long and sent in one call

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
+from dellm.coordinator.admission import JoinLimiter
 from dellm.coordinator.canary import CanaryProbe
 from dellm.coordinator.config import CoordinatorConfig
 from dellm.coordinator.discovery.base import Discovery
@@ -33,6 +34,7 @@ from dellm.coordinator.pipeline.planner import ModelPlanner
 from dellm.coordinator.pipeline.reward import reward_for
 from dellm.coordinator.pipeline.route import Shortlist
 from dellm.coordinator.pipeline.synthesize import Synthesizer
+from dellm.coordinator.probation import Probation
 from dellm.coordinator.registry.base import NodeRegistry
 from dellm.coordinator.sandbox import ProgramRunner, SubprocessSandbox
 from dellm.coordinator.types import (
@@ -114,7 +116,8 @@ class Coordinator:
         self.pool = NodePool(self.security)
         self._feedback = FeedbackSender(self.pool, config.feedback_linger_s, config.feedback_timeout_s)
         self._discovery = tuple(discovery)
-        self._health = HealthMonitor(registry, self.pool, config.health)
+        self._health = HealthMonitor(registry, self.pool, config.health, config.admission.retention_s)
+        self._joins = JoinLimiter(config.admission)
         self._refusals: dict[str, str] = {}
         self._rng = random.Random(config.route.seed)
         self._shortlist = Shortlist(config.route)
@@ -122,10 +125,12 @@ class Coordinator:
         self._limiter = QueryLimiter(config.max_queries, config.max_queries_per_client)
         self.canaries = CanaryProbe(config, registry, GrpcNodeConnector(self.pool), self._send_feedback,
                                     random.Random(config.route.seed + 1))
+        self.probation = Probation(config.admission, registry, self.canaries)
 
     async def start(self) -> None:
         self._health.start()
         self.canaries.start()
+        self.probation.start()
         for discovery in self._discovery:
             await discovery.start(self)
 
@@ -162,6 +167,8 @@ class Coordinator:
             known = None
         await self._refuse_duplicate(known, actual.node_id, address, owner_proven=owner_proven)
         record = self.registry.upsert_node(replace(actual, address=address), now=time.time())
+        if (known is None or known.state != NodeState.UP) and self.probation.needs(record):
+            self.probation.admit(record.node_id)  # (a probation node rejoining stays on it)
         await self.pool.client(record.node_id, address).connect(self.config.rpc_timeout_s)
         if known is None or known.state != NodeState.UP or known.info.address != address:
             log.info("node %s admitted from %s (%s, %s), fitness %.3f", record.node_id, address, record.info.model,
@@ -192,15 +199,21 @@ class Coordinator:
             raise AdmissionRejectedError(f"node id {node_id} is already live at {known.info.address}; "
                                          f"refusing the duplicate at {address}")
 
-    async def join(self, claimed: NodeDescription, secret: str = "") -> NodeRecord:
+    async def join(self, claimed: NodeDescription, secret: str = "", peer: str = "") -> NodeRecord:
         """The Join RPC: a node names itself and its address, and proves it owns its id with its node
         secret (coordinator/identity.py): an unbound id is bound to the secret presented, a bound one
-        requires it (NotOwnerError). A node without a secret (older versions) stays unbound.
+        requires it (NotOwnerError). A node without a secret (older versions) stays unbound. ``peer``
+        (the caller's host) is what the Join limits count by (coordinator/admission.py).
         """
         node_id = claimed.node_id
         if not node_id or not claimed.address:
             raise AdmissionRejectedError("a joining node must give its node_id and address")
+        self._joins.join(peer)
         check_secret(secret)
+        try:
+            self.registry.get(node_id)
+        except UnknownNodeError:
+            self._joins.new_id(peer, sum(1 for n in self.registry.list_nodes() if n.state != NodeState.GONE))
         digest = self.registry.node_credential(node_id)
         if digest is not None and not proves(secret, digest):
             raise NotOwnerError(f"node id {node_id} belongs to the node that first joined with it: a Join must "
@@ -314,6 +327,7 @@ class Coordinator:
         for discovery in self._discovery:
             await discovery.stop()
         await self._health.stop()
+        await self.probation.stop()
         await self.canaries.stop()
         await self._feedback.close()
         await self.pool.close()

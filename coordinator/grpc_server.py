@@ -54,7 +54,8 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         self, request: dellm_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.JoinReply:
         try:
-            record = await self._coordinator.join(description_from_proto(request.info), request.node_secret)
+            record = await self._coordinator.join(description_from_proto(request.info), request.node_secret,
+                                                  peer_host(context.peer()) or context.peer())
         except CoordinatorError as exc:
             await context.abort(exc.status, str(exc))
         return dellm_pb2.JoinReply(node_id=record.node_id, fitness=record.fitness)

@@ -43,11 +43,13 @@ VERIFIED_SOURCES = frozenset({FeedbackSource.EXACT_CHECK, FeedbackSource.LABEL, 
 
 
 class NodeState(StrEnum):
-    """A node in the registry: routed to (up), missing health checks (down), evicted after its TTL (gone)."""
+    """A node in the registry: routed to (up), missing health checks (down), evicted after its TTL (gone),
+    new and answering canaries before it gets work (probation)."""
 
     UP = "up"
     DOWN = "down"
     GONE = "gone"
+    PROBATION = "probation"
 
 
 @dataclass(frozen=True)

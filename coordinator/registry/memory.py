@@ -57,6 +57,8 @@ class CachedRegistry:
         credentials = getattr(backing, "node_credentials", None)  # read once: the cache owns the store
         self._credentials: dict[str, str | None] = dict(credentials()) if credentials is not None else {}
         self._read_through = credentials is None
+        archived = getattr(backing, "archived", None)
+        self._archive: dict[str, NodeRecord] = dict(archived()) if archived is not None else {}
         self.name = name
         self.failed_flushes = 0  # attempts that met a failing store
         self.dropped = 0  # updates given up on: the queue was past max_pending
@@ -112,11 +114,17 @@ class CachedRegistry:
             self._pending.append(call)
 
     def upsert_node(self, info: NodeDescription, *, now: float) -> NodeRecord:
-        known = self._records.get(info.node_id)
+        known = self._records.get(info.node_id) or self._archive.pop(info.node_id, None)
         record = (replace(known, info=info, state=NodeState.UP, last_seen=now, failure_streak=0) if known is not None
                   else NodeRecord(info, self._initial_fitness, None, NodeState.UP, now))
         self._queue(lambda: self._backing.upsert_node(info, now=now))
         return self._store(record)
+
+    def prune(self, node_id: str) -> None:
+        self._archive[node_id] = self.get(node_id)
+        del self._records[node_id]
+        self._table.discard(node_id)
+        self._queue(lambda: self._backing.prune(node_id))
 
     def set_state(self, node_id: str, state: str, *, now: float | None = None) -> None:
         known = self.get(node_id)

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dellm.coordinator.errors import RegistryUnavailableError, UnknownNodeError, UnknownQueryError
-from dellm.coordinator.registry.base import NodeTable, QueryRecord, moving_latency
+from dellm.coordinator.registry.base import NodeTable, QueryRecord, archived_figures, from_archived, moving_latency
 from dellm.coordinator.types import NodeRecord, OpStats
 from dellm.protos.wire import NodeDescription
 
@@ -37,6 +37,11 @@ CREATE TABLE IF NOT EXISTS op_stats (
     successes INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (node_id, operation)
 );
+CREATE TABLE IF NOT EXISTS archived_nodes (
+    node_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    archived_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS node_credentials (
     node_id TEXT PRIMARY KEY,
     digest TEXT NOT NULL
@@ -57,6 +62,7 @@ _TABLE_COLUMNS = {
     "op_stats": frozenset({"node_id", "operation", "fitness", "trials", "successes"}),
     "queries": frozenset({"query_id", "query", "answer", "created", "detail"}),
     "node_credentials": frozenset({"node_id", "digest"}),
+    "archived_nodes": frozenset({"node_id", "record", "archived_at"}),
 }
 _START_AFRESH = "or move it away to start a fresh registry (nodes rejoin; their fitness starts over)"
 
@@ -192,6 +198,7 @@ class SqliteRegistry:
 
     def upsert_node(self, info: NodeDescription, *, now: float) -> NodeRecord:
         with self._transaction() as db:
+            self._restore(db, info, now)
             db.execute(
                 "INSERT INTO nodes (node_id, info, fitness, state, last_seen) VALUES (?, ?, ?, 'up', ?) "
                 "ON CONFLICT(node_id) DO UPDATE SET info = excluded.info, state = 'up', "
@@ -200,6 +207,39 @@ class SqliteRegistry:
             )
             row = db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE node_id = ?", (info.node_id,)).fetchone()
         return self._record(row)
+
+    @staticmethod
+    def _restore(db: sqlite3.Connection, info: NodeDescription, now: float) -> None:
+        """A pruned node that comes back gets its archived figures back (inside the caller's transaction)."""
+        if db.execute("SELECT 1 FROM nodes WHERE node_id = ?", (info.node_id,)).fetchone() is not None:
+            return
+        row = db.execute("SELECT record FROM archived_nodes WHERE node_id = ?", (info.node_id,)).fetchone()
+        if row is None:
+            return
+        kept = json.loads(row[0])
+        db.execute(f"INSERT INTO nodes ({_COLUMNS}) VALUES (?, ?, ?, ?, 'up', ?, ?, ?, ?, 0)",
+                   (info.node_id, json.dumps(asdict(info)), kept["fitness"], kept["latency_ms"], now,
+                    kept["answers"], kept["correct"], kept["failures"]))
+        db.executemany("INSERT INTO op_stats (node_id, operation, fitness, trials, successes) VALUES (?, ?, ?, ?, ?)",
+                       [(info.node_id, op, *figures) for op, figures in kept["op_stats"].items()])
+        db.execute("DELETE FROM archived_nodes WHERE node_id = ?", (info.node_id,))
+
+    def prune(self, node_id: str) -> None:
+        with self._transaction() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            if row is None:
+                raise UnknownNodeError(node_id)
+            record = self._record(row, self._op_stats(node_id).get(node_id))
+            db.execute("INSERT OR REPLACE INTO archived_nodes (node_id, record, archived_at) VALUES (?, ?, ?)",
+                       (node_id, json.dumps(archived_figures(record)), time.time()))
+            db.execute("DELETE FROM op_stats WHERE node_id = ?", (node_id,))
+            db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+
+    def archived(self) -> dict[str, NodeRecord]:
+        """The pruned nodes' figures by id (read once by the write-behind cache)."""
+        with self._lock:
+            rows = self._db.execute("SELECT node_id, record FROM archived_nodes").fetchall()
+        return {node_id: from_archived(node_id, json.loads(text)) for node_id, text in rows}
 
     def set_state(self, node_id: str, state: str, *, now: float | None = None) -> None:
         with self._transaction() as db:
