@@ -61,6 +61,22 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class StallConfig:
+    """When a node's stream counts as stalled and is cut (coordinator/pipeline/stall.py)."""
+
+    enabled: bool = True
+    check_s: float = 0.1  # how often a stream is looked at
+    idle_factor: float = 3.0  # idle limit: this x the node's usual answer time, or x the answer already in
+    idle_min_s: float = 5.0  # ... at least this, from the node's own history
+    after_answer_min_s: float = 1.0  # ... at least this, once another node on the chunk has answered
+    rate_window_s: float = 1.0  # the token rate is judged after this long streaming
+    min_rate: float = 0.5  # tokens a second, whatever the others do (a 1.5B model on a busy laptop: ~3)
+    # once another node answered: at least this share of its token rate (a 135M model streams ~10x a 1.5B one)
+    rate_fraction: float = 0.05
+    extra_penalties: int = 1  # a stalled node gets this many wrong-answer updates more than a wrong answer
+
+
+@dataclass(frozen=True)
 class DispatchConfig:
     max_tokens: int = 96  # per chunk answer; small models ramble past this
     temperature: float = 0.0  # greedy: redundancy compares models, not samples
@@ -90,6 +106,7 @@ class DispatchConfig:
     # as soon as a strict majority agrees. 1 turns it off (one greedy answer, as for other chunks).
     samples: int = 3
     sample_temperature: float = 0.6
+    stall: StallConfig = field(default_factory=StallConfig)  # slow and silent nodes are cut (pipeline/stall.py)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
+from functools import partial
 
 from dellm.coordinator.admission import JoinLimiter
 from dellm.coordinator.canary import CanaryProbe
@@ -31,8 +32,9 @@ from dellm.coordinator.node_client import FeedbackSender, NodePool
 from dellm.coordinator.pipeline.answer import PipelineDeps, answer_query
 from dellm.coordinator.pipeline.decompose import check_query as check_query_text
 from dellm.coordinator.pipeline.planner import ModelPlanner
-from dellm.coordinator.pipeline.reward import reward_for
+from dellm.coordinator.pipeline.reward import reward_for, update_fitness
 from dellm.coordinator.pipeline.route import Shortlist
+from dellm.coordinator.pipeline.stall import is_stalled
 from dellm.coordinator.pipeline.synthesize import Synthesizer
 from dellm.coordinator.probation import Probation
 from dellm.coordinator.registry.base import NodeRegistry
@@ -278,7 +280,7 @@ class Coordinator:
                 if isinstance(event, QueryFinished):  # only the asker gets the token to judge the query with
                     record, token = with_feedback_token(self.registry.get_query(event.query_id))
                     self.registry.save_query(record)
-                    event = replace(event, feedback_token=token)
+                    event = replace(event, feedback_token=token, rewards=event.rewards + self._stall_penalties(event))
                 yield event
         finally:
             self._limiter.release(client)
@@ -314,6 +316,24 @@ class Coordinator:
         if given:
             self.registry.save_query(recorded(record, given))
         return applied
+
+    def _stall_penalties(self, finished: QueryFinished) -> tuple[AppliedReward, ...]:
+        """A node whose stream stalled (pipeline/stall.py) was rewarded as wrong; it gets
+        ``stall.extra_penalties`` wrong-answer updates more: stalling costs more than answering wrong."""
+        config = self.config.reward
+        update = partial(update_fitness, reward=config.wrong_reward, config=config)
+        applied = []
+        for result in finished.results:
+            for vote in result.votes:
+                if not is_stalled(vote.error):
+                    continue
+                for _ in range(self.config.dispatch.stall.extra_penalties):
+                    before, after = self.registry.apply_reward(vote.node_id, config.wrong_reward, False, update,
+                                                               result.chunk.operation.value)
+                    applied.append(AppliedReward(RewardDecision(vote.node_id, result.chunk.chunk_id, Verdict.WRONG,
+                                                                config.wrong_reward, FeedbackSource.FAILURE),
+                                                 before, after))
+        return tuple(applied)
 
     def _send_feedback(self, node_id: str, feedback: NodeFeedback) -> None:
         """Deliver feedback to a node in the background; a failure is logged, never raised."""
