@@ -43,7 +43,7 @@ async def silent() -> AsyncIterator[dellm_pb2.TokenChunk]:
 
 
 async def slower_but_steady() -> AsyncIterator[dellm_pb2.TokenChunk]:
-    for word in "Paris is the capital of France.".split(" "):
+    for word in ["Paris", "is", "the", "capital", "of", "France."]:
         await asyncio.sleep(0.15)  # 1 s in all, a tenth of the honest rate, but steady
         yield dellm_pb2.TokenChunk(text=word + " ", logprobs=[-0.1])
     yield dellm_pb2.TokenChunk(done=True, finish_reason="stop", confidence=0.9)
@@ -114,7 +114,7 @@ async def test_a_stalled_node_is_cut_and_penalised_more_than_a_wrong_answer(pair
 
 
 async def test_a_slower_node_that_streams_steadily_is_not_cut(pair: Cluster) -> None:
-    elapsed, result, final = await ask_with(pair, slower_but_steady)
+    _elapsed, result, final = await ask_with(pair, slower_but_steady)
     votes = {v.node_id: v for v in result.votes}
     assert not votes[STALLER].failed, votes[STALLER].error
     assert result.unanimous and not [r for r in final.rewards if r.node_id == STALLER and r.reward < 0]
