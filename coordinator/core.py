@@ -25,6 +25,7 @@ from dellm.coordinator.errors import (
     NotOwnerError,
     TooManyQueriesError,
     UnknownNodeError,
+    shown,
 )
 from dellm.coordinator.health import HealthMonitor
 from dellm.coordinator.identity import check_secret, proves, secret_digest
@@ -52,9 +53,11 @@ from dellm.coordinator.types import (
 )
 from dellm.coordinator.user_verdicts import check_feedback, recorded, replacing, winning_answers, with_feedback_token
 from dellm.protos.security import SecurityConfig
-from dellm.protos.wire import SUPPORTED_PROTOCOL_VERSIONS, FeedbackSource, NodeDescription, NodeState
+from dellm.protos.wire import SUPPORTED_PROTOCOL_VERSIONS, FeedbackSource, NodeDescription, NodeState, is_node_id
 
 log = logging.getLogger(__name__)
+
+MAX_ADDRESS_CHARS = 270  # host (a DNS name is at most 253) and port
 
 START_NODE_HINT = (
     "start one with `dellm-node --model qwen2.5-coder-0.5b-instruct --coordinator HOST:PORT` "
@@ -210,6 +213,9 @@ class Coordinator:
         node_id = claimed.node_id
         if not node_id or not claimed.address:
             raise AdmissionRejectedError("a joining node must give its node_id and address")
+        if not is_node_id(node_id) or len(claimed.address) > MAX_ADDRESS_CHARS:
+            raise AdmissionRejectedError(f"malformed node_id {shown(node_id)} or address {shown(claimed.address)}: "
+                                         "an id is 1-64 letters, digits, '-' or '_'")
         self._joins.join(peer)
         check_secret(secret)
         try:

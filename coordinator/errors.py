@@ -25,6 +25,17 @@ from typing import ClassVar
 
 import grpc
 
+MAX_SHOWN_ID = 64  # characters of a client-given id an error message repeats
+
+
+def shown(value: str) -> str:
+    """``value`` (an id a client or node sent) as an error message may repeat it: quoted, and cut to
+    MAX_SHOWN_ID characters saying how long it was. A 3 MB id echoed in the status details made the
+    reply itself too large (RESOURCE_EXHAUSTED instead of NOT_FOUND)."""
+    if len(value) <= MAX_SHOWN_ID:
+        return repr(value)
+    return f"{value[:MAX_SHOWN_ID]!r}... ({len(value)} characters)"
+
 
 class CoordinatorError(RuntimeError):
     """Base of the coordinator's own errors; ``status`` is the gRPC status a client receives."""
@@ -102,7 +113,7 @@ class UnknownNodeError(CoordinatorError, KeyError):
     status = grpc.StatusCode.NOT_FOUND
 
     def __str__(self) -> str:
-        return f"no node with id {self.args[0]!r}" if self.args else "no such node"
+        return f"no node with id {shown(str(self.args[0]))}" if self.args else "no such node"
 
 
 class UnknownQueryError(CoordinatorError, KeyError):
@@ -111,4 +122,4 @@ class UnknownQueryError(CoordinatorError, KeyError):
     status = grpc.StatusCode.NOT_FOUND
 
     def __str__(self) -> str:
-        return f"no query with id {self.args[0]!r}" if self.args else "no such query"
+        return f"no query with id {shown(str(self.args[0]))}" if self.args else "no such query"

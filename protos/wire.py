@@ -88,6 +88,11 @@ _TXT_REQUIRED = ("node_id", "cluster", "model", "backend", "protocol_version")
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+def is_node_id(value: str) -> bool:
+    """Whether ``value`` can be a node id (1-64 letters, digits, '-' or '_'), as Join and mDNS require."""
+    return bool(_NODE_ID.fullmatch(value))
+
+
 class AdvertRejectedError(ValueError):
     """The advertisement is malformed, of another cluster, or of an unsupported protocol."""
 
