@@ -36,8 +36,11 @@ async def _ask(args: argparse.Namespace) -> int:
             names = await client.node_names()
         printer = ProgressPrinter(sys.stdout, names)
         async for event in client.ask(args.query):
-            if event.WhichOneof("event") == "final" and event.final.feedback_token:
-                FeedbackTokens().put(event.final.query_id, event.final.feedback_token)  # for `dellm feedback`
+            if event.WhichOneof("event") == "final" and event.final.feedback_token:  # for `dellm feedback`
+                failed = FeedbackTokens().put(event.final.query_id, event.final.feedback_token)
+                if failed:
+                    print(f"dellm ask: the feedback token could not be kept ({failed}); `dellm feedback "
+                          "--feedback-token` takes it by hand", file=sys.stderr)
             if args.json:
                 print(event_json(event), flush=True)
             else:

@@ -37,16 +37,21 @@ class FeedbackTokens:
     def get(self, query_id: str) -> str:
         return self._load().get(query_id, "")
 
-    def put(self, query_id: str, token: str) -> None:
+    def put(self, query_id: str, token: str) -> str | None:
+        """Keep ``token`` for ``query_id``; None, or why it could not be kept (the answer matters more)."""
         tokens = self._load()
         tokens.pop(query_id, None)
         tokens[query_id] = token
         kept = dict(list(tokens.items())[-MAX_KEPT:])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(kept, out)
-        tmp.replace(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(kept, out)
+            tmp.replace(self.path)
+        except OSError as exc:
+            return f"{self.path}: {exc.strerror or exc}"
+        return None

@@ -166,3 +166,12 @@ def test_a_huge_verified_answer_is_never_a_few_shot_example(tmp_path: Path) -> N
         assert all(len(answer) <= MAX_EXAMPLE_CHARS for _, answer in store.training_pairs())
     finally:
         store.close()
+
+
+def test_a_token_that_cannot_be_kept_is_said_not_raised(tmp_path: Path) -> None:
+    from dellm.client.feedback_tokens import FeedbackTokens
+
+    (tmp_path / "a-file").write_text("")
+    assert "a-file" in (FeedbackTokens(tmp_path / "a-file" / "tokens.json").put("q", "t") or "")
+    kept = FeedbackTokens(tmp_path / "tokens.json")
+    assert kept.put("q", "t") is None and kept.get("q") == "t" and kept.get("other") == ""
