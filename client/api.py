@@ -73,10 +73,13 @@ class DellmClient:
         """Node id -> a name to show (the node's name, else its model)."""
         return {n.info.node_id: n.info.name or n.info.model for n in await self.nodes()}
 
-    async def feedback(self, query_id: str, correct: bool, answer: str = "") -> list[dellm_pb2.NodeReward]:
+    async def feedback(self, query_id: str, correct: bool, answer: str = "", feedback_token: str = ""
+                       ) -> list[dellm_pb2.NodeReward]:
+        """Judge a query this client asked: ``feedback_token`` is its final event's ``feedback_token``."""
         try:
             reply = await self._stub.Feedback(
-                dellm_pb2.FeedbackRequest(query_id=query_id, correct=correct, answer=answer),
+                dellm_pb2.FeedbackRequest(query_id=query_id, correct=correct, answer=answer,
+                                          feedback_token=feedback_token),
                 timeout=self.config.unary_timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, self.address) from exc

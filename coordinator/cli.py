@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dellm.coordinator.config import (
+    AdmissionConfig,
     CoordinatorConfig,
     DecomposeConfig,
     DispatchConfig,
@@ -25,7 +26,7 @@ from dellm.coordinator.errors import RegistryUnavailableError
 from dellm.coordinator.grpc_server import serve
 from dellm.coordinator.pipeline.planner import ModelPlanner
 from dellm.coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, TemplateSynthesizer
-from dellm.coordinator.registry import open_registry
+from dellm.coordinator.registry import RegistryWriteError, open_registry
 from dellm.node.selfcheck import GenerationCheckError
 from dellm.protos import MissingExtraError, import_extra, version_line
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
@@ -135,6 +136,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="missed checks before a node is marked down (default %(default)s)")
     parser.add_argument("--node-ttl", type=float, default=HealthConfig.ttl_s,
                         help="seconds down before a node leaves the live set (default %(default)s)")
+    parser.add_argument("--probation-canaries", type=int, default=AdmissionConfig.probation_canaries,
+                        help="canaries a new node must answer right before it gets work; 0: none (default %(default)s)")
+    parser.add_argument("--max-nodes", type=int, default=AdmissionConfig.max_nodes,
+                        help="node ids held, up or down; new ones past it are refused (default %(default)s)")
+    parser.add_argument("--node-retention", type=float, default=AdmissionConfig.retention_s,
+                        help="seconds gone before a node is pruned, its fitness archived (default %(default)s)")
     parser.add_argument("--log-level", default="INFO")
     add_security_arguments(parser, server=True)
     return parser.parse_args(argv)
@@ -149,9 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dellm-coordinator: {exc}", file=sys.stderr)
         return 2
     registry_spec = args.registry or str(default_registry_path())
+    if args.probation_canaries < 0 or args.max_nodes < 1 or args.node_retention <= 0:
+        print("dellm-coordinator: --probation-canaries must be 0 or more, --max-nodes at least 1 and "
+              "--node-retention above 0", file=sys.stderr)
+        return 2
     config = CoordinatorConfig(
         listen=args.listen, cluster=args.cluster,
         health=HealthConfig(interval_s=args.health_interval, max_missed=args.health_misses, ttl_s=args.node_ttl),
+        admission=AdmissionConfig(probation_canaries=args.probation_canaries, max_nodes=args.max_nodes,
+                                  retention_s=args.node_retention),
     )
     if args.redundancy < 1:
         print("dellm-coordinator: --redundancy must be at least 1", file=sys.stderr)
@@ -211,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     coordinator = Coordinator(config, registry, synthesizer, discovery, planner, security)
     try:
         asyncio.run(serve(coordinator, config.listen))
+    except RegistryWriteError as exc:  # said loudly in the log as it happened; the exit status says it too
+        print(f"dellm-coordinator: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"dellm-coordinator: {exc}", file=sys.stderr)
         return 1

@@ -61,6 +61,22 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class StallConfig:
+    """When a node's stream counts as stalled and is cut (coordinator/pipeline/stall.py)."""
+
+    enabled: bool = True
+    check_s: float = 0.1  # how often a stream is looked at
+    idle_factor: float = 3.0  # idle limit: this x the node's usual answer time, or x the answer already in
+    idle_min_s: float = 5.0  # ... at least this, from the node's own history
+    after_answer_min_s: float = 1.0  # ... at least this, once another node on the chunk has answered
+    rate_window_s: float = 1.0  # the token rate is judged after this long streaming
+    min_rate: float = 0.5  # tokens a second, whatever the others do (a 1.5B model on a busy laptop: ~3)
+    # once another node answered: at least this share of its token rate (a 135M model streams ~10x a 1.5B one)
+    rate_fraction: float = 0.05
+    extra_penalties: int = 1  # a stalled node gets this many wrong-answer updates more than a wrong answer
+
+
+@dataclass(frozen=True)
 class DispatchConfig:
     max_tokens: int = 96  # per chunk answer; small models ramble past this
     temperature: float = 0.0  # greedy: redundancy compares models, not samples
@@ -93,6 +109,7 @@ class DispatchConfig:
     samples: int = 5
     sample_temperature: float = 0.6
     reasoning_max_tokens: int = 320  # worked steps in words and the answer line; GSM8K's need ~100-250 tokens
+    stall: StallConfig = field(default_factory=StallConfig)  # slow and silent nodes are cut (pipeline/stall.py)
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,24 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class AdmissionConfig:
+    """Limits on joining (coordinator/admission.py) and how long the registry remembers a node."""
+
+    joins_per_s: float = 20.0  # Join calls a second from one peer address, on average (heartbeats included)
+    join_burst: int = 100  # ... and at once: a host starting many nodes
+    new_ids_burst: int = 32  # new node ids one peer address may register at once ...
+    new_ids_per_min: float = 32.0  # ... and then a minute (a flood of 1000 ids gets 32 in)
+    max_nodes: int = 1000  # node ids held (up or down, not gone); a new one past it is refused
+    # Canaries a new node must answer right before it gets any work (a node with that many right answers
+    # already is judged); until then it is "probation": health-checked, sent a canary every
+    # probation_interval_s, never routed to. 0: none (the library default, so that scripted test nodes get
+    # work at once; dellm-coordinator --probation-canaries turns it on).
+    probation_canaries: int = 0
+    probation_interval_s: float = 5.0
+    retention_s: float = 7 * 24 * 3600.0  # a node gone this long is pruned: its fitness kept in the archive
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     listen: str = "127.0.0.1:50050"
     cluster: str = "default"  # only nodes of this cluster are admitted
@@ -141,6 +176,7 @@ class CoordinatorConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     rpc_timeout_s: float = 5.0  # Info, Feedback and other unary calls to nodes
     feedback_timeout_s: float = 5.0
     feedback_linger_s: float = 0.25  # a node's feedback is gathered this long and sent in one call

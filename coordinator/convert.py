@@ -85,6 +85,7 @@ def event_to_proto(event: PipelineEvent) -> dellm_pb2.AskEvent:
                 rewards=[reward_to_proto(r) for r in event.rewards],
                 total_ms=event.total_ms,
                 checked_by=event.checked_by,
+                feedback_token=event.feedback_token,
             ))
     raise TypeError(f"not a pipeline event: {event!r}")
 

@@ -12,7 +12,9 @@ import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
+from functools import partial
 
+from dellm.coordinator.admission import JoinLimiter
 from dellm.coordinator.canary import CanaryProbe
 from dellm.coordinator.config import CoordinatorConfig
 from dellm.coordinator.discovery.base import Discovery
@@ -20,17 +22,22 @@ from dellm.coordinator.errors import (
     AdmissionRejectedError,
     NodeCallError,
     NoNodesAvailableError,
+    NotOwnerError,
     TooManyQueriesError,
     UnknownNodeError,
+    shown,
 )
 from dellm.coordinator.health import HealthMonitor
+from dellm.coordinator.identity import check_secret, proves, secret_digest
 from dellm.coordinator.node_client import FeedbackSender, NodePool
-from dellm.coordinator.pipeline.answer import PipelineDeps, answer_query, apply_decision
+from dellm.coordinator.pipeline.answer import PipelineDeps, answer_query
 from dellm.coordinator.pipeline.decompose import check_query as check_query_text
 from dellm.coordinator.pipeline.planner import ModelPlanner
-from dellm.coordinator.pipeline.reward import reward_for
+from dellm.coordinator.pipeline.reward import reward_for, update_fitness
 from dellm.coordinator.pipeline.route import Shortlist
+from dellm.coordinator.pipeline.stall import is_stalled
 from dellm.coordinator.pipeline.synthesize import Synthesizer
+from dellm.coordinator.probation import Probation
 from dellm.coordinator.registry.base import NodeRegistry
 from dellm.coordinator.sandbox import ProgramRunner, SubprocessSandbox
 from dellm.coordinator.types import (
@@ -39,14 +46,18 @@ from dellm.coordinator.types import (
     NodeFeedback,
     NodeRecord,
     PipelineEvent,
+    QueryFinished,
     RewardDecision,
     StreamPiece,
     Verdict,
 )
+from dellm.coordinator.user_verdicts import check_feedback, recorded, replacing, winning_answers, with_feedback_token
 from dellm.protos.security import SecurityConfig
-from dellm.protos.wire import SUPPORTED_PROTOCOL_VERSIONS, FeedbackSource, NodeDescription, NodeState
+from dellm.protos.wire import SUPPORTED_PROTOCOL_VERSIONS, FeedbackSource, NodeDescription, NodeState, is_node_id
 
 log = logging.getLogger(__name__)
+
+MAX_ADDRESS_CHARS = 270  # host (a DNS name is at most 253) and port
 
 START_NODE_HINT = (
     "start one with `dellm-node --model qwen2.5-coder-0.5b-instruct --coordinator HOST:PORT` "
@@ -110,7 +121,8 @@ class Coordinator:
         self.pool = NodePool(self.security)
         self._feedback = FeedbackSender(self.pool, config.feedback_linger_s, config.feedback_timeout_s)
         self._discovery = tuple(discovery)
-        self._health = HealthMonitor(registry, self.pool, config.health)
+        self._health = HealthMonitor(registry, self.pool, config.health, config.admission.retention_s)
+        self._joins = JoinLimiter(config.admission)
         self._refusals: dict[str, str] = {}
         self._rng = random.Random(config.route.seed)
         self._shortlist = Shortlist(config.route)
@@ -118,20 +130,24 @@ class Coordinator:
         self._limiter = QueryLimiter(config.max_queries, config.max_queries_per_client)
         self.canaries = CanaryProbe(config, registry, GrpcNodeConnector(self.pool), self._send_feedback,
                                     random.Random(config.route.seed + 1))
+        self.probation = Probation(config.admission, registry, self.canaries)
 
     async def start(self) -> None:
         self._health.start()
         self.canaries.start()
+        self.probation.start()
         for discovery in self._discovery:
             await discovery.start(self)
 
     # --- membership -------------------------------------------------------------------
 
-    async def admit(self, address: str, expected: NodeDescription | None = None) -> NodeRecord:
+    async def admit(self, address: str, expected: NodeDescription | None = None, *,
+                    owner_proven: bool = False) -> NodeRecord:
         """Check the node at ``address`` over gRPC and register it.
 
         ``expected`` is what the node claimed (its Join request or mDNS advertisement); the
-        node's own Info must agree with it. Raises AdmissionRejectedError saying why not.
+        node's own Info must agree with it. ``owner_proven``: the caller presented the id's node
+        secret (only Join can). Raises AdmissionRejectedError saying why not, or NotOwnerError.
         """
         probe = self.pool.probe(expected.node_id if expected else "?", address)
         try:
@@ -154,18 +170,31 @@ class Coordinator:
             known: NodeRecord | None = self.registry.get(actual.node_id)
         except UnknownNodeError:
             known = None
-        await self._refuse_duplicate(known, address)
+        await self._refuse_duplicate(known, actual.node_id, address, owner_proven=owner_proven)
         record = self.registry.upsert_node(replace(actual, address=address), now=time.time())
+        if (known is None or known.state != NodeState.UP) and self.probation.needs(record):
+            self.probation.admit(record.node_id)  # (a probation node rejoining stays on it)
         await self.pool.client(record.node_id, address).connect(self.config.rpc_timeout_s)
         if known is None or known.state != NodeState.UP or known.info.address != address:
             log.info("node %s admitted from %s (%s, %s), fitness %.3f", record.node_id, address, record.info.model,
                      record.info.backend, record.fitness)
         return record
 
-    async def _refuse_duplicate(self, known: NodeRecord | None, address: str) -> None:
-        """A node id already live at another address that still answers as that id is a duplicate."""
-        if known is None or known.state != NodeState.UP or known.info.address == address:
+    async def _refuse_duplicate(self, known: NodeRecord | None, node_id: str, address: str, *,
+                                owner_proven: bool) -> None:
+        """A node id known at another address that still answers as that id there is a duplicate, whatever
+        the registry says of its state (a node marked down, or told to leave by someone else, may be alive):
+        an id moves to a new address only once its old address is dead. An id bound to a secret may move
+        only with the secret's proof (checked by ``join`` before this), so discovery cannot move it."""
+        if known is None or known.info.address == address:
             return
+        await self._refuse_live_duplicate(known, address)
+        if not owner_proven and self.registry.node_credential(node_id) is not None:
+            raise NotOwnerError(f"node id {node_id} is bound to the node last at {known.info.address}; only that "
+                                f"node (with its node secret, over Join) can move it to {address}")
+
+    async def _refuse_live_duplicate(self, known: NodeRecord, address: str) -> None:
+        """AdmissionRejectedError when ``known``'s address still answers Info as its id."""
         node_id = known.node_id
         try:
             other = await self.pool.probe(node_id, known.info.address).info_once(self.config.rpc_timeout_s)
@@ -175,17 +204,42 @@ class Coordinator:
             raise AdmissionRejectedError(f"node id {node_id} is already live at {known.info.address}; "
                                          f"refusing the duplicate at {address}")
 
-    async def join(self, claimed: NodeDescription) -> NodeRecord:
-        """The Join RPC: a node names itself and its address."""
-        if not claimed.node_id or not claimed.address:
+    async def join(self, claimed: NodeDescription, secret: str = "", peer: str = "") -> NodeRecord:
+        """The Join RPC: a node names itself and its address, and proves it owns its id with its node
+        secret (coordinator/identity.py): an unbound id is bound to the secret presented, a bound one
+        requires it (NotOwnerError). A node without a secret (older versions) stays unbound. ``peer``
+        (the caller's host) is what the Join limits count by (coordinator/admission.py).
+        """
+        node_id = claimed.node_id
+        if not node_id or not claimed.address:
             raise AdmissionRejectedError("a joining node must give its node_id and address")
-        return await self.admit(claimed.address, claimed)
+        if not is_node_id(node_id) or len(claimed.address) > MAX_ADDRESS_CHARS:
+            raise AdmissionRejectedError(f"malformed node_id {shown(node_id)} or address {shown(claimed.address)}: "
+                                         "an id is 1-64 letters, digits, '-' or '_'")
+        self._joins.join(peer)
+        check_secret(secret)
+        try:
+            self.registry.get(node_id)
+        except UnknownNodeError:
+            self._joins.new_id(peer, sum(1 for n in self.registry.list_nodes() if n.state != NodeState.GONE))
+        digest = self.registry.node_credential(node_id)
+        if digest is not None and not proves(secret, digest):
+            raise NotOwnerError(f"node id {node_id} belongs to the node that first joined with it: a Join must "
+                                "present the node secret issued to it then")
+        record = await self.admit(claimed.address, claimed, owner_proven=digest is not None)
+        if digest is not None or not secret:
+            return record
+        if self.registry.node_credential(node_id) is not None:  # another Join for the id won the race meanwhile
+            raise NotOwnerError(f"node id {node_id} was just claimed by another Join; this one is refused")
+        self.registry.bind_credential(node_id, secret_digest(secret))
+        log.info("node %s bound to its node secret", node_id)
+        return record
 
     async def found(self, address: str, advert: NodeDescription | None, *, source: str) -> None:
         """DiscoverySink: admit what discovery found; log a refusal once per address and reason."""
         try:
             await self.admit(address, advert)
-        except AdmissionRejectedError as exc:
+        except (AdmissionRejectedError, NotOwnerError) as exc:
             if self._refusals.get(address) != str(exc):
                 self._refusals[address] = str(exc)
                 log.warning("%s: not admitting %s: %s", source, address, exc)
@@ -198,7 +252,12 @@ class Coordinator:
             self.registry.set_state(node_id, NodeState.DOWN)
             log.info("%s: node %s said goodbye: down", source, node_id)
 
-    def leave(self, node_id: str) -> None:
+    def leave(self, node_id: str, secret: str = "") -> None:
+        """The Leave RPC: only the id's owner (its node secret) may take it out of the routing."""
+        self.registry.get(node_id)  # UnknownNodeError -> NOT_FOUND
+        digest = self.registry.node_credential(node_id)
+        if digest is None or not proves(secret, digest):
+            raise NotOwnerError(f"only node {node_id} itself (with its node secret) may leave")
         self.registry.set_state(node_id, NodeState.DOWN, now=time.time())
         log.info("node %s left", node_id)
 
@@ -224,27 +283,63 @@ class Coordinator:
                                 planner=self._planner, runner=self.runner)
             label = reference_answer.strip() if self.config.accept_labels else ""
             async for event in answer_query(query, deps, label or None):
+                if isinstance(event, QueryFinished):  # only the asker gets the token to judge the query with
+                    record, token = with_feedback_token(self.registry.get_query(event.query_id))
+                    self.registry.save_query(record)
+                    event = replace(event, feedback_token=token, rewards=event.rewards + self._stall_penalties(event))
                 yield event
         finally:
             self._limiter.release(client)
 
-    async def feedback(self, query_id: str, correct: bool, answer: str = "") -> list[AppliedReward]:
-        """A user's verdict on a whole query, applied to the nodes whose answers it used."""
+    async def feedback(self, query_id: str, correct: bool, answer: str = "", token: str = "") -> list[AppliedReward]:
+        """A user's verdict on a whole query, applied to the nodes whose answers it used: only from the
+        asker (``token``), and once per (chunk, node): a repeat changes nothing, the other verdict replaces
+        the first (coordinator/user_verdicts.py). No await inside: one verdict is applied at a time."""
         record = self.registry.get_query(query_id)  # UnknownQueryError -> NOT_FOUND
+        check_feedback(record, token, answer)  # NotOwnerError -> PERMISSION_DENIED
         verdict = Verdict.CORRECT if correct else Verdict.WRONG
+        config = self.config.reward
         applied: list[AppliedReward] = []
-        for chunk in record.detail["chunks"]:
-            for node_answer in chunk["answers"]:
-                if not node_answer["in_winning_group"]:
-                    continue
-                reward = reward_for(verdict, node_answer["latency_ms"], self.config.reward, verified=True)
-                decision = RewardDecision(node_answer["node_id"], chunk["chunk_id"], verdict, reward,
-                                          FeedbackSource.USER,
-                                          answer or (record.answer if correct else ""))
-                applied.append(apply_decision(self.registry, self._send_feedback, decision, chunk["operation"],
-                                              self.config.reward, query_id=query_id, prompt=chunk["prompt"],
-                                              answer=node_answer["text"]))
+        given: dict[str, tuple[Verdict, float]] = {}
+        for judged in winning_answers(record):
+            if judged.previous is verdict:  # said before: nothing changes
+                fitness = self.registry.get(judged.node_id).fitness
+                applied.append(AppliedReward(RewardDecision(judged.node_id, judged.chunk_id, verdict, 0.0,
+                                                            FeedbackSource.USER), fitness, fitness))
+                continue
+            reward = reward_for(verdict, judged.latency_ms, config, verified=True)
+            decision = RewardDecision(judged.node_id, judged.chunk_id, verdict, reward, FeedbackSource.USER,
+                                      answer or (record.answer if correct else ""))
+            before, after = self.registry.apply_reward(judged.node_id, reward, correct,
+                                                       replacing(judged.previous_delta, reward, config),
+                                                       judged.operation)
+            given[judged.key] = (verdict, after - min(1.0, max(0.0, before - judged.previous_delta)))
+            self._send_feedback(judged.node_id, NodeFeedback(
+                query_id=query_id, chunk_id=judged.chunk_id, prompt=judged.prompt, answer=judged.text,
+                verdict=verdict, reward=reward, correct_answer=decision.correct_answer, fitness=after,
+                source=FeedbackSource.USER))
+            applied.append(AppliedReward(decision, before, after))
+        if given:
+            self.registry.save_query(recorded(record, given))
         return applied
+
+    def _stall_penalties(self, finished: QueryFinished) -> tuple[AppliedReward, ...]:
+        """A node whose stream stalled (pipeline/stall.py) was rewarded as wrong; it gets
+        ``stall.extra_penalties`` wrong-answer updates more: stalling costs more than answering wrong."""
+        config = self.config.reward
+        update = partial(update_fitness, reward=config.wrong_reward, config=config)
+        applied = []
+        for result in finished.results:
+            for vote in result.votes:
+                if not is_stalled(vote.error):
+                    continue
+                for _ in range(self.config.dispatch.stall.extra_penalties):
+                    before, after = self.registry.apply_reward(vote.node_id, config.wrong_reward, False, update,
+                                                               result.chunk.operation.value)
+                    applied.append(AppliedReward(RewardDecision(vote.node_id, result.chunk.chunk_id, Verdict.WRONG,
+                                                                config.wrong_reward, FeedbackSource.FAILURE),
+                                                 before, after))
+        return tuple(applied)
 
     def _send_feedback(self, node_id: str, feedback: NodeFeedback) -> None:
         """Deliver feedback to a node in the background; a failure is logged, never raised."""
@@ -258,6 +353,7 @@ class Coordinator:
         for discovery in self._discovery:
             await discovery.stop()
         await self._health.stop()
+        await self.probation.stop()
         await self.canaries.stop()
         await self._feedback.close()
         await self.pool.close()

@@ -13,6 +13,8 @@ stay with the stage that raises them.
     ├── RegistryUnavailableError  UNAVAILABLE          the registry's store cannot be reached
     ├── NodeCallError             UNAVAILABLE          a call to a node failed (from grpc.aio.AioRpcError)
     ├── AdmissionRejectedError    FAILED_PRECONDITION  a node that may not join, and why
+    │   └── JoinLimitedError      RESOURCE_EXHAUSTED   too many Joins from one address, or too many nodes
+    ├── NotOwnerError             PERMISSION_DENIED    a Join, Leave or Feedback without the owner's proof
     ├── UnknownNodeError          NOT_FOUND            no node with this id (also a KeyError)
     └── UnknownQueryError         NOT_FOUND            no query with this id (also a KeyError)
 """
@@ -22,6 +24,17 @@ from __future__ import annotations
 from typing import ClassVar
 
 import grpc
+
+MAX_SHOWN_ID = 64  # characters of a client-given id an error message repeats
+
+
+def shown(value: str) -> str:
+    """``value`` (an id a client or node sent) as an error message may repeat it: quoted, and cut to
+    MAX_SHOWN_ID characters saying how long it was. A 3 MB id echoed in the status details made the
+    reply itself too large (RESOURCE_EXHAUSTED instead of NOT_FOUND)."""
+    if len(value) <= MAX_SHOWN_ID:
+        return repr(value)
+    return f"{value[:MAX_SHOWN_ID]!r}... ({len(value)} characters)"
 
 
 class CoordinatorError(RuntimeError):
@@ -81,13 +94,26 @@ class AdmissionRejectedError(CoordinatorError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class JoinLimitedError(AdmissionRejectedError):
+    """Too many Joins from one peer address in a short time, or the registry holds its bound of nodes."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NotOwnerError(CoordinatorError):
+    """The caller did not prove it owns what it acts on: a node id's secret (Join, Leave) or a query's
+    feedback token (Feedback)."""
+
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
 class UnknownNodeError(CoordinatorError, KeyError):
     """No node with this id is registered."""
 
     status = grpc.StatusCode.NOT_FOUND
 
     def __str__(self) -> str:
-        return f"no node with id {self.args[0]!r}" if self.args else "no such node"
+        return f"no node with id {shown(str(self.args[0]))}" if self.args else "no such node"
 
 
 class UnknownQueryError(CoordinatorError, KeyError):
@@ -96,4 +122,4 @@ class UnknownQueryError(CoordinatorError, KeyError):
     status = grpc.StatusCode.NOT_FOUND
 
     def __str__(self) -> str:
-        return f"no query with id {self.args[0]!r}" if self.args else "no such query"
+        return f"no query with id {shown(str(self.args[0]))}" if self.args else "no such query"

@@ -38,7 +38,8 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         self, request: dellm_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.FeedbackReply:
         try:
-            applied = await self._coordinator.feedback(request.query_id, request.correct, request.answer)
+            applied = await self._coordinator.feedback(request.query_id, request.correct, request.answer,
+                                                       request.feedback_token)
         except CoordinatorError as exc:
             await context.abort(exc.status, str(exc))
         return dellm_pb2.FeedbackReply(rewards=[reward_to_proto(r) for r in applied])
@@ -53,7 +54,8 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         self, request: dellm_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.JoinReply:
         try:
-            record = await self._coordinator.join(description_from_proto(request.info))
+            record = await self._coordinator.join(description_from_proto(request.info), request.node_secret,
+                                                  peer_host(context.peer()) or context.peer())
         except CoordinatorError as exc:
             await context.abort(exc.status, str(exc))
         return dellm_pb2.JoinReply(node_id=record.node_id, fitness=record.fitness)
@@ -62,7 +64,7 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         self, request: dellm_pb2.LeaveRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.LeaveReply:
         try:
-            self._coordinator.leave(request.node_id)
+            self._coordinator.leave(request.node_id, request.node_secret)
         except CoordinatorError as exc:
             await context.abort(exc.status, str(exc))
         return dellm_pb2.LeaveReply()

@@ -252,6 +252,7 @@ class QueryFinished:
     timings: tuple[StageTiming, ...]
     total_ms: float
     node_ids_by_chunk: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    feedback_token: str = ""  # the asker's proof for the Feedback RPC (set by the coordinator, never by a stage)
 
     @property
     def checked_by(self) -> str:

@@ -29,6 +29,7 @@ from dellm.node.state import (
     NodeStateError,
     check_node_name,
     load_or_create_node_id,
+    load_or_create_node_secret,
     node_state_dir,
 )
 from dellm.protos import MissingExtraError, import_extra, version_line
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # before the model loads: a node that cannot know who it is fails at once
         folder = node_state_dir(config.state_dir, name)
         node_id = load_or_create_node_id(folder)
+        load_or_create_node_secret(folder)  # what proves the id to coordinators: checked (or made) now
     except (NodeStateError, OSError) as exc:  # a corrupt node id is refused, never silently replaced
         print(f"dellm-node: {exc}", file=sys.stderr)
         return 2

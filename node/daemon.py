@@ -26,7 +26,14 @@ from dellm.node.backends.base import (
     stream_generation,
 )
 from dellm.node.config import NodeConfig
-from dellm.node.state import FeedbackEntry, FeedbackStore
+from dellm.node.state import (
+    FeedbackEntry,
+    FeedbackStore,
+    NodeStateError,
+    load_or_create_node_secret,
+    new_node_secret,
+    node_state_dir,
+)
 from dellm.protos import dellm_pb2, dellm_pb2_grpc, import_extra
 from dellm.protos.security import SecurityConfig
 from dellm.protos.transport import (
@@ -230,6 +237,7 @@ class RunningNode:
     joiner: asyncio.Task[None] | None = None
     advertiser: MdnsAdvertiser | None = None  # dellm[lan]: zeroconf
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    node_secret: str = field(default="", repr=False)  # proves the node id to coordinators (Join, Leave)
 
     async def stop(self, grace: float, coordinator: str | None = None, join_timeout: float = 5.0) -> None:
         if self.advertiser is not None:
@@ -238,38 +246,42 @@ class RunningNode:
             self.joiner.cancel()
             await asyncio.gather(self.joiner, return_exceptions=True)
         if coordinator:
-            await leave_coordinator(coordinator, self.servicer.info.node_id, join_timeout, self.security)
+            await leave_coordinator(coordinator, self.servicer.info.node_id, join_timeout, self.security,
+                                    self.node_secret)
         await self.server.stop(grace)
 
 
 async def join_coordinator(coordinator: str, info: dellm_pb2.NodeInfo, timeout: float,
-                           security: SecurityConfig | None = None) -> float:
-    """One Join call; returns the fitness the coordinator holds for this node."""
+                           security: SecurityConfig | None = None, node_secret: str = "") -> float:
+    """One Join call, presenting ``node_secret`` (the coordinator binds the id to it at the first Join);
+    returns the fitness the coordinator holds for this node."""
     async with channel(coordinator, security) as joined:
         reply = await dellm_pb2_grpc.CoordinatorServiceStub(joined).Join(
-            dellm_pb2.JoinRequest(info=info), timeout=timeout)
+            dellm_pb2.JoinRequest(info=info, node_secret=node_secret), timeout=timeout)
     return reply.fitness
 
 
 async def leave_coordinator(coordinator: str, node_id: str, timeout: float,
-                            security: SecurityConfig | None = None) -> None:
+                            security: SecurityConfig | None = None, secret: str = "") -> None:
     try:
         async with channel(coordinator, security) as joined:
             await dellm_pb2_grpc.CoordinatorServiceStub(joined).Leave(
-                dellm_pb2.LeaveRequest(node_id=node_id), timeout=timeout)
+                dellm_pb2.LeaveRequest(node_id=node_id, node_secret=secret), timeout=timeout)
     except grpc.aio.AioRpcError as exc:
         log.warning("could not leave coordinator %s: %s", coordinator, exc.details())
 
 
 async def keep_joined(coordinator: str, info: dellm_pb2.NodeInfo, config: NodeConfig,
-                      joined: asyncio.Event | None = None, trusted: JoinedCoordinator | None = None) -> None:
+                      joined: asyncio.Event | None = None, trusted: JoinedCoordinator | None = None,
+                      node_secret: str = "") -> None:
     """Join, retrying with backoff, then re-join every ``rejoin_interval_s`` as a heartbeat.
     After each Join, ``trusted`` learns the coordinator's addresses (Feedback is taken only from them)."""
     delay = 0.5
     was_joined = False
     while True:
         try:
-            fitness = await join_coordinator(coordinator, info, config.join_timeout_s, config.security)
+            fitness = await join_coordinator(coordinator, info, config.join_timeout_s, config.security,
+                                             node_secret)
         except grpc.aio.AioRpcError as exc:
             if was_joined or delay == 0.5:
                 log.warning("cannot join coordinator %s: %s: %s (retrying)", coordinator, exc.code().name,
@@ -297,6 +309,7 @@ def advertised_address(bound: str) -> str:
 
 async def start_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedback: FeedbackStore,
                      config: NodeConfig) -> RunningNode:
+    node_secret = _node_secret(config)  # NodeStateError for a damaged file, before serving anything
     server = new_server(config.security)
     bound = bind(server, config.listen, config.security)
     full_info = dellm_pb2.NodeInfo()
@@ -310,9 +323,10 @@ async def start_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedba
     await server.start()
     await set_serving(health_servicer, [SERVICE_NAME], True)
     log.info("node %s serving on %s (%s)", full_info.node_id, full_info.address, config.security.describe())
-    running = RunningNode(server, full_info.address, servicer, security=config.security)
+    running = RunningNode(server, full_info.address, servicer, security=config.security, node_secret=node_secret)
     if config.coordinator:
-        running.joiner = asyncio.create_task(keep_joined(config.coordinator, full_info, config, trusted=joined))
+        running.joiner = asyncio.create_task(keep_joined(config.coordinator, full_info, config, trusted=joined,
+                                                         node_secret=node_secret))
     if config.advertise:
         import_extra("zeroconf", "lan", "advertising over mDNS (on by default; --no-advertise turns it off)")
         from dellm.node.advertise import MdnsAdvertiser
@@ -320,6 +334,15 @@ async def start_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedba
         running.advertiser = MdnsAdvertiser(full_info, config.interface)
         await running.advertiser.start()
     return running
+
+
+def _node_secret(config: NodeConfig) -> str:
+    """The node's secret from its state folder; a node without a (valid) name has no folder: one for this run."""
+    try:
+        folder = node_state_dir(config.state_dir, config.name)
+    except NodeStateError:
+        return new_node_secret()
+    return load_or_create_node_secret(folder)
 
 
 async def serve_node(backend: InferenceBackend, info: dellm_pb2.NodeInfo, feedback: FeedbackStore,

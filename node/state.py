@@ -9,9 +9,12 @@ takes few-shot examples for its prompts (:meth:`FeedbackStore.verified_examples`
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
+import os
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -28,6 +31,11 @@ EVIDENCE_SOURCES: tuple[str, ...] = tuple(sorted(VERIFIED_SOURCES))  # defined o
 
 #: How many of the latest verified entries few-shot lookups rank (keeps each lookup cheap).
 MAX_EXAMPLE_CANDIDATES = 2000
+
+#: A verified entry whose prompt, answer and correct answer are longer than this together is never a
+#: few-shot example or a training pair: an example is a short question and its answer, and one huge
+#: entry (a user's 3.9 MB "right answer") would otherwise fill every prompt it is similar to.
+MAX_EXAMPLE_CHARS = 4000
 
 #: Rebuilding the few-shot index after new feedback takes at most this share of the node's time: a
 #: build that took 10 ms is not repeated within 0.2 s (until then the last index answers). A busy
@@ -104,6 +112,43 @@ def load_or_create_node_id(folder: Path) -> str:
     tmp.write_text(node_id + "\n", encoding="utf-8")
     tmp.replace(path)
     return node_id
+
+
+NODE_SECRET_FILE = "node_secret"  # in a node's state folder, beside node_id (mode 0600)
+NODE_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")  # what new_node_secret makes: 32 random bytes, URL-safe base64
+
+
+def new_node_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def load_or_create_node_secret(folder: Path) -> str:
+    """The node's secret, made once at its first start and kept beside its id (mode 0600).
+
+    Coordinators bind the node id to it at the first Join and require it for later Joins and the
+    Leave (coordinator/identity.py), so it is refused when damaged, never replaced: a new secret would
+    lock the node out of its own id. NodeStateError names the file and the fix.
+    """
+    path = folder / NODE_SECRET_FILE
+    if path.exists() or path.is_symlink():
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NodeStateError(f"cannot read the node secret file {path} ({type(exc).__name__}); fix it, or "
+                                 "delete it and node_id to start this node over with a new id") from exc
+        if not NODE_SECRET.fullmatch(secret):
+            raise NodeStateError(f"the node secret file {path} is corrupt; restore it, or delete it and node_id "
+                                 "to start this node over with a new id (its fitness starts over too)")
+        return secret
+    secret = new_node_secret()
+    tmp = path.with_suffix(".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(secret + "\n")
+    tmp.replace(path)
+    return secret
 
 
 @dataclass(frozen=True)
@@ -227,8 +272,10 @@ class FeedbackStore:
         with self._lock:
             return self._db.execute(
                 f"SELECT prompt, answer, verdict, correct_answer FROM feedback WHERE source IN ({marks}) "
-                "AND verdict IN ('CORRECT', 'WRONG') ORDER BY received_at DESC, rowid DESC LIMIT ?",
-                (*EVIDENCE_SOURCES, -1 if limit is None else limit),
+                "AND verdict IN ('CORRECT', 'WRONG') "
+                "AND length(prompt) + length(answer) + length(correct_answer) <= ? "
+                "ORDER BY received_at DESC, rowid DESC LIMIT ?",
+                (*EVIDENCE_SOURCES, MAX_EXAMPLE_CHARS, -1 if limit is None else limit),
             ).fetchall()
 
     def close(self) -> None:

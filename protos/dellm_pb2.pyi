@@ -298,7 +298,7 @@ class ChunkProvenance(_message.Message):
     def __init__(self, chunk_id: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., text: _Optional[str] = ..., answer: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., winner_node_id: _Optional[str] = ..., unanimous: _Optional[bool] = ..., agreement: _Optional[float] = ..., checked_by: _Optional[str] = ...) -> None: ...
 
 class FinalEvent(_message.Message):
-    __slots__ = ("query_id", "answer", "synthesis", "chunks", "timings", "rewards", "total_ms", "checked_by")
+    __slots__ = ("query_id", "answer", "synthesis", "chunks", "timings", "rewards", "total_ms", "checked_by", "feedback_token")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     SYNTHESIS_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +307,7 @@ class FinalEvent(_message.Message):
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     CHECKED_BY_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_TOKEN_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     answer: str
     synthesis: str
@@ -315,7 +316,8 @@ class FinalEvent(_message.Message):
     rewards: _containers.RepeatedCompositeFieldContainer[NodeReward]
     total_ms: float
     checked_by: str
-    def __init__(self, query_id: _Optional[str] = ..., answer: _Optional[str] = ..., synthesis: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkProvenance, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., rewards: _Optional[_Iterable[_Union[NodeReward, _Mapping]]] = ..., total_ms: _Optional[float] = ..., checked_by: _Optional[str] = ...) -> None: ...
+    feedback_token: str
+    def __init__(self, query_id: _Optional[str] = ..., answer: _Optional[str] = ..., synthesis: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkProvenance, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., rewards: _Optional[_Iterable[_Union[NodeReward, _Mapping]]] = ..., total_ms: _Optional[float] = ..., checked_by: _Optional[str] = ..., feedback_token: _Optional[str] = ...) -> None: ...
 
 class AskEvent(_message.Message):
     __slots__ = ("plan", "assignment", "chunk_token", "chunk_result", "answer_token", "final")
@@ -334,14 +336,16 @@ class AskEvent(_message.Message):
     def __init__(self, plan: _Optional[_Union[PlanEvent, _Mapping]] = ..., assignment: _Optional[_Union[AssignmentEvent, _Mapping]] = ..., chunk_token: _Optional[_Union[ChunkTokenEvent, _Mapping]] = ..., chunk_result: _Optional[_Union[ChunkResultEvent, _Mapping]] = ..., answer_token: _Optional[_Union[AnswerTokenEvent, _Mapping]] = ..., final: _Optional[_Union[FinalEvent, _Mapping]] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
-    __slots__ = ("query_id", "correct", "answer")
+    __slots__ = ("query_id", "correct", "answer", "feedback_token")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_TOKEN_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     correct: bool
     answer: str
-    def __init__(self, query_id: _Optional[str] = ..., correct: _Optional[bool] = ..., answer: _Optional[str] = ...) -> None: ...
+    feedback_token: str
+    def __init__(self, query_id: _Optional[str] = ..., correct: _Optional[bool] = ..., answer: _Optional[str] = ..., feedback_token: _Optional[str] = ...) -> None: ...
 
 class FeedbackReply(_message.Message):
     __slots__ = ("rewards",)
@@ -382,10 +386,12 @@ class ListNodesReply(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("info",)
+    __slots__ = ("info", "node_secret")
     INFO_FIELD_NUMBER: _ClassVar[int]
+    NODE_SECRET_FIELD_NUMBER: _ClassVar[int]
     info: NodeInfo
-    def __init__(self, info: _Optional[_Union[NodeInfo, _Mapping]] = ...) -> None: ...
+    node_secret: str
+    def __init__(self, info: _Optional[_Union[NodeInfo, _Mapping]] = ..., node_secret: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("node_id", "fitness")
@@ -396,10 +402,12 @@ class JoinReply(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., fitness: _Optional[float] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "node_secret")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_SECRET_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    node_secret: str
+    def __init__(self, node_id: _Optional[str] = ..., node_secret: _Optional[str] = ...) -> None: ...
 
 class LeaveReply(_message.Message):
     __slots__ = ()

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dellm.protos.malformed import MalformedRequestInterceptor
 from dellm.protos.security import MISSING_TOKEN, TOKEN_METADATA_KEY, SecurityConfig, token_digest, token_refusal
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,11 @@ def token_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
 
 
 def new_server(security: SecurityConfig | None = None) -> grpc.aio.Server:
-    """A gRPC server with the shared options, checking the cluster token when ``security`` has one."""
+    """A gRPC server with the shared options, checking the cluster token when ``security`` has one (before
+    anything else), and refusing requests that do not parse with INVALID_ARGUMENT (protos/malformed.py)."""
     token = security.token if security is not None else None
-    interceptors = [TokenInterceptor(token)] if token else None
+    interceptors: list[grpc.aio.ServerInterceptor] = [TokenInterceptor(token)] if token else []
+    interceptors.append(MalformedRequestInterceptor(peer_of=lambda peer: peer_host(peer) or peer))
     return grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
 
 

@@ -43,11 +43,13 @@ VERIFIED_SOURCES = frozenset({FeedbackSource.EXACT_CHECK, FeedbackSource.LABEL, 
 
 
 class NodeState(StrEnum):
-    """A node in the registry: routed to (up), missing health checks (down), evicted after its TTL (gone)."""
+    """A node in the registry: routed to (up), missing health checks (down), evicted after its TTL (gone),
+    new and answering canaries before it gets work (probation)."""
 
     UP = "up"
     DOWN = "down"
     GONE = "gone"
+    PROBATION = "probation"
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,11 @@ TXT_KEYS = ("node_id", "cluster", "model", "backend", "quantization", "context_s
             "token_required")
 _TXT_REQUIRED = ("node_id", "cluster", "model", "backend", "protocol_version")
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_node_id(value: str) -> bool:
+    """Whether ``value`` can be a node id (1-64 letters, digits, '-' or '_'), as Join and mDNS require."""
+    return bool(_NODE_ID.fullmatch(value))
 
 
 class AdvertRejectedError(ValueError):

@@ -9,9 +9,12 @@ number of queries from --clients concurrent clients while faults are injected:
   garbage  one node answers with malformed, looping output
   restart  the coordinator is killed (SIGKILL) once, mid-run, and restarted on the same port
            and registry; nodes come back by themselves
+  rogue    hostile contributors beside the honest nodes (scripts/chaos_rogues.py): a logprob bomb, a
+           slowloris, a feedback replayer, a hijacker and a Join flood, with probation on
 
 Every query must end in an answer or a clear gRPC status; "lost" (no answer and no status within
-the client's deadline) must be zero. Results: bench-results/chaos_<scenario>.json.
+the client's deadline, DEADLINE_EXCEEDED included) must be zero, and no rogue's answer may win a
+vote. Results: bench-results/chaos_<scenario>.json, with the coordinator's peak RSS.
 
     python scripts/chaos.py --scenario calm --queries 300 --clients 16
     python scripts/chaos.py --scenario kill --queries 300 --clients 16
@@ -29,6 +32,7 @@ import statistics
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 from dellm.client.api import ClientConfig, DellmClient  # noqa: E402
 from dellm.client.bench.scoring import percentile  # noqa: E402
-from dellm.client.errors import DellmError  # noqa: E402
+from dellm.client.errors import DeadlineError, DellmError  # noqa: E402
 from dellm.client.local_cluster import LocalCluster, NodeSpec  # noqa: E402
 from scripts.bench_report import command_line, machine, write_report  # noqa: E402
+from scripts.chaos_rogues import WRONG, Rogues  # noqa: E402
 from tests.redis_server import free_port  # noqa: E402
 
 QUESTIONS = ["What is 12 * 7?", "Tell me about Paris", "What is 250 + 125?", "Find cheap laptops and find cheap phones"]
@@ -113,15 +118,21 @@ class Faults:
         self.cluster.start_node(self.specs[name])
 
 
-async def ask_once(client: DellmClient, query: str) -> tuple[str, str]:
+async def ask_once(client: DellmClient, query: str, winners: list[tuple[str, str]] | None = None
+                   ) -> tuple[str, str]:
+    """How one query ended; ``winners`` collects (node id, answer) of each chunk's winning answer."""
     try:
         final = None
         async for event in client.ask(query):
             if event.WhichOneof("event") == "final":
                 final = event.final
         if final is not None and final.answer.strip():
+            if winners is not None:
+                winners.extend((chunk.winner_node_id, chunk.answer) for chunk in final.chunks)
             return "answered", ""
         return "lost", "stream ended without a final event"
+    except DeadlineError:  # no answer and no status within the client's deadline: the query was lost
+        return "lost", "DEADLINE_EXCEEDED"
     except DellmError as exc:
         return "failed", str(exc).split(":")[0]
     except Exception as exc:  # anything without a status is a lost query
@@ -129,7 +140,7 @@ async def ask_once(client: DellmClient, query: str) -> tuple[str, str]:
 
 
 async def client_loop(address: str, jobs: asyncio.Queue[str], outcomes: list[dict], deadline_s: float,
-                      retries: int) -> None:
+                      retries: int, winners: list[tuple[str, str]] | None = None) -> None:
     """Like a user: an UNAVAILABLE answer (coordinator restarting, no node) is retried after a pause."""
     async with DellmClient(address, ClientConfig(ask_timeout_s=deadline_s)) as client:
         while True:
@@ -139,7 +150,7 @@ async def client_loop(address: str, jobs: asyncio.Queue[str], outcomes: list[dic
                 return
             started = time.perf_counter()
             for attempt in range(retries + 1):
-                outcome, detail = await ask_once(client, query)
+                outcome, detail = await ask_once(client, query, winners)
                 if outcome != "failed" or detail != "UNAVAILABLE" or attempt == retries:
                     break
                 await asyncio.sleep(0.5 * (attempt + 1))
@@ -149,7 +160,9 @@ async def client_loop(address: str, jobs: asyncio.Queue[str], outcomes: list[dic
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["calm", "kill", "stop", "garbage", "restart", "all"], default="all")
+    parser.add_argument("--scenario", choices=["calm", "kill", "stop", "garbage", "restart", "all", "rogue"],
+                        default="all")
+    parser.add_argument("--flood", type=int, default=100, help="rogue: fake node ids the Join flood tries")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--nodes", type=int, default=6)
@@ -170,6 +183,10 @@ def main() -> int:
         # on 127.0.0.1: let the per-client limit admit all of them
         flags = ["--listen", f"127.0.0.1:{free_port()}", "--canary-interval", "0",
                  "--max-queries-per-client", str(max(16, args.clients))]
+        if args.scenario == "rogue":
+            # new nodes answer canaries before they get work; every chunk gets two nodes, so that rogue answers
+            # meet an honest one in a vote
+            flags += ["--probation-canaries", "2", "--redundancy-threshold", "0"]
         address = cluster.start_coordinator(extra=flags)
         specs = {f"node-{i}": NodeSpec(f"node-{i}", backend="scripted", script=good) for i in range(args.nodes)}
         if args.scenario in ("garbage", "all"):
@@ -180,9 +197,14 @@ def main() -> int:
         for i in range(args.queries):
             jobs.put_nowait(QUESTIONS[i % len(QUESTIONS)])
         outcomes: list[dict] = []
+        winners: list[tuple[str, str]] = []
+        rogues = Rogues(address, flood=args.flood) if args.scenario == "rogue" else None
+        if rogues is not None:
+            rogues.start()
+            time.sleep(3.0)  # the rogues join (the smart ones pass probation) before the queries start
 
         async def run() -> None:
-            await asyncio.gather(*(client_loop(address, jobs, outcomes, args.deadline, args.retries)
+            await asyncio.gather(*(client_loop(address, jobs, outcomes, args.deadline, args.retries, winners)
                                    for _ in range(args.clients)))
 
         faults.start()
@@ -191,7 +213,21 @@ def main() -> int:
             asyncio.run(run())
         finally:
             faults.stop()
+            if rogues is not None:
+                rogues.stop()
         wall = time.perf_counter() - started
+        peak_rss_mb = peak_rss(cluster.node("coordinator").process.pid)
+        rogue_report = rogues.report() if rogues is not None else None
+        if rogues is not None:
+            listed = asyncio.run(list_nodes(address))
+            rogue_report["registry_nodes"] = len(listed)  # type: ignore[index]
+            rogue_report["rogue_nodes"] = {  # type: ignore[index]
+                n.info.node_id: {"state": n.state, "fitness": round(n.fitness, 3), "answers": n.answers,
+                                 "failures": n.failures}
+                for n in listed if n.info.node_id.startswith("rogue-")}
+            rogue_report["flood_states"] = dict(Counter(  # type: ignore[index]
+                n.state for n in listed if n.info.node_id.startswith("flood-")))
+            rogue_report["victims_kept"] = victims_kept(address, rogues.victims)  # type: ignore[index]
 
     counts = {k: sum(1 for o in outcomes if o["outcome"] == k) for k in ("answered", "failed", "lost")}
     latencies = [o["s"] for o in outcomes if o["outcome"] == "answered"]
@@ -210,15 +246,51 @@ def main() -> int:
         "latency_s": {"p50": statistics.median(latencies) if latencies else None,
                       "p99": percentile(latencies, 99) if latencies else float("nan")},
         "faults": faults.log,
+        "coordinator_peak_rss_mb": peak_rss_mb,
     }
+    if rogue_report is not None:
+        rogue_won = [(node, answer) for node, answer in winners if node in rogues.ids]  # type: ignore[union-attr]
+        report["rogue"] = {**rogue_report,  # a rogue's right answer (arithmetic, as on its canaries) may win
+                           "rogue_wins_right": sum(1 for _, answer in rogue_won if WRONG not in answer),
+                           "rogue_wins_wrong": [answer for _, answer in rogue_won if WRONG in answer]}
     out = args.out or ROOT / "bench-results" / f"chaos_{args.scenario}.json"
     write_report(out, report)
     print(f"{args.scenario}: {args.queries} queries from {args.clients} clients on {len(specs)} nodes in {wall:.1f} s: "
           f"answered {counts['answered']}, failed with a clear status {counts['failed']} {failures or ''}, "
           f"lost {counts['lost']}; answered after a retry {report['answered_after_retry']}")
     print(f"  latency p50 {report['latency_s']['p50'] or float('nan'):.3f} s, p99 {report['latency_s']['p99']:.3f} s; "
-          f"{report['qps_answered']:.1f} answered queries/s; faults injected: {len(faults.log)}")
-    return 0 if counts["lost"] == 0 else 1
+          f"{report['qps_answered']:.1f} answered queries/s; faults injected: {len(faults.log)}; "
+          f"coordinator peak RSS {peak_rss_mb:.0f} MB")
+    rogue_wins = report.get("rogue", {}).get("rogue_wins_wrong", [])
+    if "rogue" in report:
+        print(f"  rogue nodes: {report['rogue']['rogue_nodes']}; flood nodes: {report['rogue']['flood_states']}")
+        print(f"  rogues: {report['rogue']['counts']}; wrong rogue answers that won a vote: {len(rogue_wins)} "
+              f"(right ones: {report['rogue']['rogue_wins_right']}); "
+              f"nodes in the registry: {report['rogue']['registry_nodes']}; hijack victims kept their address: "
+              f"{report['rogue']['victims_kept']}")
+    return 0 if counts["lost"] == 0 and not rogue_wins else 1
+
+
+def peak_rss(pid: int) -> float:
+    """The process's peak resident set (VmHWM), MB; NaN where /proc cannot say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+async def list_nodes(address: str) -> list:
+    async with DellmClient(address) as client:
+        return await client.nodes()
+
+
+def victims_kept(address: str, victims: dict[str, str]) -> bool:
+    """Whether every node the hijacker went for is still registered at its own address."""
+    listed = {n.info.node_id: n.info.address for n in asyncio.run(list_nodes(address))}
+    return all(listed.get(node_id) == where for node_id, where in victims.items())
 
 
 if __name__ == "__main__":

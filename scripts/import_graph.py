@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("protos", "coordinator", "node", "client")
 LAYERS = {"client": 3, "coordinator": 2, "node": 1, "protos": 0}  # a module imports its layer or lower ones
 STAGES = {  # pipeline module -> stage number; answer.py composes them all
-    "decompose": 1, "planner": 1, "route": 2, "dispatch": 3, "execute": 3, "assemble": 4, "consistency": 4,
-    "synthesize": 5, "reward": 6, "answer": 7,
+    "decompose": 1, "planner": 1, "route": 2, "stall": 3, "dispatch": 3, "execute": 3, "assemble": 4,
+    "consistency": 4, "synthesize": 5, "reward": 6, "answer": 7,
 }
 SHARED = {"answers", "prompts", "operations"}  # pipeline modules every stage may read
 NOT_FOR_STAGES = ("dellm.coordinator.node_client", "dellm.coordinator.registry.memory",

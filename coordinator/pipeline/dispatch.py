@@ -23,6 +23,7 @@ from typing import Protocol
 from dellm.coordinator.config import DispatchConfig, RouteConfig
 from dellm.coordinator.errors import NodeCallError, NoNodesAvailableError
 from dellm.coordinator.pipeline.route import Shortlist, model_of, route_chunk, strongest_model
+from dellm.coordinator.pipeline.stall import StallWatch
 from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.types import (
     Assignment,
@@ -58,12 +59,18 @@ async def stream_answer(
     connector: NodeConnector,
     config: DispatchConfig,
     emit: Callable[[PipelineEvent], None],
+    watch: StallWatch | None = None,
 ) -> NodeAnswer:
     """One node's whole answer to one chunk, its tokens emitted as they arrive. Never raises
-    for a node's fault: the failure is in the returned answer's ``error``."""
+    for a node's fault: the failure is in the returned answer's ``error``. ``watch`` cuts the
+    stream once it stalls (pipeline/stall.py)."""
     received = _Received(started=time.perf_counter())
     try:
-        await _read_stream(received, node, request, connector, config, emit)
+        reading = _read_stream(received, node, request, connector, config, emit)
+        if watch is None:
+            await reading
+        else:
+            received.error = await watch.guard(reading, received) or received.error
     except NodeCallError as exc:
         received.error = f"{exc.code}: {exc.details}"
     except TimeoutError:
@@ -90,9 +97,15 @@ class _Received:
     error: str | None = None
     pieces: int = 0
     size: int = 0  # UTF-8 bytes of text plus LOGPROB_BYTES per logprob
+    last_piece_at: float = 0.0  # time.perf_counter() of the latest piece (pipeline/stall.py reads it)
+
+    @property
+    def first_token_at(self) -> float | None:
+        return None if self.first_token_ms is None else self.started + self.first_token_ms / 1000
 
     def over_bounds(self, piece: StreamPiece, config: DispatchConfig) -> bool:
         """Count ``piece``; true once the answer has grown past the configured bounds."""
+        self.last_piece_at = time.perf_counter()
         self.pieces += 1
         self.size += len(piece.text.encode("utf-8")) + LOGPROB_BYTES * len(piece.logprobs)
         return self.pieces > config.max_answer_pieces or self.size > config.max_answer_bytes
@@ -283,7 +296,9 @@ class ChunkDispatch:
             node = self.snapshot.get(node_id)
             if node is None:
                 return NodeAnswer(self._chunk.chunk_id, node_id, "", 0.0, 0.0, error="node left the cluster")
-            answer = await stream_answer(node, request, self._connector, self._config, self._emit)
+            stall = self._config.stall
+            watch = StallWatch(stall, node.latency_ms, lambda: self.answers) if stall.enabled else None
+            answer = await stream_answer(node, request, self._connector, self._config, self._emit, watch)
             if request.sample >= 0:  # a sample may be asked another way: reward feedback quotes its prompt
                 prompt = request.prompt if request.prompt != self._request.prompt else ""
                 answer = dataclasses.replace(answer, prompt=prompt, sample=request.sample)

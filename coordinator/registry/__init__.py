@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dellm.coordinator.errors import RegistryUnavailableError, UnknownNodeError, UnknownQueryError
 from dellm.coordinator.registry.base import NodeRegistry, NodeTable, QueryRecord
-from dellm.coordinator.registry.memory import CachedRegistry
+from dellm.coordinator.registry.memory import CachedRegistry, RegistryWriteError
 from dellm.coordinator.registry.sqlite import SqliteRegistry
 from dellm.protos import import_extra
 
@@ -17,6 +17,7 @@ __all__ = [
     "QueryRecord",
     "RedisRegistry",
     "RegistryUnavailableError",
+    "RegistryWriteError",
     "SqliteRegistry",
     "UnknownNodeError",
     "UnknownQueryError",
@@ -48,4 +49,7 @@ def open_registry(spec: str, *, initial_fitness: float = 0.5) -> NodeRegistry:
     if spec != ":memory:":
         Path(spec).expanduser().parent.mkdir(parents=True, exist_ok=True)
         spec = str(Path(spec).expanduser())
-    return CachedRegistry(SqliteRegistry(spec, initial_fitness=initial_fitness), initial_fitness=initial_fitness)
+    # The cache's flusher retries a locked file itself: a short busy timeout keeps the connection's lock (which
+    # a read from the event loop may need) from being held for long by a write that waits.
+    return CachedRegistry(SqliteRegistry(spec, initial_fitness=initial_fitness, busy_timeout_s=1.0),
+                          initial_fitness=initial_fitness, name=spec)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dellm.coordinator.types import NodeRecord
+from dellm.coordinator.types import NodeRecord, OpStats
 from dellm.protos.wire import NodeDescription, NodeState
 
 
@@ -78,6 +78,20 @@ class QueryRecord:
     detail: dict[str, Any]  # per-chunk answers and provenance, JSON-serializable
 
 
+def archived_figures(record: NodeRecord) -> dict[str, Any]:
+    """What a pruned node keeps (JSON-serializable): what it earned, not where it was."""
+    return {"fitness": record.fitness, "latency_ms": record.latency_ms, "answers": record.answers,
+            "correct": record.correct, "failures": record.failures,
+            "op_stats": {op: [s.fitness, s.trials, s.successes] for op, s in record.op_stats.items()}}
+
+
+def from_archived(node_id: str, kept: dict[str, Any]) -> NodeRecord:
+    """A record holding a pruned node's figures (its description is only the id until it rejoins)."""
+    return NodeRecord(NodeDescription(node_id, ""), kept["fitness"], kept["latency_ms"], NodeState.GONE, 0.0,
+                      kept["answers"], kept["correct"], kept["failures"], 0,
+                      {op: OpStats(*figures) for op, figures in kept["op_stats"].items()})
+
+
 def moving_latency(old: float | None, sample_ms: float | None, alpha: float, failed: bool) -> float | None:
     """A node's latency average after one answer: a failed or unmeasured answer leaves it as it was."""
     if sample_ms is None or failed:
@@ -114,6 +128,19 @@ class NodeRegistry(Protocol):
         """Atomically fitness = update(fitness), and the same for the fitness at ``operation``
         (starting from the overall fitness), counting a trial and a success when ``correct``;
         returns the overall (before, after)."""
+        ...
+
+    def prune(self, node_id: str) -> None:
+        """Drop the node from the registry (list_nodes, get), archiving its figures (fitness, counters, per
+        operation stats): ``upsert_node`` of the same id restores them. UnknownNodeError when not there."""
+        ...
+
+    def node_credential(self, node_id: str) -> str | None:
+        """The digest of the secret the node id is bound to (coordinator/identity.py), None while unbound."""
+        ...
+
+    def bind_credential(self, node_id: str, digest: str) -> None:
+        """Bind ``node_id`` to the secret whose digest is ``digest`` (kept across restarts)."""
         ...
 
     def save_query(self, record: QueryRecord) -> None: ...

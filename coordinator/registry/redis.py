@@ -51,9 +51,12 @@ redis.call('ZADD', KEYS[#KEYS], redis.call('INCR', KEYS[#KEYS - 1]), ARGV[#ARGV]
 """
 _TOUCH = _TOUCH_IN_SCRIPT + "return 1"
 
-# KEYS: node, nodes-set, version, changed; ARGV: info JSON, now, initial fitness, node id.
-# A known node keeps its figures.
+# KEYS: node, nodes-set, archive, version, changed; ARGV: info JSON, now, initial fitness, node id.
+# A known node keeps its figures; a pruned one gets them back from its archive.
 _UPSERT = """
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('RENAME', KEYS[3], KEYS[1])
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'info', ARGV[1], 'state', 'up', 'last_seen', ARGV[2], 'failure_streak', '0')
 else
@@ -187,8 +190,8 @@ class RedisRegistry:
     def upsert_node(self, info: NodeDescription, *, now: float) -> NodeRecord:
         args = [json.dumps(asdict(info)), repr(float(now)), repr(float(self._initial_fitness)), info.node_id]
         with self._reachable():
-            flat = self._upsert(keys=[self._node_key(info.node_id), f"{self._prefix}:nodes", *self._log_keys],
-                                args=args)
+            flat = self._upsert(keys=[self._node_key(info.node_id), f"{self._prefix}:nodes",
+                                      f"{self._prefix}:archived:{info.node_id}", *self._log_keys], args=args)
         return self._seen(self._from_flat(flat))
 
     def set_state(self, node_id: str, state: str, *, now: float | None = None) -> None:
@@ -297,6 +300,26 @@ class RedisRegistry:
         if self._table is not None:
             self._table.put(record)
         return record
+
+    def prune(self, node_id: str) -> None:
+        with self._reachable():
+            if not self._client.exists(self._node_key(node_id)):
+                raise UnknownNodeError(node_id)
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.rename(self._node_key(node_id), f"{self._prefix}:archived:{node_id}")
+                pipe.srem(f"{self._prefix}:nodes", node_id)
+                pipe.execute()
+            self._touch(keys=self._log_keys, args=[node_id])
+        if self._table is not None:
+            self._table.discard(node_id)
+
+    def node_credential(self, node_id: str) -> str | None:
+        with self._reachable():
+            return cast(str | None, self._client.hget(f"{self._prefix}:credentials", node_id))
+
+    def bind_credential(self, node_id: str, digest: str) -> None:
+        with self._reachable():
+            self._client.hset(f"{self._prefix}:credentials", node_id, digest)
 
     def save_query(self, record: QueryRecord) -> None:
         payload = json.dumps(asdict(record))

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dellm.coordinator.errors import RegistryUnavailableError, UnknownNodeError, UnknownQueryError
-from dellm.coordinator.registry.base import NodeTable, QueryRecord, moving_latency
+from dellm.coordinator.registry.base import NodeTable, QueryRecord, archived_figures, from_archived, moving_latency
 from dellm.coordinator.types import NodeRecord, OpStats
 from dellm.protos.wire import NodeDescription
 
@@ -37,6 +37,15 @@ CREATE TABLE IF NOT EXISTS op_stats (
     successes INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (node_id, operation)
 );
+CREATE TABLE IF NOT EXISTS archived_nodes (
+    node_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    archived_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_credentials (
+    node_id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS queries (
     query_id TEXT PRIMARY KEY,
     query TEXT NOT NULL,
@@ -52,6 +61,8 @@ _TABLE_COLUMNS = {
     "nodes": frozenset(_COLUMNS.split(", ")),
     "op_stats": frozenset({"node_id", "operation", "fitness", "trials", "successes"}),
     "queries": frozenset({"query_id", "query", "answer", "created", "detail"}),
+    "node_credentials": frozenset({"node_id", "digest"}),
+    "archived_nodes": frozenset({"node_id", "record", "archived_at"}),
 }
 _START_AFRESH = "or move it away to start a fresh registry (nodes rejoin; their fitness starts over)"
 
@@ -137,11 +148,13 @@ class SqliteRegistry:
     rewards (from this or another process on the same file) are never lost.
     """
 
-    def __init__(self, path: Path | str, *, initial_fitness: float = 0.5) -> None:
+    def __init__(self, path: Path | str, *, initial_fitness: float = 0.5, busy_timeout_s: float = 10.0) -> None:
         self._initial_fitness = initial_fitness
         self._lock = threading.RLock()
         self._batch_depth = 0  # inside batch(): the calls join its transaction
-        self._db = _open_checked(path, timeout=10.0)  # RegistryFileError when the file cannot be the registry
+        self.path = str(path)
+        # how long a write waits for another connection's lock before it fails
+        self._db = _open_checked(path, timeout=busy_timeout_s)  # RegistryFileError when the file cannot be the registry
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -185,6 +198,7 @@ class SqliteRegistry:
 
     def upsert_node(self, info: NodeDescription, *, now: float) -> NodeRecord:
         with self._transaction() as db:
+            self._restore(db, info, now)
             db.execute(
                 "INSERT INTO nodes (node_id, info, fitness, state, last_seen) VALUES (?, ?, ?, 'up', ?) "
                 "ON CONFLICT(node_id) DO UPDATE SET info = excluded.info, state = 'up', "
@@ -193,6 +207,39 @@ class SqliteRegistry:
             )
             row = db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE node_id = ?", (info.node_id,)).fetchone()
         return self._record(row)
+
+    @staticmethod
+    def _restore(db: sqlite3.Connection, info: NodeDescription, now: float) -> None:
+        """A pruned node that comes back gets its archived figures back (inside the caller's transaction)."""
+        if db.execute("SELECT 1 FROM nodes WHERE node_id = ?", (info.node_id,)).fetchone() is not None:
+            return
+        row = db.execute("SELECT record FROM archived_nodes WHERE node_id = ?", (info.node_id,)).fetchone()
+        if row is None:
+            return
+        kept = json.loads(row[0])
+        db.execute(f"INSERT INTO nodes ({_COLUMNS}) VALUES (?, ?, ?, ?, 'up', ?, ?, ?, ?, 0)",
+                   (info.node_id, json.dumps(asdict(info)), kept["fitness"], kept["latency_ms"], now,
+                    kept["answers"], kept["correct"], kept["failures"]))
+        db.executemany("INSERT INTO op_stats (node_id, operation, fitness, trials, successes) VALUES (?, ?, ?, ?, ?)",
+                       [(info.node_id, op, *figures) for op, figures in kept["op_stats"].items()])
+        db.execute("DELETE FROM archived_nodes WHERE node_id = ?", (info.node_id,))
+
+    def prune(self, node_id: str) -> None:
+        with self._transaction() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            if row is None:
+                raise UnknownNodeError(node_id)
+            record = self._record(row, self._op_stats(node_id).get(node_id))
+            db.execute("INSERT OR REPLACE INTO archived_nodes (node_id, record, archived_at) VALUES (?, ?, ?)",
+                       (node_id, json.dumps(archived_figures(record)), time.time()))
+            db.execute("DELETE FROM op_stats WHERE node_id = ?", (node_id,))
+            db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+
+    def archived(self) -> dict[str, NodeRecord]:
+        """The pruned nodes' figures by id (read once by the write-behind cache)."""
+        with self._lock:
+            rows = self._db.execute("SELECT node_id, record FROM archived_nodes").fetchall()
+        return {node_id: from_archived(node_id, json.loads(text)) for node_id, text in rows}
 
     def set_state(self, node_id: str, state: str, *, now: float | None = None) -> None:
         with self._transaction() as db:
@@ -261,6 +308,20 @@ class SqliteRegistry:
                     (node_id, operation, update(before if op is None else float(op[0])), int(bool(correct))),
                 )
         return before, after
+
+    def node_credential(self, node_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT digest FROM node_credentials WHERE node_id = ?", (node_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def node_credentials(self) -> dict[str, str]:
+        """Every bound node id and its secret digest (read once by the write-behind cache)."""
+        with self._lock:
+            return {str(k): str(v) for k, v in self._db.execute("SELECT node_id, digest FROM node_credentials")}
+
+    def bind_credential(self, node_id: str, digest: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO node_credentials (node_id, digest) VALUES (?, ?)", (node_id, digest))
 
     def save_query(self, record: QueryRecord) -> None:
         with self._transaction() as db:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -404,3 +405,29 @@ def test_rewards_are_kept_per_operation_type(registry: NodeRegistry) -> None:
     assert (search_stats.trials, search_stats.successes) == (1, 0)
     assert search_stats.fitness == pytest.approx(0.5)  # started from the overall fitness then (0.7), minus 0.2
     assert registry.list_nodes()[0].op_stats == record.op_stats
+
+
+def test_a_pruned_node_is_forgotten_until_it_returns_with_its_figures(registry: NodeRegistry) -> None:
+    registry.upsert_node(INFO, now=1.0)
+    registry.record_answer("node-a", 200.0, failed=False, alpha=0.5, now=2.0)
+    registry.apply_reward("node-a", 0.05, True, lambda f: 0.77, "MATH_OP")
+    registry.set_state("node-a", "gone")
+    registry.prune("node-a")
+    assert [n.node_id for n in registry.list_nodes()] == []
+    with pytest.raises(UnknownNodeError):
+        registry.get("node-a")
+    with pytest.raises(UnknownNodeError):
+        registry.prune("node-a")
+    moved = replace(INFO, address="127.0.0.1:50099")
+    back = registry.upsert_node(moved, now=9.0)
+    again = registry.get("node-a")
+    for record in (back, again):
+        assert (record.fitness, record.latency_ms, record.answers, record.correct) == (0.77, 200.0, 1, 1)
+        assert record.state == "up" and record.info == moved
+    assert again.op_stats["MATH_OP"].trials == 1 and again.op_stats["MATH_OP"].fitness == 0.77
+
+
+def test_credentials_are_kept_by_node_id(registry: NodeRegistry) -> None:
+    assert registry.node_credential("node-a") is None
+    registry.bind_credential("node-a", "d" * 64)
+    assert registry.node_credential("node-a") == "d" * 64

@@ -149,9 +149,9 @@ async def test_every_node_failing_is_unavailable(cluster: Cluster) -> None:
 async def test_user_feedback_rewards_the_winning_nodes(cluster: Cluster) -> None:
     await cluster.add_node("a", script(RIGHT))
     events = await collect(cluster.address, "Find the best savings accounts")
-    query_id = events[-1].final.query_id
+    query_id, token = events[-1].final.query_id, events[-1].final.feedback_token
     async with DellmClient(cluster.address) as client:
-        rewards = await client.feedback(query_id, correct=False, answer="a credit union")
+        rewards = await client.feedback(query_id, correct=False, answer="a credit union", feedback_token=token)
         assert [r.node_id[:1] for r in rewards] == ["a"]
         assert rewards[0].verdict == dellm_pb2.WRONG and rewards[0].fitness_after < rewards[0].fitness_before
         with pytest.raises(NotFoundError, match="no query"):

@@ -44,9 +44,9 @@ async def test_malformed_protobuf_gets_a_status_not_a_crash(cluster: Cluster, pa
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in ask(payload, timeout=5):
                 pass
-    # grpc.aio rejects the bytes before any DELLM code runs, and says why
-    assert caught.value.code() == grpc.StatusCode.UNKNOWN
-    assert "Error parsing message with type 'dellm.v1.AskRequest'" in caught.value.details()
+    # the server's parsing interceptor (protos/malformed.py) refuses the bytes before any servicer runs
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request: not a valid /dellm.v1.CoordinatorService/Ask request" in caught.value.details()
     # and the coordinator still serves
     await cluster.add_node("a", script(ECHO))
     async with DellmClient(cluster.address) as client:

@@ -11,14 +11,14 @@ import pytest
 from dellm.coordinator.config import CoordinatorConfig, HealthConfig
 from dellm.coordinator.core import Coordinator
 from dellm.coordinator.discovery.static import StaticDiscovery
-from dellm.coordinator.errors import AdmissionRejectedError
+from dellm.coordinator.errors import AdmissionRejectedError, NotOwnerError
 from dellm.coordinator.grpc_server import start_coordinator
 from dellm.coordinator.pipeline.synthesize import TemplateSynthesizer
 from dellm.coordinator.registry import SqliteRegistry
 from dellm.node.config import NodeConfig
 from dellm.node.daemon import node_info, start_node
 from dellm.node.state import FeedbackStore
-from dellm.protos.wire import NodeDescription
+from dellm.protos.wire import NodeDescription, description_from_proto
 from tests.conftest import Cluster, script
 
 FAST = HealthConfig(interval_s=0.1, timeout_s=0.2, max_missed=2, ttl_s=0.6, last_seen_write_s=0.1)
@@ -128,8 +128,11 @@ async def test_a_duplicate_node_id_from_another_live_address_is_refused(cluster:
     try:
         with pytest.raises(AdmissionRejectedError, match="already live at"):
             await cluster.coordinator.coordinator.admit(twin.address)
-        await cluster.stop_node("a")  # once the first is gone, the id may move
-        record = await cluster.coordinator.coordinator.admit(twin.address)
+        await cluster.stop_node("a")  # once the first is gone, the id may move: only with its node secret
+        with pytest.raises(NotOwnerError, match="only that node"):
+            await cluster.coordinator.coordinator.admit(twin.address)
+        record = await cluster.coordinator.coordinator.join(description_from_proto(twin.servicer.info),
+                                                            first.node_secret)
         assert record.info.address == twin.address
     finally:
         await twin.stop(0)
