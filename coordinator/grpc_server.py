@@ -46,8 +46,10 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
     async def ListNodes(
         self, request: dellm_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.ListNodesReply:
-        return dellm_pb2.ListNodesReply(
-            nodes=[node_status_to_proto(record, in_flight) for record, in_flight in self._coordinator.nodes()])
+        route, tally = self._coordinator.config.route, self._coordinator.canaries.tally
+        return dellm_pb2.ListNodesReply(nodes=[
+            node_status_to_proto(record, in_flight, route, tally.get(record.node_id, (0, 0)))
+            for record, in_flight in self._coordinator.nodes()])
 
     async def Join(
         self, request: dellm_pb2.JoinRequest, context: grpc.aio.ServicerContext

@@ -354,7 +354,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("info", "fitness", "latency_ms", "in_flight", "last_seen_unix", "state", "answers", "correct", "failures")
+    __slots__ = ("info", "fitness", "latency_ms", "in_flight", "last_seen_unix", "state", "answers", "correct", "failures", "operations", "canaries_passed", "canaries_failed")
     INFO_FIELD_NUMBER: _ClassVar[int]
     FITNESS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +364,9 @@ class NodeStatus(_message.Message):
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    CANARIES_PASSED_FIELD_NUMBER: _ClassVar[int]
+    CANARIES_FAILED_FIELD_NUMBER: _ClassVar[int]
     info: NodeInfo
     fitness: float
     latency_ms: float
@@ -373,7 +376,24 @@ class NodeStatus(_message.Message):
     answers: int
     correct: int
     failures: int
-    def __init__(self, info: _Optional[_Union[NodeInfo, _Mapping]] = ..., fitness: _Optional[float] = ..., latency_ms: _Optional[float] = ..., in_flight: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., state: _Optional[str] = ..., answers: _Optional[int] = ..., correct: _Optional[int] = ..., failures: _Optional[int] = ...) -> None: ...
+    operations: _containers.RepeatedCompositeFieldContainer[OperationStatus]
+    canaries_passed: int
+    canaries_failed: int
+    def __init__(self, info: _Optional[_Union[NodeInfo, _Mapping]] = ..., fitness: _Optional[float] = ..., latency_ms: _Optional[float] = ..., in_flight: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., state: _Optional[str] = ..., answers: _Optional[int] = ..., correct: _Optional[int] = ..., failures: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[OperationStatus, _Mapping]]] = ..., canaries_passed: _Optional[int] = ..., canaries_failed: _Optional[int] = ...) -> None: ...
+
+class OperationStatus(_message.Message):
+    __slots__ = ("operation", "fitness", "trials", "successes", "quarantined")
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    FITNESS_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    operation: Operation
+    fitness: float
+    trials: int
+    successes: int
+    quarantined: bool
+    def __init__(self, operation: _Optional[_Union[Operation, str]] = ..., fitness: _Optional[float] = ..., trials: _Optional[int] = ..., successes: _Optional[int] = ..., quarantined: _Optional[bool] = ...) -> None: ...
 
 class ListNodesReply(_message.Message):
     __slots__ = ("nodes",)

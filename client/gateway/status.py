@@ -1,0 +1,204 @@
+"""The live status page's data: the nodes, fitness over time, the last queries, and their SSE feed.
+
+:class:`StatusBoard` polls ListNodes every ``node_poll_s`` (the metrics read the same snapshot), keeps
+a series of fitness samples per node for the plot, and the last ``history_size`` queries this gateway
+ran; every change goes to the pages watching ``/status/events`` as a server-sent event:
+
+    event: state   everything (sent first on each connection)
+    event: nodes   the node list after each poll
+    event: query   one finished query
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from sse_starlette import EventSourceResponse
+
+from dellm.client.api import DellmClient
+from dellm.client.errors import DellmError
+from dellm.client.gateway.config import GatewayConfig
+from dellm.client.gateway.session import QuerySummary
+from dellm.protos import dellm_pb2
+
+log = logging.getLogger(__name__)
+SUBSCRIBER_BACKLOG = 256  # events a slow page may fall behind by before it misses some
+FITNESS_HEARTBEAT_S = 60.0  # a fitness sample at least this often even when nothing changed
+
+
+def node_row(node: dellm_pb2.NodeStatus) -> dict[str, Any]:
+    """One node as the page shows it."""
+    return {
+        "node_id": node.info.node_id, "name": node.info.name, "model": node.info.model, "backend": node.info.backend,
+        "address": node.info.address, "state": node.state, "fitness": round(node.fitness, 4),
+        "latency_ms": round(node.latency_ms, 1), "in_flight": node.in_flight, "answers": node.answers,
+        "correct": node.correct, "failures": node.failures, "last_seen_unix": node.last_seen_unix,
+        "canaries_passed": node.canaries_passed, "canaries_failed": node.canaries_failed,
+        "operations": {dellm_pb2.Operation.Name(op.operation): {"fitness": round(op.fitness, 4), "trials": op.trials,
+                                                                "quarantined": op.quarantined}
+                       for op in node.operations},
+    }
+
+
+def query_row(summary: QuerySummary, names: dict[str, str]) -> dict[str, Any]:
+    """One finished query as the page shows it: its plan, winners, verdicts and time."""
+    ext = summary.extension
+    return {
+        "query_id": summary.query_id, "query": summary.query, "outcome": summary.outcome, "api": summary.api,
+        "started_unix": summary.started_unix, "seconds": round(summary.seconds, 3), "answer": summary.answer,
+        "error": summary.error, "first_token_s": summary.first_token_s,
+        "plan": [{"chunk_id": c.get("chunk_id", ""), "operation": c.get("operation", ""), "text": c.get("text", "")}
+                 for c in ext.get("plan", [])],
+        "winners": [{"chunk_id": c["chunk_id"], "node_id": c.get("winner_node_id", ""),
+                     "name": names.get(c.get("winner_node_id", ""), c.get("winner_node_id", "")[:8]),
+                     "agreement": c.get("agreement", 0.0), "unanimous": c.get("unanimous", False),
+                     "checked_by": c.get("checked_by", "")} for c in ext.get("chunks", [])],
+        "verdicts": [{"chunk_id": v.get("chunk_id", ""), "name": v.get("node_name") or v.get("node_id", "")[:8],
+                      "verdict": v.get("verdict", "VERDICT_UNSPECIFIED"), "source": v.get("source", ""),
+                      "reward": v.get("reward", 0.0)} for v in ext.get("verdicts", [])],
+    }
+
+
+class StatusBoard:
+    """Node snapshots, fitness series and recent queries, pushed to subscribers; a QueryObserver."""
+
+    def __init__(self, client: DellmClient, config: GatewayConfig) -> None:
+        self._client = client
+        self._config = config
+        self.nodes: list[dellm_pb2.NodeStatus] = []
+        self.coordinator_error = "not asked yet"
+        self._queries: deque[dict[str, Any]] = deque(maxlen=config.history_size)
+        self._fitness: dict[str, deque[tuple[float, float, dict[str, float]]]] = {}
+        self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._refreshing = asyncio.Lock()
+
+    # --- the coordinator's node list --------------------------------------------------------------------------
+
+    def names(self) -> dict[str, str]:
+        return {n.info.node_id: n.info.name or n.info.model for n in self.nodes}
+
+    def coordinator_up(self) -> bool:
+        return not self.coordinator_error
+
+    async def refresh(self) -> None:
+        """Ask the coordinator for its nodes now; on failure keep the last list and say why."""
+        async with self._refreshing:
+            try:
+                nodes = await self._client.nodes()
+            except DellmError as exc:
+                if str(exc) != self.coordinator_error:
+                    log.warning("cannot list the coordinator's nodes: %s", exc)
+                self.coordinator_error = str(exc)
+                self._publish("nodes", self._nodes_payload())
+                return
+            if self.coordinator_error:
+                log.info("coordinator %s answers again", self._client.address)
+            self.coordinator_error = ""
+            self.nodes = nodes
+            self._sample_fitness(nodes, time.time())
+            self._publish("nodes", self._nodes_payload())
+
+    def _sample_fitness(self, nodes: list[dellm_pb2.NodeStatus], now: float) -> None:
+        for node in nodes:
+            series = self._fitness.setdefault(node.info.node_id, deque(maxlen=self._config.fitness_points))
+            ops = {dellm_pb2.Operation.Name(op.operation): round(op.fitness, 4) for op in node.operations}
+            point = (now, round(node.fitness, 4), ops)
+            if not series or series[-1][1:] != point[1:] or now - series[-1][0] >= FITNESS_HEARTBEAT_S:
+                series.append(point)
+
+    def _nodes_payload(self) -> dict[str, Any]:
+        return {"coordinator": self._client.address, "coordinator_error": self.coordinator_error,
+                "nodes": [node_row(n) for n in self.nodes], "fitness": self._fitness_payload()}
+
+    def _fitness_payload(self) -> dict[str, Any]:
+        names = self.names()
+        return {node_id: {"name": names.get(node_id, node_id[:8]),
+                          "points": [[round(t, 3), overall, ops] for t, overall, ops in series]}
+                for node_id, series in self._fitness.items()}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._poll(), name="gateway-node-poll")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _poll(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._config.node_poll_s)
+
+    # --- queries ----------------------------------------------------------------------------------------------
+
+    def query_started(self) -> None:
+        pass
+
+    def query_finished(self, summary: QuerySummary) -> None:
+        row = query_row(summary, self.names())
+        self._queries.appendleft(row)
+        self._publish("query", row)
+
+    # --- what pages read --------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {**self._nodes_payload(), "queries": list(self._queries), "history_size": self._config.history_size,
+                "poll_s": self._config.node_poll_s}
+
+    def _publish(self, kind: str, data: dict[str, Any]) -> None:
+        for queue in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):  # a page that fell behind misses an update, never blocks us
+                queue.put_nowait((kind, data))
+
+    async def events(self) -> AsyncIterator[dict[str, str]]:
+        """The SSE stream of one page: the whole state, then every change."""
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(SUBSCRIBER_BACKLOG)
+        self._subscribers.add(queue)
+        try:
+            yield {"event": "state", "data": json.dumps(self.state())}
+            while True:
+                kind, data = await queue.get()
+                yield {"event": kind, "data": json.dumps(data)}
+        finally:
+            self._subscribers.discard(queue)
+
+
+def status_page() -> str:
+    return resources.files("dellm.client.gateway").joinpath("status_page.html").read_text(encoding="utf-8")
+
+
+def board_of(request: Request) -> StatusBoard:
+    board: StatusBoard = request.app.state.gateway.board
+    return board
+
+
+def status_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(status_page(), headers={"Cache-Control": "no-store"})
+
+    @router.get("/status/state")
+    async def state(request: Request) -> JSONResponse:
+        return JSONResponse(board_of(request).state())
+
+    @router.get("/status/events")
+    async def events(request: Request) -> EventSourceResponse:
+        gateway = request.app.state.gateway
+        return EventSourceResponse(gateway.board.events(), ping=gateway.config.sse_ping_s)
+
+    return router
