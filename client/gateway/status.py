@@ -77,6 +77,7 @@ class StatusBoard:
         self._config = config
         self.nodes: list[dellm_pb2.NodeStatus] = []
         self.coordinator_error = "not asked yet"
+        self._listed = False  # whether a ListNodes call ever succeeded
         self._queries: deque[dict[str, Any]] = deque(maxlen=config.history_size)
         self._fitness: dict[str, deque[tuple[float, float, dict[str, float]]]] = {}
         self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
@@ -102,9 +103,10 @@ class StatusBoard:
                 self.coordinator_error = str(exc)
                 self._publish("nodes", self._nodes_payload())
                 return
-            if self.coordinator_error:
+            if self.coordinator_error and self._listed:
                 log.info("coordinator %s answers again", self._client.address)
             self.coordinator_error = ""
+            self._listed = True
             self.nodes = nodes
             self._sample_fitness(nodes, time.time())
             self._publish("nodes", self._nodes_payload())
