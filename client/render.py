@@ -187,3 +187,24 @@ def nodes_table(nodes: list[dellm_pb2.NodeStatus], now: float) -> str:
                     f"{model[:30]:<30} {state:<5} {n.fitness:>7.3f} "
                     f"{latency:>9} {n.in_flight:>8} {seen:>10}")
     return "\n".join(rows)
+
+
+def operations_table(nodes: list[dellm_pb2.NodeStatus]) -> str:
+    """Fitness for each kind of work (``dellm nodes --ops``): one column per operation any node was judged at,
+    ``-`` where a node was not, ``!`` after a fitness the coordinator quarantines the node for."""
+    ops = sorted({op.operation for n in nodes for op in n.operations})
+    names = [dellm_pb2.Operation.Name(op) for op in ops]
+    header = f"{'NODE':<10} {'NAME':<16} {'OVERALL':>7} " + " ".join(f"{name:>14}" for name in names)
+    rows = [header.rstrip()]
+    for n in nodes:
+        by_op = {op.operation: op for op in n.operations}
+        cells = []
+        for op in ops:
+            status = by_op.get(op)
+            cells.append(f"{'-':>14}" if status is None else
+                         f"{status.fitness:.3f}{'!' if status.quarantined else ' '} ({status.trials:>3})".rjust(14))
+        rows.append(f"{short(n.info.node_id):<10} {terminal_safe(n.info.name)[:16]:<16} {n.fitness:>7.3f} "
+                    + " ".join(cells))
+    rows.append("(judged answers in brackets; ! quarantined from that work)" if ops else
+                "no node has been judged at any operation yet")
+    return "\n".join(rows)

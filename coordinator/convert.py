@@ -20,6 +20,7 @@ from dellm.coordinator.types import (
 from dellm.protos import dellm_pb2
 from dellm.protos.wire import description_to_proto
 
+OPERATION_NAMES = frozenset(dellm_pb2.Operation.keys())
 VERDICTS = {Verdict.UNKNOWN: dellm_pb2.VERDICT_UNSPECIFIED, Verdict.CORRECT: dellm_pb2.CORRECT,
             Verdict.WRONG: dellm_pb2.WRONG}
 
@@ -99,7 +100,7 @@ def node_status_to_proto(record: NodeRecord, in_flight: int, route: RouteConfig 
     operations = [
         dellm_pb2.OperationStatus(operation=dellm_pb2.Operation.Value(op), fitness=stats.fitness, trials=stats.trials,
                                   successes=stats.successes, quarantined=quarantined(record, op, route))
-        for op, stats in sorted(record.op_stats.items()) if op in dellm_pb2.Operation.keys()
+        for op, stats in sorted(record.op_stats.items()) if op in OPERATION_NAMES
     ]
     return dellm_pb2.NodeStatus(
         info=description_to_proto(record.info), fitness=record.fitness,

@@ -198,9 +198,18 @@ class Coordinator:
             self.registry.set_state(node_id, NodeState.DOWN)
             log.info("%s: node %s said goodbye: down", source, node_id)
 
-    def leave(self, node_id: str) -> None:
+    def leave(self, node_id: str, address: str = "") -> bool:
+        """The node says goodbye: down now. A Leave from another address than the node's (a duplicate of
+        it going away) changes nothing; returns whether the node was marked down."""
+        if address:
+            known = self.registry.get(node_id)  # UnknownNodeError -> NOT_FOUND
+            if known.info.address != address:
+                log.warning("ignoring Leave for node %s from %s: it is live at %s (a duplicate leaving?)", node_id,
+                            address, known.info.address)
+                return False
         self.registry.set_state(node_id, NodeState.DOWN, now=time.time())
         log.info("node %s left", node_id)
+        return True
 
     def nodes(self) -> list[tuple[NodeRecord, int]]:
         return [(n, self.pool.in_flight.get(n.node_id, 0)) for n in self.registry.list_nodes()]

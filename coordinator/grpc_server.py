@@ -64,7 +64,7 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         self, request: dellm_pb2.LeaveRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.LeaveReply:
         try:
-            self._coordinator.leave(request.node_id)
+            self._coordinator.leave(request.node_id, request.address)
         except CoordinatorError as exc:
             await context.abort(exc.status, str(exc))
         return dellm_pb2.LeaveReply()

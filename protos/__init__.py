@@ -27,3 +27,13 @@ def import_extra(module: str, extra: str, purpose: str) -> None:
     except ImportError as exc:
         raise MissingExtraError(f"{purpose} needs the {extra} extra ({module} is not installed): "
                                 f"pip install 'dellm[{extra}]'") from exc
+
+
+def autocomplete(parser: object) -> None:
+    """Shell completion with argcomplete when it is installed (``eval "$(register-python-argcomplete dellm)"``);
+    a no-op otherwise, and whenever the shell is not asking for completions."""
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)

@@ -416,10 +416,12 @@ class JoinReply(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., fitness: _Optional[float] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "address")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    address: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class LeaveReply(_message.Message):
     __slots__ = ()

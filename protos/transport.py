@@ -29,7 +29,11 @@ SERVER_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # grpc turns SO_REUSEPORT on by default: a second server on a busy port would start and split the
+    # clients with the first. Off, the port is refused (ListenError) and the second server says so.
+    ("grpc.so_reuseport", 0),
 )
+DEFAULT_PORT = 50050  # the coordinator's port when an address gives none
 
 # Services anyone may call: load balancers check health, and `grpcurl list` uses reflection.
 OPEN_SERVICES = frozenset({
@@ -161,6 +165,34 @@ async def set_serving(health_servicer: health.aio.HealthServicer, service_names:
         await health_servicer.set(name, status)
 
 
+class ListenError(OSError):
+    """The server cannot listen where asked: the port is taken (by another DELLM process, say) or the
+    address is not this machine's."""
+
+
+def with_default_port(address: str, port: int = DEFAULT_PORT) -> str:
+    """``host`` -> ``host:50050``; ``host:port`` unchanged; IPv6 as ``[::1]`` or ``[::1]:port`` (a bare
+    ``::1`` gets brackets). ValueError for a port that is not a number from 1 to 65535."""
+    address = address.strip()
+    if not address:
+        raise ValueError("the address is empty; give HOST or HOST:PORT")
+    if address.startswith("["):
+        host, _, rest = address.partition("]")
+        if not rest:
+            return f"{host}]:{port}"
+        given = rest.removeprefix(":")
+        host += "]"
+    elif address.count(":") > 1:  # a bare IPv6 address
+        return f"[{address}]:{port}"
+    else:
+        host, sep, given = address.partition(":")
+        if not sep:
+            return f"{host}:{port}"
+    if not given.isdigit() or not 0 < int(given) < 65536 or not host:
+        raise ValueError(f"{address!r} is not HOST:PORT (a port from 1 to 65535)")
+    return f"{host}:{given}"
+
+
 def bind(server: grpc.aio.Server, listen: str, security: SecurityConfig | None = None) -> str:
     """Bind ``host:port`` (port 0 picks a free one), with TLS when ``security`` has a certificate,
     and return the address actually bound."""
@@ -170,7 +202,8 @@ def bind(server: grpc.aio.Server, listen: str, security: SecurityConfig | None =
     credentials = security.server_credentials() if security is not None else None
     bound = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
     if bound == 0:
-        raise OSError(f"could not listen on {listen} (address in use or not available)")
+        raise ListenError(f"could not listen on {listen}: the port is in use (is another DELLM process serving "
+                          "there?) or the address is not this machine's; give another --listen HOST:PORT")
     return f"{host}:{bound}"
 
 

@@ -78,6 +78,7 @@ class StatusBoard:
         self.nodes: list[dellm_pb2.NodeStatus] = []
         self.coordinator_error = "not asked yet"
         self._listed = False  # whether a ListNodes call ever succeeded
+        self._polled_at = 0.0  # when it last did (unix time)
         self._queries: deque[dict[str, Any]] = deque(maxlen=config.history_size)
         self._fitness: dict[str, deque[tuple[float, float, dict[str, float]]]] = {}
         self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
@@ -107,6 +108,7 @@ class StatusBoard:
                 log.info("coordinator %s answers again", self._client.address)
             self.coordinator_error = ""
             self._listed = True
+            self._polled_at = time.time()
             self.nodes = nodes
             self._sample_fitness(nodes, time.time())
             self._publish("nodes", self._nodes_payload())
@@ -121,6 +123,7 @@ class StatusBoard:
 
     def _nodes_payload(self) -> dict[str, Any]:
         return {"coordinator": self._client.address, "coordinator_error": self.coordinator_error,
+                "polled_at": self._polled_at,
                 "nodes": [node_row(n) for n in self.nodes], "fitness": self._fitness_payload()}
 
     def _fitness_payload(self) -> dict[str, Any]:

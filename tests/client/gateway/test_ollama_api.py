@@ -43,10 +43,11 @@ async def test_generate_plain_and_streaming(gateway: RunningGateway) -> None:
 
 
 async def test_generate_raw_lines_are_ndjson(gateway: RunningGateway) -> None:
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-        async with http.stream("POST", "/api/generate", json={"model": "dellm", "prompt": "What is 10% of 1000?"}) as r:
-            assert r.headers["content-type"] == "application/x-ndjson"
-            lines = [json.loads(line) async for line in r.aiter_lines() if line]
+    body = {"model": "dellm", "prompt": "What is 10% of 1000?"}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http, \
+            http.stream("POST", "/api/generate", json=body) as r:
+        assert r.headers["content-type"] == "application/x-ndjson"
+        lines = [json.loads(line) async for line in r.aiter_lines() if line]
     assert lines[-1]["done"] is True and lines[-1]["dellm"]["query_id"]
     # an empty prompt is Ollama's "load the model": the network is always loaded
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:

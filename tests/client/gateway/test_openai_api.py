@@ -50,12 +50,11 @@ async def test_chat_completion_streams_deltas_then_done(gateway: RunningGateway)
 
 
 async def test_raw_stream_ends_with_done(gateway: RunningGateway) -> None:
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-        async with http.stream("POST", "/v1/chat/completions", json={
-                "model": "dellm", "stream": True, "messages": [{"role": "user", "content": "What is 10% of 1000?"}]
-        }) as response:
-            assert response.headers["content-type"].startswith("text/event-stream")
-            lines = [line async for line in response.aiter_lines() if line.startswith("data:")]
+    body = {"model": "dellm", "stream": True, "messages": [{"role": "user", "content": "What is 10% of 1000?"}]}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http, \
+            http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line async for line in response.aiter_lines() if line.startswith("data:")]
     assert lines[-1] == "data: [DONE]"
     assert json.loads(lines[0].removeprefix("data: "))["object"] == "chat.completion.chunk"
 
@@ -99,7 +98,8 @@ async def test_bad_input_is_400_in_openai_format(gateway: RunningGateway, body: 
 
 async def test_unreadable_json_and_unknown_model(gateway: RunningGateway) -> None:
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-        bad = await http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+        bad = await http.post("/v1/chat/completions", content=b"{not json",
+                              headers={"content-type": "application/json"})
         assert bad.status_code == 400 and "invalid request" in bad.json()["error"]["message"]
         unknown = await http.post("/v1/chat/completions",
                                   json={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})

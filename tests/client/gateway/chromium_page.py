@@ -1,0 +1,121 @@
+"""A real headless Chromium driven over the Chrome DevTools protocol on a pipe (``--remote-debugging-pipe``:
+commands in on fd 3, replies out on fd 4, each a JSON message ended by NUL), with no library between.
+
+Synchronous on purpose: tests call it through ``asyncio.to_thread`` so the event loop keeps serving the
+gateway the page talks to.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import select
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--disable-extensions", "--disable-background-networking", "--hide-scrollbars", "--mute-audio")
+
+
+class ChromiumPage:
+    """One browser with one page: ``open(url)``, ``evaluate(js)``, ``wait_for(js)``, ``screenshot(path)``."""
+
+    def __init__(self, browser: str, profile: Path, width: int = 1280, height: int = 900) -> None:
+        to_chrome_r, self._to_chrome = os.pipe()
+        self._from_chrome, from_chrome_w = os.pipe()
+        command = [browser, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}",
+                   f"--window-size={width},{height}", "about:blank"]
+
+        def pipe_at_3_and_4() -> None:  # in the child: the browser wants the pipe at fds 3 and 4 exactly
+            os.dup2(to_chrome_r, 3)
+            os.dup2(from_chrome_w, 4)
+
+        self._process = subprocess.Popen(command, pass_fds=(3, 4), preexec_fn=pipe_at_3_and_4,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._buffer = b""
+        self._next_id = 0
+        self._session: str | None = None
+
+    def __enter__(self) -> ChromiumPage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        """Send one command (to the page once attached) and return its result; events are skipped."""
+        self._next_id += 1
+        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if self._session is not None and not method.startswith("Target."):
+            message["sessionId"] = self._session
+        os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read(deadline)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                result: dict[str, Any] = reply.get("result", {})
+                return result
+
+    def _read(self, deadline: float) -> dict[str, Any]:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_chrome], [], [], left)[0]:
+                raise TimeoutError("no answer from chromium in time")
+            data = os.read(self._from_chrome, 1 << 20)
+            if not data:
+                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                raise RuntimeError(f"chromium closed its pipe: {err[-2000:]}")
+            self._buffer += data
+        message, _, self._buffer = self._buffer.partition(b"\0")
+        parsed: dict[str, Any] = json.loads(message)
+        return parsed
+
+    def open(self, url: str) -> None:
+        target = self.send("Target.createTarget", {"url": url})["targetId"]
+        self._session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.send("Runtime.enable")
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 20.0) -> Any:
+        """Poll ``expression`` until it is truthy; its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                html = self.evaluate("document.body.innerText")
+                raise AssertionError(f"{expression} still false after {timeout}s; the page says:\n{html}")
+            time.sleep(0.1)
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._to_chrome, json.dumps({"id": 0, "method": "Browser.close"}).encode() + b"\0")
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        for fd in (self._to_chrome, self._from_chrome):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._process.stderr:
+            self._process.stderr.close()
