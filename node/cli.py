@@ -50,11 +50,10 @@ def coordinator_address(text: str) -> str:
 
 
 def default_node_name(model: str | None = None) -> str:
-    """This machine's host name plus the model's (``laptop-qwen2.5-coder-0.5b-instruct``), so that two nodes
-    serving different models on one machine get different names; cut to a valid node name (first part of
-    the host name, at most 48 characters), or "node" when nothing valid is left."""
-    host = socket.gethostname()
-    host = host if NODE_NAME.fullmatch(host) else re.sub(r"[^A-Za-z0-9_-]+", "-", host.split(".")[0]).strip("-")
+    """This machine's short host name plus the model's (``laptop-qwen2.5-coder-0.5b-instruct``), so that two
+    nodes serving different models on one machine get different names; cut to a valid node name (at most
+    48 characters), or "node" when nothing valid is left."""
+    host = re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname().split(".")[0]).strip("-")
     slug = ""
     if model:
         stem = Path(model).name.removesuffix(".gguf") if model.endswith(".gguf") or "/" in model else model

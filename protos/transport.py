@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import signal
+import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -193,14 +195,43 @@ def with_default_port(address: str, port: int = DEFAULT_PORT) -> str:
     return f"{host}:{given}"
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise ListenError, saying which, when ``host:port`` is taken or not this machine's: found with a plain
+    socket first, so that the message is ours alone (grpc's core would print its own error line too)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"could not listen on {host}:{port}: {host!r} does not resolve ({exc.strerror})") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ListenError(f"could not listen on {host}:{port}: the port is in use (is another DELLM "
+                                  "process serving there?); give another --listen HOST:PORT") from exc
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ListenError(f"could not listen on {host}:{port}: {host} is not an address of this machine; "
+                                  "give another --listen HOST:PORT") from exc
+            # anything else (permissions for a low port, say): grpc's own bind below says what it says
+
+
 def bind(server: grpc.aio.Server, listen: str, security: SecurityConfig | None = None) -> str:
     """Bind ``host:port`` (port 0 picks a free one), with TLS when ``security`` has a certificate,
     and return the address actually bound."""
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    check_port_free(host, int(port))
     credentials = security.server_credentials() if security is not None else None
-    bound = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
+    try:  # grpc says 0, or raises RuntimeError ("Failed to bind ..."), depending on its version
+        bound = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen,
+                                                                                                     credentials)
+    except RuntimeError:
+        bound = 0
     if bound == 0:
         raise ListenError(f"could not listen on {listen}: the port is in use (is another DELLM process serving "
                           "there?) or the address is not this machine's; give another --listen HOST:PORT")

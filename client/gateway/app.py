@@ -12,7 +12,7 @@ import contextlib
 import hmac
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -29,6 +29,7 @@ from dellm.client.gateway.ollama_api import ollama_router
 from dellm.client.gateway.openai_api import openai_router
 from dellm.client.gateway.runtime import Gateway
 from dellm.client.gateway.status import status_router
+from dellm.protos.transport import wait_for_signal
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,18 @@ def listen_socket(listen: str) -> socket.socket:
     return sock
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server without its own signal handling: :func:`serve_gateway` stops it on SIGTERM/SIGINT
+    the way every DELLM server stops (and exits 0), and tests start it without touching signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @dataclass
 class RunningGateway:
-    server: uvicorn.Server
+    server: GatewayServer
     task: asyncio.Task[None]
     address: str  # host:port actually bound
 
@@ -148,7 +158,13 @@ class RunningGateway:
         host, _, port = self.address.rpartition(":")
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
+    @property
+    def gateway(self) -> Gateway:
+        gateway: Gateway = self.server.config.app.state.gateway
+        return gateway
+
     async def stop(self) -> None:
+        self.gateway.board.close_streams()  # status pages' SSE streams end now, not at the grace period's end
         self.server.should_exit = True
         await self.task
 
@@ -157,7 +173,7 @@ async def start_gateway(config: GatewayConfig, client: DellmClient | None = None
     """Bind ``config.listen`` (port 0: any free port), start serving, and return once it accepts requests."""
     sock = listen_socket(config.listen)
     host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(uvicorn.Config(create_app(config, client), log_level="warning", access_log=False,
+    server = GatewayServer(uvicorn.Config(create_app(config, client), log_level="warning", access_log=False,
                                            lifespan="on", timeout_graceful_shutdown=5))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="gateway")
     while not server.started:
@@ -169,8 +185,15 @@ async def start_gateway(config: GatewayConfig, client: DellmClient | None = None
     return RunningGateway(server, task, f"{host}:{port}")
 
 
-async def serve_gateway(config: GatewayConfig) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn's own handlers), then drain for up to 5 s."""
+async def serve_gateway(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``), then let requests in flight finish for up to 5 s."""
     running = await start_gateway(config)
     print(f"dellm gateway listening on {running.url} (coordinator {config.coordinator})", flush=True)
-    await running.task
+    signalled = asyncio.create_task(wait_for_signal(stop))
+    try:
+        await asyncio.wait({signalled, running.task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+        if not running.task.done():
+            log.info("shutting down; letting requests in flight finish")
+        await running.stop()

@@ -168,6 +168,13 @@ class StatusBoard:
             with contextlib.suppress(asyncio.QueueFull):  # a page that fell behind misses an update, never blocks us
                 queue.put_nowait((kind, data))
 
+    def close_streams(self) -> None:
+        """End every page's event stream (the gateway is stopping); pages reconnect to whatever serves next."""
+        for queue in list(self._subscribers):
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(("close", {}))
+
     async def events(self) -> AsyncIterator[dict[str, str]]:
         """The SSE stream of one page: the whole state, then every change."""
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(SUBSCRIBER_BACKLOG)
@@ -176,6 +183,8 @@ class StatusBoard:
             yield {"event": "state", "data": json.dumps(self.state())}
             while True:
                 kind, data = await queue.get()
+                if kind == "close":
+                    return
                 yield {"event": kind, "data": json.dumps(data)}
         finally:
             self._subscribers.discard(queue)

@@ -63,7 +63,7 @@ async def test_status_feed_sends_state_then_each_query_live(gateway: RunningGate
 
 
 async def test_history_keeps_the_last_fifty(gateway: RunningGateway) -> None:
-    board = gateway.server.config.app.state.gateway.board  # type: ignore[attr-defined]
+    board = gateway.gateway.board
     from dellm.client.gateway.session import QuerySummary
 
     for i in range(60):
