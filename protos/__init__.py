@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from importlib.metadata import PackageNotFoundError, version
 
 
@@ -29,7 +30,7 @@ def import_extra(module: str, extra: str, purpose: str) -> None:
                                 f"pip install 'dellm[{extra}]'") from exc
 
 
-def autocomplete(parser: object) -> None:
+def autocomplete(parser: argparse.ArgumentParser) -> None:
     """Shell completion with argcomplete when it is installed (``eval "$(register-python-argcomplete dellm)"``);
     a no-op otherwise, and whenever the shell is not asking for completions."""
     try:

@@ -152,16 +152,12 @@ class RunningGateway:
     server: GatewayServer
     task: asyncio.Task[None]
     address: str  # host:port actually bound
+    gateway: Gateway
 
     @property
     def url(self) -> str:
         host, _, port = self.address.rpartition(":")
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-
-    @property
-    def gateway(self) -> Gateway:
-        gateway: Gateway = self.server.config.app.state.gateway
-        return gateway
 
     async def stop(self) -> None:
         self.gateway.board.close_streams()  # status pages' SSE streams end now, not at the grace period's end
@@ -173,7 +169,8 @@ async def start_gateway(config: GatewayConfig, client: DellmClient | None = None
     """Bind ``config.listen`` (port 0: any free port), start serving, and return once it accepts requests."""
     sock = listen_socket(config.listen)
     host, port = sock.getsockname()[:2]
-    server = GatewayServer(uvicorn.Config(create_app(config, client), log_level="warning", access_log=False,
+    app = create_app(config, client)
+    server = GatewayServer(uvicorn.Config(app, log_level="warning", access_log=False,
                                            lifespan="on", timeout_graceful_shutdown=5))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="gateway")
     while not server.started:
@@ -182,7 +179,7 @@ async def start_gateway(config: GatewayConfig, client: DellmClient | None = None
             task.result()  # raises what stopped it
             raise OSError(f"the gateway on {config.listen} stopped while starting")
         await asyncio.sleep(0.01)
-    return RunningGateway(server, task, f"{host}:{port}")
+    return RunningGateway(server, task, f"{host}:{port}", app.state.gateway)
 
 
 async def serve_gateway(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:

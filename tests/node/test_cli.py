@@ -62,7 +62,7 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
 def test_state_folder_is_locked_while_a_node_runs(tmp_path: Path) -> None:
     first = lock_state_folder(tmp_path, "same")
     try:
-        with pytest.raises(NodeStateError, match="already running as 'same'.*own --name"):
+        with pytest.raises(NodeStateError, match=r"already running as .same.*own --name"):
             lock_state_folder(tmp_path, "same")
     finally:
         first.close()
