@@ -89,6 +89,7 @@ bench: $(STAMP) models
 	$(PYTHON) scripts/bench_token_pace.py --rounds 5
 	$(PYTHON) scripts/bench_seed_query.py --runs 5
 	$(PYTHON) scripts/bench_seed_query.py --alone --runs 5
+	$(PYTHON) scripts/bench_gateway.py --rounds 300 --screenshot bench-results/gateway_status_page.png
 	$(MAKE) bench-report
 
 bench-report: $(STAMP)

@@ -10,7 +10,7 @@ import httpx
 import openai
 
 from dellm.client.gateway.app import RunningGateway
-from tests.client.gateway.chromium_page import ChromiumPage
+from scripts.chromium_page import ChromiumPage
 from tests.client.gateway.conftest import SEED
 from tests.client.gateway.tools import chromium
 

@@ -1,8 +1,8 @@
 """A real headless Chromium driven over the Chrome DevTools protocol on a pipe (``--remote-debugging-pipe``:
 commands in on fd 3, replies out on fd 4, each a JSON message ended by NUL), with no library between.
 
-Synchronous on purpose: tests call it through ``asyncio.to_thread`` so the event loop keeps serving the
-gateway the page talks to.
+Synchronous on purpose: the status-page test calls it through ``asyncio.to_thread`` so the event loop keeps
+serving the gateway the page talks to; scripts/bench_gateway.py takes the README's screenshot with it.
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ class ChromiumPage:
                 raise AssertionError(f"{expression} still false after {timeout}s; the page says:\n{html}")
             time.sleep(0.1)
 
-    def screenshot(self, path: Path) -> Path:
-        data = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})["data"]
+    def screenshot(self, path: Path, full_page: bool = True) -> Path:
+        """A PNG of the whole page (``full_page``) or of the window only."""
+        data = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": full_page})["data"]
         path.write_bytes(base64.b64decode(data))
         return path
 
