@@ -62,6 +62,19 @@ class DellmClient:
         finally:
             call.cancel()  # leaving early cancels the query and the node streams it started
 
+    async def watch(self, replay: bool = True) -> AsyncIterator[dellm_pb2.QuerySummary]:
+        """Every query the coordinator finishes, from any client, as it finishes; with ``replay``, first the
+        recent ones it keeps. Runs until the caller stops (no deadline); UnsupportedError from an older
+        coordinator."""
+        call = self._stub.Watch(dellm_pb2.WatchRequest(replay=replay))
+        try:
+            async for summary in call:
+                yield summary
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, self.address) from exc
+        finally:
+            call.cancel()
+
     async def nodes(self) -> list[dellm_pb2.NodeStatus]:
         try:
             reply = await self._stub.ListNodes(dellm_pb2.ListNodesRequest(), timeout=self.config.unary_timeout_s)

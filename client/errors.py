@@ -49,6 +49,12 @@ class BusyError(DellmError):
     exit_code = 7
 
 
+class UnsupportedError(DellmError):
+    """The coordinator does not serve this call: an older version (UNIMPLEMENTED)."""
+
+    exit_code = 8
+
+
 _BY_CODE: dict[grpc.StatusCode, type[DellmError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidQueryError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
@@ -57,6 +63,7 @@ _BY_CODE: dict[grpc.StatusCode, type[DellmError]] = {
     grpc.StatusCode.UNAUTHENTICATED: AuthError,
     grpc.StatusCode.PERMISSION_DENIED: AuthError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: BusyError,
+    grpc.StatusCode.UNIMPLEMENTED: UnsupportedError,
 }
 _TLS_FAILURE = ("handshake", "ssl", "certificate", "tls")
 

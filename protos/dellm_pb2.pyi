@@ -426,3 +426,35 @@ class LeaveRequest(_message.Message):
 class LeaveReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("replay",)
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
+    replay: bool
+    def __init__(self, replay: _Optional[bool] = ...) -> None: ...
+
+class QuerySummary(_message.Message):
+    __slots__ = ("query", "client", "outcome", "error", "started_unix", "total_ms", "first_token_ms", "plan", "final", "retries", "hedges")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    HEDGES_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    client: str
+    outcome: str
+    error: str
+    started_unix: float
+    total_ms: float
+    first_token_ms: float
+    plan: PlanEvent
+    final: FinalEvent
+    retries: int
+    hedges: int
+    def __init__(self, query: _Optional[str] = ..., client: _Optional[str] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., started_unix: _Optional[float] = ..., total_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., plan: _Optional[_Union[PlanEvent, _Mapping]] = ..., final: _Optional[_Union[FinalEvent, _Mapping]] = ..., retries: _Optional[int] = ..., hedges: _Optional[int] = ...) -> None: ...

@@ -1,8 +1,9 @@
 """The live status page's data: the nodes, fitness over time, the last queries, and their SSE feed.
 
 :class:`StatusBoard` polls ListNodes every ``node_poll_s`` (the metrics read the same snapshot), keeps
-a series of fitness samples per node for the plot, and the last ``history_size`` queries this gateway
-ran; every change goes to the pages watching ``/status/events`` as a server-sent event:
+a series of fitness samples per node for the plot, and the last ``history_size`` queries the coordinator
+finished, from every client (its Watch feed; from an older coordinator, the queries of this gateway); every
+change goes to the pages watching ``/status/events`` as a server-sent event:
 
     event: state   everything (sent first on each connection)
     event: nodes   the node list after each poll
@@ -26,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
 from dellm.client.api import DellmClient
-from dellm.client.errors import DellmError
+from dellm.client.errors import DellmError, UnsupportedError
 from dellm.client.gateway.config import GatewayConfig
 from dellm.client.gateway.session import QuerySummary
 from dellm.protos import dellm_pb2
@@ -50,22 +51,44 @@ def node_row(node: dellm_pb2.NodeStatus) -> dict[str, Any]:
     }
 
 
-def query_row(summary: QuerySummary, names: dict[str, str]) -> dict[str, Any]:
+def summary_of(summary: QuerySummary) -> dellm_pb2.QuerySummary:
+    """A query this gateway ran, in the coordinator's Watch form (used when the coordinator has no Watch)."""
+    proto = dellm_pb2.QuerySummary(
+        query=summary.query, client="this gateway", outcome=summary.outcome, error=summary.error,
+        started_unix=summary.started_unix, total_ms=summary.seconds * 1000,
+        first_token_ms=(summary.first_token_s or 0.0) * 1000,
+        retries=sum(kind == "retry" for kind, _ in summary.redispatches),
+        hedges=sum(kind == "hedge" for kind, _ in summary.redispatches))
+    if summary.plan is not None:
+        proto.plan.CopyFrom(summary.plan)
+    if summary.final is not None:
+        proto.final.CopyFrom(summary.final)
+    return proto
+
+
+def query_key(summary: dellm_pb2.QuerySummary) -> str:
+    return summary.final.query_id or summary.plan.query_id or f"{summary.started_unix}:{summary.client}:{summary.query}"
+
+
+def query_row(summary: dellm_pb2.QuerySummary, names: dict[str, str]) -> dict[str, Any]:
     """One finished query as the page shows it: its plan, winners, verdicts and time."""
-    ext = summary.extension
+    def name(node_id: str) -> str:
+        return names.get(node_id, node_id[:8])
+
+    final = summary.final
     return {
-        "query_id": summary.query_id, "query": summary.query, "outcome": summary.outcome, "api": summary.api,
-        "started_unix": summary.started_unix, "seconds": round(summary.seconds, 3), "answer": summary.answer,
-        "error": summary.error, "first_token_s": summary.first_token_s,
-        "plan": [{"chunk_id": c.get("chunk_id", ""), "operation": c.get("operation", ""), "text": c.get("text", "")}
-                 for c in ext.get("plan", [])],
-        "winners": [{"chunk_id": c["chunk_id"], "node_id": c.get("winner_node_id", ""),
-                     "name": names.get(c.get("winner_node_id", ""), c.get("winner_node_id", "")[:8]),
-                     "agreement": c.get("agreement", 0.0), "unanimous": c.get("unanimous", False),
-                     "checked_by": c.get("checked_by", "")} for c in ext.get("chunks", [])],
-        "verdicts": [{"chunk_id": v.get("chunk_id", ""), "name": v.get("node_name") or v.get("node_id", "")[:8],
-                      "verdict": v.get("verdict", "VERDICT_UNSPECIFIED"), "source": v.get("source", ""),
-                      "reward": v.get("reward", 0.0)} for v in ext.get("verdicts", [])],
+        "key": query_key(summary), "query_id": final.query_id or summary.plan.query_id, "query": summary.query,
+        "client": summary.client, "outcome": summary.outcome, "started_unix": summary.started_unix,
+        "seconds": round(summary.total_ms / 1000, 3), "answer": final.answer, "error": summary.error,
+        "first_token_s": round(summary.first_token_ms / 1000, 3) if summary.first_token_ms else None,
+        "retries": summary.retries, "hedges": summary.hedges, "synthesis": final.synthesis,
+        "plan": [{"chunk_id": c.chunk_id, "operation": dellm_pb2.Operation.Name(c.operation), "text": c.text}
+                 for c in summary.plan.chunks],
+        "winners": [{"chunk_id": c.chunk_id, "node_id": c.winner_node_id, "name": name(c.winner_node_id),
+                     "agreement": round(c.agreement, 3), "unanimous": c.unanimous, "checked_by": c.checked_by}
+                    for c in final.chunks],
+        "verdicts": [{"chunk_id": r.chunk_id, "name": name(r.node_id), "verdict": dellm_pb2.Verdict.Name(r.verdict),
+                      "source": r.source, "reward": round(r.reward, 4)} for r in final.rewards],
     }
 
 
@@ -82,7 +105,8 @@ class StatusBoard:
         self._queries: deque[dict[str, Any]] = deque(maxlen=config.history_size)
         self._fitness: dict[str, deque[tuple[float, float, dict[str, float]]]] = {}
         self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.watching = False  # whether the coordinator's Watch feed is being followed now
         self._refreshing = asyncio.Lock()
 
     # --- the coordinator's node list --------------------------------------------------------------------------
@@ -133,14 +157,16 @@ class StatusBoard:
                 for node_id, series in self._fitness.items()}
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._poll(), name="gateway-node-poll")
+        self._tasks = [asyncio.create_task(self._poll(), name="gateway-node-poll"),
+                       asyncio.create_task(self._watch(), name="gateway-query-feed")]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
 
     async def _poll(self) -> None:
         while True:
@@ -153,9 +179,38 @@ class StatusBoard:
         pass
 
     def query_finished(self, summary: QuerySummary) -> None:
+        """A query through this gateway: shown from here only while the coordinator's Watch feed is not
+        (an older coordinator, or the feed reconnecting); otherwise the feed brings it, with every other."""
+        if not self.watching:
+            self._add(summary_of(summary))
+
+    def _add(self, summary: dellm_pb2.QuerySummary) -> None:
+        key = query_key(summary)
+        if any(row["key"] == key for row in self._queries):
+            return  # replayed after a reconnect, or shown from here before the feed brought it
         row = query_row(summary, self.names())
         self._queries.appendleft(row)
         self._publish("query", row)
+
+    async def _watch(self) -> None:
+        """Follow the coordinator's Watch feed, reconnecting with backoff; give up on an older coordinator."""
+        delay = 0.5
+        while True:
+            try:
+                self.watching = True
+                async for summary in self._client.watch(replay=True):
+                    delay = 0.5
+                    self._add(summary)
+            except UnsupportedError:
+                self.watching = False
+                log.info("coordinator %s has no Watch feed (an older version): the status page shows the queries "
+                         "of this gateway only", self._client.address)
+                return
+            except DellmError as exc:
+                log.debug("the coordinator's Watch feed broke: %s; reconnecting", exc)
+            self.watching = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     # --- what pages read --------------------------------------------------------------------------------------
 

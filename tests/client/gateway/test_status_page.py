@@ -6,13 +6,20 @@ import asyncio
 import json
 from pathlib import Path
 
+import grpc
 import httpx
 import openai
+import pytest
 
-from dellm.client.gateway.app import RunningGateway
+from dellm.client.api import DellmClient
+from dellm.client.gateway.app import RunningGateway, start_gateway
+from dellm.coordinator.config import CoordinatorConfig
+from dellm.coordinator.grpc_server import CoordinatorServicer
+from dellm.protos import dellm_pb2
 from scripts.chromium_page import ChromiumPage
-from tests.client.gateway.conftest import SEED
+from tests.client.gateway.conftest import RIGHT, SEED, gateway_config
 from tests.client.gateway.tools import chromium
+from tests.conftest import Cluster, script
 
 
 async def ask(gateway: RunningGateway, question: str) -> str:
@@ -64,13 +71,45 @@ async def test_status_feed_sends_state_then_each_query_live(gateway: RunningGate
 
 async def test_history_keeps_the_last_fifty(gateway: RunningGateway) -> None:
     board = gateway.gateway.board
-    from dellm.client.gateway.session import QuerySummary
-
     for i in range(60):
-        board.query_finished(QuerySummary(query=f"q{i}", outcome="answered", started_unix=0.0, seconds=0.1,
-                                          api="openai-chat", query_id=str(i)))
+        board._add(dellm_pb2.QuerySummary(query=f"q{i}", client="c", outcome="answered", started_unix=float(i)))
     queries = board.state()["queries"]
-    assert len(queries) == 50 and queries[0]["query_id"] == "59" and queries[-1]["query_id"] == "10"
+    assert len(queries) == 50 and queries[0]["query"] == "q59" and queries[-1]["query"] == "q10"
+
+
+async def test_queries_from_any_client_reach_the_page(gateway: RunningGateway, cluster: Cluster) -> None:
+    """`dellm ask` (here its client library) is not the gateway: its query still shows, by the coordinator's feed."""
+    async with DellmClient(cluster.address) as client:
+        events = [e async for e in client.ask("What is 10% of 1000?")]
+    query_id = events[-1].final.query_id
+    board = gateway.gateway.board
+    await cluster.wait_for(lambda: any(q["query_id"] == query_id for q in board.state()["queries"]))
+    row = next(q for q in board.state()["queries"] if q["query_id"] == query_id)
+    assert row["outcome"] == "answered" and row["client"] == "127.0.0.1" and row["winners"][0]["name"] in (
+        "alpha", "beta")
+    assert board.watching
+
+
+async def test_an_older_coordinator_without_watch_shows_the_gateways_queries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def unimplemented(self: object, request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+    monkeypatch.setattr(CoordinatorServicer, "Watch", unimplemented)  # before the server registers it
+    cluster = Cluster(tmp_path, CoordinatorConfig(canary_interval_s=0))
+    await cluster.start_coordinator()
+    try:
+        await cluster.add_node("alpha", script(RIGHT))
+        running = await start_gateway(gateway_config(cluster))
+        try:
+            await cluster.wait_for(lambda: not running.gateway.board.watching)
+            query_id = await ask(running, "What is 10% of 1000?")
+            rows = running.gateway.board.state()["queries"]
+            assert [q["query_id"] for q in rows] == [query_id] and rows[0]["client"] == "this gateway"
+        finally:
+            await running.stop()
+    finally:
+        await cluster.close()
 
 
 async def test_page_in_headless_chromium_shows_nodes_and_queries_live(gateway: RunningGateway,
