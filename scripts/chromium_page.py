@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -31,8 +32,10 @@ class ChromiumPage:
                    f"--window-size={width},{height}", "about:blank"]
 
         def pipe_at_3_and_4() -> None:  # in the child: the browser wants the pipe at fds 3 and 4 exactly
-            os.dup2(to_chrome_r, 3)
-            os.dup2(from_chrome_w, 4)
+            # out of the way first (either end may itself be fd 3 or 4), then into place
+            reading, writing = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_chrome_r, from_chrome_w))
+            os.dup2(reading, 3)
+            os.dup2(writing, 4)
 
         self._process = subprocess.Popen(command, pass_fds=(3, 4), preexec_fn=pipe_at_3_and_4,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -54,7 +57,10 @@ class ChromiumPage:
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
         if self._session is not None and not method.startswith("Target."):
             message["sessionId"] = self._session
-        os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
+        try:
+            os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
+        except BrokenPipeError:
+            raise RuntimeError(f"chromium is gone (exit code {self._process.poll()}): {self._stderr()}") from None
         deadline = time.monotonic() + timeout
         while True:
             reply = self._read(deadline)
@@ -71,12 +77,17 @@ class ChromiumPage:
                 raise TimeoutError("no answer from chromium in time")
             data = os.read(self._from_chrome, 1 << 20)
             if not data:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                raise RuntimeError(f"chromium closed its pipe: {err[-2000:]}")
+                raise RuntimeError(f"chromium closed its pipe: {self._stderr()}")
             self._buffer += data
         message, _, self._buffer = self._buffer.partition(b"\0")
         parsed: dict[str, Any] = json.loads(message)
         return parsed
+
+    def _stderr(self) -> str:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        return self._process.stderr.read().decode(errors="replace")[-2000:] if self._process.stderr else ""
 
     def open(self, url: str) -> None:
         target = self.send("Target.createTarget", {"url": url})["targetId"]

@@ -1,16 +1,20 @@
 """Prometheus metrics at ``/metrics``, with prometheus-client, in a registry of the gateway's own.
 
-Two sources: the queries this gateway runs (:class:`GatewayMetrics`, a :class:`QueryObserver`), and the
-coordinator's node list, read at scrape time by :class:`NodeCollector` from the status board's latest
-ListNodes reply (so a node that is gone leaves no stale series behind).
+Three sources. The network's queries, from every client, as the coordinator's Watch feed reports them
+(from an older coordinator without it, the queries of this gateway): :meth:`GatewayMetrics.query_summary`.
+The HTTP requests this gateway serves (a :class:`QueryObserver`). And the coordinator's node list, read at
+scrape time by :class:`NodeCollector` from the status board's latest ListNodes reply (so a node that is
+gone leaves no stale series behind).
 
-    dellm_queries_total{outcome}                        queries by how they ended
-    dellm_queries_in_flight                             queries this gateway is running
-    dellm_query_seconds                                 end to end, as the gateway measured it
+    dellm_queries_total{outcome}                        queries finished, by how they ended
+    dellm_query_seconds                                 end to end, as the coordinator's servicer measured it
     dellm_stage_seconds{stage}                          each pipeline stage, as the coordinator timed it
-    dellm_time_to_first_token_seconds                   until the first token of any node reached the gateway
+    dellm_time_to_first_token_seconds                   until the first token of any node
     dellm_verdicts_total{source,verdict}                node answers judged, by what judged them
     dellm_redispatches_total{kind}                      retry: a failed node's work moved; hedge: a slow node raced
+    dellm_gateway_requests_total{api,outcome}           HTTP requests that asked a question, by API and outcome
+    dellm_gateway_requests_in_flight                    ... being answered now
+    dellm_gateway_request_seconds{api}                  ... end to end, as the gateway measured it
     dellm_node_fitness{node_id,name,operation}          operation "ALL" is the overall fitness
     dellm_node_quarantined{node_id,name,operation}      1 when kept from that work
     dellm_node_in_flight{node_id,name}
@@ -32,8 +36,8 @@ from prometheus_client.registry import Collector
 from dellm.client.gateway.session import QuerySummary
 from dellm.protos import dellm_pb2
 
-# Small-model answers on CPUs: from tens of milliseconds (scripted nodes) to minutes (big word problems).
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
+# Small-model answers on CPUs: from milliseconds (scripted nodes) to minutes (big word problems).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 NODE_STATES = ("up", "down", "gone")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -45,40 +49,55 @@ class GatewayMetrics:
                  coordinator_up: Callable[[], bool]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.queries = Counter("dellm_queries", "Queries through this gateway, by how they ended", ["outcome"],
+        self.queries = Counter("dellm_queries", "Queries the network finished, by how they ended", ["outcome"],
                                registry=r)
-        self.in_flight = Gauge("dellm_queries_in_flight", "Queries this gateway is running now", registry=r)
-        self.query_seconds = Histogram("dellm_query_seconds", "End-to-end query time, measured by the gateway",
+        self.query_seconds = Histogram("dellm_query_seconds", "End-to-end query time, measured by the coordinator",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.stage_seconds = Histogram("dellm_stage_seconds", "Time of each pipeline stage, timed by the coordinator",
                                        ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.first_token_seconds = Histogram(
-            "dellm_time_to_first_token_seconds", "Time from the request to the first token any node streamed",
+            "dellm_time_to_first_token_seconds", "Time from the question to the first token any node streamed",
             buckets=LATENCY_BUCKETS, registry=r)
         self.verdicts = Counter("dellm_verdicts", "Node answers judged, by the evidence that judged them and verdict",
                                 ["source", "verdict"], registry=r)
         self.redispatches = Counter("dellm_redispatches",
                                     "Chunks sent to one more node: retry (a node failed) or hedge (a node was slow)",
                                     ["kind"], registry=r)
+        self.requests = Counter("dellm_gateway_requests", "HTTP requests that asked a question, by API and outcome",
+                                ["api", "outcome"], registry=r)
+        self.in_flight = Gauge("dellm_gateway_requests_in_flight", "HTTP requests being answered now", registry=r)
+        self.request_seconds = Histogram("dellm_gateway_request_seconds",
+                                         "HTTP requests that asked a question, end to end, measured by the gateway",
+                                         ["api"], buckets=LATENCY_BUCKETS, registry=r)
         r.register(NodeCollector(nodes, coordinator_up))
+
+    # --- the network's queries (the status board's feed) -----------------------------------------------------
+
+    def query_summary(self, summary: dellm_pb2.QuerySummary) -> None:
+        self.queries.labels(summary.outcome or "failed").inc()
+        if summary.first_token_ms:
+            self.first_token_seconds.observe(summary.first_token_ms / 1000)
+        if summary.retries:
+            self.redispatches.labels("retry").inc(summary.retries)
+        if summary.hedges:
+            self.redispatches.labels("hedge").inc(summary.hedges)
+        if not summary.HasField("final"):
+            return
+        self.query_seconds.observe(summary.total_ms / 1000)
+        for timing in summary.final.timings:
+            self.stage_seconds.labels(timing.stage).observe(timing.ms / 1000)
+        for reward in summary.final.rewards:
+            self.verdicts.labels(reward.source or "none", dellm_pb2.Verdict.Name(reward.verdict)).inc()
+
+    # --- this gateway's HTTP requests (QueryObserver) --------------------------------------------------------
 
     def query_started(self) -> None:
         self.in_flight.inc()
 
     def query_finished(self, summary: QuerySummary) -> None:
         self.in_flight.dec()
-        self.queries.labels(summary.outcome).inc()
-        if summary.first_token_s is not None:
-            self.first_token_seconds.observe(summary.first_token_s)
-        for kind, _ in summary.redispatches:
-            self.redispatches.labels(kind).inc()
-        if summary.final is None:
-            return
-        self.query_seconds.observe(summary.seconds)
-        for timing in summary.final.timings:
-            self.stage_seconds.labels(timing.stage).observe(timing.ms / 1000)
-        for reward in summary.final.rewards:
-            self.verdicts.labels(reward.source or "none", dellm_pb2.Verdict.Name(reward.verdict)).inc()
+        self.requests.labels(summary.api, summary.outcome).inc()
+        self.request_seconds.labels(summary.api).observe(summary.seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -206,9 +206,9 @@ def openai_router() -> APIRouter:
         except DellmError as exc:
             raise from_client_error(exc) from exc
         rows = [message_dict(r) for r in rewards]
-        for summary_source in rows:
-            gateway.metrics.verdicts.labels(summary_source.get("source") or "user",
-                                            summary_source.get("verdict", "VERDICT_UNSPECIFIED")).inc()
+        for row in rows:  # the Watch feed carries queries, not later verdicts: count a user's here
+            gateway.metrics.verdicts.labels(row.get("source") or "user",
+                                            row.get("verdict", "VERDICT_UNSPECIFIED")).inc()
         return JSONResponse({"object": "dellm.feedback", "query_id": body.query_id, "correct": body.correct,
                              "rewards": rows})
 

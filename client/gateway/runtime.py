@@ -18,6 +18,7 @@ class Gateway:
         self.client = client or DellmClient(config.coordinator, config.client)
         self.board = StatusBoard(self.client, config)
         self.metrics = GatewayMetrics(lambda: self.board.nodes, self.board.coordinator_up)
+        self.board.query_listeners.append(self.metrics.query_summary)  # the network's queries, as the board gets them
 
     @property
     def model_names(self) -> frozenset[str]:

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
@@ -107,6 +107,7 @@ class StatusBoard:
         self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.watching = False  # whether the coordinator's Watch feed is being followed now
+        self.query_listeners: list[Callable[[dellm_pb2.QuerySummary], None]] = []  # told of each new query
         self._refreshing = asyncio.Lock()
 
     # --- the coordinator's node list --------------------------------------------------------------------------
@@ -191,6 +192,8 @@ class StatusBoard:
         row = query_row(summary, self.names())
         self._queries.appendleft(row)
         self._publish("query", row)
+        for listener in self.query_listeners:
+            listener(summary)
 
     async def _watch(self) -> None:
         """Follow the coordinator's Watch feed, reconnecting with backoff; give up on an older coordinator."""

@@ -40,7 +40,10 @@ async def test_a_query_failing_midway_is_503_or_an_error_event(cluster: Cluster)
             lines = [json.loads(line) for line in (await http.post(
                 "/api/chat", json={"model": "dellm", "messages": MESSAGES})).text.splitlines()]
         assert "UNAVAILABLE" in lines[-1]["error"]  # midway, or at once once the node is marked down
-        assert running.gateway.metrics.queries.labels("unavailable")._value.get() == 4
+        requests = running.gateway.metrics.requests
+        assert requests.labels("openai-chat", "unavailable")._value.get() == 3
+        assert requests.labels("ollama-chat", "unavailable")._value.get() == 1
+        await cluster.wait_for(lambda: running.gateway.metrics.queries.labels("unavailable")._value.get() == 4)
     finally:
         await running.stop()
 
@@ -58,7 +61,9 @@ async def test_a_client_leaving_midstream_cancels_the_query(cluster: Cluster) ->
                 if line.startswith("data:"):
                     break  # the first chunk came: leave
             await cluster.wait_for(lambda: sum(pool.in_flight.values()) == 1)
-        await cluster.wait_for(lambda: running.gateway.metrics.queries.labels("cancelled")._value.get() == 1)
+        metrics = running.gateway.metrics
+        await cluster.wait_for(lambda: metrics.requests.labels("openai-chat", "cancelled")._value.get() == 1)
+        await cluster.wait_for(lambda: metrics.queries.labels("cancelled")._value.get() == 1)  # the coordinator's
         await cluster.wait_for(lambda: sum(pool.in_flight.values()) == 0, timeout=3)  # the node stream stopped
         assert running.gateway.metrics.in_flight._value.get() == 0
         assert running.gateway.board.state()["queries"][0]["outcome"] == "cancelled"

@@ -8,6 +8,7 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
+from dellm.client.api import DellmClient
 from dellm.client.gateway.app import RunningGateway, start_gateway
 from tests.client.gateway.conftest import RIGHT, SEED, gateway_config
 from tests.client.gateway.tools import promtool
@@ -36,21 +37,27 @@ async def ask(gateway: RunningGateway, question: str) -> openai.types.chat.ChatC
         return await client.chat.completions.create(model="dellm", messages=[{"role": "user", "content": question}])
 
 
-async def test_metrics_after_queries_parse_and_pass_promtool(gateway: RunningGateway) -> None:
+async def test_metrics_after_queries_parse_and_pass_promtool(gateway: RunningGateway, cluster: Cluster) -> None:
     reply = await ask(gateway, SEED)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
         assert (await http.post("/v1/chat/completions", json={
             "model": "dellm", "messages": [{"role": "user", "content": " "}]})).status_code == 400
         assert (await http.post("/v1/feedback", json={"query_id": reply.model_extra["dellm"]["query_id"],
                                                       "correct": True})).status_code == 200
+    async with DellmClient(cluster.address) as client:  # not through the gateway: counted all the same
+        [e async for e in client.ask("What is 10% of 1000?")]
+    board = gateway.gateway.board
+    await cluster.wait_for(lambda: len(board.state()["queries"]) == 2)  # the coordinator's feed brought both
     text = await scrape(gateway.url)
     table = samples(text)
-    assert value(table, "dellm_queries_total", outcome="answered") == 1
-    assert value(table, "dellm_queries_in_flight") == 0
-    assert value(table, "dellm_query_seconds_count") == 1
-    assert value(table, "dellm_time_to_first_token_seconds_count") == 1
+    assert value(table, "dellm_queries_total", outcome="answered") == 2
+    assert value(table, "dellm_gateway_requests_total", api="openai-chat", outcome="answered") == 1
+    assert value(table, "dellm_gateway_requests_in_flight") == 0  # (the blank question never reached the network)
+    assert value(table, "dellm_gateway_request_seconds_count", api="openai-chat") == 1
+    assert value(table, "dellm_query_seconds_count") == 2
+    assert value(table, "dellm_time_to_first_token_seconds_count") == 2
     for stage in ("decompose", "dispatch+assemble", "synthesize", "reward"):
-        assert value(table, "dellm_stage_seconds_count", stage=stage) == 1, stage
+        assert value(table, "dellm_stage_seconds_count", stage=stage) == 2, stage
     assert value(table, "dellm_verdicts_total", source="exact_check", verdict="CORRECT") >= 1
     assert value(table, "dellm_verdicts_total", source="user", verdict="CORRECT") >= 1
     nodes = {dict(labels)["name"]: v for (name, labels), v in table.items() if name == "dellm_node_in_flight"}
@@ -74,6 +81,8 @@ async def test_retries_and_outcomes_are_counted(cluster: Cluster) -> None:
     try:
         reply = await ask(running, "What is 10% of 1000?")
         assert "100" in (reply.choices[0].message.content or "")
+        metrics = running.gateway.metrics
+        await cluster.wait_for(lambda: metrics.queries.labels("answered")._value.get() == 1)
         table = samples(await scrape(running.url))
     finally:
         await running.stop()
