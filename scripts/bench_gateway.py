@@ -161,6 +161,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 10:
         parser.error("--rounds must be at least 10")
+    if args.teach < 0:
+        parser.error("--teach must be 0 or more")
     return run_and_report(args.out, "bench_gateway.py",
                           partial(measure_all, args.rounds, args.screenshot and args.screenshot.resolve(), args.teach))
 
