@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 from dellm.client.gateway.errors import ApiError
 from dellm.client.gateway.openai_api import gateway_of
@@ -127,7 +128,8 @@ def ollama_router() -> APIRouter:
             return {"model": body.model, "created_at": now_iso(), "message": {"role": "assistant", "content": text}}
 
         if body.stream:
-            return StreamingResponse(ndjson(session, line, started), media_type=NDJSON)
+            return StreamingResponse(ndjson(session, line, started), media_type=NDJSON,
+                                     background=BackgroundTask(session.aclose))
         answer = await session.answer()
         return JSONResponse({**line(answer), **stats(session, started)})
 
@@ -147,7 +149,8 @@ def ollama_router() -> APIRouter:
         session = gateway.session(body.prompt, "ollama-generate")
         await session.open()
         if body.stream:
-            return StreamingResponse(ndjson(session, line, started), media_type=NDJSON)
+            return StreamingResponse(ndjson(session, line, started), media_type=NDJSON,
+                                     background=BackgroundTask(session.aclose))
         answer = await session.answer()
         return JSONResponse({**line(answer), **stats(session, started)})
 

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from dellm.client.errors import DellmError
 from dellm.client.gateway.errors import ApiError, from_client_error
@@ -163,7 +164,8 @@ def openai_router() -> APIRouter:
                                                  bool((body.stream_options or {}).get("include_usage"))):
                     yield event
 
-            return EventSourceResponse(body_events(), ping=gateway.config.sse_ping_s)
+            return EventSourceResponse(body_events(), ping=gateway.config.sse_ping_s,
+                                       background=BackgroundTask(session.aclose))
         answer = await session.answer()
         return JSONResponse({
             "id": ident, "object": "chat.completion", "created": created, "model": body.model,
@@ -194,7 +196,7 @@ def openai_router() -> APIRouter:
             return EventSourceResponse(
                 stream_events(session, chunk, lambda: {**chunk(None, "stop"), "dellm": session.extension()},
                               bool((body.stream_options or {}).get("include_usage"))),
-                ping=gateway.config.sse_ping_s)
+                ping=gateway.config.sse_ping_s, background=BackgroundTask(session.aclose))
         answer = await session.answer()
         return JSONResponse({**chunk(answer, "stop"), "usage": usage(session), "dellm": session.extension()})
 

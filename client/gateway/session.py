@@ -151,6 +151,12 @@ class AskSession:
         assert self.final is not None
         return self.final.answer
 
+    async def aclose(self) -> None:
+        """Run after the HTTP response, however it ended: a stream the client left before it began reading
+        still ends its gRPC call and is counted (as cancelled); a finished one is left as it was."""
+        await self._stop_call()
+        self._close("cancelled", "the HTTP client went away before the answer")
+
     async def _stop_call(self) -> None:
         events, self._events = self._events, None
         aclose = getattr(events, "aclose", None)

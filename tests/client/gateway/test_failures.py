@@ -70,3 +70,23 @@ async def test_a_client_leaving_midstream_cancels_the_query(cluster: Cluster) ->
     finally:
         await running.stop()
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+async def test_a_client_gone_before_reading_is_counted_and_its_query_ends(cluster: Cluster, path: str) -> None:
+    await cluster.add_node("slow", script([], default="Answer: 7 " + "word " * 40, delay=0.1))
+    running = await start_gateway(gateway_config(cluster))
+    assert cluster.coordinator is not None
+    pool = cluster.coordinator.coordinator.pool
+    try:
+        body = {"model": "dellm", "stream": True, "messages": [{"role": "user", "content": "Tell me about boats"}]}
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as http, \
+                http.stream("POST", path, json=body) as response:
+            assert response.status_code == 200  # headers only: then gone
+        metrics = running.gateway.metrics
+        await cluster.wait_for(lambda: metrics.in_flight._value.get() == 0)
+        await cluster.wait_for(lambda: sum(pool.in_flight.values()) == 0, timeout=3)
+        api = "openai-chat" if path.startswith("/v1") else "ollama-chat"
+        assert metrics.requests.labels(api, "cancelled")._value.get() == 1
+    finally:
+        await running.stop()
