@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -138,3 +139,21 @@ async def test_gateway_command_serves_until_sigterm(cluster: Cluster) -> None:
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 30)
     assert code == 0
+
+
+@pytest.mark.parametrize(("module", "line", "expected"), [
+    ("dellm.client.cli", "dellm nodes --o", "--ops"),
+    ("dellm.client.cli", "dellm ask --answer", "--answer-only"),
+    ("dellm.node.cli", "dellm-node --log", "--log-level"),
+    ("dellm.coordinator.cli", "dellm-coordinator --conf", "--config"),
+])
+def test_shell_completion(tmp_path: Path, module: str, line: str, expected: str) -> None:
+    """What bash asks through argcomplete (`eval "$(register-python-argcomplete dellm)"`) is answered."""
+    pytest.importorskip("argcomplete")
+    out = tmp_path / "completions"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "_ARGCOMPLETE_IFS": "\n", "COMP_LINE": line,
+           "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+    done = subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert expected in [word.strip() for word in out.read_text(encoding="utf-8").split("\n")]
