@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import select
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -28,19 +29,21 @@ class ChromiumPage:
     def __init__(self, browser: str, profile: Path, width: int = 1280, height: int = 900) -> None:
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
+        # The browser wants the pipe at fds 3 and 4 exactly. bash puts it there (`3<&R 4>&W`) rather than a
+        # preexec_fn: that would make Python fork() instead of vfork(), and grpc's fork handlers would run in
+        # the child of this gRPC-using process (and abort it). Both ends go to fds >= 10 first, so that
+        # neither is 3 or 4 itself when bash moves them.
+        reading, writing = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_chrome_r, from_chrome_w))
+        for fd in (to_chrome_r, from_chrome_w):
+            os.close(fd)
+        bash = shutil.which("bash") or "/bin/bash"
         command = [browser, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}",
                    f"--window-size={width},{height}", "about:blank"]
-
-        def pipe_at_3_and_4() -> None:  # in the child: the browser wants the pipe at fds 3 and 4 exactly
-            # out of the way first (either end may itself be fd 3 or 4), then into place
-            reading, writing = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_chrome_r, from_chrome_w))
-            os.dup2(reading, 3)
-            os.dup2(writing, 4)
-
-        self._process = subprocess.Popen(command, pass_fds=(3, 4), preexec_fn=pipe_at_3_and_4,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        os.close(to_chrome_r)
-        os.close(from_chrome_w)
+        self._process = subprocess.Popen(
+            [bash, "-c", f'exec "$@" 3<&{reading} 4>&{writing}', "chromium", *command], pass_fds=(reading, writing),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        os.close(reading)
+        os.close(writing)
         self._buffer = b""
         self._next_id = 0
         self._session: str | None = None

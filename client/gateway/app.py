@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dellm.client.api import DellmClient
 from dellm.client.gateway.config import GatewayConfig
@@ -48,6 +49,58 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         param = param or where or None
         parts.append(f"{where}: {problem.get('msg', 'invalid')}" if where else str(problem.get("msg", "invalid")))
     return "invalid request: " + "; ".join(parts or ["the body could not be read"]), param
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A request body past the limit, found while it was being read (an HTTPException, so that FastAPI's body
+    parsing lets it through as it is)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 in the called API's error format, from its
+    Content-Length before anything is read, or as soon as a chunked body passes the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self._app = app
+        self._limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self._limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self._limit:
+                raise BodyTooLarge(self._limit)
+            return message
+
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._app(scope, counted, watched_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = ApiError(413, str(BodyTooLarge(self._limit).detail), code="request_too_large")
+        await error_response(Request(scope, receive), error)(scope, receive, send)
 
 
 def require_token(request: Request) -> None:
@@ -92,7 +145,8 @@ def create_app(config: GatewayConfig, client: DellmClient | None = None) -> Fast
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        return error_response(request, ApiError(exc.status_code, message, kind))
+        code = "request_too_large" if exc.status_code == 413 else None
+        return error_response(request, ApiError(exc.status_code, message, kind, code=code))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -109,6 +163,7 @@ def create_app(config: GatewayConfig, client: DellmClient | None = None) -> Fast
     app.include_router(openai_router(), dependencies=guarded)
     app.include_router(ollama_router(), dependencies=guarded)
     app.include_router(status_router(), dependencies=guarded)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     return app
 
 

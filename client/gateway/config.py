@@ -19,6 +19,7 @@ class GatewayConfig:
     client: ClientConfig = field(default_factory=ClientConfig)  # deadlines, TLS and token towards the coordinator
     model_name: str = MODEL_NAME
     max_query_chars: int = 16_000  # longer request text is refused with 400 before it reaches the coordinator
+    max_body_bytes: int = 1 << 20  # a bigger request body is refused with 413 before it is read whole
     history_size: int = 50  # queries the status page keeps
     node_poll_s: float = 2.0  # ListNodes every so often: node gauges, the fitness plot, the status page
     fitness_points: int = 720  # samples of fitness kept per node (24 minutes at the default poll)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import openai
@@ -142,3 +143,19 @@ async def test_feedback_rewards_the_winners(gateway: RunningGateway) -> None:
         assert unknown.status_code == 404 and "nope" in unknown.json()["error"]["message"]
         bad = await http.post("/v1/feedback", json={"query_id": query_id, "correct": "maybe"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "correct"
+
+
+async def test_an_oversized_body_is_413(gateway: RunningGateway) -> None:
+    big = {"model": "dellm", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        response = await http.post("/v1/chat/completions", json=big)
+        assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+            yield b'{"model": "dellm", "messages": [{"role": "user", "content": "'
+            for _ in range(40):
+                yield b"x" * 65536
+            yield b'"}]}'
+
+        chunked = await http.post("/api/chat", content=chunks(), headers={"content-type": "application/json"})
+        assert chunked.status_code == 413 and "over" in chunked.json()["error"]
