@@ -22,7 +22,7 @@ from dellm.client.render import ProgressPrinter, event_json, message_dict, nodes
 from dellm.protos import autocomplete, version_line
 from dellm.protos.cli_logging import add_log_level_argument, configure_logging
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
-from dellm.protos.transport import DEFAULT_PORT, with_default_port
+from dellm.protos.transport import DEFAULT_PORT, ListenError, with_default_port
 
 
 def coordinator_address(text: str) -> str:
@@ -289,9 +289,8 @@ def _gateway(args: argparse.Namespace) -> int:
                            client=ClientConfig(security=args.security))
     try:
         asyncio.run(serve_gateway(config))
-    except OSError as exc:  # the port is taken (no SO_REUSEPORT: never shared) or the address is not ours
-        print(f"dellm gateway: cannot listen on {args.listen}: {exc.strerror or exc}; is another server using it? "
-              "Give another --listen HOST:PORT", file=sys.stderr)
+    except ListenError as exc:  # the port is taken (no SO_REUSEPORT: never shared) or the address is not ours
+        print(f"dellm gateway: {exc}", file=sys.stderr)
         return 2
     return 0
 

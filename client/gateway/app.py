@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import logging
 import socket
@@ -30,7 +31,7 @@ from dellm.client.gateway.ollama_api import ollama_router
 from dellm.client.gateway.openai_api import openai_router
 from dellm.client.gateway.runtime import Gateway
 from dellm.client.gateway.status import status_router
-from dellm.protos.transport import wait_for_signal
+from dellm.protos.transport import ListenError, wait_for_signal
 
 log = logging.getLogger(__name__)
 
@@ -178,17 +179,23 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 def listen_socket(listen: str) -> socket.socket:
     """A bound TCP socket for ``listen``, without SO_REUSEPORT: a port another server holds is refused
-    (OSError) instead of being shared with it."""
+    (ListenError, saying why) instead of being shared with it."""
     host, port = split_listen(listen)
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {listen}: {host!r} does not resolve ({exc.strerror})") from exc
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
         sock.bind(address)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        why = ("the port is in use: is another server using it?" if exc.errno == errno.EADDRINUSE
+               else f"{host} is not an address of this machine" if exc.errno == errno.EADDRNOTAVAIL
+               else exc.strerror or str(exc))
+        raise ListenError(f"cannot listen on {listen}: {why}; give another --listen HOST:PORT") from exc
     sock.set_inheritable(True)
     return sock
 

@@ -111,8 +111,14 @@ def test_gateway_on_a_busy_port_exits_2_saying_so() -> None:
         done = subprocess.run([sys.executable, "-m", "dellm.client.cli", "gateway", "--listen", f"127.0.0.1:{port}"],
                               capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and done.stdout == ""
-    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "another server" in done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in done.stderr and "--listen" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_gateway_on_an_address_not_of_this_machine_exits_2() -> None:
+    done = subprocess.run([sys.executable, "-m", "dellm.client.cli", "gateway", "--listen", "203.0.113.7:8080"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "203.0.113.7 is not an address of this machine" in done.stderr
 
 
 def test_gateway_with_a_bad_listen_address_exits_2() -> None:
