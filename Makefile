@@ -22,9 +22,9 @@ $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) scripts/make_venv.py scripts/b
 	@$(SYSTEM_PYTHON) scripts/make_venv.py $(VENV)
 	$(PIP) install --quiet --upgrade "pip==$(PIP_VERSION)"
 	$(PIP) install --quiet -c $(CONSTRAINTS) "torch==2.13.0"
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lan,redis,transformers,dev]"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lan,redis,transformers,gateway,dev]"
 	$(PYTHON) scripts/build_llama.py --constraints $(CONSTRAINTS)
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[node,lan,redis,transformers,dev]"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[node,lan,redis,gateway,transformers,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -89,6 +89,7 @@ bench: $(STAMP) models
 	$(PYTHON) scripts/bench_token_pace.py --rounds 5
 	$(PYTHON) scripts/bench_seed_query.py --runs 5
 	$(PYTHON) scripts/bench_seed_query.py --alone --runs 5
+	$(PYTHON) scripts/bench_gateway.py --rounds 300 --screenshot bench-results/gateway_status_page.png
 	$(MAKE) bench-report
 
 bench-report: $(STAMP)

@@ -12,7 +12,7 @@ import grpc
 from dellm.client.errors import from_rpc_error
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from dellm.protos.security import SecurityConfig
-from dellm.protos.transport import channel
+from dellm.protos.transport import channel, with_default_port
 
 DEFAULT_COORDINATOR = "127.0.0.1:50050"
 
@@ -33,7 +33,7 @@ class DellmClient:
     """``async with DellmClient("127.0.0.1:50050") as client: async for event in client.ask(q): ...``"""
 
     def __init__(self, address: str | None = None, config: ClientConfig | None = None) -> None:
-        self.address = address or default_coordinator()
+        self.address = with_default_port(address or default_coordinator())  # "localhost" -> "localhost:50050"
         self.config = config or ClientConfig()
         self._channel = channel(self.address, self.config.security)
         self._stub = dellm_pb2_grpc.CoordinatorServiceStub(self._channel)
@@ -61,6 +61,19 @@ class DellmClient:
             raise from_rpc_error(exc, self.address) from exc
         finally:
             call.cancel()  # leaving early cancels the query and the node streams it started
+
+    async def watch(self, replay: bool = True) -> AsyncIterator[dellm_pb2.QuerySummary]:
+        """Every query the coordinator finishes, from any client, as it finishes; with ``replay``, first the
+        recent ones it keeps. Runs until the caller stops (no deadline); UnsupportedError from an older
+        coordinator."""
+        call = self._stub.Watch(dellm_pb2.WatchRequest(replay=replay))
+        try:
+            async for summary in call:
+                yield summary
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, self.address) from exc
+        finally:
+            call.cancel()
 
     async def nodes(self) -> list[dellm_pb2.NodeStatus]:
         try:

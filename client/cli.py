@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``dellm``: ask the network, list nodes, give feedback, manage models, run the demo and the benchmarks."""
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ import sys
 import time
 from pathlib import Path
 
-from google.protobuf.json_format import MessageToDict
-
 from dellm.client.api import ClientConfig, DellmClient, default_coordinator
 from dellm.client.errors import DellmError
 from dellm.client.feedback_tokens import FeedbackTokens
-from dellm.client.render import ProgressPrinter, event_json, nodes_table, terminal_safe
-from dellm.protos import version_line
+from dellm.client.render import ProgressPrinter, event_json, message_dict, nodes_table, operations_table, terminal_safe
+from dellm.protos import autocomplete, version_line
+from dellm.protos.cli_logging import add_log_level_argument, configure_logging
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
+from dellm.protos.transport import DEFAULT_PORT, ListenError, with_default_port
+
+
+def coordinator_address(text: str) -> str:
+    """argparse ``type`` for --coordinator: HOST gets the coordinator's default port."""
+    try:
+        return with_default_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _client(args: argparse.Namespace) -> DellmClient:
@@ -32,7 +41,7 @@ def _client(args: argparse.Namespace) -> DellmClient:
 async def _ask(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         names: dict[str, str] = {}
-        if not args.json:
+        if not args.json and not args.answer_only:
             names = await client.node_names()
         printer = ProgressPrinter(sys.stdout, names)
         async for event in client.ask(args.query):
@@ -43,6 +52,9 @@ async def _ask(args: argparse.Namespace) -> int:
                           "--feedback-token` takes it by hand", file=sys.stderr)
             if args.json:
                 print(event_json(event), flush=True)
+            elif args.answer_only:
+                if event.WhichOneof("event") == "final":
+                    print(terminal_safe(event.final.answer, newlines=True), flush=True)
             else:
                 printer.show(event)
     return 0
@@ -53,10 +65,11 @@ async def _nodes(args: argparse.Namespace) -> int:
         nodes = await client.nodes()
     if args.json:
         for n in nodes:
-            fields = MessageToDict(n, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-            print(json.dumps(fields))
+            print(json.dumps(message_dict(n, defaults=True)))
     elif not nodes:
         print("no nodes have joined this coordinator yet")
+    elif args.ops:
+        print(operations_table(nodes))
     else:
         print(nodes_table(nodes, time.time()))
     return 0
@@ -137,17 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_coordinator(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--coordinator", default=default_coordinator(),
-                       help="HOST:PORT of the coordinator (default: $DELLM_COORDINATOR or 127.0.0.1:50050)")
+        p.add_argument("--coordinator", default=default_coordinator(), type=coordinator_address,
+                       help=f"HOST[:PORT] of the coordinator, port {DEFAULT_PORT} when none is given (default: "
+                            "$DELLM_COORDINATOR or 127.0.0.1:50050)")
         add_security_arguments(p, server=False)
         return p
 
     ask = with_coordinator(commands.add_parser("ask", help="ask a question and watch it being answered"))
     ask.add_argument("query")
-    ask.add_argument("--json", action="store_true", help="one JSON object per event line; the last is the final")
+    ask_output = ask.add_mutually_exclusive_group()
+    ask_output.add_argument("--json", action="store_true",
+                            help="one JSON object per event line; the last is the final")
+    ask_output.add_argument("-q", "--answer-only", action="store_true", help="print the answer alone")
 
     nodes = with_coordinator(commands.add_parser("nodes", help="list the nodes the coordinator knows"))
-    nodes.add_argument("--json", action="store_true")
+    nodes_output = nodes.add_mutually_exclusive_group()
+    nodes_output.add_argument("--json", action="store_true", help="one JSON object per node line")
+    nodes_output.add_argument("--ops", action="store_true",
+                              help="fitness for each kind of work (MATH_OP, SEARCH_OP, ...) and quarantines")
 
     feedback = with_coordinator(commands.add_parser("feedback", help="say whether an answer was right"))
     feedback.add_argument("query_id")
@@ -174,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="one JSON object with every finding")
     doctor.add_argument("--threads", type=int, default=None, help="CPU threads for the generation check")
 
+    gateway = with_coordinator(commands.add_parser(
+        "gateway", help="serve the network over HTTP: OpenAI- and Ollama-compatible APIs, /metrics, a live status "
+                        "page at /",
+        description="An HTTP server that is a client of the coordinator: POST /v1/chat/completions, /v1/completions, "
+                    "GET /v1/models (OpenAI), POST /api/chat, /api/generate, GET /api/tags (Ollama), POST "
+                    "/v1/feedback, GET /metrics (Prometheus) and the status page at /. With a cluster token, "
+                    "HTTP clients must send it as 'Authorization: Bearer <token>'."))
+    gateway.add_argument("--listen", default=os.environ.get("DELLM_GATEWAY_LISTEN", "127.0.0.1:8080"),
+                         help="HOST:PORT to serve HTTP on (port 0 picks a free port; default %(default)s, loopback "
+                              "only: give 0.0.0.0:PORT to serve other machines)")
+    add_log_level_argument(gateway, default="warning")
+
     demo = commands.add_parser("demo", help="start a local coordinator and three real-model nodes, ask, stop")
     demo.add_argument("--query", default=None, help="the question (default: the seed's query)")
     demo.add_argument("--synth-model", default=None, help="synthesis model, or 'none'")
@@ -183,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks on real processes on this machine")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     _add_gsm8k_parser(bench_commands)
+    autocomplete(parser)
     return parser
 
 
@@ -242,6 +275,34 @@ def _add_gsm8k_parser(bench_commands: argparse._SubParsersAction) -> None:  # ty
     gsm8k.add_argument("--samples", default=",".join(map(str, DEFAULT_SAMPLES)),
                        help="answers per word problem in the 'sampled' runs (self-consistency), one run each; "
                             "'paired' uses the first (default %(default)s)")
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from dellm.protos import MissingExtraError, import_extra
+
+    try:
+        for module in ("fastapi", "uvicorn", "sse_starlette", "prometheus_client"):
+            import_extra(module, "gateway", "dellm gateway")
+    except MissingExtraError as exc:
+        print(f"dellm gateway: {exc}", file=sys.stderr)
+        return 2
+    from dellm.client.gateway import GatewayConfig, serve_gateway
+    from dellm.client.gateway.app import split_listen
+
+    try:
+        split_listen(args.listen)
+    except ValueError as exc:
+        print(f"dellm gateway: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level)
+    config = GatewayConfig(coordinator=args.coordinator, listen=args.listen, api_token=args.security.token,
+                           client=ClientConfig(security=args.security))
+    try:
+        asyncio.run(serve_gateway(config))
+    except ListenError as exc:  # the port is taken (no SO_REUSEPORT: never shared) or the address is not ours
+        print(f"dellm gateway: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
@@ -311,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.command == "doctor":
             return _doctor(args, argv)
+        if args.command == "gateway":
+            return _gateway(args)
         handler = {"ask": _ask, "nodes": _nodes, "feedback": _feedback}[args.command]
         return asyncio.run(handler(args))
     except DellmError as exc:  # the coordinator's (or a node's) own words: terminal-safe
@@ -318,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `dellm nodes | head -1`: the reader left; no traceback, and no second one at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as if killed by SIGPIPE, the way shell tools end
 
 
 if __name__ == "__main__":

@@ -42,6 +42,19 @@ class AuthError(DellmError):
     exit_code = 6
 
 
+class BusyError(DellmError):
+    """The coordinator is answering as many queries as it allows, in total or from this client
+    (RESOURCE_EXHAUSTED): retry shortly."""
+
+    exit_code = 7
+
+
+class UnsupportedError(DellmError):
+    """The coordinator does not serve this call: an older version (UNIMPLEMENTED)."""
+
+    exit_code = 8
+
+
 _BY_CODE: dict[grpc.StatusCode, type[DellmError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidQueryError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
@@ -49,6 +62,8 @@ _BY_CODE: dict[grpc.StatusCode, type[DellmError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineError,
     grpc.StatusCode.UNAUTHENTICATED: AuthError,
     grpc.StatusCode.PERMISSION_DENIED: AuthError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: BusyError,
+    grpc.StatusCode.UNIMPLEMENTED: UnsupportedError,
 }
 _TLS_FAILURE = ("handshake", "ssl", "certificate", "tls")
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import TextIO
+from typing import Any, TextIO
 
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from dellm.protos import dellm_pb2
 
@@ -39,10 +41,37 @@ def terminal_safe(text: str, *, newlines: bool = False) -> str:
     return text if newlines else text.replace("\n", " ").replace("\t", " ")
 
 
+_INT64_TYPES = frozenset({FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+                          FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64})
+
+
+def message_dict(message: Message, *, defaults: bool = False) -> dict[str, Any]:
+    """A message as JSON-ready data, field names as in the proto. Unlike protobuf's own JSON mapping,
+    64-bit integers stay numbers (``"correct": 1``, not ``"correct": "1"``); ``defaults`` keeps fields
+    at their default value."""
+    data = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=defaults)
+    _numbers(message.DESCRIPTOR, data)
+    return data
+
+
+def _numbers(descriptor: Descriptor, data: dict[str, Any]) -> None:
+    for field in descriptor.fields:
+        value = data.get(field.name)
+        if value is None:
+            continue
+        if field.type in _INT64_TYPES:
+            data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, dict):
+                    _numbers(field.message_type, item)
+
+
 def event_json(event: dellm_pb2.AskEvent) -> str:
-    """One event as a JSON line: every string exact once parsed, and no raw control character in the line
-    (json.dumps escapes C0 itself; C1 and the bidirectional controls are escaped here the same way)."""
-    line = json.dumps(MessageToDict(event, preserving_proto_field_name=True), ensure_ascii=False)
+    """One event as a JSON line: every string exact once parsed, integers as numbers, and no raw control
+    character in the line (json.dumps escapes C0 itself; C1 and the bidirectional controls are escaped
+    here the same way)."""
+    line = json.dumps(message_dict(event), ensure_ascii=False)
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
@@ -157,4 +186,25 @@ def nodes_table(nodes: list[dellm_pb2.NodeStatus], now: float) -> str:
         rows.append(f"{short(info.node_id):<10} {name[:16]:<16} {address:<22} "
                     f"{model[:30]:<30} {state:<5} {n.fitness:>7.3f} "
                     f"{latency:>9} {n.in_flight:>8} {seen:>10}")
+    return "\n".join(rows)
+
+
+def operations_table(nodes: list[dellm_pb2.NodeStatus]) -> str:
+    """Fitness for each kind of work (``dellm nodes --ops``): one column per operation any node was judged at,
+    ``-`` where a node was not, ``!`` after a fitness the coordinator quarantines the node for."""
+    ops = sorted({op.operation for n in nodes for op in n.operations})
+    names = [dellm_pb2.Operation.Name(op) for op in ops]
+    header = f"{'NODE':<10} {'NAME':<16} {'OVERALL':>7} " + " ".join(f"{name:>14}" for name in names)
+    rows = [header.rstrip()]
+    for n in nodes:
+        by_op = {op.operation: op for op in n.operations}
+        cells = []
+        for op in ops:
+            status = by_op.get(op)
+            cells.append(f"{'-':>14}" if status is None else
+                         f"{status.fitness:.3f}{'!' if status.quarantined else ' '} ({status.trials:>3})".rjust(14))
+        rows.append(f"{short(n.info.node_id):<10} {terminal_safe(n.info.name)[:16]:<16} {n.fitness:>7.3f} "
+                    + " ".join(cells))
+    rows.append("(judged answers in brackets; ! quarantined from that work)" if ops else
+                "no node has been judged at any operation yet")
     return "\n".join(rows)

@@ -59,6 +59,8 @@ class CanaryProbe:
         self._connector = connector
         self._send_feedback = send_feedback
         self._rng = rng
+        # node id -> (passed, failed) since this coordinator started: shown by ListNodes and /metrics
+        self.tally: dict[str, tuple[int, int]] = {}
         self._periodic = Periodic("canaries", self._probe_someone,
                                   lambda: self._rng.expovariate(1 / config.canary_interval_s), pause_first=True)
 
@@ -90,6 +92,8 @@ class CanaryProbe:
         applied = apply_decision(self._registry, self._send_feedback, decision, Operation.MATH_OP.value,
                                  self._config.reward, query_id=request.query_id, prompt=prompt, answer=answer.text)
         before, after = applied.fitness_before, applied.fitness_after
+        passed, failed = self.tally.get(node.node_id, (0, 0))
+        self.tally[node.node_id] = (passed + 1, failed) if verdict is Verdict.CORRECT else (passed, failed + 1)
         log.info("canary to %s: %s -> %r (%s), fitness %.3f -> %.3f", node.node_id, question, answer.text[-40:],
                  verdict.value, before, after)
         return CanaryResult(node.node_id, question, expected, answer.text, verdict, before, after)

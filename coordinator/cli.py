@@ -1,10 +1,10 @@
+# PYTHON_ARGCOMPLETE_OK
 """``dellm-coordinator``: parse flags, build the coordinator, serve."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from dataclasses import replace
@@ -28,8 +28,11 @@ from dellm.coordinator.pipeline.planner import ModelPlanner
 from dellm.coordinator.pipeline.synthesize import ModelSynthesizer, Synthesizer, TemplateSynthesizer
 from dellm.coordinator.registry import RegistryWriteError, open_registry
 from dellm.node.selfcheck import GenerationCheckError
-from dellm.protos import MissingExtraError, import_extra, version_line
+from dellm.protos import MissingExtraError, autocomplete, import_extra, version_line
+from dellm.protos.cli_config import add_config_argument, parse_with_config
+from dellm.protos.cli_logging import add_log_level_argument, configure_logging
 from dellm.protos.security import SecurityError, add_security_arguments, security_from_arguments
+from dellm.protos.transport import ListenError
 
 DEFAULT_SYNTH_MODEL = "qwen2.5-coder-0.5b-instruct"
 
@@ -142,14 +145,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="node ids held, up or down; new ones past it are refused (default %(default)s)")
     parser.add_argument("--node-retention", type=float, default=AdmissionConfig.retention_s,
                         help="seconds gone before a node is pruned, its fitness archived (default %(default)s)")
-    parser.add_argument("--log-level", default="INFO")
+    add_log_level_argument(parser)
+    add_config_argument(parser)
     add_security_arguments(parser, server=True)
-    return parser.parse_args(argv)
+    autocomplete(parser)
+    return parse_with_config(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         security = security_from_arguments(args, os.environ.get("DELLM_TOKEN"), server=True)
     except SecurityError as exc:
@@ -227,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryWriteError as exc:  # said loudly in the log as it happened; the exit status says it too
         print(f"dellm-coordinator: {exc}", file=sys.stderr)
         return 1
+    except ListenError as exc:  # the port is taken: never shared with another coordinator (no SO_REUSEPORT)
+        print(f"dellm-coordinator: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"dellm-coordinator: {exc}", file=sys.stderr)
         return 1

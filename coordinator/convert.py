@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dellm.coordinator.config import RouteConfig
+from dellm.coordinator.pipeline.route import quarantined
 from dellm.coordinator.types import (
     AnswerToken,
     AppliedReward,
@@ -18,6 +20,7 @@ from dellm.coordinator.types import (
 from dellm.protos import dellm_pb2
 from dellm.protos.wire import description_to_proto
 
+OPERATION_NAMES = frozenset(dellm_pb2.Operation.keys())
 VERDICTS = {Verdict.UNKNOWN: dellm_pb2.VERDICT_UNSPECIFIED, Verdict.CORRECT: dellm_pb2.CORRECT,
             Verdict.WRONG: dellm_pb2.WRONG}
 
@@ -90,10 +93,19 @@ def event_to_proto(event: PipelineEvent) -> dellm_pb2.AskEvent:
     raise TypeError(f"not a pipeline event: {event!r}")
 
 
-def node_status_to_proto(record: NodeRecord, in_flight: int) -> dellm_pb2.NodeStatus:
+def node_status_to_proto(record: NodeRecord, in_flight: int, route: RouteConfig | None = None,
+                         canaries: tuple[int, int] = (0, 0)) -> dellm_pb2.NodeStatus:
+    """A node as ListNodes shows it: ``route`` decides which operations it is quarantined from, and
+    ``canaries`` is (passed, failed) since the coordinator started."""
+    route = route or RouteConfig()
+    operations = [
+        dellm_pb2.OperationStatus(operation=dellm_pb2.Operation.Value(op), fitness=stats.fitness, trials=stats.trials,
+                                  successes=stats.successes, quarantined=quarantined(record, op, route))
+        for op, stats in sorted(record.op_stats.items()) if op in OPERATION_NAMES
+    ]
     return dellm_pb2.NodeStatus(
         info=description_to_proto(record.info), fitness=record.fitness,
         latency_ms=record.latency_ms if record.latency_ms is not None else 0.0, in_flight=in_flight,
         last_seen_unix=record.last_seen, state=record.state, answers=record.answers, correct=record.correct,
-        failures=record.failures,
+        failures=record.failures, operations=operations, canaries_passed=canaries[0], canaries_failed=canaries[1],
     )

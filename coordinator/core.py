@@ -252,14 +252,21 @@ class Coordinator:
             self.registry.set_state(node_id, NodeState.DOWN)
             log.info("%s: node %s said goodbye: down", source, node_id)
 
-    def leave(self, node_id: str, secret: str = "") -> None:
-        """The Leave RPC: only the id's owner (its node secret) may take it out of the routing."""
-        self.registry.get(node_id)  # UnknownNodeError -> NOT_FOUND
+    def leave(self, node_id: str, secret: str = "", address: str = "") -> bool:
+        """The Leave RPC: only the id's owner (its node secret) may take it out of the routing. A Leave from
+        another address than the node's (a duplicate of it going away) changes nothing; returns whether the
+        node was marked down."""
+        known = self.registry.get(node_id)  # UnknownNodeError -> NOT_FOUND
+        if address and known.info.address != address:
+            log.warning("ignoring Leave for node %s from %s: it is live at %s (a duplicate leaving?)", node_id,
+                        address, known.info.address)
+            return False
         digest = self.registry.node_credential(node_id)
         if digest is None or not proves(secret, digest):
             raise NotOwnerError(f"only node {node_id} itself (with its node secret) may leave")
         self.registry.set_state(node_id, NodeState.DOWN, now=time.time())
         log.info("node %s left", node_id)
+        return True
 
     def nodes(self) -> list[tuple[NodeRecord, int]]:
         return [(n, self.pool.in_flight.get(n.node_id, 0)) for n in self.registry.list_nodes()]

@@ -12,6 +12,7 @@ import grpc
 from dellm.coordinator.convert import event_to_proto, node_status_to_proto, reward_to_proto
 from dellm.coordinator.core import Coordinator
 from dellm.coordinator.errors import CoordinatorError
+from dellm.coordinator.query_feed import QueryFeed
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from dellm.protos.transport import add_health_and_reflection, bind, new_server, peer_host, set_serving, wait_for_signal
 from dellm.protos.wire import description_from_proto
@@ -21,18 +22,37 @@ SERVICE_NAME = dellm_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_
 
 
 class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, feed: QueryFeed | None = None) -> None:
         self._coordinator = coordinator
+        self._feed = feed or QueryFeed()
 
     async def Ask(
         self, request: dellm_pb2.AskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dellm_pb2.AskEvent]:
+        client = peer_host(context.peer()) or context.peer()  # the per-client limit counts by host
+        tracker = self._feed.track(request.query, client)
         try:
-            client = peer_host(context.peer()) or context.peer()  # the per-client limit counts by host
             async for event in self._coordinator.ask(request.query, request.reference_answer, client):
-                yield event_to_proto(event)
+                message = event_to_proto(event)
+                tracker.see(message)
+                yield message
         except CoordinatorError as exc:
+            tracker.failed(exc.status.name, str(exc))
             await context.abort(exc.status, str(exc))
+        except asyncio.CancelledError:
+            tracker.finish("cancelled", "the client went away")
+            raise
+        except Exception as exc:
+            tracker.finish("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            tracker.finish("answered" if tracker.summary.HasField("final") else "cancelled")
+
+    async def Watch(
+        self, request: dellm_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dellm_pb2.QuerySummary]:
+        async for summary in self._feed.watch(request.replay):
+            yield summary
 
     async def Feedback(
         self, request: dellm_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
@@ -47,8 +67,10 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
     async def ListNodes(
         self, request: dellm_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.ListNodesReply:
-        return dellm_pb2.ListNodesReply(
-            nodes=[node_status_to_proto(record, in_flight) for record, in_flight in self._coordinator.nodes()])
+        route, tally = self._coordinator.config.route, self._coordinator.canaries.tally
+        return dellm_pb2.ListNodesReply(nodes=[
+            node_status_to_proto(record, in_flight, route, tally.get(record.node_id, (0, 0)))
+            for record, in_flight in self._coordinator.nodes()])
 
     async def Join(
         self, request: dellm_pb2.JoinRequest, context: grpc.aio.ServicerContext
@@ -64,7 +86,7 @@ class CoordinatorServicer(dellm_pb2_grpc.CoordinatorServiceServicer):
         self, request: dellm_pb2.LeaveRequest, context: grpc.aio.ServicerContext
     ) -> dellm_pb2.LeaveReply:
         try:
-            self._coordinator.leave(request.node_id, request.node_secret)
+            self._coordinator.leave(request.node_id, request.node_secret, request.address)
         except CoordinatorError as exc:
             await context.abort(exc.status, str(exc))
         return dellm_pb2.LeaveReply()

@@ -247,7 +247,7 @@ class RunningNode:
             await asyncio.gather(self.joiner, return_exceptions=True)
         if coordinator:
             await leave_coordinator(coordinator, self.servicer.info.node_id, join_timeout, self.security,
-                                    self.node_secret)
+                                    self.node_secret, self.servicer.info.address)
         await self.server.stop(grace)
 
 
@@ -262,11 +262,13 @@ async def join_coordinator(coordinator: str, info: dellm_pb2.NodeInfo, timeout: 
 
 
 async def leave_coordinator(coordinator: str, node_id: str, timeout: float,
-                            security: SecurityConfig | None = None, secret: str = "") -> None:
+                            security: SecurityConfig | None = None, secret: str = "", address: str = "") -> None:
+    """Say goodbye with the node's secret (only the id's owner may leave); ``address`` (this node's) lets the
+    coordinator ignore the Leave of a duplicate."""
     try:
         async with channel(coordinator, security) as joined:
             await dellm_pb2_grpc.CoordinatorServiceStub(joined).Leave(
-                dellm_pb2.LeaveRequest(node_id=node_id, node_secret=secret), timeout=timeout)
+                dellm_pb2.LeaveRequest(node_id=node_id, node_secret=secret, address=address), timeout=timeout)
     except grpc.aio.AioRpcError as exc:
         log.warning("could not leave coordinator %s: %s", coordinator, exc.details())
 
@@ -283,7 +285,11 @@ async def keep_joined(coordinator: str, info: dellm_pb2.NodeInfo, config: NodeCo
             fitness = await join_coordinator(coordinator, info, config.join_timeout_s, config.security,
                                              node_secret)
         except grpc.aio.AioRpcError as exc:
-            if was_joined or delay == 0.5:
+            if "already live" in (exc.details() or "") and (was_joined or delay == 0.5):
+                log.error("coordinator %s refuses this node: %s. Another node runs with the same id (the same "
+                          "--name and state folder, or a copy of it): give this one its own --name (retrying)",
+                          coordinator, exc.details())
+            elif was_joined or delay == 0.5:
                 log.warning("cannot join coordinator %s: %s: %s (retrying)", coordinator, exc.code().name,
                             exc.details())
             was_joined = False

@@ -10,6 +10,7 @@ takes few-shot examples for its prompts (:meth:`FeedbackStore.verified_examples`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import heapq
 import math
 import os
@@ -87,6 +88,33 @@ def node_state_dir(state_dir: Path, name: str, *, create: bool = True) -> Path:
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class StateFolderLock:
+    """An exclusive lock (flock) on a node's state folder itself, held while this object is open; nothing is
+    written into the folder."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+
+def lock_state_folder(folder: Path, name: str) -> StateFolderLock:
+    """Hold the folder's lock until the returned object is closed (or the process ends), or raise
+    NodeStateError when another dellm-node holds it: two nodes with one state folder would share one node
+    id, and the coordinator would refuse the second as a duplicate."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise NodeStateError(f"another dellm-node is already running as {name!r} (its state folder {folder} is in "
+                             "use): give this one its own --name") from None
+    return StateFolderLock(fd)
 
 
 def load_or_create_node_id(folder: Path) -> str:

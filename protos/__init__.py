@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from importlib.metadata import PackageNotFoundError, version
 
 
@@ -27,3 +28,13 @@ def import_extra(module: str, extra: str, purpose: str) -> None:
     except ImportError as exc:
         raise MissingExtraError(f"{purpose} needs the {extra} extra ({module} is not installed): "
                                 f"pip install 'dellm[{extra}]'") from exc
+
+
+def autocomplete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion with argcomplete when it is installed (``eval "$(register-python-argcomplete dellm)"``);
+    a no-op otherwise, and whenever the shell is not asking for completions."""
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)

@@ -358,7 +358,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("info", "fitness", "latency_ms", "in_flight", "last_seen_unix", "state", "answers", "correct", "failures")
+    __slots__ = ("info", "fitness", "latency_ms", "in_flight", "last_seen_unix", "state", "answers", "correct", "failures", "operations", "canaries_passed", "canaries_failed")
     INFO_FIELD_NUMBER: _ClassVar[int]
     FITNESS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +368,9 @@ class NodeStatus(_message.Message):
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    CANARIES_PASSED_FIELD_NUMBER: _ClassVar[int]
+    CANARIES_FAILED_FIELD_NUMBER: _ClassVar[int]
     info: NodeInfo
     fitness: float
     latency_ms: float
@@ -377,7 +380,24 @@ class NodeStatus(_message.Message):
     answers: int
     correct: int
     failures: int
-    def __init__(self, info: _Optional[_Union[NodeInfo, _Mapping]] = ..., fitness: _Optional[float] = ..., latency_ms: _Optional[float] = ..., in_flight: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., state: _Optional[str] = ..., answers: _Optional[int] = ..., correct: _Optional[int] = ..., failures: _Optional[int] = ...) -> None: ...
+    operations: _containers.RepeatedCompositeFieldContainer[OperationStatus]
+    canaries_passed: int
+    canaries_failed: int
+    def __init__(self, info: _Optional[_Union[NodeInfo, _Mapping]] = ..., fitness: _Optional[float] = ..., latency_ms: _Optional[float] = ..., in_flight: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., state: _Optional[str] = ..., answers: _Optional[int] = ..., correct: _Optional[int] = ..., failures: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[OperationStatus, _Mapping]]] = ..., canaries_passed: _Optional[int] = ..., canaries_failed: _Optional[int] = ...) -> None: ...
+
+class OperationStatus(_message.Message):
+    __slots__ = ("operation", "fitness", "trials", "successes", "quarantined")
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    FITNESS_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    operation: Operation
+    fitness: float
+    trials: int
+    successes: int
+    quarantined: bool
+    def __init__(self, operation: _Optional[_Union[Operation, str]] = ..., fitness: _Optional[float] = ..., trials: _Optional[int] = ..., successes: _Optional[int] = ..., quarantined: _Optional[bool] = ...) -> None: ...
 
 class ListNodesReply(_message.Message):
     __slots__ = ("nodes",)
@@ -402,13 +422,47 @@ class JoinReply(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., fitness: _Optional[float] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
-    __slots__ = ("node_id", "node_secret")
+    __slots__ = ("node_id", "node_secret", "address")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_SECRET_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_secret: str
-    def __init__(self, node_id: _Optional[str] = ..., node_secret: _Optional[str] = ...) -> None: ...
+    address: str
+    def __init__(self, node_id: _Optional[str] = ..., node_secret: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class LeaveReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("replay",)
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
+    replay: bool
+    def __init__(self, replay: _Optional[bool] = ...) -> None: ...
+
+class QuerySummary(_message.Message):
+    __slots__ = ("query", "client", "outcome", "error", "started_unix", "total_ms", "first_token_ms", "plan", "final", "retries", "hedges")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    HEDGES_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    client: str
+    outcome: str
+    error: str
+    started_unix: float
+    total_ms: float
+    first_token_ms: float
+    plan: PlanEvent
+    final: FinalEvent
+    retries: int
+    hedges: int
+    def __init__(self, query: _Optional[str] = ..., client: _Optional[str] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., started_unix: _Optional[float] = ..., total_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., plan: _Optional[_Union[PlanEvent, _Mapping]] = ..., final: _Optional[_Union[FinalEvent, _Mapping]] = ..., retries: _Optional[int] = ..., hedges: _Optional[int] = ...) -> None: ...

@@ -240,6 +240,11 @@ class CoordinatorServiceStub:
                 request_serializer=dellm_dot_protos_dot_dellm__pb2.AskRequest.SerializeToString,
                 response_deserializer=dellm_dot_protos_dot_dellm__pb2.AskEvent.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/dellm.v1.CoordinatorService/Watch',
+                request_serializer=dellm_dot_protos_dot_dellm__pb2.WatchRequest.SerializeToString,
+                response_deserializer=dellm_dot_protos_dot_dellm__pb2.QuerySummary.FromString,
+                _registered_method=True)
         self.Feedback = channel.unary_unary(
                 '/dellm.v1.CoordinatorService/Feedback',
                 request_serializer=dellm_dot_protos_dot_dellm__pb2.FeedbackRequest.SerializeToString,
@@ -266,6 +271,12 @@ class CoordinatorServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Ask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -302,6 +313,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.Ask,
                     request_deserializer=dellm_dot_protos_dot_dellm__pb2.AskRequest.FromString,
                     response_serializer=dellm_dot_protos_dot_dellm__pb2.AskEvent.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=dellm_dot_protos_dot_dellm__pb2.WatchRequest.FromString,
+                    response_serializer=dellm_dot_protos_dot_dellm__pb2.QuerySummary.SerializeToString,
             ),
             'Feedback': grpc.unary_unary_rpc_method_handler(
                     servicer.Feedback,
@@ -351,6 +367,33 @@ class CoordinatorService:
             '/dellm.v1.CoordinatorService/Ask',
             dellm_dot_protos_dot_dellm__pb2.AskRequest.SerializeToString,
             dellm_dot_protos_dot_dellm__pb2.AskEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dellm.v1.CoordinatorService/Watch',
+            dellm_dot_protos_dot_dellm__pb2.WatchRequest.SerializeToString,
+            dellm_dot_protos_dot_dellm__pb2.QuerySummary.FromString,
             options,
             channel_credentials,
             insecure,

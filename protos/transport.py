@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import signal
+import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -30,7 +32,11 @@ SERVER_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # grpc turns SO_REUSEPORT on by default: a second server on a busy port would start and split the
+    # clients with the first. Off, the port is refused (ListenError) and the second server says so.
+    ("grpc.so_reuseport", 0),
 )
+DEFAULT_PORT = 50050  # the coordinator's port when an address gives none
 
 # Services anyone may call: load balancers check health, and `grpcurl list` uses reflection.
 OPEN_SERVICES = frozenset({
@@ -164,16 +170,74 @@ async def set_serving(health_servicer: health.aio.HealthServicer, service_names:
         await health_servicer.set(name, status)
 
 
+class ListenError(OSError):
+    """The server cannot listen where asked: the port is taken (by another DELLM process, say) or the
+    address is not this machine's."""
+
+
+def with_default_port(address: str, port: int = DEFAULT_PORT) -> str:
+    """``host`` -> ``host:50050``; ``host:port`` unchanged; IPv6 as ``[::1]`` or ``[::1]:port`` (a bare
+    ``::1`` gets brackets). ValueError for a port that is not a number from 1 to 65535."""
+    address = address.strip()
+    if not address:
+        raise ValueError("the address is empty; give HOST or HOST:PORT")
+    if address.startswith("["):
+        host, _, rest = address.partition("]")
+        if not rest:
+            return f"{host}]:{port}"
+        given = rest.removeprefix(":")
+        host += "]"
+    elif address.count(":") > 1:  # a bare IPv6 address
+        return f"[{address}]:{port}"
+    else:
+        host, sep, given = address.partition(":")
+        if not sep:
+            return f"{host}:{port}"
+    if not given.isdigit() or not 0 < int(given) < 65536 or not host:
+        raise ValueError(f"{address!r} is not HOST:PORT (a port from 1 to 65535)")
+    return f"{host}:{given}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ListenError, saying which, when ``host:port`` is taken or not this machine's: found with a plain
+    socket first, so that the message is ours alone (grpc's core would print its own error line too)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"could not listen on {host}:{port}: {host!r} does not resolve ({exc.strerror})") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ListenError(f"could not listen on {host}:{port}: the port is in use (is another DELLM "
+                                  "process serving there?); give another --listen HOST:PORT") from exc
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ListenError(f"could not listen on {host}:{port}: {host} is not an address of this machine; "
+                                  "give another --listen HOST:PORT") from exc
+            # anything else (permissions for a low port, say): grpc's own bind below says what it says
+
+
 def bind(server: grpc.aio.Server, listen: str, security: SecurityConfig | None = None) -> str:
     """Bind ``host:port`` (port 0 picks a free one), with TLS when ``security`` has a certificate,
     and return the address actually bound."""
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    check_port_free(host, int(port))
     credentials = security.server_credentials() if security is not None else None
-    bound = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
+    try:  # grpc says 0, or raises RuntimeError ("Failed to bind ..."), depending on its version
+        bound = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen,
+                                                                                                     credentials)
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise OSError(f"could not listen on {listen} (address in use or not available)")
+        raise ListenError(f"could not listen on {listen}: the port is in use (is another DELLM process serving "
+                          "there?) or the address is not this machine's; give another --listen HOST:PORT")
     return f"{host}:{bound}"
 
 

@@ -94,6 +94,22 @@ def plot(name: str, draw: Callable[[plt.Axes], None], *, size: tuple[float, floa
 # --- issue 6: performance and scale -------------------------------------------------------------
 
 
+def gateway(section: Section, report: Report) -> None:
+    if not provenance(section, report):
+        return
+    rows = [[label, f"{report[f'{key}_ms']['p50']:.2f}", f"{report[f'{key}_ms']['p99']:.2f}"]
+            for key, label in (("grpc", "`dellm ask`'s path: DellmClient.ask over gRPC"),
+                               ("http", "POST /v1/chat/completions through `dellm gateway`"),
+                               ("http-stream", "the same, streamed to `data: [DONE]`"))
+            if f"{key}_ms" in report]
+    added = report["gateway_added_ms"]
+    section.lines += ["", *table(["path", "p50 ms", "p99 ms"], rows), "",
+                      f"The gateway adds **{added['p50']:.2f} ms** at the median and {added['p99']:.2f} ms at p99 "
+                      f"(differences of the percentiles), over {report['rounds']} queries "
+                      f"({report['query']!r}) on scripted nodes."]
+    section.figures.append(Figure("HTTP gateway: added p50 latency", f"{added['p50']:.2f} ms"))
+
+
 def overhead(section: Section, report: Report) -> None:
     if not provenance(section, report):
         return
@@ -506,6 +522,7 @@ def sections() -> list[Section]:
     add("Portable llama.cpp builds (issue 11)", "llama_build", one("llama_build.json", llama_build))
     add("Compound queries through dellm ask (issue 13)", "compound", one("compound_queries.json", compound))
     add("Prompt KV cache (issue 13)", "prompt_cache", one("prompt_cache.json", prompt_cache))
+    add("HTTP gateway against dellm ask (issue 15)", "gateway", one("gateway.json", gateway))
     add("Faults and load (issue 5)", "chaos", many(
         ["chaos_calm.json", "chaos_kill.json", "chaos_all.json", "load_64_clients.json"], chaos))
     return built

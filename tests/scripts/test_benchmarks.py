@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
         ("bench_prompt_cache.py", ["--requests", "1"], "--requests must be at least 2"),
         ("bench_prompt_cache.py", ["--threads", "0"], "--threads must be at least 1"),
         ("bench_prompt_cache.py", ["--max-tokens", "0"], "--max-tokens must be at least 1"),
+        ("bench_gateway.py", ["--rounds", "3"], "--rounds must be at least 10"),
+        ("bench_gateway.py", ["--teach", "-1"], "--teach must be 0 or more"),
     ],
 )
 def test_nonsense_parameters_are_refused_with_a_message(script: str, args: list[str], message: str,
