@@ -356,7 +356,7 @@ def _query_record(
             "answer": result.answer,
             "answers": [
                 {"node_id": a.node_id, "text": a.text, "latency_ms": a.latency_ms, "failed": a.failed,
-                 "in_winning_group": a.node_id in winners}
+                 "in_winning_group": a.node_id in winners, "value": a.value, "sample": a.sample}
                 for a in answers[result.chunk.chunk_id]
             ],
         })
