@@ -277,6 +277,8 @@ def merge_results(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, A
     merged["summary"] = {**{p: s for p, s in old.get("summary", {}).items() if p not in phases}, **new["summary"]}
     merged["records"] = [r for r in old.get("records", []) if r["phase"] not in phases] + list(new["records"])
     merged["runs"] = {**{p: m for p, m in old.get("runs", {}).items() if p not in phases}, **new.get("runs", {})}
+    merged["paired_latency"] = {**{p: m for p, m in old.get("paired_latency", {}).items() if p not in phases},
+                                **new.get("paired_latency", {})}
     if not legacy_new:
         merged["code"] = {**old.get("code", {}), **new.get("code", {})}
         merged["interrupted"] = new.get("interrupted", False) or old.get("interrupted", False)

@@ -83,6 +83,6 @@ def consistency_settled(chunk: Chunk, answers: Sequence[NodeAnswer], planned: in
             groups.append((key, 1))
         else:
             groups[at] = (groups[at][0], groups[at][1] + 1)
-    counts = [*sorted((n for _, n in groups), reverse=True), 0]
+    counts = [*sorted((n for _, n in groups), reverse=True), 0, 0]  # no vote yet (only failed programs): 0, 0
     leader, second = counts[0], counts[1]
     return leader >= 2 and (second == 0 or leader - second >= 2 or leader > planned // 2)

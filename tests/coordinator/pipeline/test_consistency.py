@@ -60,6 +60,8 @@ def said(*values: float | None) -> list[NodeAnswer]:
 
 @pytest.mark.parametrize(("values", "settled"), [
     ((10,), False),  # one answer proves nothing
+    ((None,), False),  # no vote at all yet: only failed programs
+    ((None, None, None), False),
     ((10, 10), True),  # two agree, none disagrees
     ((10, 12), False),
     ((10, None, 10), True),  # a failed program is no vote
