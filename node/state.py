@@ -117,6 +117,23 @@ def lock_state_folder(folder: Path, name: str) -> StateFolderLock:
     return StateFolderLock(fd)
 
 
+def _read_kept(path: Path, pattern: re.Pattern[str], what: str, shape: str, delete: str) -> str | None:
+    """The value a node keeps in ``path`` (None when there is no such file yet); a file that cannot be read
+    or does not match ``pattern`` is refused with NodeStateError naming it and the fix, never replaced."""
+    if not (path.exists() or path.is_symlink()):
+        return None
+    start_over = f"{delete} to start this node over with a new id (its fitness starts over too)"
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise NodeStateError(f"cannot read the {what} file {path} ({reason}); fix it, or {start_over}") from exc
+    if not pattern.fullmatch(value):
+        raise NodeStateError(f"the {what} file {path} is corrupt{' ' + shape if shape else ''}; restore it, or "
+                             f"{start_over}")
+    return value
+
+
 def load_or_create_node_id(folder: Path) -> str:
     """The node's id, created once and kept across restarts (fitness follows it).
 
@@ -124,17 +141,9 @@ def load_or_create_node_id(folder: Path) -> str:
     replaced: a new id would silently start the node over as a stranger (fitness and history lost).
     """
     path = folder / "node_id"
-    if path.exists() or path.is_symlink():
-        try:
-            node_id = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            raise NodeStateError(f"cannot read the node id file {path} ({reason}); fix it, or delete it to start "
-                                 "this node over with a new id (its fitness starts over too)") from exc
-        if not NODE_ID.fullmatch(node_id):
-            raise NodeStateError(f"the node id file {path} is corrupt (it should hold 32 hex digits); restore it, "
-                                 "or delete it to start this node over with a new id (its fitness starts over too)")
-        return node_id
+    kept = _read_kept(path, NODE_ID, "node id", "(it should hold 32 hex digits)", "delete it")
+    if kept is not None:
+        return kept
     node_id = uuid.uuid4().hex
     tmp = path.with_suffix(".tmp")
     tmp.write_text(node_id + "\n", encoding="utf-8")
@@ -158,16 +167,9 @@ def load_or_create_node_secret(folder: Path) -> str:
     lock the node out of its own id. NodeStateError names the file and the fix.
     """
     path = folder / NODE_SECRET_FILE
-    if path.exists() or path.is_symlink():
-        try:
-            secret = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise NodeStateError(f"cannot read the node secret file {path} ({type(exc).__name__}); fix it, or "
-                                 "delete it and node_id to start this node over with a new id") from exc
-        if not NODE_SECRET.fullmatch(secret):
-            raise NodeStateError(f"the node secret file {path} is corrupt; restore it, or delete it and node_id "
-                                 "to start this node over with a new id (its fitness starts over too)")
-        return secret
+    kept = _read_kept(path, NODE_SECRET, "node secret", "", "delete it and node_id")
+    if kept is not None:
+        return kept
     secret = new_node_secret()
     tmp = path.with_suffix(".tmp")
     with contextlib.suppress(FileNotFoundError):
