@@ -34,6 +34,23 @@ def is_degenerate(text: str) -> bool:
     return len(set(words)) / len(words) < 0.3 or len(set(trigrams)) / len(trigrams) < 0.4
 
 
+_YES_NO = re.compile(r"^\W*(?:is|are|was|were|do|does|did|can|could|will|would|should|shall|has|have|had)\b", re.I)
+
+
+def echoes_prompt(text: str, question: str, instruction: str) -> bool:
+    """True for a free-text answer of three words or more that says nothing its instruction ("Answer concisely
+    with a short list of the most relevant items.") or its question did not: a small model repeating what it
+    was asked, no answer. Restating a yes/no question ("Is Paris the capital of France?" -> "Paris is the
+    capital of France") is an answer."""
+    words = set(_WORD.findall(text.lower()))
+    if len(_WORD.findall(text.lower())) < 3:
+        return False
+    asked = set(_WORD.findall(instruction.lower()))
+    if not _YES_NO.match(question):
+        asked |= set(_WORD.findall(question.lower()))
+    return words <= asked
+
+
 def parse_number(token: str) -> float | None:
     try:
         return float(token.replace(",", ""))

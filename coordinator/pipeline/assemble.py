@@ -13,12 +13,13 @@ from collections.abc import Mapping, Sequence
 
 from dellm.coordinator.pipeline.answers import (
     answers_match,
+    echoes_prompt,
     format_number,
     is_degenerate,
     normalize_answer,
 )
 from dellm.coordinator.pipeline.execute import stated_number
-from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.operations import OPERATIONS, Operation
 from dellm.coordinator.types import Chunk, ChunkResult, NodeAnswer, Vote
 
 MIN_FITNESS_WEIGHT = 0.01  # a node at fitness 0 still casts a (tiny) vote
@@ -47,11 +48,16 @@ def answer_key(answer: NodeAnswer, operation: Operation) -> str:
     return normalize_answer(answer.text, operation)
 
 
+def votes_at_all(chunk: Chunk, answer: NodeAnswer) -> bool:
+    """Whether an answer can count in a vote: not failed, not empty, not looping, not the question repeated."""
+    text = answer.text.strip()
+    return bool(text) and not answer.failed and not is_degenerate(text) and not _echoes(chunk, text)
+
+
 def is_settled(chunk: Chunk, answers: Sequence[NodeAnswer], wanted: int, reference: str | None = None) -> bool:
     """Can the remaining redundant streams be cancelled? Yes once an answer matches the known right
     answer, or a strict majority of the ``wanted`` answers already agree."""
-    keys = [answer_key(a, chunk.operation) for a in answers
-            if not a.failed and a.text.strip() and not is_degenerate(a.text)]
+    keys = [answer_key(a, chunk.operation) for a in answers if votes_at_all(chunk, a)]
     if reference is not None and any(answers_match(key, reference) for key in keys):
         return True
     largest = max((sum(1 for other in keys if answers_match(key, other)) for key in keys), default=0)
@@ -76,9 +82,11 @@ def assemble_chunk(
     for answer in answers:
         node_fitness = fitness.get(answer.node_id, 0.0)
         text = answer.text.strip()
-        if answer.failed or not text or is_degenerate(text) or len(text) > MAX_ANSWER_CHARS:
+        echo = _echoes(chunk, text)
+        if answer.failed or not text or is_degenerate(text) or len(text) > MAX_ANSWER_CHARS or echo:
             error = answer.error or ("empty answer" if not text else
-                                     "too long" if len(text) > MAX_ANSWER_CHARS else "degenerate, repeating output")
+                                     "too long" if len(text) > MAX_ANSWER_CHARS else
+                                     "it only repeats the question" if echo else "degenerate, repeating output")
             votes.append(Vote(answer.node_id, text, "", answer.confidence, node_fitness, 0.0,
                               answer.latency_ms, -1, error, program=answer.program))
             continue
@@ -135,6 +143,13 @@ def _majority_of_samples(valid: Sequence[Vote], samples: Sequence[int], weight_b
         return len(members), 0 in members, any(0 <= s < 2 for s in members), weight_by_group[group], -group
 
     return max(range(len(weight_by_group)), key=rank)
+
+
+def _echoes(chunk: Chunk, text: str) -> bool:
+    """A free-text answer that only repeats what its node was asked: the chunk's text and its operation's
+    instruction (prompts.py). Math is judged by its number, not its words."""
+    return chunk.operation is not Operation.MATH_OP and echoes_prompt(
+        text, chunk.text, OPERATIONS[chunk.operation].instruction)
 
 
 def _group_value(key: str) -> float | None:

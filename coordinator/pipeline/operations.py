@@ -82,7 +82,7 @@ _TABLE = (
     OperationSpec(
         Operation.SEARCH_OP,
         re.compile(r"\b(find|search|look up|lookup|list|which|where|best|top|recommend|who|when)\b", re.I),
-        0.35, "Answer concisely: at most three items, one short line each.", False, 64),
+        0.35, "Answer concisely with a short list of the most relevant items.", False, 64),
     OperationSpec(
         Operation.GENERATE_OP,
         re.compile(r"\b(write|generate|draft|compose|create|summari[sz]e|explain|describe|"

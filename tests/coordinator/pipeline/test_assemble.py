@@ -371,3 +371,21 @@ def test_a_too_long_answer_gets_no_vote_and_does_not_crash() -> None:
     result = assemble_chunk(chunk, answers, {"flood": 0.9, "ok": 0.5})
     assert result.answer == "Paris"
     assert next(v for v in result.votes if v.node_id == "flood").error == "too long"
+
+
+def test_an_answer_that_only_repeats_the_question_or_instruction_gets_no_vote_and_settles_nothing() -> None:
+    from dellm.coordinator.pipeline.assemble import is_settled
+    from dellm.coordinator.pipeline.operations import OPERATIONS
+
+    search = Chunk("c2", Operation.SEARCH_OP, "find best savings accounts", 4, 0.4)
+    echo = OPERATIONS[Operation.SEARCH_OP].instruction  # what the 0.5B nodes of make demo once answered
+    answers = [_answer("a", echo), _answer("b", echo.upper()), _answer("c", "Ally Bank, Marcus, Discover")]
+    assert not is_settled(search, answers[:2], wanted=2)  # two echoes agreeing prove nothing
+    result = assemble_chunk(search, answers, {"a": 0.9, "b": 0.9, "c": 0.1})
+    assert result.winner_node_id == "c" and [v.error for v in result.votes[:2]] == ["it only repeats the question"] * 2
+    # short answers, and numbers, are answers even when the question holds their words
+    capital = Chunk("c1", Operation.GENERAL_OP, "Is Paris the capital of France?", 6, 0.3)
+    assert assemble_chunk(capital, [_answer("a", "Paris is the capital of France.")], {"a": 0.5}).winner_node_id == "a"
+    japan = Chunk("c1", Operation.GENERAL_OP, "Name the capital of Japan", 5, 0.3)
+    assert assemble_chunk(japan, [_answer("a", "The capital of Japan"), _answer("b", "Tokyo")],
+                          {"a": 0.9, "b": 0.1}).winner_node_id == "b"
