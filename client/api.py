@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -54,22 +55,22 @@ class DellmClient:
         request = dellm_pb2.AskRequest(query=query, reference_answer=reference_answer)
         call = self._stub.Ask(request, timeout=self.config.ask_timeout_s,
                               wait_for_ready=self.config.wait_for_ready)
-        try:
-            async for event in call:
-                yield event
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, self.address) from exc
-        finally:
-            call.cancel()  # leaving early cancels the query and the node streams it started
+        async for event in self._relay(call):
+            yield event
 
     async def watch(self, replay: bool = True) -> AsyncIterator[dellm_pb2.QuerySummary]:
         """Every query the coordinator finishes, from any client, as it finishes; with ``replay``, first the
         recent ones it keeps. Runs until the caller stops (no deadline); UnsupportedError from an older
         coordinator."""
-        call = self._stub.Watch(dellm_pb2.WatchRequest(replay=replay))
+        async for summary in self._relay(self._stub.Watch(dellm_pb2.WatchRequest(replay=replay))):
+            yield summary
+
+    async def _relay(self, call: Any) -> AsyncIterator[Any]:
+        """A server stream's messages, its RPC errors translated; leaving early cancels the call (for Ask:
+        the query and the node streams it started)."""
         try:
-            async for summary in call:
-                yield summary
+            async for message in call:
+                yield message
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, self.address) from exc
         finally:

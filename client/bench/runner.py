@@ -48,6 +48,7 @@ import logging
 import os
 import platform
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -55,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from dellm.client.api import ClientConfig, DellmClient
-from dellm.client.bench.alone import PROMPT_KINDS, ask_all_alone, warm_up
+from dellm.client.bench.alone import PROMPT_KINDS, ask_all_alone, ask_alone, warm_up
 from dellm.client.bench.data import DEFAULT_DATA, REPO_ROOT, BenchError, Problem, count_problems, load_problems
 from dellm.client.bench.report import PHASE_TITLES, phase_title, write_outputs
 from dellm.client.bench.scoring import (
@@ -70,6 +71,7 @@ from dellm.client.bench.scoring import (
 from dellm.client.errors import DellmError
 from dellm.client.local_cluster import ClusterError, LocalCluster, NodeSpec
 from dellm.coordinator.pipeline.answers import final_number
+from dellm.coordinator.sandbox import ProgramRunner
 from dellm.protos import dellm_pb2
 
 log = logging.getLogger(__name__)
@@ -548,10 +550,9 @@ def _run_paired(state: BenchState, progress: Callable[[str], None]) -> None:
 
 
 async def _ask_paired(state: BenchState, node_address: str, node: str, kind: str, coordinator: str,
-                      phases: tuple[str, str], runner: Any, progress: Callable[[str], None]) -> None:
+                      phases: tuple[str, str], runner: ProgramRunner, progress: Callable[[str], None]) -> None:
     import grpc
 
-    from dellm.client.bench.alone import ask_alone
     from dellm.protos import dellm_pb2_grpc
 
     config = state.config
@@ -695,8 +696,6 @@ def build_results(state: BenchState) -> dict[str, Any]:
 def paired_latency(records: Sequence[QuestionRecord], meta: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """For each network phase run paired with a phase alone: the per-problem latency ratios network / alone,
     their median, and the ratio of the two medians."""
-    import statistics
-
     out: dict[str, Any] = {}
     for phase, m in meta.items():
         other = m.get("setup", {}).get("paired_with")

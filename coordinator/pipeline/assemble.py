@@ -60,8 +60,19 @@ def is_settled(chunk: Chunk, answers: Sequence[NodeAnswer], wanted: int, referen
     keys = [answer_key(a, chunk.operation) for a in answers if votes_at_all(chunk, a)]
     if reference is not None and any(answers_match(key, reference) for key in keys):
         return True
-    largest = max((sum(1 for other in keys if answers_match(key, other)) for key in keys), default=0)
-    return len(keys) >= 2 and largest >= wanted // 2 + 1
+    return len(keys) >= 2 and max(group_sizes(keys), default=0) >= wanted // 2 + 1
+
+
+def group_sizes(keys: Sequence[str]) -> list[int]:
+    """How many of ``keys`` fall in each group of matching answers, largest first."""
+    groups: list[tuple[str, int]] = []  # (representative key, members)
+    for key in keys:
+        at = next((i for i, (rep, _) in enumerate(groups) if answers_match(rep, key)), None)
+        if at is None:
+            groups.append((key, 1))
+        else:
+            groups[at] = (groups[at][0], groups[at][1] + 1)
+    return sorted((n for _, n in groups), reverse=True)
 
 
 def assemble_chunk(

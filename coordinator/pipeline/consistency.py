@@ -22,13 +22,12 @@ samples could no longer change the winner, or very rarely would. Pure: no I/O.
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from dellm.coordinator.config import DispatchConfig
-from dellm.coordinator.pipeline.answers import answers_match, is_degenerate
-from dellm.coordinator.pipeline.assemble import answer_key
+from dellm.coordinator.pipeline.assemble import answer_key, group_sizes, votes_at_all
+from dellm.coordinator.pipeline.dispatch import derived_seed
 from dellm.coordinator.pipeline.prompts import REASONING_SYSTEM, reasoning_prompt
 from dellm.coordinator.types import Chunk, ChunkRequest, NodeAnswer
 
@@ -51,18 +50,12 @@ def sample_plan(samples: int, temperature: float) -> tuple[Sample, ...]:
     return tuple(Sample(i, methods[i % 2], 0.0 if i < 2 else temperature) for i in range(samples))
 
 
-def sample_seed(query_id: str, chunk_id: str, index: int) -> int:
-    """A sampling seed of its own for each sample of a chunk (never 0: 0 means "the node's own")."""
-    digest = hashlib.sha256(f"{query_id}/{chunk_id}/{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") or 1
-
-
 def sample_requests(chunk: Chunk, program_request: ChunkRequest, config: DispatchConfig) -> tuple[ChunkRequest, ...]:
     """The plan's requests, in order. ``program_request`` is the chunk's program request (prompt, system
     instruction and budget, see prompts.py); a reasoning sample asks for worked steps instead."""
     requests = []
     for sample in sample_plan(config.samples, config.sample_temperature):
-        seed = sample_seed(program_request.query_id, chunk.chunk_id, sample.index) if sample.temperature > 0 else 0
+        seed = derived_seed(program_request.query_id, chunk.chunk_id, sample.index) if sample.temperature > 0 else 0
         if sample.method is Method.REASONING:
             request = replace(program_request, prompt=reasoning_prompt(chunk.text), system=REASONING_SYSTEM,
                               max_tokens=max(config.max_tokens, config.reasoning_max_tokens))
@@ -74,15 +67,7 @@ def sample_requests(chunk: Chunk, program_request: ChunkRequest, config: Dispatc
 
 def consistency_settled(chunk: Chunk, answers: Sequence[NodeAnswer], planned: int) -> bool:
     """Is the vote over a word problem's ``planned`` samples clear (see the module docstring)?"""
-    keys = [answer_key(a, chunk.operation) for a in answers
-            if not a.failed and a.text.strip() and not is_degenerate(a.text)]
-    groups: list[tuple[str, int]] = []  # (representative key, votes)
-    for key in keys:
-        at = next((i for i, (rep, _) in enumerate(groups) if answers_match(rep, key)), None)
-        if at is None:
-            groups.append((key, 1))
-        else:
-            groups[at] = (groups[at][0], groups[at][1] + 1)
-    counts = [*sorted((n for _, n in groups), reverse=True), 0, 0]  # no vote yet (only failed programs): 0, 0
+    keys = [answer_key(a, chunk.operation) for a in answers if votes_at_all(chunk, a)]
+    counts = [*group_sizes(keys), 0, 0]  # no vote yet (only failed programs): 0, 0
     leader, second = counts[0], counts[1]
     return leader >= 2 and (second == 0 or leader - second >= 2 or leader > planned // 2)

@@ -177,6 +177,13 @@ def _malformed(piece: StreamPiece) -> str | None:
     return None
 
 
+def derived_seed(*parts: str | int) -> int:
+    """A sampling seed of its own for each combination of ``parts`` (query, chunk, node or sample),
+    reproducible, never 0 (0 means "the node's own")."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") or 1
+
+
 class ChunkDispatch:
     """One chunk's dispatch: its redundancy slots streaming in parallel, each moving on to the next
     best untried node when its node fails, racing a hedge node when its node is slow, and all of
@@ -311,8 +318,8 @@ class ChunkDispatch:
         of one model give two samples rather than one answer twice."""
         if self._request.temperature <= 0 or self._request.seed:
             return self._request
-        key = f"{self._request.query_id}/{self._request.chunk_id}/{node_id}".encode()
-        return dataclasses.replace(self._request, seed=int.from_bytes(hashlib.sha256(key).digest()[:4], "big") or 1)
+        return dataclasses.replace(self._request, seed=derived_seed(self._request.query_id, self._request.chunk_id,
+                                                                    node_id))
 
     def _hedge_after(self, node_id: str) -> float:
         """Seconds ``node_id`` may stream before a second node races it: hedge_factor x its usual
