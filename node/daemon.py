@@ -53,6 +53,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _CODE_ANSWER = re.compile(r"```|^\s*(?:answer|result)\s*=", re.M)  # an answer written as a program
+_ASKS_FOR_CODE = re.compile(r"python code block|```python", re.I)  # the coordinator's program prompts
+_BARE_RESULT = re.compile(r"^\s*(?:(?:answer|result)\s*=|answer:)?\s*[-$]?[\d.,_]+\s*%?\s*$", re.I)
+
+
+def computes_nothing(answer: str) -> bool:
+    """Whether an answer states its number without computing it: ``answer = 36`` or ``Answer: 36`` alone. As
+    an example for a prompt that asks for a program, it would teach the model to do the arithmetic in its head
+    and write the result, which is what the program is there to avoid."""
+    lines = [line for line in answer.replace("```python", "").replace("```", "").splitlines() if line.strip()]
+    return bool(lines) and all(_BARE_RESULT.match(line) for line in lines)
 SERVICE_NAME = dellm_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 VERSION = "0.1.0"
 
@@ -159,17 +169,22 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
         """The most similar verified examples from this node's feedback (SQLite, off the event loop).
 
         Math chunks are answered with code (the coordinator runs it); an example answered with code
-        would teach a fact or text chunk to reply ``answer = ...``, so those get none (``code_ok``)."""
+        would teach a fact or text chunk to reply ``answer = ...``, so those get none (``code_ok``). A prompt
+        that asks for a program gets no example that only states a number (``computes_nothing``)."""
         if self._config.few_shot <= 0:
             return ()
-        wanted = self._config.few_shot if code_ok else 3 * self._config.few_shot  # room to leave code out
+        program = code_ok and bool(_ASKS_FOR_CODE.search(prompt))
+        wanted = 3 * self._config.few_shot if program or not code_ok else self._config.few_shot  # room to filter
         try:
             found = await asyncio.to_thread(self._feedback.verified_examples, prompt, wanted)
         except sqlite3.Error as exc:
             log.warning("chunk %s: few-shot lookup failed, answering without examples: %s", chunk_id, exc)
             return ()
         if not code_ok:
-            found = [e for e in found if not _CODE_ANSWER.search(e.answer)][: self._config.few_shot]
+            found = [e for e in found if not _CODE_ANSWER.search(e.answer)]
+        elif program:
+            found = [e for e in found if not computes_nothing(e.answer)]
+        found = found[: self._config.few_shot]
         examples = fit_examples([(e.prompt, e.answer) for e in found], self._config.few_shot_max_chars)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("chunk %s: %d few-shot examples (similarity %s)", chunk_id, len(examples),

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from dellm.coordinator.config import CoordinatorConfig, RewardConfig
+from dellm.coordinator.config import CoordinatorConfig, RewardConfig, RouteConfig
 from dellm.coordinator.errors import ChunkFailedError, NoNodesAvailableError, UnknownNodeError
-from dellm.coordinator.pipeline.answers import exact_answer, reference_key
+from dellm.coordinator.pipeline.answers import exact_answer, format_number, reference_key
 from dellm.coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled
 from dellm.coordinator.pipeline.consistency import consistency_settled, sample_requests
 from dellm.coordinator.pipeline.decompose import decompose, validate_plan
@@ -24,7 +24,7 @@ from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.pipeline.planner import ModelPlanner
 from dellm.coordinator.pipeline.prompts import build_chunk_prompt, max_tokens_for, system_prompt_for
 from dellm.coordinator.pipeline.reward import judge_chunk, update_fitness
-from dellm.coordinator.pipeline.route import Shortlist, redundancy_for
+from dellm.coordinator.pipeline.route import Shortlist, model_of, redundancy_for, strongest_model
 from dellm.coordinator.pipeline.synthesize import Synthesizer
 from dellm.coordinator.registry.base import NodeRegistry, NodeTable, QueryRecord
 from dellm.coordinator.sandbox import ProgramRunner
@@ -93,6 +93,23 @@ def expected_value(chunk: Chunk, dependencies: Sequence[ChunkResult]) -> float |
     return exact_answer(chunk.text, prior)
 
 
+def known_in_advance(plan: Plan) -> dict[str, ChunkResult]:
+    """The chunks whose result the coordinator knows before any node answers: arithmetic it computes
+    exactly, through chains of such steps ("add 2 and 3, then double it"). A checked chunk's result always
+    states that value (a node's matching answer, or the value itself when every answer contradicts it), so a
+    step that depends only on such chunks can start at once instead of waiting for their nodes."""
+    known: dict[str, ChunkResult] = {}
+    for chunk in plan.chunks:
+        if not all(d in known for d in chunk.depends_on):
+            continue
+        value = expected_value(chunk, [known[d] for d in chunk.depends_on])
+        if value is not None:
+            known[chunk.chunk_id] = ChunkResult(
+                chunk=chunk, answer=f"Answer: {format_number(value)}", winner_node_id="", votes=(),
+                unanimous=False, agreement=0.0, groups=0, value=value, expected=value, checked_by="coordinator")
+    return known
+
+
 def label_chunk_id(plan: Plan) -> str | None:
     """The chunk a whole-query label (benchmark ground truth) judges: the one chunk nothing depends on."""
     needed = {d for c in plan.chunks for d in c.depends_on}
@@ -128,13 +145,21 @@ async def answer_query(query: str, deps: PipelineDeps, label: str | None = None)
     answers: dict[str, list[NodeAnswer]] = {}
     prompts: dict[str, str] = {}
     done = {c.chunk_id: asyncio.Event() for c in plan.chunks}
+    known = known_in_advance(plan)
+
+    async def dependency(chunk_id: str) -> ChunkResult:
+        """What a dependent chunk is told of an earlier one: its exact value at once when the coordinator
+        computes it (the result will state that value whatever the nodes say), else its result when done."""
+        if chunk_id in known:
+            return known[chunk_id]
+        await done[chunk_id].wait()
+        return results[chunk_id]
 
     async def run_chunk(index: int, emit: Callable[[PipelineEvent], None]) -> None:
         chunk = plan.chunks[index]
-        for dependency in chunk.depends_on:
-            await done[dependency].wait()
+        dependencies = [await dependency(d) for d in chunk.depends_on]
         result, answers[chunk.chunk_id], prompts[chunk.chunk_id] = await answer_chunk(
-            chunk, [results[d] for d in chunk.depends_on], query_id, deps, labels.get(chunk.chunk_id), emit)
+            chunk, dependencies, query_id, deps, labels.get(chunk.chunk_id), emit)
         results[chunk.chunk_id] = result
         emit(ChunkAssembled(result))
         done[chunk.chunk_id].set()
@@ -237,11 +262,24 @@ def escalation_exclude(table: NodeTable, tried: set[str]) -> frozenset[str]:
     return frozenset(tried)
 
 
+def strongest_nodes(registry: NodeRegistry, answers: Iterable[NodeAnswer], operation: str,
+                    config: RouteConfig) -> frozenset[str]:
+    """The answering nodes that run the strongest model among those that answered (route.strongest_model)."""
+    records = []
+    for node_id in dict.fromkeys(a.node_id for a in answers):
+        with contextlib.suppress(UnknownNodeError):
+            records.append(registry.get(node_id))
+    model = strongest_model(records, operation, config)
+    return frozenset(r.node_id for r in records if model_of(r) == model)
+
+
 def _assembled(chunk: Chunk, answers: list[NodeAnswer], deps: PipelineDeps, reference: str | None,
                expected: float | None, cancelled: tuple[str, ...]) -> ChunkResult:
-    fitness = current_fitness(deps.registry, answers, chunk.operation.value)
+    operation = chunk.operation.value
+    fitness = current_fitness(deps.registry, answers, operation)
+    strongest = strongest_nodes(deps.registry, answers, operation, deps.config.route)
     try:
-        return replace(assemble_chunk(chunk, answers, fitness, reference, expected), cancelled=cancelled)
+        return replace(assemble_chunk(chunk, answers, fitness, reference, expected, strongest), cancelled=cancelled)
     except AssemblyError as exc:
         tried = ", ".join(f"{a.node_id} ({a.error})" for a in answers) or "none"
         raise ChunkFailedError(f"chunk {chunk.chunk_id} could not be answered; nodes tried: {tried}") from exc

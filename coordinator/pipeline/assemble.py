@@ -9,7 +9,7 @@ Each group's weight is the sum of fitness x confidence of its members, each in [
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from dellm.coordinator.pipeline.answers import (
     answers_match,
@@ -77,9 +77,14 @@ def group_sizes(keys: Sequence[str]) -> list[int]:
 
 def assemble_chunk(
     chunk: Chunk, answers: Sequence[NodeAnswer], fitness: Mapping[str, float], reference: str | None = None,
-    expected: float | None = None,
+    expected: float | None = None, strongest: Collection[str] = frozenset(),
 ) -> ChunkResult:
     """Weighted vote over ``answers``; failed, empty and degenerate answers get no vote.
+
+    ``strongest`` are the answering nodes of the strongest model among them (route.strongest_model: by its
+    record at the operation once known, else by size). When no two answers agree, agreement says nothing,
+    and fitness x confidence between models of different sizes is mostly noise: the strongest model's answer
+    is served (the heaviest of its answers, if it gave several).
 
     ``reference`` is the key of a known right answer (a math chunk's exact value, or a benchmark
     label; see reference_key): a group that matches it wins whatever the weights say.
@@ -123,7 +128,11 @@ def assemble_chunk(
     if any(s >= 0 for s in samples):
         winner_group = _majority_of_samples(valid, samples, weight_by_group)
     else:  # highest weight wins; ties go to the group that answered first (stable, reproducible)
-        winner_group = max(range(len(groups)), key=lambda g: (weight_by_group[g], -g))
+        candidates = list(range(len(groups)))
+        if len(valid) >= 2 and len(groups) == len(valid):  # a split: every answer alone in its group
+            candidates = [g for g in candidates if any(v.node_id in strongest for v in valid if v.group == g)
+                          ] or candidates
+        winner_group = max(candidates, key=lambda g: (weight_by_group[g], -g))
     if reference is not None:
         winner_group = next((g for g, key in enumerate(groups) if answers_match(key, reference)), winner_group)
     winner = max((v for v in valid if v.group == winner_group), key=lambda v: v.weight)

@@ -1,7 +1,10 @@
 """Stage 1: split a query into chunks with an operation, a complexity and dependencies.
 
 Rule-based: sequence words ("then", "after that", "based on this", ...) split the query
-into steps that depend on the step before; "and"/"also" between two clauses that each
+into steps that depend on the step before, except a step after a word of order alone ("then") that is
+self-contained (a question about something it names, or a computation with all its numbers, pointing at
+nothing earlier):
+it runs at once, in parallel; "and"/"also" between two clauses that each
 start with an action verb split into independent steps. A query the rules cannot split
 is one chunk. A chunk whose arithmetic the coordinator reads exactly (answers.exact_answer) is a
 MATH_OP chunk; otherwise the operations table's keywords type it. Pure: no I/O.
@@ -44,6 +47,15 @@ _REFERS_BACK = re.compile(
     re.I,
 )
 _LEADING_CONJUNCTION = re.compile(r"^\s*(?:and\s+also|also|and|plus)\b\s*,?\s*", re.I)
+_NAMED_SUBJECT = re.compile(r"(?<=\s)(?!I\b)[A-Z]\w*|\d[\d.,]*")  # a name after the first word, or a number
+_QUANTITY_QUESTION = re.compile(r"\bhow\s+(?:far|long|much|many|old|tall|big|fast|often|high|heavy|large)\b", re.I)
+_BUILDS_ON = re.compile(r"\bbased\s+on\b", re.I)
+# Words that may point at something earlier in the query: a step holding one is never taken as self-contained.
+_ANAPHORA = re.compile(
+    r"\b(?:it|its|they|them|their|there|those|these|that|this|he|she|his|her|him|one|ones|same|such|above|"
+    r"result|answer|previous|earlier|former|latter)\b",
+    re.I,
+)
 _LEADING_SEQUENCE = re.compile(
     r"^\s*(?:and\s+)?(?:(?:then|after\s+that|afterwards|finally|based\s+on\s+(?:this|that|the\s+result))\b|next\s*,)"
     r"\s*,?\s*",
@@ -120,6 +132,26 @@ def operation_of(text: str, dependent: bool = False) -> Operation:
     return Operation.MATH_OP if reads_arithmetic(text, dependent) else classify(text)
 
 
+def self_contained(text: str, earlier: str = "") -> bool:
+    """Whether a step after "then" needs nothing from the steps before it (``earlier``, the query's text
+    before it): a question about something it names that the earlier steps do not ("..., then name the
+    capital of Japan"; not "..., then what is Charlie's profit?" in Charlie's story), or a computation
+    whose numbers are all written in it, with no word that could point back ("it", "that", "the result"),
+    in a query that is not a story's questions ("how much ...?", here or before). Such a step runs at once
+    instead of waiting for the step before; anything else ("then write a summary", "then compare the
+    options") still waits, since what it works on may be the earlier answer."""
+    if _ANAPHORA.search(text) or _QUANTITY_QUESTION.search(f"{earlier} {text}"):  # a story's steps ("how much")
+        return False
+    operation = operation_of(text)
+    if operation is Operation.MATH_OP:
+        return reads_arithmetic(text)  # every operand is written here (refers_back caught "add 8")
+    if operation not in (Operation.SEARCH_OP, Operation.GENERAL_OP):
+        return False
+    names = {name.lower().rstrip(".,") for name in _NAMED_SUBJECT.findall(text)}
+    mentioned = {word.lower().rstrip(".,") for word in re.findall(r"[\w.,]+", earlier)}
+    return bool(names) and not names & mentioned  # "find the ingredients" may mean the earlier recipe's
+
+
 def check_query(query: str, config: DecomposeConfig) -> None:
     """InvalidQueryError, saying why, for an empty, whitespace-only or over-long query."""
     if not query.strip():
@@ -137,8 +169,11 @@ def decompose(query: str, config: DecomposeConfig | None = None) -> Plan:
     # (text, depends_on_previous_step) per part; the parts of one step run in parallel.
     steps: list[tuple[list[str], bool]] = []
     for context, instruction in _units(text):
-        unit_sequential = bool(_LEADING_SEQUENCE.match(instruction)) and not context
+        leading = _LEADING_SEQUENCE.match(instruction)
+        unit_sequential = bool(leading) and not context
         body = _LEADING_CONJUNCTION.sub("", _LEADING_SEQUENCE.sub("", instruction))
+        # The words before each step: "based on this" says the step uses the one before; "then" only orders.
+        separators = [leading.group(0) if leading else "", *(m.group(0) for m in _SEQUENCE.finditer(body))]
         for index, step in enumerate(_SEQUENCE.split(body)):
             step = _clean(step)
             if not step:
@@ -146,10 +181,13 @@ def decompose(query: str, config: DecomposeConfig | None = None) -> Plan:
             if index == 0 and context:
                 step = f"{context} {step}"
             sequential = index > 0 or unit_sequential
+            builds_on = bool(_BUILDS_ON.search(separators[index]))
             for position, part in enumerate(_split_conjunctions(step)):
                 refers_back = bool(_REFERS_BACK.search(part)) or refers_to_prior(part)  # "multiply by 2"
                 if position == 0 or refers_back:  # "find X and compare it": the second waits
-                    steps.append(([part], bool(steps) and (sequential or refers_back)))
+                    earlier = text[: text.find(part)] if part in text else text
+                    waits = sequential and (builds_on or not self_contained(part, earlier))
+                    steps.append(([part], bool(steps) and (waits or refers_back)))
                 else:
                     steps[-1][0].append(part)
 

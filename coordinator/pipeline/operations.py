@@ -34,6 +34,10 @@ class OperationSpec:
     # Tokens an answer needs at most (a cap on DispatchConfig.max_tokens): a short list is ~40 tokens, and
     # every token past what the answer needs is time the user waits. None: the configured budget.
     max_tokens: int | None = None
+    # Its answer is a fact that no check can judge ("the capital of Egypt", "who wrote Hamlet"): however short
+    # the question, it is asked of RouteConfig.redundancy nodes of different models (route.redundancy_for),
+    # since one small model alone is wrong often and nothing else would notice.
+    facts: bool = False
 
 
 # Arithmetic context for the word operators: a word counts only next to a number or a reference to an
@@ -82,13 +86,13 @@ _TABLE = (
     OperationSpec(
         Operation.SEARCH_OP,
         re.compile(r"\b(find|search|look up|lookup|list|which|where|best|top|recommend|who|when)\b", re.I),
-        0.35, "Answer concisely with a short list of the most relevant items.", False, 64),
+        0.35, "Answer concisely with a short list of the most relevant items.", False, 64, facts=True),
     OperationSpec(
         Operation.GENERATE_OP,
         re.compile(r"\b(write|generate|draft|compose|create|summari[sz]e|explain|describe|"
                    r"translate|suggest|plan)\b", re.I),
         0.4, "Keep it brief.", False),
-    OperationSpec(Operation.GENERAL_OP, None, 0.3, "Answer concisely.", False, 64),
+    OperationSpec(Operation.GENERAL_OP, None, 0.3, "Answer concisely.", False, 64, facts=True),
 )
 
 OPERATIONS: Mapping[Operation, OperationSpec] = MappingProxyType({spec.operation: spec for spec in _TABLE})

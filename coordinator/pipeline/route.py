@@ -64,7 +64,12 @@ _UNITS = {"b": 1e9, "m": 1e6}
 
 
 def redundancy_for(chunk: Chunk, config: RouteConfig) -> int:
-    return config.redundancy if chunk.complexity >= config.redundancy_threshold else 1
+    """How many nodes a chunk goes to: ``redundancy`` when it is complex enough to be worth it, or when it asks
+    for a fact nothing can check (``OperationSpec.facts``: a second model is the only way to catch a wrong
+    one); one otherwise."""
+    if chunk.complexity >= config.redundancy_threshold or OPERATIONS[chunk.operation].facts:
+        return config.redundancy
+    return 1
 
 
 def checked_exactly(operation: str) -> bool:

@@ -122,3 +122,18 @@ async def test_a_dependency_that_is_not_a_number_is_no_crash(cluster: Cluster) -
     assert events[-1].WhichOneof("event") == "final"
     results = [e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result"]
     assert all(r.checked_by != "coordinator" for r in results)  # nothing to check it against: no invented value
+
+
+async def test_a_step_on_a_checked_result_starts_before_that_result_is_answered(cluster: Cluster) -> None:
+    """"123 plus 456" is 579 whatever the nodes say, so "multiply the result by 2" is asked at once with 579,
+    and settles while the first step's node is still writing."""
+    rules = [{"pattern": "(?i)Using those results(?s:.*)multiply", "reply": "Answer: 1158"},
+             {"pattern": "(?i)123 plus 456", "reply": "Answer: 579", "delay": 1.0}]
+    for name in ("a", "b", "c"):
+        await cluster.add_node(name, script(rules))
+    events = await collect(cluster.address, "What is 123 plus 456, then multiply the result by 2")
+    settled = [e.chunk_result.chunk_id for e in events if e.WhichOneof("event") == "chunk_result"]
+    assert settled == ["c2", "c1"]
+    assert chunk_result(events, "c1").checked_by == chunk_result(events, "c2").checked_by == "exact_check"
+    assert chunk_result(events, "c2").value == pytest.approx(1158)
+    assert "1158" in events[-1].final.answer.replace(",", "")

@@ -17,7 +17,7 @@ from dellm.node import state
 from dellm.node.backends.base import BackendDescription, GenerationRequest, TokenPiece
 from dellm.node.backends.prompting import chat_messages, plain_prompt
 from dellm.node.config import NodeConfig
-from dellm.node.daemon import RunningNode, fit_examples, node_info, start_node
+from dellm.node.daemon import RunningNode, computes_nothing, fit_examples, node_info, start_node
 from dellm.node.state import (
     MAX_EXAMPLE_CANDIDATES,
     FeedbackEntry,
@@ -357,3 +357,26 @@ def test_a_correction_of_worked_steps_is_not_turned_into_a_bare_example(tmp_path
         assert store.training_pairs() == [("What is 37 * 12?", "Answer: 444")]
     finally:
         store.close()
+
+
+async def test_a_program_prompt_gets_no_example_that_only_states_a_number(
+        recording_node: tuple[RunningNode, RecordingBackend]) -> None:
+    """`answer = 36`, verified right, would teach the model to compute in its head and write the result."""
+    node, backend = recording_node
+    ask = "\nReply with only a one-line ```python code block of the form: answer = <expression>."
+    literal, program = "```python\nanswer = 36\n```", "```python\nanswer = 240 * 0.15\n```"
+    await _feedback(node.address, "Calculate 15% of 240" + ask, literal, dellm_pb2.CORRECT, "exact_check")
+    await _feedback(node.address, "Calculate 25% of 240" + ask, "Answer: 60", dellm_pb2.CORRECT, "exact_check")
+    await _feedback(node.address, "Calculate 35% of 240" + ask, program, dellm_pb2.CORRECT, "exact_check")
+
+    await _generate(node.address, "Calculate 45% of 240" + ask, dellm_pb2.MATH_OP)
+    assert [answer for _, answer in backend.requests[-1].examples] == [program]
+
+
+@pytest.mark.parametrize(("answer", "nothing"), [
+    ("answer = 36", True), ("```python\nanswer = 36\n```\nAnswer: 36", True), ("Answer: $1,200.50", True),
+    ("answer = 240 * 0.15", False), ("```python\nx = 3\nanswer = x * 12\n```\nAnswer: 36", False),
+    ("It is 36 because 6 * 6 = 36", False), ("", False),
+])
+def test_computes_nothing(answer: str, nothing: bool) -> None:
+    assert computes_nothing(answer) is nothing

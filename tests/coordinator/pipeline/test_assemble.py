@@ -192,6 +192,27 @@ def test_weighted_vote(answers: list[NodeAnswer], fitness: dict[str, float], win
     assert result.answer == answer
 
 
+@pytest.mark.parametrize(
+    ("answers", "strongest", "winner"),
+    [
+        pytest.param([("small", "Moscow", 1.0), ("big", "Cairo", 0.4)], {"big"}, "big", id="split-strongest-wins"),
+        pytest.param([("small", "Moscow", 1.0), ("big", "Cairo", 0.4)], set(), "small",
+                     id="split-no-strength-known-weight-wins"),
+        pytest.param([("small-a", "Moscow", 1.0), ("small-b", "Moscow", 1.0), ("big", "Cairo", 1.0)], {"big"},
+                     "small-a", id="agreement-is-not-a-split-weight-decides"),
+        pytest.param([("small", "Moscow", 1.0), ("big-a", "Cairo", 0.3), ("big-b", "Paris", 0.9)],
+                     {"big-a", "big-b"}, "big-b", id="split-heaviest-of-the-strongest"),
+    ],
+)
+def test_a_split_vote_serves_the_strongest_models_answer(
+        answers: list[tuple[str, str, float]], strongest: set[str], winner: str) -> None:
+    votes = [_answer(node, text, confidence, chunk=SEARCH) for node, text, confidence in answers]
+
+    result = assemble_chunk(SEARCH, votes, {node: 0.5 for node, _, _ in answers}, strongest=strongest)
+
+    assert result.winner_node_id == winner
+
+
 def test_vote_weight_is_fitness_times_confidence() -> None:
     result = assemble_chunk(MATH, [_answer("a", "90", 0.8), _answer("b", "90", 0.5)], {"a": 0.6, "b": 0.9})
 

@@ -112,20 +112,51 @@ def test_sequence_words_create_a_dependency(query: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("query", "waits"),
+    [
+        # a question about something it names, or arithmetic with all its numbers: runs at once
+        pytest.param("Calculate 15% of 240 then name the capital of Japan", False, id="named-fact"),
+        pytest.param("Divide 720 by 9, then tell me the boiling point of water in degrees Celsius", False,
+                     id="named-unit"),
+        pytest.param("Who wrote Hamlet? Then what is the capital of Peru?", False, id="two-questions"),
+        pytest.param("Add 2 and 3, then compute 7 times 8", False, id="two-computations"),
+        pytest.param("Name the largest ocean, then name the tallest mountain on Earth", False, id="fact-then-fact"),
+        # anything that may use the step before still waits for it
+        pytest.param("Calculate 10% interest on $1000 then find best savings accounts", True, id="seed-unnamed"),
+        pytest.param("Find the capital of France, then tell me its population", True, id="its"),
+        pytest.param("Name a famous painter, then list that painter's works in Paris", True, id="that"),
+        pytest.param("Multiply 6 by 7, then add 8", True, id="implicit-operand"),
+        pytest.param("Calculate 5 + 3, based on this find the best bank in London", True, id="based-on-named"),
+        pytest.param("Calculate 5 + 3. Based on that, find a bank in London", True, id="sentence-based-on"),
+        pytest.param("Find hotels in Rome then write a short review", True, id="generate-waits"),
+        pytest.param("Find two cars in Berlin then compare the prices", True, id="compare-waits"),
+        pytest.param("Find a recipe, then find the ingredients", True, id="unnamed-search"),
+    ],
+)
+def test_a_self_contained_step_after_then_does_not_wait(query: str, waits: bool) -> None:
+    plan = decompose(query)
+
+    assert len(plan.chunks) == 2
+    assert plan.chunks[1].depends_on == (("c1",) if waits else ())
+    validate_plan(plan)
+
+
+@pytest.mark.parametrize(
     ("query", "expected"),
     [
         pytest.param(
-            "Find A, then find B, then find C",
-            [("c1", "Find A", ()), ("c2", "find B", ("c1",)), ("c3", "find C", ("c2",))],
+            "Find a recipe, then find the ingredients, then find the cheapest shop",
+            [("c1", "Find a recipe", ()), ("c2", "find the ingredients", ("c1",)),
+             ("c3", "find the cheapest shop", ("c2",))],
             id="chain-of-three",
         ),
         pytest.param(
-            "Find A and find B then find C and find D",
+            "Find a recipe and find a wine then find the ingredients and find the cheapest shop",
             [
-                ("c1", "Find A", ()),
-                ("c2", "find B", ()),
-                ("c3", "find C", ("c1", "c2")),
-                ("c4", "find D", ("c1", "c2")),
+                ("c1", "Find a recipe", ()),
+                ("c2", "find a wine", ()),
+                ("c3", "find the ingredients", ("c1", "c2")),
+                ("c4", "find the cheapest shop", ("c1", "c2")),
             ],
             id="parallel-step-waits-for-whole-previous-step",
         ),
@@ -448,7 +479,7 @@ def _chained_values(plan: Plan) -> list[float | None]:
         pytest.param(
             "Calculate 15% of 240 then name the capital of Japan",
             [("Calculate 15% of 240", (Operation.MATH_OP,), (), 36.0),
-             ("name the capital of Japan", (Operation.SEARCH_OP, Operation.GENERAL_OP), ("c1",), None)],
+             ("name the capital of Japan", (Operation.SEARCH_OP, Operation.GENERAL_OP), (), None)],
             id="math-then-question",
         ),
         pytest.param(

@@ -28,7 +28,7 @@ def _node(node_id: str, latency_ms: float | None = 100.0, fitness: float = 0.5, 
 
 
 def _chunk(complexity: float, chunk_id: str = "c1") -> Chunk:
-    return Chunk(chunk_id, Operation.SEARCH_OP, "find best savings accounts", 4, complexity)
+    return Chunk(chunk_id, Operation.GENERATE_OP, "find best savings accounts", 4, complexity)
 
 
 def _seed_score(latency: float, max_latency: float, fitness: float) -> float:
@@ -282,8 +282,8 @@ def _math_chunk() -> Chunk:
 
 
 def test_fitness_is_kept_per_operation_type() -> None:
-    mathematician = _specialist("math", {"MATH_OP": (0.9, 20, 19), "SEARCH_OP": (0.2, 20, 3)})
-    librarian = _specialist("lib", {"MATH_OP": (0.2, 20, 3), "SEARCH_OP": (0.9, 20, 19)})
+    mathematician = _specialist("math", {"MATH_OP": (0.9, 20, 19), "GENERATE_OP": (0.2, 20, 3)})
+    librarian = _specialist("lib", {"MATH_OP": (0.2, 20, 3), "GENERATE_OP": (0.9, 20, 19)})
     config = RouteConfig(exploration="none")
     nodes = [mathematician, librarian]
     assert route_chunk(_math_chunk(), nodes, {}, config).node_ids == ("math",)
@@ -291,8 +291,8 @@ def test_fitness_is_kept_per_operation_type() -> None:
 
 
 def test_a_node_not_yet_judged_at_an_operation_uses_its_overall_fitness() -> None:
-    node = _specialist("n", {"SEARCH_OP": (0.9, 5, 5)}, fitness=0.4)
-    assert node.fitness_for("MATH_OP") == 0.4 and node.fitness_for("SEARCH_OP") == 0.9
+    node = _specialist("n", {"GENERATE_OP": (0.9, 5, 5)}, fitness=0.4)
+    assert node.fitness_for("MATH_OP") == 0.4 and node.fitness_for("GENERATE_OP") == 0.9
 
 
 def test_ucb_gives_an_untried_node_a_chance_and_fades_with_evidence() -> None:
@@ -376,10 +376,10 @@ def test_a_quarantined_node_sets_no_worst() -> None:
     from dellm.coordinator.types import OpStats
 
     liar = NodeRecord(NodeDescription("liar", "127.0.0.1:1"), latency_ms=5000.0,
-                      op_stats={"SEARCH_OP": OpStats(0.05, 10, 0)})
+                      op_stats={"GENERATE_OP": OpStats(0.05, 10, 0)})
     nodes = [_node("a", 100, 0.5), _node("b", 400, 0.5), liar]
 
-    scores = {n: s for s, n in score_nodes(nodes, {}, CONFIG, "SEARCH_OP")}
+    scores = {n: s for s, n in score_nodes(nodes, {}, CONFIG, "GENERATE_OP")}
 
     assert scores == pytest.approx({"a": _seed_score(100, 400, 0.5), "b": _seed_score(400, 400, 0.5)})
 
@@ -387,7 +387,7 @@ def test_a_quarantined_node_sets_no_worst() -> None:
 @pytest.mark.parametrize("tokens", [1, 6, 60, 600])
 def test_the_chunk_length_scales_every_candidate_alike_and_changes_no_ranking(tokens: int) -> None:
     nodes = [_node("a", 100, 0.2), _node("b", 250, 0.9), _node("c", 400, 0.6)]
-    chunk = Chunk("c1", Operation.SEARCH_OP, "find " + "word " * tokens, tokens, 0.8)
+    chunk = Chunk("c1", Operation.GENERATE_OP, "find " + "word " * tokens, tokens, 0.8)
 
     assert route_chunk(chunk, nodes, {}, CONFIG).node_ids == route_chunk(HIGH, nodes, {}, CONFIG).node_ids
 
@@ -418,7 +418,7 @@ def test_evidence_weights(trials: int, config: RouteConfig, weights: tuple[float
 
 
 def _judged(node_id: str, latency_ms: float, fitness: float, trials: int = 0, overall: float = 0.5,
-            model: str = "", operation: str = "SEARCH_OP") -> NodeRecord:
+            model: str = "", operation: str = "GENERATE_OP") -> NodeRecord:
     """A node with ``trials`` judged answers at ``operation`` at ``fitness`` (successes in proportion)."""
     from dellm.coordinator.types import OpStats
 
@@ -459,7 +459,7 @@ def test_evidence_weights_are_the_same_for_every_candidate_of_a_decision() -> No
     """One node's evidence sets the decision's weights; equal latencies then cost both the same."""
     veteran, newcomer = _judged("veteran", 200, 0.7, 200), _judged("newcomer", 200, 0.0, overall=0.7)
 
-    scores = {n: s for s, n in score_nodes([veteran, newcomer], {}, CONFIG, "SEARCH_OP")}
+    scores = {n: s for s, n in score_nodes([veteran, newcomer], {}, CONFIG, "GENERATE_OP")}
 
     assert scores["veteran"] == pytest.approx(scores["newcomer"])
 
@@ -471,7 +471,7 @@ def test_under_thompson_work_moves_to_the_proven_right_node() -> None:
 
     def share_of_slow(config: RouteConfig, trials: int) -> float:
         rng = random.Random(5)
-        judged = [_judged(n.node_id, n.latency_ms or 0, n.op_stats["SEARCH_OP"].fitness, trials) for n in nodes]
+        judged = [_judged(n.node_id, n.latency_ms or 0, n.op_stats["GENERATE_OP"].fitness, trials) for n in nodes]
         picks = [route_chunk(LOW, judged, {}, config, rng=rng).node_ids[0] for _ in range(1000)]
         return picks.count("slow") / len(picks)
 
@@ -575,6 +575,21 @@ def test_unchecked_chunks_get_the_strongest_model_and_distinct_models(
     assert isinstance(exclude, frozenset)
 
     assert route_chunk(chunk, nodes, in_flight, config, count=count, exclude=exclude).node_ids == expected
+
+
+@pytest.mark.parametrize(("operation", "text"), [
+    (Operation.GENERAL_OP, "what is the freezing point of water in Fahrenheit"),
+    (Operation.SEARCH_OP, "who wrote Hamlet"),
+])
+def test_a_short_question_of_fact_still_goes_to_two_models(operation: Operation, text: str) -> None:
+    """Below the complexity threshold, but a fact no check can judge: the strongest model and another."""
+    chunk = Chunk("c1", operation, text, 8, 0.1)
+    nodes = [_judged(n.node_id, n.latency_ms or 0.0, 0.0, model=n.info.model, operation=operation.value)
+             for n in (BIG, SMALL_A, SMALL_B)]
+
+    assert redundancy_for(chunk, CONFIG) == CONFIG.redundancy
+    assert route_chunk(chunk, nodes, {}, CONFIG).node_ids == ("small-a", "big")
+    assert redundancy_for(Chunk("c2", Operation.GENERATE_OP, "write a haiku", 3, 0.1), CONFIG) == 1
 
 
 @pytest.mark.parametrize("operation", [op for op in Operation if op is not Operation.MATH_OP])
