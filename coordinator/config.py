@@ -102,13 +102,16 @@ class DispatchConfig:
     # (other models first, then higher fitness at the operation) before the coordinator serves the value itself.
     escalation_nodes: int = 2
     # Self-consistency for word problems (math the coordinator cannot check exactly; pipeline/consistency.py):
-    # up to this many answers, alternating two methods (worked steps in words, and a program run in the sandbox),
-    # the first of each greedy and the rest sampled at sample_temperature with seeds of their own, spread over
-    # the nodes (a node may answer several in turn). The chunk settles as soon as the vote is clear (two agree
-    # and none disagrees, or the leader is two ahead). 1 turns it off: one greedy program, as for other chunks.
+    # up to this many answers by four methods (worked steps in words, a program run in the sandbox, plan-and-solve
+    # steps, a PAL-style solution() function), each once greedy, then in turn sampled at sample_temperature with
+    # seeds of their own, spread over the nodes (a node may answer several in turn). The chunk settles as soon as
+    # the vote is clear (two agree and none disagrees, or the leader is two ahead). 1 turns it off: one greedy
+    # program, as for other chunks.
     samples: int = 5
     sample_temperature: float = 0.6
     reasoning_max_tokens: int = 320  # worked steps in words and the answer line; GSM8K's need ~100-250 tokens
+    planned_reasoning_max_tokens: int = 416  # the same after a list of the quantities and the question
+    function_program_max_tokens: int = 288  # a solution() function with a comment per quantity, and its call
     stall: StallConfig = field(default_factory=StallConfig)  # slow and silent nodes are cut (pipeline/stall.py)
 
 

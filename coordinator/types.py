@@ -93,7 +93,8 @@ class NodeAnswer:
     program: str = ""
     program_failed: bool = False  # its program was refused, failed or computed no number: a wrong answer, judged
     prompt: str = ""  # the prompt this answer was asked with, when not the chunk's own (a sample asked another way)
-    sample: int = -1  # its place in a self-consistency plan (pipeline/consistency.py; 0 and 1 are greedy); -1: none
+    sample: int = -1  # its place in a self-consistency plan (pipeline/consistency.py); -1: none
+    temperature: float = 0.0  # a sample's temperature, as asked (0: greedy)
 
     @property
     def failed(self) -> bool:

@@ -308,7 +308,8 @@ class ChunkDispatch:
             answer = await stream_answer(node, request, self._connector, self._config, self._emit, watch)
             if request.sample >= 0:  # a sample may be asked another way: reward feedback quotes its prompt
                 prompt = request.prompt if request.prompt != self._request.prompt else ""
-                answer = dataclasses.replace(answer, prompt=prompt, sample=request.sample)
+                answer = dataclasses.replace(answer, prompt=prompt, sample=request.sample,
+                                             temperature=request.temperature)
             return answer if self._judge is None else await self._judge(answer)
         finally:
             self._release(node_id)

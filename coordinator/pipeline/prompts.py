@@ -26,11 +26,31 @@ _WORD_PROBLEM = ("{task}\nReply with only a ```python code block that solves it:
 _REASONING = ("{task}\nSolve it step by step, one short line per step. Then give the final number on the last line "
               "as 'Answer: <number>'.")
 REASONING_SYSTEM = "You are a careful assistant who solves math word problems."
+# Two more greedy methods for word problems, each failing differently from its sibling above: plan and solve
+# (the quantities and the question first, then the steps) and a PAL-style function whose value the sandbox
+# reads from ``answer``.
+_PLANNED_REASONING = ("{task}\nFirst list the quantities the problem gives and what it asks, one short line each. "
+                      "Then solve it step by step, one short line per step. Give the final number on the last line "
+                      "as 'Answer: <number>'.")
+_FUNCTION_PROGRAM = ("{task}\nReply with only a ```python code block: a function def solution(): that names each "
+                     "quantity in the problem in a variable with a short # comment, computes step by step and returns "
+                     "the final number. End the block with the line answer = solution(). No explanations.")
 
 
 def reasoning_prompt(text: str) -> str:
     """A word problem asked for worked steps in words and a final 'Answer: <number>' line."""
     return _REASONING.format(task=text)
+
+
+def planned_reasoning_prompt(text: str) -> str:
+    """A word problem asked to list its quantities and question, then for worked steps and 'Answer: <number>'."""
+    return _PLANNED_REASONING.format(task=text)
+
+
+def function_program_prompt(text: str) -> str:
+    """A word problem asked for a ``solution()`` function, one commented variable per quantity, and the line
+    ``answer = solution()`` (the variable the sandbox reads)."""
+    return _FUNCTION_PROGRAM.format(task=text)
 
 
 def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult], *, programs: bool = True,

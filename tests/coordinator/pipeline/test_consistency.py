@@ -1,6 +1,6 @@
 """Self-consistency for word problems (pipeline/consistency.py): the plan of samples, when the vote is clear,
-and how dispatch spreads the samples over the nodes (the strongest model first, a node taking the next
-sample while the vote is open), driven by the fake connector of test_dispatch."""
+how dispatch spreads the samples over the nodes (the strongest model first, a node taking the next
+sample while the vote is open), driven by the fake connector of test_dispatch, and how the vote breaks ties."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 
 from dellm.coordinator.config import DispatchConfig, RouteConfig
+from dellm.coordinator.pipeline.assemble import assemble_chunk
 from dellm.coordinator.pipeline.consistency import (
     Method,
     consistency_settled,
@@ -18,9 +19,11 @@ from dellm.coordinator.pipeline.consistency import (
     sample_requests,
 )
 from dellm.coordinator.pipeline.dispatch import ChunkDispatch
+from dellm.coordinator.pipeline.execute import judge_by_program
 from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.pipeline.prompts import REASONING_SYSTEM, build_chunk_prompt
 from dellm.coordinator.registry.base import NodeTable
+from dellm.coordinator.sandbox import SubprocessSandbox
 from dellm.coordinator.types import Chunk, ChunkRequest, NodeAnswer, NodeRecord, StreamPiece
 from dellm.protos.wire import NodeDescription
 
@@ -31,24 +34,65 @@ PROGRAM_REQUEST = ChunkRequest("q1", "c1", Operation.MATH_OP, build_chunk_prompt
                                CONFIG.program_system_prompt)
 
 
-def test_the_plan_alternates_methods_greedy_first_then_sampled() -> None:
-    plan = sample_plan(5, 0.6)
-    assert [s.method for s in plan] == [Method.REASONING, Method.PROGRAM, Method.REASONING, Method.PROGRAM,
-                                        Method.REASONING]
-    assert [s.temperature for s in plan] == [0.0, 0.0, 0.6, 0.6, 0.6]
-    assert sample_plan(1, 0.6) == sample_plan(5, 0.6)[:1]
+R, P, PR, FP = Method.REASONING, Method.PROGRAM, Method.PLANNED_REASONING, Method.FUNCTION_PROGRAM
+
+
+@pytest.mark.parametrize(("samples", "methods", "temperatures"), [
+    (1, [R], [0.0]),
+    (3, [R, P, PR], [0.0, 0.0, 0.0]),
+    (5, [R, P, PR, FP, R], [0.0, 0.0, 0.0, 0.0, 0.6]),
+    (7, [R, P, PR, FP, R, P, PR], [0.0, 0.0, 0.0, 0.0, 0.6, 0.6, 0.6]),
+])
+def test_the_plan_asks_every_method_greedy_before_sampling_any(samples: int, methods: list[Method],
+                                                               temperatures: list[float]) -> None:
+    plan = sample_plan(samples, 0.6)
+    assert [s.method for s in plan] == methods
+    assert [s.temperature for s in plan] == temperatures
+    assert [s.index for s in plan] == list(range(samples))
 
 
 def test_requests_ask_each_method_its_own_way_and_each_sample_has_its_own_seed() -> None:
     requests = sample_requests(PROBLEM, PROGRAM_REQUEST, CONFIG)
-    reasoning, program, *sampled = requests
+    reasoning, program, planned, function, sampled = requests
     assert reasoning.system == REASONING_SYSTEM and "step by step" in reasoning.prompt
-    assert reasoning.max_tokens == CONFIG.reasoning_max_tokens and reasoning.temperature == 0.0
-    assert reasoning.seed == 0 and program.seed == 0  # greedy: no seed needed
+    assert reasoning.max_tokens == CONFIG.reasoning_max_tokens
     assert program == replace(PROGRAM_REQUEST, sample=1)  # the program method is the chunk's own request
+    assert planned.system == REASONING_SYSTEM and "First list the quantities" in planned.prompt
+    assert planned.max_tokens == CONFIG.planned_reasoning_max_tokens
+    assert function.system == CONFIG.program_system_prompt and "def solution():" in function.prompt
+    assert "answer = solution()" in function.prompt and function.max_tokens == CONFIG.function_program_max_tokens
+    assert len({r.prompt for r in requests[:4]}) == 4 and len({r.max_tokens for r in requests[:4]}) == 4
+    assert all(r.prompt.startswith(PROBLEM.text) for r in requests)
+    assert all(r.temperature == 0.0 and r.seed == 0 for r in requests[:4])  # greedy: no seed needed
+    assert sampled == replace(reasoning, temperature=0.6, seed=sampled.seed, sample=4) and sampled.seed
     assert [r.sample for r in requests] == [0, 1, 2, 3, 4]
-    assert len({r.seed for r in sampled}) == len(sampled) and all(r.seed and r.temperature == 0.6 for r in sampled)
+    seven = sample_requests(PROBLEM, PROGRAM_REQUEST, replace(CONFIG, samples=7))
+    assert seven[:5] == requests  # more samples only add to the plan
+    assert len({r.seed for r in seven[4:]}) == 3 and all(r.seed and r.temperature == 0.6 for r in seven[4:])
+    assert [r.prompt for r in seven[5:]] == [program.prompt, planned.prompt]
     assert sample_requests(PROBLEM, PROGRAM_REQUEST, CONFIG) == requests  # reproducible
+
+
+PAL_ANSWER = """```python
+def solution():
+    bags = 3  # bags Tom has
+    apples_per_bag = 4  # apples in each bag
+    eaten = 2  # apples he eats
+    total = bags * apples_per_bag
+    return total - eaten
+
+answer = solution()
+```"""
+
+
+async def test_a_function_program_is_judged_by_what_it_returns_in_the_sandbox() -> None:
+    answer = NodeAnswer("c1", "n1", PAL_ANSWER, 0.9, 10.0, sample=3)
+    judged = await judge_by_program(answer, PROBLEM, SubprocessSandbox())
+    assert judged.value == 10.0 and not judged.failed and judged.program == "its program computed 10"
+    # without the call the function never runs: no number, a failed program (the prompt asks for the call)
+    uncalled = await judge_by_program(replace(answer, text=PAL_ANSWER.replace("answer = solution()", "")),
+                                      PROBLEM, SubprocessSandbox())
+    assert uncalled.program_failed and uncalled.value is None
 
 
 def said(*values: float | None) -> list[NodeAnswer]:
@@ -135,10 +179,11 @@ async def test_a_node_takes_the_next_samples_in_turn_until_the_vote_is_clear() -
 
     connector = SampleConnector(reply, {"only": 0.01})
     answers = await run_samples(connector, [record("only", "qwen-1.5b", 100)])
-    # R 12, P 10, R 12 (2 to 1: open), P 10 (2 to 2), R 12: a majority of the five
+    # R 12, P 10, planned R 12 (2 to 1: open), function P 10 (2 to 2), R 12 sampled: a majority of the five
     assert [a.value for a in answers] == [12.0, 10.0, 12.0, 10.0, 12.0]
-    assert [r.temperature for _, r in connector.calls] == [0.0, 0.0, 0.6, 0.6, 0.6]
-    assert all(a.prompt for a in answers[0::2]) and not any(a.prompt for a in answers[1::2])
+    assert [r.temperature for _, r in connector.calls] == [0.0, 0.0, 0.0, 0.0, 0.6]
+    assert [a.temperature for a in answers] == [0.0, 0.0, 0.0, 0.0, 0.6]  # each answer says how it was asked
+    assert [bool(a.prompt) for a in answers] == [True, False, True, True, True]  # only P is the chunk's request
 
 
 async def test_an_answer_asked_another_way_carries_its_prompt_for_the_reward_feedback() -> None:
@@ -171,24 +216,30 @@ async def test_a_failed_program_is_a_lost_vote_and_the_node_goes_on_sampling() -
 
 
 def sample_answer(node: str, value: float, sample: int, confidence: float = 0.5) -> NodeAnswer:
-    return NodeAnswer("c1", node, f"Answer: {value:g}", confidence, 10.0, value=value, sample=sample)
+    """Plan index ``sample``'s answer, at the temperature the plan asks it at (as dispatch records it)."""
+    temperature = sample_plan(8, 0.6)[sample].temperature
+    return NodeAnswer("c1", node, f"Answer: {value:g}", confidence, 10.0, value=value, sample=sample,
+                      temperature=temperature)
 
 
 @pytest.mark.parametrize(("answers", "served"), [
-    # no two agree: the greedy reasoning answer, whatever the sampled answers' confidence
+    # no two agree: the greedy reasoning answer, whatever the other answers' confidence
     ([sample_answer("a", 6, 0, 0.3), sample_answer("b", 9, 1, 0.9), sample_answer("a", 2, 2, 0.99),
-      sample_answer("b", 7, 3, 0.99)], 6),
+      sample_answer("b", 7, 4, 0.99)], 6),
     # greedy reasoning failed to give a number: a greedy program beats sampled singletons
-    ([sample_answer("b", 9, 1, 0.2), sample_answer("a", 2, 2, 0.99), sample_answer("a", 4, 4, 0.99)], 9),
+    ([sample_answer("b", 9, 1, 0.2), sample_answer("a", 2, 4, 0.99), sample_answer("a", 4, 5, 0.99)], 9),
+    # so does any greedy method of the plan, not only the first two
+    ([sample_answer("b", 9, 3, 0.2), sample_answer("a", 2, 4, 0.99), sample_answer("a", 4, 5, 0.99)], 9),
+    # two greedy methods agreeing against two sampled answers agreeing: the greedy pair
+    ([sample_answer("a", 5, 2, 0.1), sample_answer("b", 5, 3, 0.1), sample_answer("a", 8, 4, 0.9),
+      sample_answer("b", 8, 5, 0.9)], 5),
     # two sampled answers agreeing outvote a lone greedy one
-    ([sample_answer("a", 6, 0, 0.9), sample_answer("b", 8, 2, 0.1), sample_answer("a", 8, 4, 0.1)], 8),
+    ([sample_answer("a", 6, 0, 0.9), sample_answer("b", 8, 4, 0.1), sample_answer("a", 8, 5, 0.1)], 8),
     # two against two: the pair holding the greedy reasoning answer
     ([sample_answer("a", 5, 0, 0.1), sample_answer("b", 8, 1, 0.9), sample_answer("a", 8, 2, 0.9),
       sample_answer("b", 5, 3, 0.1)], 5),
 ])
 def test_the_majority_of_samples_wins_and_without_one_the_greedy_answer(answers: list[NodeAnswer],
                                                                         served: float) -> None:
-    from dellm.coordinator.pipeline.assemble import assemble_chunk
-
     result = assemble_chunk(PROBLEM, answers, {"a": 0.5, "b": 0.5})
     assert result.value == served
