@@ -218,8 +218,9 @@ async def answer_chunk(
     request = ChunkRequest(query_id, chunk.chunk_id, chunk.operation, prompt,
                            max_tokens_for(chunk, config.dispatch, programs=programs, checkable=checkable),
                            config.dispatch.temperature, system_prompt_for(chunk, config.dispatch, programs=programs))
-    # Word problems (math nothing can check exactly, no earlier result to use): self-consistency over two
-    # methods, worked steps and programs, voted over the numbers they reach (pipeline/consistency.py).
+    # Word problems (math nothing can check exactly, no earlier result to use): self-consistency over four
+    # greedy methods, worked steps and programs of two kinds each, then samples, voted over the numbers they
+    # reach (pipeline/consistency.py).
     word_problem = (programs and chunk.operation is Operation.MATH_OP and expected is None and not dependencies
                     and config.dispatch.samples > 1)
     samples = sample_requests(chunk, request, config.dispatch) if word_problem else ()

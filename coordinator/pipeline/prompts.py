@@ -30,8 +30,8 @@ REASONING_SYSTEM = "You are a careful assistant who solves math word problems."
 # (the quantities and the question first, then the steps) and a PAL-style function whose value the sandbox
 # reads from ``answer``.
 _PLANNED_REASONING = ("{task}\nFirst list the quantities the problem gives and what it asks, one short line each. "
-                      "Then solve it step by step, one short line per step. Give the final number on the last line "
-                      "as 'Answer: <number>'.")
+                      "Then solve it step by step in words, without code, one short line per step. Give the final "
+                      "number on the last line as 'Answer: <number>'.")
 _FUNCTION_PROGRAM = ("{task}\nReply with only a ```python code block: a function def solution(): that names each "
                      "quantity in the problem in a variable with a short # comment, computes step by step and returns "
                      "the final number. End the block with the line answer = solution(). No explanations.")
