@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from dellm.coordinator.config import CoordinatorConfig
 from dellm.coordinator.periodic import Periodic
 from dellm.coordinator.pipeline.answer import apply_decision
-from dellm.coordinator.pipeline.answers import final_number
 from dellm.coordinator.pipeline.decompose import estimate_complexity, estimate_tokens
 from dellm.coordinator.pipeline.dispatch import NodeConnector, stream_answer
+from dellm.coordinator.pipeline.execute import judge_by_program
 from dellm.coordinator.pipeline.operations import Operation
-from dellm.coordinator.pipeline.prompts import build_chunk_prompt
+from dellm.coordinator.pipeline.prompts import build_chunk_prompt, max_tokens_for, system_prompt_for
 from dellm.coordinator.pipeline.reward import reward_for
 from dellm.coordinator.registry.base import NodeRegistry
+from dellm.coordinator.sandbox import ProgramRunner
 from dellm.coordinator.types import Chunk, ChunkRequest, NodeFeedback, NodeRecord, RewardDecision, Verdict
 from dellm.protos.wire import FeedbackSource, NodeState
 
@@ -53,8 +54,10 @@ class CanaryProbe:
     """Sends one canary to a random live node every ``config.canary_interval_s`` (0: never)."""
 
     def __init__(self, config: CoordinatorConfig, registry: NodeRegistry, connector: NodeConnector,
-                 send_feedback: Callable[[str, NodeFeedback], None], rng: random.Random) -> None:
+                 send_feedback: Callable[[str, NodeFeedback], None], rng: random.Random,
+                 runner: ProgramRunner | None = None) -> None:
         self._config = config
+        self._runner = runner  # the sandbox that runs answers' programs; None: answers are read as stated
         self._registry = registry
         self._connector = connector
         self._send_feedback = send_feedback
@@ -80,12 +83,17 @@ class CanaryProbe:
         question, expected = make_canary(self._rng)
         chunk = Chunk("canary", Operation.MATH_OP, question, estimate_tokens(question),
                       estimate_complexity(question, Operation.MATH_OP))
-        prompt = build_chunk_prompt(chunk, [])
+        # Asked and judged as a query's arithmetic is: a program when the coordinator runs programs, judged by
+        # what it computes (``answer = 59 * 9`` is 531, not the 9 it ends with).
+        programs = self._runner is not None
+        prompt = build_chunk_prompt(chunk, [], programs=programs, checkable=True)
         dispatch = self._config.dispatch
-        request = ChunkRequest(uuid.uuid4().hex[:16], "c1", Operation.MATH_OP, prompt, dispatch.max_tokens,
-                               dispatch.temperature, dispatch.system_prompt)
-        answer = await stream_answer(node, request, self._connector, dispatch, lambda event: None)
-        got = None if answer.failed else final_number(answer.text)
+        request = ChunkRequest(uuid.uuid4().hex[:16], "c1", Operation.MATH_OP, prompt,
+                               max_tokens_for(chunk, dispatch, programs=programs, checkable=True),
+                               dispatch.temperature, system_prompt_for(chunk, dispatch, programs=programs))
+        answer = await judge_by_program(
+            await stream_answer(node, request, self._connector, dispatch, lambda event: None), chunk, self._runner)
+        got = None if answer.failed else answer.value
         verdict = Verdict.CORRECT if got is not None and abs(got - expected) < 1e-6 else Verdict.WRONG
         reward = reward_for(verdict, answer.latency_ms, self._config.reward)
         decision = RewardDecision(node.node_id, "c1", verdict, reward, FeedbackSource.CANARY, str(int(expected)))

@@ -20,6 +20,9 @@ class RouteConfig:
     fitness_weight: float = 0.3  # ... + 0.3 x (1 - fitness)
     redundancy: int = 2  # nodes per chunk above the complexity threshold
     redundancy_threshold: float = 0.35  # chunks at least this complex get `redundancy` nodes
+    # Nodes for a chunk whose value the coordinator computes itself: the exact check is the second opinion,
+    # and when the answer is wrong, escalation asks other models (DispatchConfig.escalation_nodes).
+    checked_redundancy: int = 1
     default_latency_ms: float = 1000.0  # prior for a node whose latency is not measured yet
     # Exploration, so that a new node gets tried and a recovered one gets another chance:
     # "thompson" samples each node's success rate from its Beta posterior (prior centred on its

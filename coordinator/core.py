@@ -129,7 +129,7 @@ class Coordinator:
         self._planner = planner
         self._limiter = QueryLimiter(config.max_queries, config.max_queries_per_client)
         self.canaries = CanaryProbe(config, registry, GrpcNodeConnector(self.pool), self._send_feedback,
-                                    random.Random(config.route.seed + 1))
+                                    random.Random(config.route.seed + 1), self.runner)
         self.probation = Probation(config.admission, registry, self.canaries)
 
     async def start(self) -> None:

@@ -224,7 +224,7 @@ async def answer_chunk(
     word_problem = (programs and chunk.operation is Operation.MATH_OP and expected is None and not dependencies
                     and config.dispatch.samples > 1)
     samples = sample_requests(chunk, request, config.dispatch) if word_problem else ()
-    wanted = len(samples) or redundancy_for(chunk, config.route)
+    wanted = len(samples) or redundancy_for(chunk, config.route, checked=checkable)
     settled = (partial(consistency_settled, chunk, planned=len(samples)) if word_problem
                else partial(is_settled, chunk, wanted=wanted, reference=reference))
 
@@ -236,7 +236,7 @@ async def answer_chunk(
         connector=deps.connector, route_config=config.route, config=config.dispatch, emit=emit,
         on_answer=partial(_record_answer, deps), rng=deps.rng, shortlist=deps.shortlist, judge=judge,
         settled=settled)
-    outcome = await dispatch(count=len(samples) or None, samples=samples).run()
+    outcome = await dispatch(count=wanted, samples=samples).run()
     chunk_answers, cancelled = list(outcome.answers), outcome.cancelled
     result = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled)
     if result.checked_by == "coordinator" and config.dispatch.escalation_nodes > 0:

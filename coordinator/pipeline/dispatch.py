@@ -78,6 +78,13 @@ async def stream_answer(
     return received.answer(request.chunk_id, node.node_id)
 
 
+def usual_wait_ms(latency_ms: float | None, in_flight: int) -> float | None:
+    """How long a node usually takes to answer a request it has just been given: its usual answer time
+    for each of the ``in_flight`` requests it holds, this one included (it serves them one at a time), so
+    that a node busy with another chunk is not cut as stalled for waiting its turn. None: never measured."""
+    return latency_ms * max(in_flight, 1) if latency_ms else None
+
+
 #: What one logprob counts toward ``max_answer_bytes`` (a float32 on the wire): a node must not get
 #: past the bound on an answer's size with evidence instead of text.
 LOGPROB_BYTES = 4
@@ -304,7 +311,8 @@ class ChunkDispatch:
             if node is None:
                 return NodeAnswer(self._chunk.chunk_id, node_id, "", 0.0, 0.0, error="node left the cluster")
             stall = self._config.stall
-            watch = StallWatch(stall, node.latency_ms, lambda: self.answers) if stall.enabled else None
+            usual = usual_wait_ms(node.latency_ms, self._in_flight.get(node_id, 1))
+            watch = StallWatch(stall, usual, lambda: self.answers) if stall.enabled else None
             answer = await stream_answer(node, request, self._connector, self._config, self._emit, watch)
             if request.sample >= 0:  # a sample may be asked another way: reward feedback quotes its prompt
                 prompt = request.prompt if request.prompt != self._request.prompt else ""

@@ -63,10 +63,12 @@ _MODEL_SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)([bm])(?![a-z])", re.I)
 _UNITS = {"b": 1e9, "m": 1e6}
 
 
-def redundancy_for(chunk: Chunk, config: RouteConfig) -> int:
-    """How many nodes a chunk goes to: ``redundancy`` when it is complex enough to be worth it, or when it asks
-    for a fact nothing can check (``OperationSpec.facts``: a second model is the only way to catch a wrong
-    one); one otherwise."""
+def redundancy_for(chunk: Chunk, config: RouteConfig, *, checked: bool = False) -> int:
+    """How many nodes a chunk goes to: ``checked_redundancy`` when the coordinator computes its value itself
+    (``checked``); ``redundancy`` when it is complex enough to be worth it, or when it asks for a fact nothing
+    can check (``OperationSpec.facts``: a second model is the only way to catch a wrong one); one otherwise."""
+    if checked:
+        return max(1, config.checked_redundancy)
     if chunk.complexity >= config.redundancy_threshold or OPERATIONS[chunk.operation].facts:
         return config.redundancy
     return 1

@@ -5,8 +5,9 @@ answer deadline (60 s, 20 s before a first token) while another node had answere
 stream is now cut as *stalled* when, at any check (every ``check_s``):
 
 - it has sent nothing for longer than its idle limit. From its own history: ``idle_factor`` x its
-  usual answer time, ``idle_min_s`` at least (``first_token_timeout_s`` still bounds a node never
-  measured). Once another node on the chunk has answered: ``idle_factor`` x that answer's time,
+  usual answer time (times the requests it holds, this one included: a node serves one at a time, so
+  a node busy with another chunk waits its turn, dispatch.usual_wait_ms), ``idle_min_s`` at least
+  (``first_token_timeout_s`` still bounds a node never measured). Once another node on the chunk has answered: ``idle_factor`` x that answer's time,
   ``after_answer_min_s`` at least, but never less than the node's own usual answer time (a bigger,
   slower model is not cut for being slower than a small one), and never more than its own limit;
 - after ``rate_window_s`` of streaming, its token rate is under the floor: ``min_rate`` tokens a

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -9,6 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dellm.client.api import DellmClient
 from dellm.client.errors import InvalidQueryError, NotFoundError, UnavailableError
+from dellm.coordinator.config import CoordinatorConfig, RouteConfig
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 from tests.conftest import Cluster, script
 
@@ -58,11 +61,11 @@ async def test_seed_query_streams_every_stage_in_order(cluster: Cluster) -> None
     assert {t.stage for t in final.timings} >= {"decompose", "dispatch+assemble", "synthesize", "reward"}
     c1 = final.chunks[0]
     c1_result = next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result")
-    # two nodes were assigned; the first verified answer (10% of 1000 = 100) settled the chunk and
-    # the other stream was cancelled: redundancy without paying twice
+    # one node was asked: the coordinator computes 10% of 1000 itself, so the exact check is the second
+    # opinion (a wrong answer would be escalated to other nodes), and nobody pays twice
     assigned = next(e.assignment for e in events if e.WhichOneof("event") == "assignment")
-    assert len(assigned.node_ids) == 2
-    assert len(c1.node_ids) + len(c1_result.cancelled_node_ids) == 2 and c1.agreement == pytest.approx(1.0)
+    assert len(assigned.node_ids) == 1
+    assert len(c1.node_ids) == 1 and not c1_result.cancelled_node_ids and c1.agreement == pytest.approx(1.0)
     assert all(r.verdict == dellm_pb2.CORRECT for r in final.rewards if r.chunk_id == "c1")
     assert all(r.fitness_after > r.fitness_before for r in final.rewards if r.chunk_id == "c1")
 
@@ -80,11 +83,21 @@ async def test_a_step_waits_for_a_result_the_coordinator_cannot_compute(cluster:
     assert "Paris" in events[-1].final.answer
 
 
-async def test_exact_check_beats_a_confident_wrong_node(cluster: Cluster) -> None:
-    # The wrong node answers first: a verified answer arriving first would settle the chunk and cancel it.
-    await cluster.add_node("right", script(RIGHT, delay=0.2))
-    await cluster.add_node("wrong", script(WRONG))
-    events = await collect(cluster.address, "What is 10% of 1000?")
+@pytest.mark.parametrize("checked_redundancy", [1, 2])
+async def test_exact_check_beats_a_confident_wrong_node(tmp_path: Path, checked_redundancy: int) -> None:
+    """Asked of both at once (2), or of one then, once proven wrong, of the other (1, the default: the
+    wrong node is the faster)."""
+    cluster = Cluster(tmp_path, CoordinatorConfig(canary_interval_s=0,
+                                                  route=RouteConfig(checked_redundancy=checked_redundancy)))
+    await cluster.start_coordinator()
+    try:
+        await cluster.add_node("right", script(RIGHT, delay=0.2))
+        await cluster.add_node("wrong", script(WRONG))
+        for _ in range(3):  # measured latencies: the wrong node is the faster and is routed first
+            await collect(cluster.address, "What is 20% of 1000?")
+        events = await collect(cluster.address, "What is 10% of 1000?")
+    finally:
+        await cluster.close()
     result = next(e.chunk_result for e in events if e.WhichOneof("event") == "chunk_result")
     assert "100" in result.answer and not result.unanimous and result.groups == 2
     rewards = {r.node_id[:5]: r for r in events[-1].final.rewards}

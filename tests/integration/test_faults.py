@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dellm.client.api import DellmClient
+from dellm.coordinator.canary import make_canary
 from dellm.coordinator.config import CoordinatorConfig, DispatchConfig, RouteConfig
 from dellm.coordinator.pipeline.route import quarantined
 from dellm.coordinator.types import Verdict
@@ -101,6 +104,19 @@ async def test_canaries_catch_a_node_that_answers_wrongly_and_quarantine_it(clus
         events = await ask(cluster.address, "What is 41 * 7?")
         assert "287" in events[-1].final.answer
         assert all(r.node_id.startswith("truth") for r in events[-1].final.rewards)
+
+
+async def test_a_canary_answered_with_a_right_program_is_judged_by_what_it_computes(cluster: Cluster) -> None:
+    """The canary asks for a program, as a query's arithmetic does; ``answer = 59 * 9`` is right, not 9."""
+    service = cluster.coordinator.coordinator
+    question, expected = make_canary(random.Random(7))
+    a, op, b = question.removeprefix("What is ").rstrip("?").split()
+    await cluster.add_node("honest", script([{"pattern": re.escape(question),
+                                              "reply": f"```python\nanswer = {a} {op} {b}\n```"}]))
+    service.canaries._rng = random.Random(7)  # the same question again
+    result = await service.canaries.probe(service.registry.list_nodes()[0])
+    assert result.question == question and result.expected == expected
+    assert result.verdict is Verdict.CORRECT and result.fitness_after > result.fitness_before
 
 
 async def test_too_many_queries_at_once_are_refused_not_queued(tmp_path: Path) -> None:

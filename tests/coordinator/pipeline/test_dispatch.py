@@ -15,7 +15,7 @@ import pytest
 
 from dellm.coordinator.config import DispatchConfig, RouteConfig
 from dellm.coordinator.errors import NodeCallError, NoNodesAvailableError
-from dellm.coordinator.pipeline.dispatch import ChunkDispatch, DispatchOutcome, stream_answer
+from dellm.coordinator.pipeline.dispatch import ChunkDispatch, DispatchOutcome, stream_answer, usual_wait_ms
 from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.types import (
@@ -459,3 +459,14 @@ async def test_stream_answer_confidence(script: tuple[Step, ...], confidence: fl
     assert answer.error is None and answer.text == "4"
     assert answer.confidence == pytest.approx(confidence)
     assert events == [ChunkToken("c1", "a", "4", tokens)]
+
+
+@pytest.mark.parametrize(("latency_ms", "in_flight", "expected"), [
+    (1000.0, 1, 1000.0),  # only this request: its usual time
+    (1000.0, 3, 3000.0),  # two ahead of it: it waits its turn before its first token
+    (1000.0, 0, 1000.0),  # (a count already released) never less than one answer's time
+    (None, 2, None),  # never measured: the stall watch uses its first-token deadline
+])
+def test_a_busy_node_is_given_time_for_the_requests_ahead_of_it(
+        latency_ms: float | None, in_flight: int, expected: float | None) -> None:
+    assert usual_wait_ms(latency_ms, in_flight) == expected
