@@ -4,12 +4,13 @@ A node that sends one byte a second, or nothing at all, held every query it was 
 answer deadline (60 s, 20 s before a first token) while another node had answered in 0.2 s. A
 stream is now cut as *stalled* when, at any check (every ``check_s``):
 
-- it has sent nothing for longer than its idle limit. From its own history: ``idle_factor`` x its
-  usual answer time (times the requests it holds, this one included: a node serves one at a time, so
-  a node busy with another chunk waits its turn, dispatch.usual_wait_ms), ``idle_min_s`` at least
-  (``first_token_timeout_s`` still bounds a node never measured). Once another node on the chunk has answered: ``idle_factor`` x that answer's time,
-  ``after_answer_min_s`` at least, but never less than the node's own usual answer time (a bigger,
-  slower model is not cut for being slower than a small one), and never more than its own limit;
+- it has sent nothing for longer than its idle limit. From its own history: ``idle_factor`` x its usual
+  answer time (times the requests it holds, this one included: a node serves one at a time, so a node
+  busy with another chunk waits its turn, dispatch.usual_wait_ms), ``idle_min_s`` at least
+  (``first_token_timeout_s`` still bounds a node never measured). Once another node on the chunk has
+  answered: ``idle_factor`` x that answer's time, ``after_answer_min_s`` at least, but never less than
+  the node's own usual answer time (a bigger, slower model is not cut for being slower than a small
+  one), and never more than its own limit;
 - after ``rate_window_s`` of streaming, its token rate is under the floor: ``min_rate`` tokens a
   second, or once another node has answered, ``rate_fraction`` of that node's rate if higher.
 
