@@ -138,9 +138,10 @@ class SynthesisConfig:
     # 0 or None: no budget. 1.5 s: the seed asks for the whole query under 5 s (and issue 13 under 3 s), and
     # the 0.5B model writes a two-step summary in about that on two cores when nothing else runs.
     time_budget_s: float | None = 1.5
-    # A model that overran its budget this many times in a row is not waited for again: the template is served
-    # at once (saving the whole budget on a machine too busy to synthesize in time), and every probe_every-th
-    # query tries the model again, so that it is used as soon as it keeps within its budget once more.
+    # A model that overran its budget this many times among its last 10 tries, and more often than it kept
+    # within it, is not waited for: the template is served at once (saving the whole budget on a machine too
+    # busy to synthesize in time), and every probe_every-th such query tries the model in the background, so
+    # that it is waited for again once it keeps within its budget more often than not (OverrunRecord).
     skip_after_overruns: int = 3
     probe_every: int = 10
 

@@ -14,6 +14,7 @@ from dellm.coordinator.pipeline import synthesize as synthesize_module
 from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.pipeline.synthesize import (
     ModelSynthesizer,
+    OverrunRecord,
     TemplateSynthesizer,
     faithfulness_problem,
     template_answer,
@@ -223,7 +224,7 @@ async def test_over_budget_the_generation_is_cancelled_and_the_template_served()
     lock.release()
 
 
-async def test_after_overruns_in_a_row_the_template_is_served_at_once_and_the_model_probed_again() -> None:
+async def test_after_overruns_the_template_is_served_at_once_and_the_model_probed_in_the_background() -> None:
     synthesizer = ModelSynthesizer(script([{"pattern": "", "reply": " ".join(["word"] * 200), "delay": 0.05}],
                                           model="scripted-synth"),
                                    SynthesisConfig(time_budget_s=0.1, skip_after_overruns=2, probe_every=3))
@@ -232,22 +233,42 @@ async def test_after_overruns_in_a_row_the_template_is_served_at_once_and_the_mo
         started = time.perf_counter()
         _, label, _ = await _synthesize(synthesizer)
         labels.append((label.split(",")[0], time.perf_counter() - started >= 0.1))
+        await asyncio.sleep(0.15)  # a background probe has had its budget
     waited, skipped = ("template: synthesis over its 0.1 s budget", True), ("template: synthesis skipped", False)
-    # two overruns, then two skipped at once, the third query since the streak probes the model again (and it
-    # overruns again), and so on
-    assert labels == [waited, waited, skipped, skipped, waited, skipped, skipped]
+    # two overruns, then every query skipped at once: nobody waits for the probes (the 5th and the 8th queries)
+    assert labels == [waited, waited, skipped, skipped, skipped, skipped, skipped]
+    assert synthesizer.record.overruns == 3  # the probe of the 5th query overran too, and was recorded
 
 
-async def test_one_synthesis_within_budget_ends_the_streak() -> None:
-    from dellm.coordinator.pipeline.synthesize import OverrunStreak
+def test_one_synthesis_within_budget_among_overruns_does_not_bring_the_wait_back() -> None:
+    record = OverrunRecord(skip_after=2, probe_every=2)
+    record.record(overran=True)
+    record.record(overran=True)
+    assert not record.worth_waiting()
+    assert [record.probe_due(), record.probe_due(), record.probe_due()] == [False, True, False]
+    record.record(overran=False)
+    assert not record.worth_waiting()  # one success of three tries
+    record.record(overran=False)
+    assert record.worth_waiting()  # as many within budget as over it: worth a wait again
+    assert OverrunRecord(skip_after=0, probe_every=5).worth_waiting()  # 0: always wait
+    short = OverrunRecord(skip_after=3, probe_every=5, window=4)
+    for overran in (True, True, True, False, False, False):
+        short.record(overran)
+    assert short.overruns == 1 and short.worth_waiting()  # only the last four tries count
 
-    streak = OverrunStreak(skip_after=2, probe_every=2)
-    streak.record(overran=True)
-    streak.record(overran=True)
-    assert [streak.worth_waiting(), streak.worth_waiting()] == [False, True]  # the second is the probe
-    streak.record(overran=False)
-    assert streak.worth_waiting() and streak.worth_waiting()
-    assert OverrunStreak(skip_after=0, probe_every=5).worth_waiting()  # 0: always wait
+
+async def test_a_background_probe_within_budget_brings_the_wait_back() -> None:
+    synthesizer = _synthesizer(FAITHFUL, delay=0.001)
+    for _ in range(3):
+        synthesizer.record.record(overran=True)  # as a busy machine left it
+    assert not synthesizer.record.worth_waiting()
+    labels = []
+    for _ in range(32):  # the 10th, 20th and 30th skipped queries probe the model in the background
+        _, label, _ = await _synthesize(synthesizer)
+        labels.append(label)
+        await asyncio.sleep(0.05)
+    assert all(label.startswith("template: synthesis skipped") for label in labels[:30])
+    assert labels[30:] == [synthesizer.label] * 2  # three probes kept within budget: the model is waited for again
 
 
 async def test_waiting_for_the_models_lock_counts_against_the_budget() -> None:
