@@ -70,6 +70,16 @@ _ARITHMETIC_WORDS = (
     rf"{_NUM}\s*(?:%|percent|per\s+cent)\s+(?:[a-z]+\s+)?(?:of|on|more\s+than|less\s+than)\s+{_OPERAND}",
 )
 
+# A question of quantity about two or more given numbers is a word problem ("... at 10 miles per hour ... from 1 to
+# 4 PM ... How long does it take him?", "... lost 5 right before the comparison, how many does Bobby have?");
+# "How long is the Nile?" is not.
+_QUANTITY_WITH_NUMBERS = (
+    r"^(?=(?:[\s\S]*?\b\d[\d,.]*\b){2})[\s\S]*\b(?:how\s+(?:much|many|long|far|old|fast|tall|high|heavy|big|large|often|soon)|"
+    r"what\s+(?:percentage|fraction|time)|what(?:'s|’s|\s+is|\s+are|\s+was|\s+were)\s+(?:(?:the|his|her|their|its)\s+)?"
+    r"(?:total|combined|net|annual|monthly|weekly|daily|average|distance|profit|cost|price|weight|speed|area|"
+    r"volume|perimeter|amount|number))\b")
+_WORD_PROBLEM = re.compile(_QUANTITY_WITH_NUMBERS, re.I)
+
 # In classification order: the first whose keywords match a chunk's text gives its operation.
 _TABLE = (
     OperationSpec(
@@ -99,7 +109,10 @@ OPERATIONS: Mapping[Operation, OperationSpec] = MappingProxyType({spec.operation
 
 
 def classify(text: str) -> Operation:
-    """The operation of the first table entry whose keywords the text matches; GENERAL_OP otherwise."""
+    """MATH_OP for a question of quantity about two or more given numbers (a word problem); else the operation
+    of the first table entry whose keywords the text matches; GENERAL_OP otherwise."""
+    if _WORD_PROBLEM.search(text):  # before "compare" and "which": "..., how many does Bobby have?"
+        return Operation.MATH_OP
     for spec in _TABLE:
         if spec.keywords is not None and spec.keywords.search(text):
             return spec.operation

@@ -385,6 +385,17 @@ def test_estimate_complexity_stays_within_unit_interval(text: str, operation: Op
         pytest.param("summarize it", Operation.GENERATE_OP, id="summarize"),
         pytest.param("hello there", Operation.GENERAL_OP, id="general"),
         pytest.param("", Operation.GENERAL_OP, id="empty"),
+        # a question of quantity about two or more given numbers is a word problem, whatever else it says
+        pytest.param("A ship goes 10 miles per hour from 1 to 4 PM. How long does it take to get back?",
+                     Operation.MATH_OP, id="word-problem-how-long"),
+        pytest.param("Bobby had 20 games but lost 5 before the comparison. How many does Bobby have?",
+                     Operation.MATH_OP, id="word-problem-beats-compare"),
+        pytest.param("She earns $20 an hour for 35 hours a week. What's her annual salary?", Operation.MATH_OP,
+                     id="word-problem-whats-her-salary"),
+        pytest.param("Which box fits if each holds 15 kg and the limit is 900 kg? How many boxes can be loaded?",
+                     Operation.MATH_OP, id="word-problem-beats-which"),
+        pytest.param("How long is the Nile?", Operation.GENERAL_OP, id="how-long-no-numbers"),
+        pytest.param("How old was Einstein in 1921?", Operation.GENERAL_OP, id="how-old-one-number"),
     ],
 )
 def test_classify(text: str, expected: Operation) -> None:
