@@ -95,6 +95,7 @@ class NodeAnswer:
     prompt: str = ""  # the prompt this answer was asked with, when not the chunk's own (a sample asked another way)
     sample: int = -1  # its place in a self-consistency plan (pipeline/consistency.py); -1: none
     temperature: float = 0.0  # a sample's temperature, as asked (0: greedy)
+    family: str = ""  # a sample's kind of evidence: "words" or "program" (pipeline/consistency.py); "": none
 
     @property
     def failed(self) -> bool:
@@ -186,6 +187,7 @@ class ChunkRequest:
     system: str = ""
     seed: int = 0  # sampling seed when temperature > 0; 0: the node's own
     sample: int = -1  # its place in a self-consistency plan; -1: not a sample
+    family: str = ""  # the kind of evidence its method gives: "words" or "program"; "": not a sample
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def assemble_chunk(
     """
     groups: list[str] = []  # representative normalized key of each group
     votes: list[Vote] = []
-    samples: list[tuple[int, float]] = []  # each valid vote's self-consistency plan index (-1: none), temperature
+    samples: list[tuple[int, float, str]] = []  # each valid vote's plan index (-1: none), temperature, family
     for answer in answers:
         node_fitness = fitness.get(answer.node_id, 0.0)
         text = answer.text.strip()
@@ -114,7 +114,7 @@ def assemble_chunk(
         weight = vote_weight(node_fitness, answer.confidence)
         votes.append(Vote(answer.node_id, text, key, answer.confidence, node_fitness, weight,
                           answer.latency_ms, group, program=answer.program))
-        samples.append((answer.sample, answer.temperature))
+        samples.append((answer.sample, answer.temperature, answer.family))
 
     valid = [v for v in votes if v.group >= 0]
     # Answers that said something checkable: valid ones, and programs that ran wrong (a wrong answer each).
@@ -125,7 +125,7 @@ def assemble_chunk(
     if expected is not None and not matched:
         return _served_by_coordinator(chunk, expected, votes, len(groups))
     weight_by_group = [sum(v.weight for v in valid if v.group == g) for g in range(len(groups))]
-    if any(s >= 0 for s, _ in samples):
+    if any(s >= 0 for s, _, _ in samples):
         winner_group = _majority_of_samples(valid, samples, weight_by_group)
     else:  # highest weight wins; ties go to the group that answered first (stable, reproducible)
         candidates = list(range(len(groups)))
@@ -153,17 +153,21 @@ def assemble_chunk(
     )
 
 
-def _majority_of_samples(valid: Sequence[Vote], samples: Sequence[tuple[int, float]],
+def _majority_of_samples(valid: Sequence[Vote], samples: Sequence[tuple[int, float, str]],
                          weight_by_group: Sequence[float]) -> int:
-    """Self-consistency's winner (pipeline/consistency.py): the group with the most answers; among equals, the
-    one holding the greedy reasoning answer (plan index 0: what the strongest model says when asked alone),
-    then one holding any greedy answer of the plan (temperature 0), then by weight, then the first. So a sampled
-    answer never outvotes the greedy ones on its own: without agreement, the network says what its best single
-    answer says."""
-    def rank(group: int) -> tuple[int, bool, bool, float, int]:
+    """Self-consistency's winner (pipeline/consistency.py). Only answers of both families (worked steps in words
+    and programs) agreeing are evidence against the best single answer: the largest such group wins. Without
+    one, the group holding the greedy reasoning answer (plan index 0: what the strongest model says when asked
+    alone) wins, however many answers of one family agree on something else; then the largest group, one
+    holding any greedy answer (temperature 0), the heaviest, the first. So neither a family repeating its own
+    slip nor sampled answers outvote the network's best single answer on their own."""
+    def rank(group: int) -> tuple[bool, int, bool, int, bool, float, int]:
         members = [s for v, s in zip(valid, samples, strict=True) if v.group == group]
-        greedy = any(i >= 0 and t <= 0 for i, t in members)
-        return len(members), any(i == 0 for i, _ in members), greedy, weight_by_group[group], -group
+        spans = len({family for _, _, family in members if family}) >= 2
+        greedy = any(i >= 0 and t <= 0 for i, t, _ in members)
+        size = len(members)
+        return spans, size if spans else 0, any(i == 0 for i, _, _ in members), size, greedy, \
+            weight_by_group[group], -group
 
     return max(range(len(weight_by_group)), key=rank)
 

@@ -317,7 +317,7 @@ class ChunkDispatch:
             if request.sample >= 0:  # a sample may be asked another way: reward feedback quotes its prompt
                 prompt = request.prompt if request.prompt != self._request.prompt else ""
                 answer = dataclasses.replace(answer, prompt=prompt, sample=request.sample,
-                                             temperature=request.temperature)
+                                             temperature=request.temperature, family=request.family)
             return answer if self._judge is None else await self._judge(answer)
         finally:
             self._release(node_id)

@@ -13,6 +13,7 @@ import pytest
 from dellm.coordinator.config import DispatchConfig, RouteConfig
 from dellm.coordinator.pipeline.assemble import assemble_chunk
 from dellm.coordinator.pipeline.consistency import (
+    FAMILY,
     Method,
     consistency_settled,
     sample_plan,
@@ -56,7 +57,7 @@ def test_requests_ask_each_method_its_own_way_and_each_sample_has_its_own_seed()
     reasoning, program, planned, function, sampled = requests
     assert reasoning.system == REASONING_SYSTEM and "step by step" in reasoning.prompt
     assert reasoning.max_tokens == CONFIG.reasoning_max_tokens
-    assert program == replace(PROGRAM_REQUEST, sample=1)  # the program method is the chunk's own request
+    assert program == replace(PROGRAM_REQUEST, sample=1, family="program")  # the chunk's own request
     assert planned.system == REASONING_SYSTEM and "First list the quantities" in planned.prompt
     assert planned.max_tokens == CONFIG.planned_reasoning_max_tokens
     assert function.system == CONFIG.program_system_prompt and "def solution():" in function.prompt
@@ -96,9 +97,13 @@ async def test_a_function_program_is_judged_by_what_it_returns_in_the_sandbox() 
 
 
 def said(*values: float | None) -> list[NodeAnswer]:
-    """Answers judged to ``values`` (None: a failed program)."""
-    return [NodeAnswer("c1", f"n{i}", f"Answer: {v}", 0.9, 10.0, value=v) if v is not None else
-            NodeAnswer("c1", f"n{i}", "boom", 0.9, 10.0, error="its program did not compute a number")
+    """Plan answers judged to ``values`` (None: a failed program), each of its plan index's family (words,
+    program, words, program, ...)."""
+    family = [FAMILY[s.method] for s in sample_plan(len(values), 0.6)]
+    return [NodeAnswer("c1", f"n{i}", f"Answer: {v}", 0.9, 10.0, value=v, sample=i, family=family[i])
+            if v is not None else
+            NodeAnswer("c1", f"n{i}", "boom", 0.9, 10.0, error="its program did not compute a number", sample=i,
+                       family=family[i])
             for i, v in enumerate(values)]
 
 
@@ -106,13 +111,15 @@ def said(*values: float | None) -> list[NodeAnswer]:
     ((10,), False),  # one answer proves nothing
     ((None,), False),  # no vote at all yet: only failed programs
     ((None, None, None), False),
-    ((10, 10), True),  # two agree, none disagrees
+    ((10, 10), True),  # words and a program agree, none disagrees
     ((10, 12), False),
-    ((10, None, 10), True),  # a failed program is no vote
-    ((10, 12, 10), False),  # 2 against 1, with samples left: not yet
-    ((10, 12, 10, 10), True),  # two ahead
-    ((10, 12, 12, 10), False),
-    ((10, 12, 12, 10, 10), True),  # a majority of the plan of 5
+    ((10, None, 10), False),  # two answers in words agree: one family's slip may be shared
+    ((10, 12, 10), False),
+    ((10, 12, 14, 12), False),  # two programs agree: still one family
+    ((10, 12, 12), True),  # words and a program agree, ahead of the rest
+    ((10, 12, 10, 10), True),  # both families, two ahead
+    ((10, 12, 12, 10), False),  # two groups of both families, level
+    ((10, 12, 12, 10, 10), True),
     ((10, 12, 14, 16), False),
     ((10.0, 10.0000000001), True),  # the same number, rounded apart
 ])
@@ -167,7 +174,8 @@ async def test_the_strongest_model_reasons_first_and_agreement_of_the_first_two_
     connector = SampleConnector(lambda node, request: "Answer: 10", {"small": 0.01, "big": 0.05})
     answers = await run_samples(connector, [record("small", "qwen-0.5b", 100), record("big", "qwen-1.5b", 300)])
     first = {node: request for node, request in connector.calls[:2]}
-    assert first["big"].system == REASONING_SYSTEM and first["small"] == replace(PROGRAM_REQUEST, sample=1)
+    assert first["big"].system == REASONING_SYSTEM
+    assert first["small"] == replace(PROGRAM_REQUEST, sample=1, family="program")
     # small answered, then took sample 3 while waiting; big's agreeing answer settled it and cancelled that
     assert [a.value for a in answers] == [10.0, 10.0]
     assert len(connector.calls) == 3 and connector.calls[2][0] == "small"
@@ -211,15 +219,16 @@ async def test_a_failed_program_is_a_lost_vote_and_the_node_goes_on_sampling() -
         route_config=RouteConfig(exploration="none"), config=CONFIG, emit=lambda e: None, on_answer=lambda a: None,
         settled=lambda answers: consistency_settled(PROBLEM, answers, planned=len(requests)), judge=judge,
         count=len(requests), samples=requests).run()
-    # reasoning 7, program failed, reasoning 7: two agree and none disagrees (a failed program is no vote)
-    assert [(a.value, a.program_failed) for a in outcome.answers] == [(7.0, False), (None, True), (7.0, False)]
+    # every program fails (no vote) and the node goes on: words alone never settle it, so the whole plan is asked
+    assert [(a.value, a.program_failed) for a in outcome.answers] == [
+        (7.0, False), (None, True), (7.0, False), (None, True), (7.0, False)]
 
 
 def sample_answer(node: str, value: float, sample: int, confidence: float = 0.5) -> NodeAnswer:
     """Plan index ``sample``'s answer, at the temperature the plan asks it at (as dispatch records it)."""
-    temperature = sample_plan(8, 0.6)[sample].temperature
+    planned = sample_plan(8, 0.6)[sample]
     return NodeAnswer("c1", node, f"Answer: {value:g}", confidence, 10.0, value=value, sample=sample,
-                      temperature=temperature)
+                      temperature=planned.temperature, family=FAMILY[planned.method])
 
 
 @pytest.mark.parametrize(("answers", "served"), [
@@ -238,6 +247,11 @@ def sample_answer(node: str, value: float, sample: int, confidence: float = 0.5)
     # two against two: the pair holding the greedy reasoning answer
     ([sample_answer("a", 5, 0, 0.1), sample_answer("b", 8, 1, 0.9), sample_answer("a", 8, 2, 0.9),
       sample_answer("b", 5, 3, 0.1)], 5),
+    # both programs agree (one family) against the greedy reasoning answer: the reasoning answer (GSM8K #50)
+    ([sample_answer("a", 294, 0), sample_answer("b", 3528, 1), sample_answer("a", 1050, 2),
+      sample_answer("b", 3528, 3), sample_answer("a", 3, 4)], 294),
+    # but words and a program agreeing outvote it
+    ([sample_answer("a", 33, 0), sample_answer("b", 40, 1), sample_answer("a", 40, 2)], 40),
 ])
 def test_the_majority_of_samples_wins_and_without_one_the_greedy_answer(answers: list[NodeAnswer],
                                                                         served: float) -> None:
