@@ -83,8 +83,11 @@ def format_number(value: float) -> str:
     return f"{value:.12g}"
 
 
-def normalize_answer(text: str, operation: Operation) -> str:
-    """A key under which equal answers compare equal ("num:100", "text:paris is the capital")."""
+def normalize_answer(text: str, operation: Operation, question: str = "") -> str:
+    """A key under which equal answers compare equal ("num:100", "text:paris is the capital"). Words of the
+    ``question`` an answer repeats are left out when anything else remains: they restate what was asked, not
+    what was answered ("The currency of Japan is the yen" and "Japanese currency is the yen", asked "what is
+    the currency of Japan?", are "yen" and "japanese yen")."""
     stripped = text.strip()
     words = _WORD.findall(stripped.lower())
     numeric_only = bool(words) and all(w.isdigit() for w in words) and len(_NUMBER.findall(stripped)) == 1
@@ -92,7 +95,9 @@ def normalize_answer(text: str, operation: Operation) -> str:
         value = final_number(stripped)
         if value is not None:
             return f"num:{format_number(value)}"
-    return "text:" + " ".join(words)
+    asked = set(_WORD.findall(question.lower())) - _FILLER
+    content = [w for w in words if w not in asked]
+    return "text:" + " ".join(content if set(content) - _FILLER else words)
 
 
 def answers_match(a: str, b: str) -> bool:
@@ -103,12 +108,14 @@ def answers_match(a: str, b: str) -> bool:
         x, y = float(a[4:]), float(b[4:])
         return math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9)
     if a.startswith("text:") and b.startswith("text:"):
-        wa, wb = set(a[5:].split()), set(b[5:].split())
+        # Compared by content words: "the", "of", "is" shared by any two sentences would make "... is Tokyo"
+        # and "... is Kyoto" look alike.
+        wa, wb = set(a[5:].split()) - _FILLER, set(b[5:].split()) - _FILLER
         if bool(wa | wb) and len(wa & wb) / len(wa | wb) >= TEXT_SIMILARITY:
             return True
         # A short factoid answer and a sentence that contains it say the same thing ("Tokyo" and "The
         # capital of Japan is Tokyo"): the short one's content words all appear in the other.
-        short, long = sorted((wa - _FILLER, wb - _FILLER), key=len)
+        short, long = sorted((wa, wb), key=len)
         return 0 < len(short) <= SHORT_ANSWER_WORDS and short <= long
     return False
 

@@ -40,12 +40,13 @@ def vote_weight(fitness: float, confidence: float) -> float:
     return max(unit(fitness), MIN_FITNESS_WEIGHT) * unit(confidence)
 
 
-def answer_key(answer: NodeAnswer, operation: Operation) -> str:
-    """The normalized key an answer votes under: a math answer's judged number (its program's value,
-    see pipeline/execute.py) when it has one, else its text normalized."""
-    if operation is Operation.MATH_OP and answer.value is not None:
+def answer_key(answer: NodeAnswer, chunk: Chunk) -> str:
+    """The normalized key an answer to ``chunk`` votes under: a math answer's judged number (its program's
+    value, see pipeline/execute.py) when it has one, else its text normalized (the chunk's words it repeats
+    left out)."""
+    if chunk.operation is Operation.MATH_OP and answer.value is not None:
         return f"num:{format_number(answer.value)}"
-    return normalize_answer(answer.text, operation)
+    return normalize_answer(answer.text, chunk.operation, chunk.text)
 
 
 def votes_at_all(chunk: Chunk, answer: NodeAnswer) -> bool:
@@ -57,7 +58,7 @@ def votes_at_all(chunk: Chunk, answer: NodeAnswer) -> bool:
 def is_settled(chunk: Chunk, answers: Sequence[NodeAnswer], wanted: int, reference: str | None = None) -> bool:
     """Can the remaining redundant streams be cancelled? Yes once an answer matches the known right
     answer, or a strict majority of the ``wanted`` answers already agree."""
-    keys = [answer_key(a, chunk.operation) for a in answers if votes_at_all(chunk, a)]
+    keys = [answer_key(a, chunk) for a in answers if votes_at_all(chunk, a)]
     if reference is not None and any(answers_match(key, reference) for key in keys):
         return True
     return len(keys) >= 2 and max(group_sizes(keys), default=0) >= wanted // 2 + 1
@@ -106,7 +107,7 @@ def assemble_chunk(
             votes.append(Vote(answer.node_id, text, "", answer.confidence, node_fitness, 0.0,
                               answer.latency_ms, -1, error, program=answer.program))
             continue
-        key = answer_key(answer, chunk.operation)
+        key = answer_key(answer, chunk)
         group = next((i for i, rep in enumerate(groups) if answers_match(rep, key)), None)
         if group is None:
             groups.append(key)

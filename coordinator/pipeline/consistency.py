@@ -106,7 +106,7 @@ def consistency_settled(chunk: Chunk, answers: Sequence[NodeAnswer], planned: in
     """Is the vote over a word problem's samples clear? Yes once answers of both families agree and their
     group is larger than any other (see the module docstring); ``planned`` is the plan's length."""
     voting = [a for a in answers if votes_at_all(chunk, a)]
-    groups = family_groups([answer_key(a, chunk.operation) for a in voting], [a.family for a in voting])
+    groups = family_groups([answer_key(a, chunk) for a in voting], [a.family for a in voting])
     spanning = [size for size, families in groups if len(families) >= 2]
     if not spanning:
         return False

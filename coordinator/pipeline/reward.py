@@ -71,7 +71,7 @@ def judge_chunk(
         if answer.failed or not answer.text.strip() or malformed:
             verdict, source, truth = Verdict.WRONG, FeedbackSource.FAILURE, truth_text
         elif reference is not None:
-            right = answers_match(answer_key(answer, chunk.operation), reference)
+            right = answers_match(answer_key(answer, chunk), reference)
             source = FeedbackSource.LABEL if label else FeedbackSource.EXACT_CHECK
             verdict, truth = (Verdict.CORRECT if right else Verdict.WRONG), truth_text
         elif len(winners) >= 2:  # a real majority: at least two nodes gave the winning answer

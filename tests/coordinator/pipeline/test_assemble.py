@@ -410,3 +410,19 @@ def test_an_answer_that_only_repeats_the_question_or_instruction_gets_no_vote_an
     japan = Chunk("c1", Operation.GENERAL_OP, "Name the capital of Japan", 5, 0.3)
     assert assemble_chunk(japan, [_answer("a", "The capital of Japan"), _answer("b", "Tokyo")],
                           {"a": 0.9, "b": 0.1}).winner_node_id == "b"
+
+
+@pytest.mark.parametrize(("question", "texts", "groups"), [
+    ("what is the currency of Japan?", ["Japanese currency is the yen.", "The currency of Japan is the yen."], 1),
+    ("name the capital of Japan", ["The capital of Japan is Tokyo.", "Tokyo"], 1),
+    ("name the capital of Japan", ["The capital of Japan is Tokyo.", "The capital of Japan is Kyoto."], 2),
+    ("who wrote Hamlet?", ["Hamlet was written by William Shakespeare.", "Shakespeare wrote Hamlet"], 1),
+    ("Which is larger, Jupiter or Saturn?", ["Jupiter", "Saturn"], 2),  # only question words: kept whole
+    ("Is Paris the capital of France?", ["Yes, Paris is the capital of France.", "No."], 2),
+])
+def test_words_that_restate_the_question_do_not_split_or_join_a_vote(
+        question: str, texts: list[str], groups: int) -> None:
+    chunk = Chunk("c2", Operation.GENERAL_OP, question, 5, 0.3)
+    answers = [NodeAnswer(chunk.chunk_id, f"n{i}", text, 1.0, 100.0) for i, text in enumerate(texts)]
+
+    assert assemble_chunk(chunk, answers, {}).groups == groups
