@@ -128,8 +128,15 @@ def _units(text: str) -> list[tuple[str, str]]:
 def operation_of(text: str, dependent: bool = False) -> Operation:
     """A chunk's operation: MATH_OP whenever the coordinator can compute its arithmetic exactly ("Add 2
     and 3", "What is 15% of 240", and on a dependent chunk "multiply the result by 2", whose earlier
-    result is not known yet); otherwise its keywords decide (see classify)."""
-    return Operation.MATH_OP if reads_arithmetic(text, dependent) else classify(text)
+    result is not known yet); otherwise its keywords decide (see classify). A question with no number in it
+    and no earlier result to work on is asked as a fact, whatever its words ("How many days are in a leap
+    year?": nothing to compute, a fact to know, so two models are asked rather than programs written)."""
+    if reads_arithmetic(text, dependent):
+        return Operation.MATH_OP
+    operation = classify(text)
+    if operation is Operation.MATH_OP and not dependent and not re.search(r"\d", text):
+        return Operation.GENERAL_OP
+    return operation
 
 
 def self_contained(text: str, earlier: str = "") -> bool:

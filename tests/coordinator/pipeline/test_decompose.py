@@ -469,6 +469,10 @@ def test_math_keywords_cover_word_operators_in_arithmetic_context(text: str, exp
         pytest.param("name the capital of Japan", True, Operation.GENERAL_OP, id="dependent-non-math"),
         pytest.param("compare it with Berlin", True, Operation.COMPARE_OP, id="dependent-compare"),
         pytest.param("summarize it", True, Operation.GENERATE_OP, id="dependent-generate"),
+        # nothing to compute and no earlier result: a fact with a numeric answer
+        pytest.param("How many days are in a leap year?", False, Operation.GENERAL_OP, id="numeric-fact"),
+        pytest.param("How many fees did they charge him?", True, Operation.MATH_OP, id="story-step-on-a-result"),
+        pytest.param("Sam has 16 eggs and eats 3. How many are left?", False, Operation.MATH_OP, id="word-problem"),
     ],
 )
 def test_operation_of_a_dependent_chunk(text: str, dependent: bool, expected: Operation) -> None:
