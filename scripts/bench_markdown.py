@@ -417,7 +417,7 @@ def fitness(section: Section, reports: list[tuple[str, Report]]) -> None:
                               f"last 100 {last:.2f}, {last / first - 1:+.0%} relative."]
 
 
-def gsm8k_baseline(section: Section, report: Report) -> None:
+def gsm8k_baseline(section: Section, report: Report, where: str = "gsm8k50") -> None:
     from dellm.client.bench.report import baseline_table, baseline_verdict
 
     section.machines.add(describe_machine(report["machine"]))
@@ -427,7 +427,7 @@ def gsm8k_baseline(section: Section, report: Report) -> None:
         "against the network (one thread per node, word problems by self-consistency, "
         "`coordinator/pipeline/consistency.py`), on GSM8K problems "
         f"{report['slices']['evaluation'][0]}..{report['slices']['evaluation'][1] - 1}. Commands: "
-        + "; ".join(f"`{c}`" for c in commands) + ". Every answer: `bench-results/gsm8k50/results.json`.",
+        + "; ".join(f"`{c}`" for c in commands) + f". Every answer: `bench-results/{where}/results.json`.",
         "", baseline_table(report), "", *baseline_verdict(report)]
 
 
@@ -519,6 +519,8 @@ def sections() -> list[Section]:
     add("GSM8K: one node against the network (issue 4)", "gsm8k", one("gsm8k/results.json", gsm8k))
     add("GSM8K: the best single node against the network with self-consistency (issue 13)", "gsm8k_baseline",
         one("gsm8k50/results.json", gsm8k_baseline))
+    add("GSM8K, problems 50..99: four greedy methods, agreement across families (issue 13)", "gsm8k_methods",
+        one("gsm8k50b/results.json", lambda s, r: gsm8k_baseline(s, r, "gsm8k50b")))
     add("Portable llama.cpp builds (issue 11)", "llama_build", one("llama_build.json", llama_build))
     add("Compound queries through dellm ask (issue 13)", "compound", one("compound_queries.json", compound))
     add("Prompt KV cache (issue 13)", "prompt_cache", one("prompt_cache.json", prompt_cache))

@@ -17,7 +17,7 @@ import re
 from dellm.coordinator.config import DecomposeConfig
 from dellm.coordinator.errors import InvalidQueryError
 from dellm.coordinator.pipeline.answers import reads_arithmetic, refers_to_prior
-from dellm.coordinator.pipeline.operations import OPERATIONS, Operation, classify
+from dellm.coordinator.pipeline.operations import NUMBER, OPERATIONS, Operation, classify
 from dellm.coordinator.types import Chunk, Plan
 
 _SEQUENCE = re.compile(
@@ -25,7 +25,11 @@ _SEQUENCE = re.compile(
     r"|[,;]\s*(?:and\s+)?finally\s*,?\s+",
     re.IGNORECASE,
 )
-_SENTENCE = re.compile(r"(?<=[.?!;])\s+(?=[A-Z])")
+# A sentence ends at ". ", "? ", "! " or "; " before a capital, but not after a title ("Mrs. Cruz").
+_SENTENCE = re.compile(r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\bJr\.)(?<=[.?!;])\s+(?=[A-Z])")
+# A question word opens an instruction only in a question: "When Freda cooks tomatoes, they lose half their
+# volume." is a statement of a word problem.
+_QUESTION_WORD = re.compile(r"^(?:what|how|who|which|when|where|why)\b", re.I)
 
 _ACTION_START = re.compile(
     r"^(calculate|compute|find|search|look up|list|compare|write|generate|draft|compose|create|summari[sz]e|"
@@ -105,6 +109,20 @@ def _split_conjunctions(step: str) -> list[str]:
     return [_clean(p) for p in parts if _clean(p)]
 
 
+def _own_steps(pieces: list[str], separators: list[str]) -> list[str]:
+    """``pieces`` split at sequence words, each joined back to the one before unless it starts an instruction
+    or a question: "... charged her the full price and then charged her 10% less, calculate the total" is one
+    step of a word problem, not two. A joined piece leaves an empty string in its place (so that indices still
+    match ``separators``)."""
+    steps = list(pieces)
+    for index in range(1, len(steps)):
+        if steps[index].strip() and not _starts_action(_clean(steps[index])):
+            last = max(i for i in range(index) if steps[i] or i == 0)
+            steps[last] = f"{steps[last]}{separators[index]}{steps[index]}"
+            steps[index] = ""
+    return steps
+
+
 def _units(text: str) -> list[tuple[str, str]]:
     """(context, instruction) pairs: statement sentences ("Janet has 16 eggs.") are kept, unsplit,
     as the context of the next instruction or question."""
@@ -112,7 +130,8 @@ def _units(text: str) -> list[tuple[str, str]]:
     context: list[str] = []
     for sentence in _SENTENCE.split(text):
         body = _clean(_LEADING_CONJUNCTION.sub("", _LEADING_SEQUENCE.sub("", sentence)))
-        if not sentence.rstrip().endswith("?") and not _starts_action(body):
+        question = sentence.rstrip().endswith("?")
+        if not question and (not _starts_action(body) or _QUESTION_WORD.match(_LEADING_FILLER.sub("", body))):
             context.append(sentence.strip())
             continue
         units.append((" ".join(context), sentence.strip()))
@@ -134,7 +153,7 @@ def operation_of(text: str, dependent: bool = False) -> Operation:
     if reads_arithmetic(text, dependent):
         return Operation.MATH_OP
     operation = classify(text)
-    if operation is Operation.MATH_OP and not dependent and not re.search(r"\d", text):
+    if operation is Operation.MATH_OP and not dependent and not re.search(NUMBER, text, re.I):
         return Operation.GENERAL_OP
     return operation
 
@@ -181,7 +200,7 @@ def decompose(query: str, config: DecomposeConfig | None = None) -> Plan:
         body = _LEADING_CONJUNCTION.sub("", _LEADING_SEQUENCE.sub("", instruction))
         # The words before each step: "based on this" says the step uses the one before; "then" only orders.
         separators = [leading.group(0) if leading else "", *(m.group(0) for m in _SEQUENCE.finditer(body))]
-        for index, step in enumerate(_SEQUENCE.split(body)):
+        for index, step in enumerate(_own_steps(_SEQUENCE.split(body), separators)):
             step = _clean(step)
             if not step:
                 continue

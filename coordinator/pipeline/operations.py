@@ -73,11 +73,16 @@ _ARITHMETIC_WORDS = (
 # A question of quantity about two or more given numbers is a word problem ("... at 10 miles per hour ... from 1 to
 # 4 PM ... How long does it take him?", "... lost 5 right before the comparison, how many does Bobby have?");
 # "How long is the Nile?" is not.
+# A number in digits or in words ("16", "1,000", "three", "a dozen", "half").
+NUMBER = (r"\b(?:\d[\d,.]*|zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|"
+          r"fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|"
+          r"hundred|thousand|million|half|twice|thrice|double|triple|dozen|third|quarter)\b")
 _QUANTITY_WITH_NUMBERS = (
-    r"^(?=(?:[\s\S]*?\b\d[\d,.]*\b){2})[\s\S]*\b(?:how\s+(?:much|many|long|far|old|fast|tall|high|heavy|big|large|often|soon)|"
-    r"what\s+(?:percentage|fraction|time)|what(?:'s|’s|\s+is|\s+are|\s+was|\s+were)\s+(?:(?:the|his|her|their|its)\s+)?"
-    r"(?:total|combined|net|annual|monthly|weekly|daily|average|distance|profit|cost|price|weight|speed|area|"
-    r"volume|perimeter|amount|number))\b")
+    rf"^(?=(?:[\s\S]*?{NUMBER}){{2}})[\s\S]*\b(?:how\s+(?:much|many|long|far|old|fast|tall|high|heavy|big|large|"
+    r"often|soon)|what\s+(?:percentage|fraction|time)|what(?:'s|’s|\s+is|\s+are|\s+was|\s+were)\s+"
+    r"(?:(?:the|his|her|their|its)\s+)?(?:total|combined|net|annual|monthly|weekly|daily|average|distance|profit|"
+    r"cost|price|weight|speed|area|volume|perimeter|amount|number|maximum|minimum|percentage|chance|probability|"
+    r"ratio|depth|height|length|width|age|value|sum|difference))\b")
 _WORD_PROBLEM = re.compile(_QUANTITY_WITH_NUMBERS, re.I)
 
 # In classification order: the first whose keywords match a chunk's text gives its operation.

@@ -721,3 +721,23 @@ def test_gsm8k_questions_lose_no_words(gsm8k_questions: tuple[str, ...]) -> None
             lost[line] = missing
 
     assert lost == {}
+
+
+@pytest.mark.parametrize("query", [
+    pytest.param("When Ana bakes bread, it loses a third of its weight. Each loaf starts at 900 grams. "
+                 "How much does a baked loaf weigh?", id="statement-opening-with-when"),
+    pytest.param("Mrs. Lee has a budget of $500. A lamp costs $120 and a desk $310. "
+                 "How much more than the lamp is the desk in Mrs. Lee's order?", id="title-before-a-name"),
+    pytest.param("If a gym charged Tom $40 a month for half a year and then charged him 10% less for the rest "
+                 "of the year, calculate what he paid in all.", id="then-inside-a-condition"),
+    pytest.param("Kim has three times as many stamps as Joe. Joe has twelve stamps. How many do they have "
+                 "together?", id="numbers-in-words"),
+    pytest.param("A lift can carry at most 800 kg. Each crate weighs 45 kg and the operator weighs 80 kg. "
+                 "What is the maximum number of crates it can carry?", id="maximum-number"),
+    pytest.param("Sam walked 3 miles. Then he ran 2 miles more than he walked. How far did he go?",
+                 id="then-opening-a-statement"),
+])
+def test_a_word_problem_stays_one_math_chunk(query: str) -> None:
+    plan = decompose(query)
+
+    assert [(c.operation, c.depends_on) for c in plan.chunks] == [(Operation.MATH_OP, ())], plan.chunks
