@@ -117,8 +117,9 @@ def run_network(args: argparse.Namespace) -> dict[str, Any]:
     shares = {s: statistics.median(r["stages_ms"].get(s, 0.0) for r in runs) / total_ms  # type: ignore[union-attr]
               for s in stages}
     report = {
-        "setup": "coordinator + 3 llama.cpp nodes (2x qwen2.5-coder-0.5b-instruct, 1x gemma-3-270m; 1 thread each)"
-                 f" on loopback, synthesis: {args.synth_model} (2 threads)",
+        "setup": f"coordinator + {len(DEMO_NODES)} llama.cpp nodes ("
+                 + ", ".join(f"{spec.model} ({spec.threads} thread)" for spec in DEMO_NODES)
+                 + f", the demo's) on loopback, synthesis: {args.synth_model} (2 threads)",
         "query": args.query,
         "runs": runs,
         "median": {
