@@ -34,7 +34,7 @@ from dellm.coordinator.pipeline.answer import PipelineDeps, answer_query
 from dellm.coordinator.pipeline.decompose import check_query as check_query_text
 from dellm.coordinator.pipeline.planner import ModelPlanner
 from dellm.coordinator.pipeline.reward import reward_for, update_fitness
-from dellm.coordinator.pipeline.route import Shortlist
+from dellm.coordinator.pipeline.route import OperationLatencies, Shortlist
 from dellm.coordinator.pipeline.stall import is_stalled
 from dellm.coordinator.pipeline.synthesize import Synthesizer
 from dellm.coordinator.probation import Probation
@@ -126,6 +126,7 @@ class Coordinator:
         self._refusals: dict[str, str] = {}
         self._rng = random.Random(config.route.seed)
         self._shortlist = Shortlist(config.route)
+        self._latencies = OperationLatencies()  # each node's time at each operation (routing; in memory)
         self._planner = planner
         self._limiter = QueryLimiter(config.max_queries, config.max_queries_per_client)
         self.canaries = CanaryProbe(config, registry, GrpcNodeConnector(self.pool), self._send_feedback,
@@ -287,7 +288,7 @@ class Coordinator:
         try:
             deps = PipelineDeps(self.config, self.registry, GrpcNodeConnector(self.pool), self.pool.in_flight,
                                 self.synthesizer, self._send_feedback, self._rng, shortlist=self._shortlist,
-                                planner=self._planner, runner=self.runner)
+                                planner=self._planner, runner=self.runner, latencies=self._latencies)
             label = reference_answer.strip() if self.config.accept_labels else ""
             async for event in answer_query(query, deps, label or None):
                 if isinstance(event, QueryFinished):  # only the asker gets the token to judge the query with

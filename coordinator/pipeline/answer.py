@@ -24,7 +24,13 @@ from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.pipeline.planner import ModelPlanner
 from dellm.coordinator.pipeline.prompts import build_chunk_prompt, max_tokens_for, system_prompt_for
 from dellm.coordinator.pipeline.reward import judge_chunk, update_fitness
-from dellm.coordinator.pipeline.route import Shortlist, model_of, redundancy_for, strongest_model
+from dellm.coordinator.pipeline.route import (
+    OperationLatencies,
+    Shortlist,
+    model_of,
+    redundancy_for,
+    strongest_model,
+)
 from dellm.coordinator.pipeline.synthesize import Synthesizer
 from dellm.coordinator.registry.base import NodeRegistry, NodeTable, QueryRecord
 from dellm.coordinator.sandbox import ProgramRunner
@@ -65,6 +71,7 @@ class PipelineDeps:
     shortlist: Shortlist | None = None  # kept across queries by the coordinator: its rankings are reused
     planner: ModelPlanner | None = None  # None: the rule-based decomposer
     runner: ProgramRunner | None = None  # runs math answers' programs (the sandbox); None: stated numbers only
+    latencies: OperationLatencies | None = None  # kept across queries: each node's time at each operation
 
 
 def current_fitness(registry: NodeRegistry, answers: Iterable[NodeAnswer], operation: str) -> dict[str, float]:
@@ -75,9 +82,11 @@ def current_fitness(registry: NodeRegistry, answers: Iterable[NodeAnswer], opera
     return fitness
 
 
-def _record_answer(deps: PipelineDeps, answer: NodeAnswer) -> None:
+def _record_answer(deps: PipelineDeps, operation: str, answer: NodeAnswer) -> None:
     record = deps.registry.record_answer(answer.node_id, answer.latency_ms, failed=answer.failed,
                                          alpha=LATENCY_ALPHA)
+    if deps.latencies is not None and not answer.failed and answer.sample < 0:  # a sample's length is its method's
+        deps.latencies.record(answer.node_id, operation, answer.latency_ms)
     unreachable = answer.error is not None and answer.error.startswith("UNAVAILABLE")
     if answer.failed and (unreachable or record.failure_streak >= deps.config.node_down_after_failures):
         log.warning("node %s marked down after: %s", answer.node_id, answer.error)
@@ -234,7 +243,8 @@ async def answer_chunk(
     dispatch = partial(
         ChunkDispatch, chunk, request, nodes=deps.registry.table, in_flight=deps.in_flight,
         connector=deps.connector, route_config=config.route, config=config.dispatch, emit=emit,
-        on_answer=partial(_record_answer, deps), rng=deps.rng, shortlist=deps.shortlist, judge=judge,
+        on_answer=partial(_record_answer, deps, chunk.operation.value), rng=deps.rng, shortlist=deps.shortlist,
+        latencies=deps.latencies, judge=judge,
         settled=settled)
     outcome = await dispatch(count=wanted, samples=samples).run()
     chunk_answers, cancelled = list(outcome.answers), outcome.cancelled

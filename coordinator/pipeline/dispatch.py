@@ -22,7 +22,7 @@ from typing import Protocol
 
 from dellm.coordinator.config import DispatchConfig, RouteConfig
 from dellm.coordinator.errors import NodeCallError, NoNodesAvailableError
-from dellm.coordinator.pipeline.route import Shortlist, model_of, route_chunk, strongest_model
+from dellm.coordinator.pipeline.route import OperationLatencies, Shortlist, model_of, route_chunk, strongest_model
 from dellm.coordinator.pipeline.stall import StallWatch
 from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.types import (
@@ -227,8 +227,10 @@ class ChunkDispatch:
         exclude: frozenset[str] = frozenset(),
         count: int | None = None,
         samples: Sequence[ChunkRequest] = (),
+        latencies: OperationLatencies | None = None,
     ) -> None:
         self._chunk = chunk
+        self._latencies = latencies  # each node's time at this chunk's operation, when measured
         self._request = request
         self._nodes = nodes
         self._in_flight = in_flight
@@ -278,8 +280,10 @@ class ChunkDispatch:
     def _route(self, count: int | None) -> Assignment:
         """``count`` nodes (default: by complexity) not tried yet; their records go into the snapshot."""
         exclude = frozenset(self.tried)
-        candidates = self._shortlist.candidates(
-            self._nodes(), self._chunk.operation.value, self._in_flight, exclude, self._rng)
+        operation = self._chunk.operation.value
+        candidates = self._shortlist.candidates(self._nodes(), operation, self._in_flight, exclude, self._rng)
+        if self._latencies is not None:
+            candidates = self._latencies.view(candidates, operation)
         assignment = route_chunk(self._chunk, candidates, self._in_flight, self._route_config, count=count,
                                  exclude=exclude, rng=self._rng)
         self.snapshot.update((n.node_id, n) for n in candidates if n.node_id in assignment.node_ids)

@@ -8,8 +8,9 @@ formula (``seed_score``), with three refinements so that it serves answers that 
    queued on it (a node serves one generation at a time, so busy nodes yield to idle ones), divided by
    the worst expected time among the nodes that may take this chunk: excluded (already tried) and
    quarantined nodes are left out before normalising, so a slow node nobody would pick does not make
-   the others look fast. The registry keeps one moving average per node (``NodeRecord.latency_ms``),
-   not one per operation nor a count of tokens, so a per-token pace cannot be read. The chunk's
+   the others look fast. A node's time is its average at the chunk's operation once it has answered one
+   (``OperationLatencies``, in the coordinator's memory), else its overall average from the registry
+   (``NodeRecord.latency_ms``). The chunk's
    expected answer length would scale every candidate's time by the same factor and cancels in the
    ratio: it changes no ranking, so it is not applied. (It would where nodes were measured on answers
    of different lengths; that needs the registry to keep tokens per answer, ``NodeAnswer.tokens``.)
@@ -260,6 +261,35 @@ def route_chunk(
         return Assignment(chunk_id=chunk.chunk_id, node_ids=tuple(n.node_id for _, n in chosen))
     ranked = [n for _, n in sorted(scored, key=lambda s: (s[0], s[1].node_id))]
     return Assignment(chunk_id=chunk.chunk_id, node_ids=choose_nodes(ranked, wanted, operation, config))
+
+
+class OperationLatencies:
+    """Each node's moving average of whole-answer time at each operation, kept in memory by the coordinator
+    (the registry keeps one average per node). A node's time differs by operation more than by anything
+    else: a 1.5B coder on one thread names a capital in about 1.3 s but takes about 5 s to write one line of
+    code after its few-shot examples, so a single average made it look fast for arithmetic and slow for
+    facts. ``view`` gives routing each node's record with the latency at the chunk's operation once measured
+    there (its overall average until then)."""
+
+    def __init__(self, alpha: float = 0.3) -> None:
+        self._alpha = alpha  # weight of the newest answer, as for the registry's average
+        self._ms: dict[tuple[str, str], float] = {}
+
+    def record(self, node_id: str, operation: str, latency_ms: float) -> None:
+        if not math.isfinite(latency_ms) or latency_ms < 0:
+            return
+        old = self._ms.get((node_id, operation))
+        self._ms[node_id, operation] = latency_ms if old is None else old + self._alpha * (latency_ms - old)
+
+    def get(self, node_id: str, operation: str) -> float | None:
+        return self._ms.get((node_id, operation))
+
+    def view(self, nodes: Iterable[NodeRecord], operation: str) -> list[NodeRecord]:
+        out = []
+        for node in nodes:
+            at_operation = self._ms.get((node.node_id, operation))
+            out.append(node if at_operation is None else replace(node, latency_ms=at_operation))
+        return out
 
 
 class Shortlist:

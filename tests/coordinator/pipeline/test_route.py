@@ -11,7 +11,7 @@ import pytest
 from dellm.coordinator.config import RouteConfig
 from dellm.coordinator.errors import NoNodesAvailableError
 from dellm.coordinator.pipeline.operations import Operation
-from dellm.coordinator.pipeline.route import redundancy_for, route_chunk, score_nodes
+from dellm.coordinator.pipeline.route import OperationLatencies, redundancy_for, route_chunk, score_nodes
 from dellm.coordinator.types import Chunk, NodeRecord
 from dellm.protos.wire import NodeDescription
 
@@ -609,3 +609,20 @@ def test_strongest_model_under_thompson_is_always_in_the_pair() -> None:
              for _ in range(300)]
 
     assert all("big" in pair and len({p.split("-")[0] for p in pair}) == 2 for pair in pairs)
+
+
+def test_latency_at_the_operation_routes_a_chunk_to_the_node_fast_at_it() -> None:
+    """Overall, the big node looks as fast as the small one; at arithmetic it is four times slower."""
+    latencies = OperationLatencies(alpha=0.5)
+    big, small = _node("big", 1000.0), _node("small", 1000.0)
+    latencies.record("big", "MATH_OP", 4000.0)
+    latencies.record("small", "MATH_OP", 1200.0)
+    latencies.record("small", "MATH_OP", 800.0)  # moving average: 1000
+    latencies.record("big", "GENERAL_OP", float("nan"))  # not a time: ignored
+    math_chunk = Chunk("m1", Operation.MATH_OP, "What is 2 + 2?", 6, 0.1)
+
+    view = latencies.view([big, small], "MATH_OP")
+    assert [n.latency_ms for n in view] == [4000.0, 1000.0]
+    assert latencies.view([big, small], "GENERAL_OP") == [big, small]  # not measured there: overall figures
+    assert route_chunk(math_chunk, view, {"small": 2}, CONFIG).node_ids == ("small",)  # 3 s queued < 4 s
+    assert route_chunk(math_chunk, [big, small], {"small": 2}, CONFIG).node_ids == ("big",)  # one figure: big
