@@ -520,7 +520,7 @@ def sections() -> list[Section]:
     add("GSM8K: the best single node against the network with self-consistency (issue 13)", "gsm8k_baseline",
         one("gsm8k50/results.json", gsm8k_baseline))
     add("GSM8K, problems 50..99: four greedy methods, agreement across families (issue 13)", "gsm8k_methods",
-        one("gsm8k50b/results.json", lambda s, r: gsm8k_baseline(s, r, "gsm8k50b")))
+        one("gsm8k50c/results.json", lambda s, r: gsm8k_baseline(s, r, "gsm8k50c")))
     add("Portable llama.cpp builds (issue 11)", "llama_build", one("llama_build.json", llama_build))
     add("Compound queries through dellm ask (issue 13)", "compound", one("compound_queries.json", compound))
     add("Prompt KV cache (issue 13)", "prompt_cache", one("prompt_cache.json", prompt_cache))
