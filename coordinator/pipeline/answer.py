@@ -27,9 +27,9 @@ from dellm.coordinator.pipeline.reward import judge_chunk, update_fitness
 from dellm.coordinator.pipeline.route import (
     OperationLatencies,
     Shortlist,
+    clearly_strongest_model,
     model_of,
     redundancy_for,
-    strongest_model,
 )
 from dellm.coordinator.pipeline.synthesize import Synthesizer
 from dellm.coordinator.registry.base import NodeRegistry, NodeTable, QueryRecord
@@ -275,13 +275,14 @@ def escalation_exclude(table: NodeTable, tried: set[str]) -> frozenset[str]:
 
 def strongest_nodes(registry: NodeRegistry, answers: Iterable[NodeAnswer], operation: str,
                     config: RouteConfig) -> frozenset[str]:
-    """The answering nodes that run the strongest model among those that answered (route.strongest_model)."""
+    """The answering nodes that run the clearly strongest model among those that answered
+    (route.clearly_strongest_model); none when no model is (one model, or a tie)."""
     records = []
     for node_id in dict.fromkeys(a.node_id for a in answers):
         with contextlib.suppress(UnknownNodeError):
             records.append(registry.get(node_id))
-    model = strongest_model(records, operation, config)
-    return frozenset(r.node_id for r in records if model_of(r) == model)
+    model = clearly_strongest_model(records, operation, config)
+    return frozenset(r.node_id for r in records if model is not None and model_of(r) == model)
 
 
 def _assembled(chunk: Chunk, answers: list[NodeAnswer], deps: PipelineDeps, reference: str | None,

@@ -113,6 +113,21 @@ _TABLE = (
 OPERATIONS: Mapping[Operation, OperationSpec] = MappingProxyType({spec.operation: spec for spec in _TABLE})
 
 
+# A question of fact, asked: "what is the freezing point of water?", "name the capital of Japan", "who wrote
+# Hamlet". Not a request for text about something ("Tell me about Paris"), nor a greeting.
+_FACT_QUESTION = re.compile(
+    r"^\W*(?:(?:and|also|then|now|please)\s+)*(?:what|who|whom|whose|which|when|where|how|name|"
+    r"(?:tell|give)\s+me\s+(?:the|which|who|what|when|where|how)|is|are|was|were|does|do|did|can)\b|\?\s*$",
+    re.I)
+
+
+def asks_for_a_fact(text: str, operation: Operation) -> bool:
+    """Whether a chunk is a question of fact no check can judge (``OperationSpec.facts``): a search, or a
+    general chunk phrased as a question."""
+    spec = OPERATIONS[operation]
+    return spec.facts and (operation is Operation.SEARCH_OP or bool(_FACT_QUESTION.search(text.strip())))
+
+
 def classify(text: str) -> Operation:
     """MATH_OP for a question of quantity about two or more given numbers (a word problem); else the operation
     of the first table entry whose keywords the text matches; GENERAL_OP otherwise."""

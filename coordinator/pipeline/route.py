@@ -54,7 +54,7 @@ from dataclasses import replace
 
 from dellm.coordinator.config import RouteConfig
 from dellm.coordinator.errors import NoNodesAvailableError
-from dellm.coordinator.pipeline.operations import OPERATIONS, Operation
+from dellm.coordinator.pipeline.operations import OPERATIONS, Operation, asks_for_a_fact
 from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.types import Assignment, Chunk, NodeRecord
 from dellm.protos.wire import NodeState
@@ -67,10 +67,10 @@ _UNITS = {"b": 1e9, "m": 1e6}
 def redundancy_for(chunk: Chunk, config: RouteConfig, *, checked: bool = False) -> int:
     """How many nodes a chunk goes to: ``checked_redundancy`` when the coordinator computes its value itself
     (``checked``); ``redundancy`` when it is complex enough to be worth it, or when it asks for a fact nothing
-    can check (``OperationSpec.facts``: a second model is the only way to catch a wrong one); one otherwise."""
+    can check (``asks_for_a_fact``: a second model is the only way to catch a wrong one); one otherwise."""
     if checked:
         return max(1, config.checked_redundancy)
-    if chunk.complexity >= config.redundancy_threshold or OPERATIONS[chunk.operation].facts:
+    if chunk.complexity >= config.redundancy_threshold or asks_for_a_fact(chunk.text, chunk.operation):
         return config.redundancy
     return 1
 
@@ -202,24 +202,40 @@ def strongest_model(ranked: Sequence[NodeRecord], operation: str, config: RouteC
     ``strength_min_trials`` judged answers at ``operation``, by its pooled success rate there (successes /
     trials: the evidence fitness is built from, without the speed bonus); until then by the size in its
     name. The other measure breaks ties, then the model whose best node ranks first."""
+    strengths = _model_strengths(ranked, operation, config)
+    return max(strengths, key=strengths.__getitem__) if strengths else None  # max keeps the first of equals
+
+
+def clearly_strongest_model(records: Sequence[NodeRecord], operation: str, config: RouteConfig) -> str | None:
+    """The strongest model among ``records`` when it is stronger than every other one there (by the measure
+    ``strongest_model`` uses); None when one model alone is there, or two tie (unknown sizes, no evidence)."""
+    strengths = _model_strengths(records, operation, config)
+    ranked = sorted(strengths.values(), reverse=True)
+    if len(ranked) < 2 or ranked[0] == ranked[1]:
+        return None
+    return max(strengths, key=strengths.__getitem__)
+
+
+def _model_strengths(nodes: Sequence[NodeRecord], operation: str, config: RouteConfig
+                     ) -> dict[str, tuple[float, float]]:
+    """Each model's strength key among ``nodes``, in their order: (success rate, size) once every model has
+    ``strength_min_trials`` judged answers at ``operation`` (pooled over its nodes), else (size, success rate)."""
     trials: dict[str, int] = {}
     successes: dict[str, int] = {}
     sizes: dict[str, float] = {}
-    for node in ranked:  # dicts keep rank order: a model's first node is its best
+    for node in nodes:  # dicts keep order: in a ranking, a model's first node is its best
         model = model_of(node)
         stats = node.op_stats.get(operation)
         trials[model] = trials.get(model, 0) + (stats.trials if stats is not None else 0)
         successes[model] = successes.get(model, 0) + (stats.successes if stats is not None else 0)
         sizes.setdefault(model, model_size(node.info.model))
-    if not trials:
-        return None
-    by_evidence = all(t >= max(config.strength_min_trials, 1) for t in trials.values())
+    by_evidence = bool(trials) and all(t >= max(config.strength_min_trials, 1) for t in trials.values())
 
     def strength(model: str) -> tuple[float, float]:
         rate = successes[model] / trials[model] if trials[model] else 0.0
         return (rate, sizes[model]) if by_evidence else (sizes[model], rate)
 
-    return max(trials, key=strength)  # max keeps the first of equals: the best-ranked model
+    return {model: strength(model) for model in trials}
 
 
 def choose_nodes(ranked: Sequence[NodeRecord], wanted: int, operation: str, config: RouteConfig) -> tuple[str, ...]:

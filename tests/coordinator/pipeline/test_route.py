@@ -11,7 +11,13 @@ import pytest
 from dellm.coordinator.config import RouteConfig
 from dellm.coordinator.errors import NoNodesAvailableError
 from dellm.coordinator.pipeline.operations import Operation
-from dellm.coordinator.pipeline.route import OperationLatencies, redundancy_for, route_chunk, score_nodes
+from dellm.coordinator.pipeline.route import (
+    OperationLatencies,
+    clearly_strongest_model,
+    redundancy_for,
+    route_chunk,
+    score_nodes,
+)
 from dellm.coordinator.types import Chunk, NodeRecord
 from dellm.protos.wire import NodeDescription
 
@@ -590,6 +596,14 @@ def test_a_short_question_of_fact_still_goes_to_two_models(operation: Operation,
     assert redundancy_for(chunk, CONFIG) == CONFIG.redundancy
     assert route_chunk(chunk, nodes, {}, CONFIG).node_ids == ("small-a", "big")
     assert redundancy_for(Chunk("c2", Operation.GENERATE_OP, "write a haiku", 3, 0.1), CONFIG) == 1
+    assert redundancy_for(Chunk("c3", Operation.GENERAL_OP, "Tell me about Paris", 4, 0.1), CONFIG) == 1  # no question
+
+
+def test_a_clearly_strongest_model_needs_a_difference() -> None:
+    unnamed = [_judged("x", 300, 0.0, model="scripted-a"), _judged("y", 100, 0.0, model="scripted-b")]
+    assert clearly_strongest_model([BIG, SMALL_A, SMALL_B], "GENERATE_OP", CONFIG) == Q15  # by size
+    assert clearly_strongest_model(unnamed, "GENERATE_OP", CONFIG) is None  # no size, no evidence: a tie
+    assert clearly_strongest_model([SMALL_A, SMALL_B], "GENERATE_OP", CONFIG) is None  # one model
 
 
 @pytest.mark.parametrize("operation", [op for op in Operation if op is not Operation.MATH_OP])
