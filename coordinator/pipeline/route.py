@@ -207,13 +207,39 @@ def strongest_model(ranked: Sequence[NodeRecord], operation: str, config: RouteC
 
 
 def clearly_strongest_model(records: Sequence[NodeRecord], operation: str, config: RouteConfig) -> str | None:
-    """The strongest model among ``records`` when it is stronger than every other one there (by the measure
-    ``strongest_model`` uses); None when one model alone is there, or two tie (unknown sizes, no evidence)."""
-    strengths = _model_strengths(records, operation, config)
-    ranked = sorted(strengths.values(), reverse=True)
-    if len(ranked) < 2 or ranked[0] == ranked[1]:
+    """The model among ``records`` that is clearly stronger than every other one there; None when one model
+    alone is there, or none stands out. Clearly: once every model has ``strength_min_trials`` judged answers at
+    ``operation``, a success rate whose 95% interval lies above every other model's; else (or when the
+    evidence does not separate them), a larger size read from its name. Weaker evidence would let a few
+    slow answers of a big model, cut and judged wrong, make it look weaker than a small one at facts."""
+    trials: dict[str, int] = {}
+    successes: dict[str, int] = {}
+    sizes: dict[str, float] = {}
+    for node in records:
+        model = model_of(node)
+        stats = node.op_stats.get(operation)
+        trials[model] = trials.get(model, 0) + (stats.trials if stats is not None else 0)
+        successes[model] = successes.get(model, 0) + (stats.successes if stats is not None else 0)
+        sizes.setdefault(model, model_size(node.info.model))
+    if len(trials) < 2:
         return None
-    return max(strengths, key=strengths.__getitem__)
+    if all(t >= max(config.strength_min_trials, 1) for t in trials.values()):
+        best = max(trials, key=lambda m: successes[m] / trials[m])
+        low = _wilson(successes[best], trials[best])[0]
+        if all(low > _wilson(successes[m], trials[m])[1] for m in trials if m != best):
+            return best
+    by_size = sorted(trials, key=sizes.__getitem__, reverse=True)
+    return by_size[0] if sizes[by_size[0]] > sizes[by_size[1]] else None
+
+
+def _wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (95% by default)."""
+    if trials <= 0:
+        return 0.0, 1.0
+    rate = successes / trials
+    centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return centre - half, centre + half
 
 
 def _model_strengths(nodes: Sequence[NodeRecord], operation: str, config: RouteConfig

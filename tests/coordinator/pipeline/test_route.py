@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import statistics
+from dataclasses import replace
 
 import pytest
 
@@ -18,7 +19,7 @@ from dellm.coordinator.pipeline.route import (
     route_chunk,
     score_nodes,
 )
-from dellm.coordinator.types import Chunk, NodeRecord
+from dellm.coordinator.types import Chunk, NodeRecord, OpStats
 from dellm.protos.wire import NodeDescription
 
 CONFIG = RouteConfig(exploration="none")  # the seed's score exactly; exploration is tested at the end
@@ -604,6 +605,15 @@ def test_a_clearly_strongest_model_needs_a_difference() -> None:
     assert clearly_strongest_model([BIG, SMALL_A, SMALL_B], "GENERATE_OP", CONFIG) == Q15  # by size
     assert clearly_strongest_model(unnamed, "GENERATE_OP", CONFIG) is None  # no size, no evidence: a tie
     assert clearly_strongest_model([SMALL_A, SMALL_B], "GENERATE_OP", CONFIG) is None  # one model
+    # evidence that does not separate them (18/18 against 16/18): size decides
+    close = [_proven(BIG, 0.6, 18), _proven(SMALL_A, 0.9, 18)]
+    close = [replace(close[0], op_stats={"GENERATE_OP": OpStats(0.6, 18, 16)}),
+             replace(close[1], op_stats={"GENERATE_OP": OpStats(0.9, 18, 18)})]
+    assert clearly_strongest_model(close, "GENERATE_OP", CONFIG) == Q15
+    # evidence that does (40/40 against 10/40): the small model
+    apart = [replace(close[0], op_stats={"GENERATE_OP": OpStats(0.2, 40, 10)}),
+             replace(close[1], op_stats={"GENERATE_OP": OpStats(0.9, 40, 40)})]
+    assert clearly_strongest_model(apart, "GENERATE_OP", CONFIG) == Q05
 
 
 @pytest.mark.parametrize("operation", [op for op in Operation if op is not Operation.MATH_OP])
