@@ -66,14 +66,19 @@ def is_settled(chunk: Chunk, answers: Sequence[NodeAnswer], wanted: int, referen
 
 def group_sizes(keys: Sequence[str]) -> list[int]:
     """How many of ``keys`` fall in each group of matching answers, largest first."""
-    groups: list[tuple[str, int]] = []  # (representative key, members)
-    for key in keys:
+    return sorted((len(members) for members in group_members(keys)), reverse=True)
+
+
+def group_members(keys: Sequence[str]) -> list[list[int]]:
+    """The indices of ``keys`` in each group of matching answers, groups in order of their first member."""
+    groups: list[tuple[str, list[int]]] = []  # (representative key, member indices)
+    for index, key in enumerate(keys):
         at = next((i for i, (rep, _) in enumerate(groups) if answers_match(rep, key)), None)
         if at is None:
-            groups.append((key, 1))
+            groups.append((key, [index]))
         else:
-            groups[at] = (groups[at][0], groups[at][1] + 1)
-    return sorted((n for _, n in groups), reverse=True)
+            groups[at][1].append(index)
+    return [members for _, members in groups]
 
 
 def assemble_chunk(

@@ -39,8 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from dellm.coordinator.config import DispatchConfig
-from dellm.coordinator.pipeline.answers import answers_match
-from dellm.coordinator.pipeline.assemble import answer_key, votes_at_all
+from dellm.coordinator.pipeline.assemble import answer_key, group_members, votes_at_all
 from dellm.coordinator.pipeline.dispatch import derived_seed
 from dellm.coordinator.pipeline.prompts import (
     REASONING_SYSTEM,
@@ -116,12 +115,4 @@ def consistency_settled(chunk: Chunk, answers: Sequence[NodeAnswer], planned: in
 
 def family_groups(keys: Sequence[str], families: Sequence[str]) -> list[tuple[int, frozenset[str]]]:
     """(members, families among them) of each group of matching answer keys."""
-    groups: list[tuple[str, int, frozenset[str]]] = []
-    for key, family in zip(keys, families, strict=True):
-        at = next((i for i, (rep, _, _) in enumerate(groups) if answers_match(rep, key)), None)
-        if at is None:
-            groups.append((key, 1, frozenset({family})))
-        else:
-            rep, size, seen = groups[at]
-            groups[at] = (rep, size + 1, seen | {family})
-    return [(size, seen) for _, size, seen in groups]
+    return [(len(members), frozenset(families[i] for i in members)) for members in group_members(keys)]

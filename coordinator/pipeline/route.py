@@ -212,15 +212,7 @@ def clearly_strongest_model(records: Sequence[NodeRecord], operation: str, confi
     ``operation``, a success rate whose 95% interval lies above every other model's; else (or when the
     evidence does not separate them), a larger size read from its name. Weaker evidence would let a few
     slow answers of a big model, cut and judged wrong, make it look weaker than a small one at facts."""
-    trials: dict[str, int] = {}
-    successes: dict[str, int] = {}
-    sizes: dict[str, float] = {}
-    for node in records:
-        model = model_of(node)
-        stats = node.op_stats.get(operation)
-        trials[model] = trials.get(model, 0) + (stats.trials if stats is not None else 0)
-        successes[model] = successes.get(model, 0) + (stats.successes if stats is not None else 0)
-        sizes.setdefault(model, model_size(node.info.model))
+    trials, successes, sizes = _model_tallies(records, operation)
     if len(trials) < 2:
         return None
     if all(t >= max(config.strength_min_trials, 1) for t in trials.values()):
@@ -230,6 +222,22 @@ def clearly_strongest_model(records: Sequence[NodeRecord], operation: str, confi
             return best
     by_size = sorted(trials, key=sizes.__getitem__, reverse=True)
     return by_size[0] if sizes[by_size[0]] > sizes[by_size[1]] else None
+
+
+def _model_tallies(nodes: Sequence[NodeRecord], operation: str
+                   ) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
+    """Per model, in the order of ``nodes`` (in a ranking, a model's first node is its best): judged answers
+    and successes at ``operation`` pooled over its nodes, and the size read from its name."""
+    trials: dict[str, int] = {}
+    successes: dict[str, int] = {}
+    sizes: dict[str, float] = {}
+    for node in nodes:
+        model = model_of(node)
+        stats = node.op_stats.get(operation)
+        trials[model] = trials.get(model, 0) + (stats.trials if stats is not None else 0)
+        successes[model] = successes.get(model, 0) + (stats.successes if stats is not None else 0)
+        sizes.setdefault(model, model_size(node.info.model))
+    return trials, successes, sizes
 
 
 def _wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -246,15 +254,7 @@ def _model_strengths(nodes: Sequence[NodeRecord], operation: str, config: RouteC
                      ) -> dict[str, tuple[float, float]]:
     """Each model's strength key among ``nodes``, in their order: (success rate, size) once every model has
     ``strength_min_trials`` judged answers at ``operation`` (pooled over its nodes), else (size, success rate)."""
-    trials: dict[str, int] = {}
-    successes: dict[str, int] = {}
-    sizes: dict[str, float] = {}
-    for node in nodes:  # dicts keep order: in a ranking, a model's first node is its best
-        model = model_of(node)
-        stats = node.op_stats.get(operation)
-        trials[model] = trials.get(model, 0) + (stats.trials if stats is not None else 0)
-        successes[model] = successes.get(model, 0) + (stats.successes if stats is not None else 0)
-        sizes.setdefault(model, model_size(node.info.model))
+    trials, successes, sizes = _model_tallies(nodes, operation)
     by_evidence = bool(trials) and all(t >= max(config.strength_min_trials, 1) for t in trials.values())
 
     def strength(model: str) -> tuple[float, float]:
