@@ -4,16 +4,16 @@ score = latency_weight x normalized latency + fitness_weight x (1 - fitness), lo
 formula (``seed_score``), with three refinements so that it serves answers that are right. No I/O.
 
 1. Latency is normalised among this chunk's candidates. A node's expected time is its measured
-   whole-answer time (the median of the measured nodes until it has one) times one plus the answers
-   queued on it (a node serves one generation at a time, so busy nodes yield to idle ones), divided by
-   the worst expected time among the nodes that may take this chunk: excluded (already tried) and
-   quarantined nodes are left out before normalising, so a slow node nobody would pick does not make
-   the others look fast. A node's time is its average at the chunk's operation once it has answered one
-   (``OperationLatencies``, in the coordinator's memory), else its overall average from the registry
-   (``NodeRecord.latency_ms``). The chunk's
-   expected answer length would scale every candidate's time by the same factor and cancels in the
-   ratio: it changes no ranking, so it is not applied. (It would where nodes were measured on answers
-   of different lengths; that needs the registry to keep tokens per answer, ``NodeAnswer.tokens``.)
+   whole-answer time (until it has one, the measured nodes' median time per parameter times its model's
+   size, ``LatencyPrior``) times one plus the answers queued on it (a node serves one generation at a
+   time, so busy nodes yield to idle ones), divided by the worst expected time among the nodes that may
+   take this chunk: excluded (already tried) and quarantined nodes are left out before normalising, so
+   a slow node nobody would pick does not make the others look fast. A node's time is its average at the
+   chunk's operation once it has answered one (``OperationLatencies``, in the coordinator's memory), else
+   its overall average from the registry (``NodeRecord.latency_ms``). The chunk's expected answer length
+   would scale every candidate's time by the same factor and cancels in the ratio: it changes no ranking,
+   so it is not applied. (It would where nodes were measured on answers of different lengths; that needs
+   the registry to keep tokens per answer, ``NodeAnswer.tokens``.)
 2. Fitness weighs as much as its evidence allows (``evidence_weights``). With no judged answer at the
    operation the seed's 0.7/0.3 decides as it always did. As the best-known candidate's trials at the
    operation grow, the fitness weight moves from ``fitness_weight`` toward ``fitness_weight_cap``,
@@ -113,17 +113,41 @@ def trials_at(node: NodeRecord, operation: str) -> int:
     return stats.trials if stats is not None else 0
 
 
-def latency_prior(nodes: Iterable[NodeRecord], config: RouteConfig) -> float:
-    """The latency assumed for a node not measured yet: the median of those measured."""
-    measured = [n.latency_ms for n in nodes if n.latency_ms is not None]
-    return statistics.median(measured) if measured else config.default_latency_ms
+class LatencyPrior:
+    """The whole-answer time assumed for a node not measured yet, by the size of its model.
+
+    On a CPU, decoding is bound by reading the weights, so a model's time per token grows about in
+    proportion to its parameters (on this project's 2-core machine, one thread: the 1.5B coder writes 11
+    tokens/s, the 0.5B 35). So an unmeasured node of known size is given the measured nodes' median time per
+    parameter, times its size; before any node of known size is measured, ``default_latency_ms`` stands for
+    the median size among ``nodes``. A node whose name gives no size gets the median measured time (the
+    default before any). Without this, a fresh network's first chunks went to its slowest model: every node
+    looked alike, and ties went to the strongest."""
+
+    def __init__(self, nodes: Iterable[NodeRecord], config: RouteConfig) -> None:
+        nodes = list(nodes)
+        measured = [(n.latency_ms, model_size(n.info.model)) for n in nodes if n.latency_ms is not None]
+        self.flat = statistics.median(ms for ms, _ in measured) if measured else config.default_latency_ms
+        per_size = [ms / size for ms, size in measured if size > 0]
+        sizes = [size for n in nodes if (size := model_size(n.info.model)) > 0]
+        self._per_size: float | None = (statistics.median(per_size) if per_size
+                                        else config.default_latency_ms / statistics.median(sizes) if sizes
+                                        else None)
+
+    def __call__(self, node: NodeRecord) -> float:
+        """``node``'s measured time, else the time assumed for its size."""
+        measured = node.latency_ms
+        if measured is not None:
+            return measured
+        size = model_size(node.info.model)
+        return self._per_size * size if size > 0 and self._per_size is not None else self.flat
 
 
-def expected_latencies(nodes: Iterable[NodeRecord], in_flight: Mapping[str, int], prior: float) -> dict[str, float]:
-    """node id -> expected time for one more answer: its whole-answer time (``prior`` until measured)
-    times one plus the answers already queued on it."""
-    return {n.node_id: (n.latency_ms if n.latency_ms is not None else prior) * (1 + in_flight.get(n.node_id, 0))
-            for n in nodes}
+def expected_latencies(nodes: Iterable[NodeRecord], in_flight: Mapping[str, int],
+                       prior: Callable[[NodeRecord], float]) -> dict[str, float]:
+    """node id -> expected time for one more answer: its whole-answer time (``prior``'s guess until
+    measured) times one plus the answers already queued on it."""
+    return {n.node_id: prior(n) * (1 + in_flight.get(n.node_id, 0)) for n in nodes}
 
 
 def seed_score(expected_latency: float, worst_latency: float, fitness: float, config: RouteConfig) -> float:
@@ -169,7 +193,7 @@ def _scored(
     rng: random.Random | None, exclude: Collection[str],
 ) -> list[tuple[float, NodeRecord]]:
     live = [n for n in nodes if n.state == NodeState.UP]
-    prior = latency_prior(live, config)  # every measured live node informs the guess for an unmeasured one
+    prior = LatencyPrior(live, config)  # every measured live node informs the guess for an unmeasured one
     candidates = [n for n in live if n.node_id not in exclude]
     probe = rng.random() < config.quarantine_probe_rate if rng is not None else False
     trusted = [n for n in candidates if probe or not quarantined(n, operation, config)]
@@ -186,6 +210,7 @@ def _scored(
     ]
 
 
+@functools.lru_cache(maxsize=4096)  # read on every routing decision; a network has few model names
 def model_size(model: str) -> float:
     """Parameters read from a model's name ("qwen2.5-coder-1.5b-instruct" -> 1.5e9, "gemma-3-270m" ->
     2.7e8); 0.0 when the name gives none."""
@@ -388,13 +413,12 @@ class Shortlist:
             return cached[2], cached[3]
         config = self._config
         nodes = list(table)
-        prior = latency_prior(nodes, config)
-        worst = max((n.latency_ms for n in nodes if n.latency_ms is not None), default=prior) or 1.0
+        prior = LatencyPrior(nodes, config)
+        worst = max(map(prior, nodes), default=prior.flat) or 1.0
         weights = _weighted(config, max((trials_at(n, operation) for n in nodes), default=0))
 
         def key(node: NodeRecord) -> tuple[bool, float, str]:
-            latency = node.latency_ms if node.latency_ms is not None else prior
-            score = seed_score(latency, worst, node.fitness_for(operation), weights)
+            score = seed_score(prior(node), worst, node.fitness_for(operation), weights)
             return quarantined(node, operation, config), score, node.node_id
 
         ranked = sorted(nodes, key=key)

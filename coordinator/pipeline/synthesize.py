@@ -249,13 +249,15 @@ class TemplateSynthesizer:
 
 
 class OverrunRecord:
-    """Whether the synthesis model is worth waiting for, from its last ``window`` tries: not once it has
-    overrun its budget ``skip_after`` times there and more often than it kept within it. A machine too busy
-    to synthesize in time then serves the template answer at once; one success among overruns does not
-    bring the wait back (the compound benchmark's model kept within its 1.5 s on 4 tries of 18, and each
-    success used to restart three more overruns). While skipped, every ``probe_every``-th query tries the
-    model again in the background (``probe_due``), so that it is waited for once it keeps within its budget
-    more often than not. ``skip_after`` 0: always wait."""
+    """Whether the synthesis model is worth waiting for, from its last ``window`` tries: not before it has
+    kept within its budget once, and not once it has overrun it ``skip_after`` times there and more often
+    than it kept within it. A model not yet proven costs nobody a wait: the first query tries it in the
+    background (on this machine the demo's first query lost its whole 1.5 s budget to a cold model that
+    overran it). A machine too busy to synthesize in time serves the template answer at once; one success
+    among overruns does not bring the wait back (the compound benchmark's model kept within its 1.5 s on 4
+    tries of 18, and each success used to restart three more overruns). While skipped, every
+    ``probe_every``-th query tries the model again in the background (``probe_due``), so that it is waited
+    for once it keeps within its budget more often than not. ``skip_after`` 0: always wait."""
 
     def __init__(self, skip_after: int, probe_every: int, window: int = 10) -> None:
         self._skip_after, self._probe_every = skip_after, max(1, probe_every)
@@ -267,13 +269,17 @@ class OverrunRecord:
         return sum(self._tries)
 
     def worth_waiting(self) -> bool:
+        if self._skip_after <= 0:
+            return True
         overruns = self.overruns
-        return self._skip_after <= 0 or overruns < self._skip_after or overruns <= len(self._tries) - overruns
+        kept = len(self._tries) - overruns
+        return kept > 0 and (overruns < self._skip_after or overruns <= kept)
 
     def probe_due(self) -> bool:
-        """Called for a query that does not wait: whether it is the one to try the model in the background."""
+        """Called for a query that does not wait: whether it is the one to try the model in the background
+        (the first such query, then every ``probe_every``-th)."""
         self._skipped += 1
-        if self._skipped < self._probe_every:
+        if self._tries and self._skipped < self._probe_every:
             return False
         self._skipped = 0
         return True
@@ -318,6 +324,8 @@ class ModelSynthesizer:
                 probe = asyncio.create_task(self._probe(request, budget))
                 self._probes.add(probe)
                 probe.add_done_callback(self._probes.discard)
+            if not self.record.overruns:
+                return template_answer(results), "template: the synthesis model is tried in the background first"
             return template_answer(results), (f"template: synthesis skipped, it overran its {budget:g} s budget "
                                               f"on {self.record.overruns} of its last tries")
         generation = await self._within_budget(asyncio.create_task(self._generate(request)), budget)

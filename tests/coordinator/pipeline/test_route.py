@@ -13,6 +13,7 @@ from dellm.coordinator.config import RouteConfig
 from dellm.coordinator.errors import NoNodesAvailableError
 from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.pipeline.route import (
+    LatencyPrior,
     OperationLatencies,
     clearly_strongest_model,
     redundancy_for,
@@ -650,3 +651,40 @@ def test_latency_at_the_operation_routes_a_chunk_to_the_node_fast_at_it() -> Non
     assert latencies.view([big, small], "GENERAL_OP") == [big, small]  # not measured there: overall figures
     assert route_chunk(math_chunk, view, {"small": 2}, CONFIG).node_ids == ("small",)  # 3 s queued < 4 s
     assert route_chunk(math_chunk, [big, small], {"small": 2}, CONFIG).node_ids == ("big",)  # one figure: big
+
+
+def _unmeasured(node_id: str, model: str) -> NodeRecord:
+    return NodeRecord(NodeDescription(node_id, "127.0.0.1:1", model=model), fitness=0.5, latency_ms=None)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "expected_ms"),
+    [
+        pytest.param([_unmeasured("big", Q15), _unmeasured("small", Q05)], {"big": 1500.0, "small": 500.0},
+                     id="nothing-measured-default-stands-for-the-median-size"),
+        pytest.param([_unmeasured("big", Q15), _judged("small", 400, 0.0, model=Q05)], {"big": 1200.0, "small": 400.0},
+                     id="time-per-parameter-of-the-measured"),
+        pytest.param([_unmeasured("big", Q15), _judged("small", 400, 0.0, model=Q05), _judged("x", 900, 0.0)],
+                     {"big": 1200.0, "small": 400.0, "x": 900.0}, id="unknown-size-measured-kept"),
+        pytest.param([_unmeasured("x", ""), _judged("small", 400, 0.0, model=Q05),
+                      _judged("tiny", 100, 0.0, model=S135)], {"x": 250.0}, id="unknown-size-unmeasured-median-time"),
+        pytest.param([_unmeasured("x", ""), _unmeasured("y", "")], {"x": 1000.0, "y": 1000.0},
+                     id="no-sizes-no-measures-default"),
+    ],
+)
+def test_an_unmeasured_node_is_expected_to_take_time_in_proportion_to_its_model_size(
+        nodes: list[NodeRecord], expected_ms: dict[str, float]) -> None:
+    prior = LatencyPrior(nodes, RouteConfig(default_latency_ms=1000.0))
+
+    assert {n.node_id: prior(n) for n in nodes if n.node_id in expected_ms} == pytest.approx(expected_ms)
+
+
+def test_a_fresh_network_sends_checked_arithmetic_to_a_small_fast_model_not_the_big_one() -> None:
+    """The demo's first query: nothing measured, one 1.5B and two 0.5B nodes; '10% of 1000' is checked
+    exactly, so one node answers it, and the 0.5B takes about a third of the 1.5B's time."""
+    nodes = [_unmeasured("a-big", Q15), _unmeasured("b-small", Q05), _unmeasured("c-small", Q05)]
+    chunk = Chunk("c1", Operation.MATH_OP, "Calculate 10% interest on $1000", 6, 0.55)
+
+    assert route_chunk(chunk, nodes, {}, CONFIG, count=redundancy_for(chunk, CONFIG, checked=True)).node_ids == (
+        "b-small",)
+    assert "a-big" in route_chunk(SEARCH_HIGH, nodes, {}, CONFIG).node_ids  # facts still get the strongest model
