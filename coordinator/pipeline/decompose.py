@@ -17,7 +17,7 @@ import re
 from dellm.coordinator.config import DecomposeConfig
 from dellm.coordinator.errors import InvalidQueryError
 from dellm.coordinator.pipeline.answers import reads_arithmetic, refers_to_prior
-from dellm.coordinator.pipeline.operations import NUMBER, OPERATIONS, Operation, classify
+from dellm.coordinator.pipeline.operations import MAGNITUDE_QUESTION, NUMBER, OPERATIONS, Operation, classify
 from dellm.coordinator.types import Chunk, Plan
 
 _SEQUENCE = re.compile(
@@ -52,7 +52,6 @@ _REFERS_BACK = re.compile(
 )
 _LEADING_CONJUNCTION = re.compile(r"^\s*(?:and\s+also|also|and|plus)\b\s*,?\s*", re.I)
 _NAMED_SUBJECT = re.compile(r"(?<=\s)(?!I\b)[A-Z]\w*|\d[\d.,]*")  # a name after the first word, or a number
-_QUANTITY_QUESTION = re.compile(r"\bhow\s+(?:far|long|much|many|old|tall|big|fast|often|high|heavy|large)\b", re.I)
 _BUILDS_ON = re.compile(r"\bbased\s+on\b", re.I)
 # Words that may point at something earlier in the query: a step holding one is never taken as self-contained.
 _ANAPHORA = re.compile(
@@ -166,7 +165,7 @@ def self_contained(text: str, earlier: str = "") -> bool:
     in a query that is not a story's questions ("how much ...?", here or before). Such a step runs at once
     instead of waiting for the step before; anything else ("then write a summary", "then compare the
     options") still waits, since what it works on may be the earlier answer."""
-    if _ANAPHORA.search(text) or _QUANTITY_QUESTION.search(f"{earlier} {text}"):  # a story's steps ("how much")
+    if _ANAPHORA.search(text) or MAGNITUDE_QUESTION.search(f"{earlier} {text}"):  # a story's steps ("how much")
         return False
     operation = operation_of(text)
     if operation is Operation.MATH_OP:

@@ -10,6 +10,11 @@ answer for the vote and the reward:
   (the answer fails, with the reason), and the coordinator carries on;
 - no program at all: the number the node stated, as before.
 
+A question asking for a magnitude ("How much more revenue did the mechanic earn ...?") whose value the
+coordinator cannot compute itself judges a negative answer by its size: below zero, it is a sign slip
+(the program subtracted in the wrong order). On GSM8K problems 0..99 the 1.5B coder gave 17 negative
+answers to such questions; none was right as it stood, and its size was right on 4 of the 9 problems.
+
 Answers to other operations pass through unchanged.
 """
 
@@ -20,8 +25,8 @@ import dataclasses
 import math
 import re
 
-from dellm.coordinator.pipeline.answers import final_number, format_number
-from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.answers import exact_answer, final_number, format_number
+from dellm.coordinator.pipeline.operations import MAGNITUDE_QUESTION, Operation
 from dellm.coordinator.sandbox import ProgramRunner, extract_program
 from dellm.coordinator.types import Chunk, NodeAnswer
 
@@ -62,7 +67,9 @@ async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunn
     stated = stated_number(answer.text)
     program = (extract_program(answer.text) or bare_program(answer.text)) if runner is not None else None
     if program is None or runner is None:
-        return dataclasses.replace(answer, value=stated, program="no program" if runner is not None else "")
+        value, sign = _magnitude(stated, chunk)
+        note = ("no program" + sign) if runner is not None else sign.removeprefix("; ")
+        return dataclasses.replace(answer, value=value, program=note)
     execution = await runner.run(program)
     if not execution.ok or execution.value is None or not math.isfinite(execution.value):
         why = f"{PROGRAM_FAILED} ({execution.error})"
@@ -72,4 +79,13 @@ async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunn
         note = f"stated {format_number(stated)}, its program computed {format_number(computed)}: judged by the program"
     else:
         note = f"its program computed {format_number(computed)}"
-    return dataclasses.replace(answer, value=computed, program=note)
+    value, sign = _magnitude(computed, chunk)
+    return dataclasses.replace(answer, value=value, program=note + sign)
+
+
+def _magnitude(value: float | None, chunk: Chunk) -> tuple[float | None, str]:
+    """``value``, or its size when it is below zero and ``chunk`` asks a magnitude it cannot check exactly
+    (see the module's notes); and a note saying so."""
+    if value is None or value >= 0 or not MAGNITUDE_QUESTION.search(chunk.text) or exact_answer(chunk.text) is not None:
+        return value, ""
+    return -value, f"; a magnitude is asked, so judged as {format_number(-value)}"

@@ -70,6 +70,9 @@ _ARITHMETIC_WORDS = (
     rf"{_NUM}\s*(?:%|percent|per\s+cent)\s+(?:[a-z]+\s+)?(?:of|on|more\s+than|less\s+than)\s+{_OPERAND}",
 )
 
+# A question that asks for a magnitude ("how many ...", "how far ..."): its answer is never below zero.
+MAGNITUDE_QUESTION = re.compile(r"\bhow\s+(?:far|long|much|many|old|tall|big|fast|often|high|heavy|large)\b", re.I)
+
 # A question of quantity about two or more given numbers is a word problem ("... at 10 miles per hour ... from 1 to
 # 4 PM ... How long does it take him?", "... lost 5 right before the comparison, how many does Bobby have?");
 # "How long is the Nile?" is not.

@@ -116,3 +116,30 @@ async def test_an_unfenced_one_line_program_is_run() -> None:
     runner = ScriptedRunner({PROGRAM: Execution.success(36.0)})
     judged = await judge_by_program(answer(PROGRAM), MATH, runner)
     assert judged.value == 36.0 and runner.programs == [PROGRAM]
+
+
+MECHANIC = Chunk("c1", Operation.MATH_OP, "A mechanic charges $60 a tire on Monday and $40 on Tuesday, and fixes "
+                 "2 tires each day. How much more revenue did the mechanic earn on the day with higher revenue?", 30, 0.7)
+SUBTRACTION = "monday = 60 * 2\ntuesday = 40 * 2\nanswer = tuesday - monday"
+
+
+@pytest.mark.parametrize(("chunk", "text", "execution", "value", "note"), [
+    pytest.param(MECHANIC, with_program("-40", SUBTRACTION), Execution.success(-40.0), 40.0,
+                 "its program computed -40; a magnitude is asked, so judged as 40", id="program-sign-slip"),
+    pytest.param(MECHANIC, "Step 1: ...\nAnswer: -40", None, 40.0,
+                 "no program; a magnitude is asked, so judged as 40", id="worked-steps-sign-slip"),
+    pytest.param(MECHANIC, with_program("40", SUBTRACTION), Execution.success(40.0), 40.0,
+                 "its program computed 40", id="positive-untouched"),
+    pytest.param(Chunk("c1", Operation.MATH_OP, "The low was -3 degrees and the high 7 degrees lower. What was the "
+                       "high?", 20, 0.6), with_program("-10", SUBTRACTION), Execution.success(-10.0), -10.0,
+                 "its program computed -10", id="not-a-magnitude-question"),
+    pytest.param(Chunk("c1", Operation.MATH_OP, "How much is 5 minus 9?", 8, 0.5),
+                 with_program("-4", "answer = 5 - 9"), Execution.success(-4.0), -4.0, "its program computed -4",
+                 id="arithmetic-checked-exactly"),
+])
+async def test_a_negative_answer_to_a_magnitude_question_is_judged_by_its_size(
+        chunk: Chunk, text: str, execution: Execution | None, value: float, note: str) -> None:
+    """GSM8K #53: both programs of the 1.5B subtracted in the wrong order and outvoted the right 40."""
+    programs = {} if execution is None else {text.split("```python\n")[1].split("\n```")[0]: execution}
+    judged = await judge_by_program(answer(text), chunk, ScriptedRunner(programs))
+    assert (judged.value, judged.program) == (value, note)
