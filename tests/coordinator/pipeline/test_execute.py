@@ -119,7 +119,8 @@ async def test_an_unfenced_one_line_program_is_run() -> None:
 
 
 MECHANIC = Chunk("c1", Operation.MATH_OP, "A mechanic charges $60 a tire on Monday and $40 on Tuesday, and fixes "
-                 "2 tires each day. How much more revenue did the mechanic earn on the day with higher revenue?", 30, 0.7)
+                 "2 tires each day. How much more revenue did the mechanic earn on the day with higher revenue?",
+                 30, 0.7)
 SUBTRACTION = "monday = 60 * 2\ntuesday = 40 * 2\nanswer = tuesday - monday"
 
 
