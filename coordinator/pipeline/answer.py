@@ -215,8 +215,9 @@ async def answer_chunk(
     """Stages 3 and 4 for one chunk: its result, every node answer to it, and the prompt they saw.
 
     A math answer is judged by what its own program computes (pipeline/execute.py). When the
-    coordinator's exact value contradicts every answer, more nodes are asked (other models first);
-    if none agrees, the result is the coordinator's value and says so (never a value proven wrong).
+    coordinator's exact value contradicts every answer, or no answer can be used at all, more nodes are
+    asked (other models first); if none agrees, the result is the coordinator's value and says so (never a
+    value proven wrong).
     """
     config = deps.config
     programs = deps.runner is not None
@@ -248,10 +249,17 @@ async def answer_chunk(
         settled=settled)
     outcome = await dispatch(count=wanted, samples=samples).run()
     chunk_answers, cancelled = list(outcome.answers), outcome.cancelled
-    result = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled)
-    if result.checked_by == "coordinator" and config.dispatch.escalation_nodes > 0:
+    try:
+        result: ChunkResult | None = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled)
+    except ChunkFailedError:
+        if expected is None:
+            raise
+        # Checked arithmetic goes to one node: an answer it could not use (empty, looping, the question
+        # repeated) is escalated like a wrong one, rather than failing the whole query.
+        result = None
+    if (result is None or result.checked_by == "coordinator") and config.dispatch.escalation_nodes > 0:
         exclude = escalation_exclude(deps.registry.table(), {a.node_id for a in chunk_answers})
-        log.info("chunk %s: every answer contradicts the exact value %s; asking %d more node(s)",
+        log.info("chunk %s: no answer agrees with the exact value %s; asking %d more node(s)",
                  chunk.chunk_id, expected, config.dispatch.escalation_nodes)
         try:
             more = await dispatch(exclude=exclude, count=config.dispatch.escalation_nodes).run()
@@ -259,7 +267,10 @@ async def answer_chunk(
             more = None
         if more is not None:
             chunk_answers += more.answers
-            result = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled + more.cancelled)
+            cancelled += more.cancelled
+            result = None
+    if result is None:  # raises ChunkFailedError when still no answer is usable
+        result = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled)
     return result, chunk_answers, prompt
 
 

@@ -89,6 +89,25 @@ async def test_escalation_asks_another_model_when_every_answer_is_proven_wrong(c
     assert "360" not in events[-1].final.answer
 
 
+@pytest.mark.parametrize("useless", ["Calculate 15% of 240", "", "1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1"],
+                         ids=["repeats-the-question", "empty", "loops"])
+async def test_a_useless_answer_to_checked_arithmetic_is_escalated_not_a_failed_query(
+        cluster: Cluster, useless: str) -> None:
+    """Checked arithmetic goes to one node; the fitness benchmark's query failed UNAVAILABLE when that one
+    node's answer could not be used, though the coordinator knew the value."""
+    await cluster.add_node("a", script([CAPITAL, {"pattern": "(?i)15% of 240", "reply": useless}], model="small"))
+    await cluster.add_node("b", script([CAPITAL, {"pattern": "(?i)15% of 240", "reply": "Answer: 36", "delay": 0.05}],
+                                       model="large"))
+    events = await collect(cluster.address, PERCENT)
+    c1 = chunk_result(events, "c1")
+    asked = [n[:1] for e in events if e.WhichOneof("event") == "assignment" and e.assignment.chunk_id == "c1"
+             for n in e.assignment.node_ids]
+    assert asked[0] == "a" and "b" in asked
+    assert c1.value == pytest.approx(36) and c1.checked_by == "exact_check"
+    assert rewards(events, "c1")["b"].verdict == dellm_pb2.CORRECT
+    assert "Tokyo" in events[-1].final.answer
+
+
 async def test_the_coordinator_serves_its_own_value_when_no_node_agrees(cluster: Cluster) -> None:
     wrong = [CAPITAL, {"pattern": "(?i)15% of 240", "reply": "Answer: 360"}]
     for name in ("a", "b", "c"):
