@@ -431,6 +431,23 @@ def gsm8k_baseline(section: Section, report: Report, where: str = "gsm8k50") -> 
         "", baseline_table(report), "", *baseline_verdict(report)]
 
 
+def gsm8k_samples(section: Section, report: Report) -> None:
+    """Problems 50..99 at 1 and 3 answers per word problem (``gsm8k_samples``) beside the paired run's 5
+    answers and the node alone (``gsm8k50c``)."""
+    from dellm.client.bench.report import baseline_table
+
+    paired = load("gsm8k50c/results.json") or {"summary": {}, "runs": {}}
+    merged = {**report, "summary": {**paired["summary"], **report["summary"]},
+              "runs": {**paired.get("runs", {}), **report.get("runs", {})}}
+    section.machines.add(describe_machine(report["machine"]))
+    section.lines += [
+        "The same network and slice at 1, 3 and 5 answers per word problem (1: the program alone; 3: worked "
+        "steps, a program, plan-and-solve; 5: and a `solution()` function and one sample). The 1- and 3-answer "
+        f"runs are not paired with the node alone: `{report['command']}`. The 5-answer row and the node alone "
+        "are the paired run above. Every answer: `bench-results/gsm8k_samples/results.json`.",
+        "", baseline_table(merged)]
+
+
 def gsm8k(section: Section, report: Report) -> None:
     section.machines.add(describe_machine(report["machine"]))
     section.lines += [f"`{report['command']}` on {describe_machine(report['machine'])} (results, every answer: "
@@ -521,6 +538,8 @@ def sections() -> list[Section]:
         one("gsm8k50/results.json", gsm8k_baseline))
     add("GSM8K, problems 50..99: four greedy methods, agreement across families (issue 13)", "gsm8k_methods",
         one("gsm8k50c/results.json", lambda s, r: gsm8k_baseline(s, r, "gsm8k50c")))
+    add("GSM8K, problems 50..99, at 1, 3 and 5 answers (issue 13)", "gsm8k_samples",
+        one("gsm8k_samples/results.json", gsm8k_samples))
     add("Portable llama.cpp builds (issue 11)", "llama_build", one("llama_build.json", llama_build))
     add("Compound queries through dellm ask (issue 13)", "compound", one("compound_queries.json", compound))
     add("Prompt KV cache (issue 13)", "prompt_cache", one("prompt_cache.json", prompt_cache))
