@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dellm.coordinator.config import (
+    WARM_BUDGET_S,
     AdmissionConfig,
     CoordinatorConfig,
     DecomposeConfig,
@@ -141,6 +142,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds down before a node leaves the live set (default %(default)s)")
     parser.add_argument("--probation-canaries", type=int, default=AdmissionConfig.probation_canaries,
                         help="canaries a new node must answer right before it gets work; 0: none (default %(default)s)")
+    parser.add_argument("--warm-budget", type=float, default=WARM_BUDGET_S,
+                        help="seconds an admitted node may spend evaluating the system prompts into its prompt "
+                             "cache before it gets work; 0: none (default %(default)s)")
     parser.add_argument("--max-nodes", type=int, default=AdmissionConfig.max_nodes,
                         help="node ids held, up or down; new ones past it are refused (default %(default)s)")
     parser.add_argument("--node-retention", type=float, default=AdmissionConfig.retention_s,
@@ -161,15 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dellm-coordinator: {exc}", file=sys.stderr)
         return 2
     registry_spec = args.registry or str(default_registry_path())
-    if args.probation_canaries < 0 or args.max_nodes < 1 or args.node_retention <= 0:
-        print("dellm-coordinator: --probation-canaries must be 0 or more, --max-nodes at least 1 and "
-              "--node-retention above 0", file=sys.stderr)
+    if args.probation_canaries < 0 or args.max_nodes < 1 or args.node_retention <= 0 or args.warm_budget < 0:
+        print("dellm-coordinator: --probation-canaries and --warm-budget must be 0 or more, --max-nodes at least "
+              "1 and --node-retention above 0", file=sys.stderr)
         return 2
     config = CoordinatorConfig(
         listen=args.listen, cluster=args.cluster,
         health=HealthConfig(interval_s=args.health_interval, max_missed=args.health_misses, ttl_s=args.node_ttl),
         admission=AdmissionConfig(probation_canaries=args.probation_canaries, max_nodes=args.max_nodes,
-                                  retention_s=args.node_retention),
+                                  retention_s=args.node_retention, warm_budget_s=args.warm_budget),
     )
     if args.redundancy < 1:
         print("dellm-coordinator: --redundancy must be at least 1", file=sys.stderr)

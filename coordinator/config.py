@@ -170,7 +170,15 @@ class AdmissionConfig:
     # work at once; dellm-coordinator --probation-canaries turns it on).
     probation_canaries: int = 0
     probation_interval_s: float = 5.0
+    # Seconds a node being admitted may spend evaluating the coordinator's system prompts into its prompt
+    # cache before it is registered (coordinator/warmup.py). 0: no warm-up (the library default, like
+    # probation, so that scripted test nodes answer only what a test asks; dellm-coordinator warms for
+    # WARM_BUDGET_S unless --warm-budget says otherwise).
+    warm_budget_s: float = 0.0
     retention_s: float = 7 * 24 * 3600.0  # a node gone this long is pruned: its fitness kept in the archive
+
+
+WARM_BUDGET_S = 3.0  # dellm-coordinator's default warm-up per admitted node (under a node's 5 s Join timeout)
 
 
 @dataclass(frozen=True)

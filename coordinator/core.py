@@ -52,6 +52,7 @@ from dellm.coordinator.types import (
     Verdict,
 )
 from dellm.coordinator.user_verdicts import check_feedback, recorded, replacing, winning_answers, with_feedback_token
+from dellm.coordinator.warmup import warm_node, warm_system_prompts
 from dellm.protos.security import SecurityConfig
 from dellm.protos.wire import SUPPORTED_PROTOCOL_VERSIONS, FeedbackSource, NodeDescription, NodeState, is_node_id
 
@@ -172,6 +173,11 @@ class Coordinator:
         except UnknownNodeError:
             known = None
         await self._refuse_duplicate(known, actual.node_id, address, owner_proven=owner_proven)
+        budget = self.config.admission.warm_budget_s
+        if budget > 0 and (known is None or known.state != NodeState.UP):  # before it can get work
+            warmed = await warm_node(self.pool.client(actual.node_id, address),
+                                     warm_system_prompts(self.config.dispatch), budget)
+            log.debug("node %s warmed on %d system prompts", actual.node_id, warmed)
         record = self.registry.upsert_node(replace(actual, address=address), now=time.time())
         if (known is None or known.state != NodeState.UP) and self.probation.needs(record):
             self.probation.admit(record.node_id)  # (a probation node rejoining stays on it)

@@ -22,7 +22,14 @@ from typing import Protocol
 
 from dellm.coordinator.config import DispatchConfig, RouteConfig
 from dellm.coordinator.errors import NodeCallError, NoNodesAvailableError
-from dellm.coordinator.pipeline.route import OperationLatencies, Shortlist, model_of, route_chunk, strongest_model
+from dellm.coordinator.pipeline.route import (
+    LatencyPrior,
+    OperationLatencies,
+    Shortlist,
+    model_of,
+    route_chunk,
+    strongest_model,
+)
 from dellm.coordinator.pipeline.stall import StallWatch
 from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.types import (
@@ -247,6 +254,7 @@ class ChunkDispatch:
         self._samples = collections.deque(samples)  # requests not yet given to a node
         self._sampling = bool(samples)
         self.snapshot: dict[str, NodeRecord] = {}  # the records of the nodes routed to, as routing saw them
+        self._expected_ms: dict[str, float] = {}  # their answer times as routing expected them (route.LatencyPrior)
         self.tried: set[str] = set(exclude)  # every node routed to for this chunk: never routed to twice
         self.answers: list[NodeAnswer] = []  # every answer recorded, failed ones included, in arrival order
         self.running: dict[str, asyncio.Task[None]] = {}  # the node each slot is streaming from -> its task
@@ -286,7 +294,10 @@ class ChunkDispatch:
             candidates = self._latencies.view(candidates, operation)
         assignment = route_chunk(self._chunk, candidates, self._in_flight, self._route_config, count=count,
                                  exclude=exclude, rng=self._rng)
-        self.snapshot.update((n.node_id, n) for n in candidates if n.node_id in assignment.node_ids)
+        prior = LatencyPrior(candidates, self._route_config)
+        for routed in (n for n in candidates if n.node_id in assignment.node_ids):
+            self.snapshot[routed.node_id] = routed
+            self._expected_ms[routed.node_id] = prior(routed)
         return assignment
 
     def _route_one_more(self, reason: str) -> str | None:
@@ -336,10 +347,11 @@ class ChunkDispatch:
 
     def _hedge_after(self, node_id: str) -> float:
         """Seconds ``node_id`` may stream before a second node races it: hedge_factor x its usual
-        answer time, at least hedge_min_s."""
-        known = self.snapshot.get(node_id)
-        usual_s = (known.latency_ms if known is not None else None) or 0.0
-        return max(self._config.hedge_min_s, self._config.hedge_factor * usual_s / 1000)
+        answer time, at least hedge_min_s. A node not measured yet is given the time routing expected of
+        its model's size: on a fresh network every node used to be hedged at hedge_min_s, and the demo's
+        hedges, queued on the busy 0.5B nodes, then took cores from the 1.5B everyone was waiting for."""
+        usual_ms = self._expected_ms.get(node_id, 0.0)
+        return max(self._config.hedge_min_s, self._config.hedge_factor * usual_ms / 1000)
 
     async def _hedged_attempt(self, node_id: str, request: ChunkRequest) -> list[NodeAnswer]:
         """The answer from ``node_id``; if it runs past its usual time, a second node races it and

@@ -144,6 +144,7 @@ async def dispatch(
     config: DispatchConfig = CONFIG,
     settled: Callable[[Sequence[NodeAnswer]], bool] | None = None,
     in_flight: dict[str, int] | None = None,
+    route: RouteConfig = ROUTE,
 ) -> Dispatched:
     """Dispatch ``chunk`` to nodes scripted by ``scripts``; by default the nodes are ranked in the
     scripts' order (the first is the fastest)."""
@@ -161,7 +162,7 @@ async def dispatch(
 
     async with asyncio.timeout(2.0):  # a hang fails the test, not the run
         outcome = await ChunkDispatch(
-            chunk, REQUEST, nodes=lambda: table, in_flight=counts, connector=connector, route_config=ROUTE,
+            chunk, REQUEST, nodes=lambda: table, in_flight=counts, connector=connector, route_config=route,
             config=config, emit=events.append, on_answer=recorded.append,
             settled=settles if settled is not None else None,
         ).run()
@@ -368,6 +369,22 @@ async def test_the_hedge_waits_for_the_node_s_usual_time_times_the_factor() -> N
 
     assert run.answered == [("a", None)]
     assert len(run.assignments) == 1
+
+
+async def test_a_node_not_measured_yet_is_hedged_after_the_time_expected_of_its_model_size() -> None:
+    """A fresh network: nothing measured. Before, every node was hedged at hedge_min_s."""
+    def fresh(node_id: str, model: str) -> NodeRecord:
+        return NodeRecord(NodeDescription(node_id, "127.0.0.1:1", model=model), latency_ms=None)
+
+    small, big = fresh("a-small", "qwen2.5-coder-0.5b-instruct"), fresh("b-big", "qwen2.5-coder-1.5b-instruct")
+    scripts = {"a-small": answers("4", after_s=0.2), "b-big": answers("4")}
+    # default 100 ms for the median size (1B): the 0.5B is expected in 50 ms, hedged after 3 x 50 ms
+    route = replace(ROUTE, default_latency_ms=100.0)
+    run = await dispatch(scripts, nodes=[small, big], config=HEDGING, route=route)
+    assert [a.node_ids for a in run.assignments] == [("a-small",), ("b-big",)]
+    # twice as long expected: 0.3 s, and its answer at 0.2 s is not raced
+    run = await dispatch(scripts, nodes=[small, big], config=HEDGING, route=replace(route, default_latency_ms=200.0))
+    assert [a.node_ids for a in run.assignments] == [("a-small",)] and run.answered == [("a-small", None)]
 
 
 async def test_a_slow_node_with_no_node_left_to_hedge_still_answers() -> None:

@@ -1,0 +1,61 @@
+"""Warming a node's prompt cache when it is admitted, before it gets any work.
+
+A llama.cpp node keeps the evaluated system prompts of its recent requests (node/backends/llama_cpp.py,
+``SystemPrefixStates``), so a request whose system prompt it has seen evaluates only the user's words. A
+node just started has seen none: its first request of each kind evaluates the system prompt too. On this
+project's 2-core machine the 1.5B coder (one thread) evaluates about 35 prompt tokens a second, so the
+first answer of a fresh node is about a second slower than the next, and the first query on a fresh network
+(`make demo`) waits for exactly those answers.
+
+So the coordinator, admitting a node that was not up, asks it for one token under each system prompt its
+chunks will use, within ``AdmissionConfig.warm_budget_s`` in all, before the node is registered: no query
+waits behind the warm-up, and the node's first answers are as fast as its later ones. Warming is an
+optimisation only: a node that fails or is slow at it is admitted all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from dellm.coordinator.config import DispatchConfig
+from dellm.coordinator.errors import NodeCallError
+from dellm.coordinator.node_client import NodeClient
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.prompts import REASONING_SYSTEM
+from dellm.coordinator.types import ChunkRequest
+
+log = logging.getLogger(__name__)
+
+WARM_UP_QUERY = "warm-up"  # the query id of warm-up requests, as a node's logs show them
+_PROBE = "Reply with OK."
+
+
+def warm_system_prompts(config: DispatchConfig) -> tuple[str, ...]:
+    """The system prompts a node's chunks are sent with, most used first: plain answers (facts and
+    text), programs (arithmetic), worked steps (word problems)."""
+    return tuple(dict.fromkeys((config.system_prompt, config.program_system_prompt, REASONING_SYSTEM)))
+
+
+async def warm_node(client: NodeClient, system_prompts: Sequence[str], budget_s: float) -> int:
+    """Ask ``client``'s node for one token under each of ``system_prompts`` in turn, within ``budget_s`` in
+    all; how many it answered. Errors and a spent budget end the warm-up early, and are only logged."""
+    deadline = time.monotonic() + budget_s
+    warmed = 0
+    for index, system in enumerate(system_prompts):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        request = ChunkRequest(WARM_UP_QUERY, f"w{index + 1}", Operation.GENERAL_OP, _PROBE, 1, 0.0, system)
+        try:
+            async with asyncio.timeout(left):
+                async for _ in client.generate(request, left):
+                    pass
+        except (TimeoutError, NodeCallError) as exc:
+            log.info("warming node %s stopped after %d of %d system prompts: %s", client.node_id, warmed,
+                     len(system_prompts), exc or "over its budget")
+            break
+        warmed += 1
+    return warmed
