@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import itertools
 import math
 import operator
 import re
@@ -674,3 +675,98 @@ def prior_value(dependency_answers: Sequence[str]) -> float | None:
         return None
     value = final_number(dependency_answers[-1])
     return value if value is not None and math.isfinite(value) else None
+
+
+# --- Worked steps' arithmetic, re-run ------------------------------------------------------------------------
+# A small model reasoning in words slips at arithmetic it writes out: "175 diamonds + 140 rubies + 280
+# emeralds = 695 gems" (GSM8K #67, twice from the 1.5B coder), and its answer line repeats the slip. The
+# coordinator re-runs each written equation "<arithmetic> = <number>" in order, carries a corrected value into
+# the later steps that use the wrong one, and judges the answer by where the corrected steps lead.
+
+_LATEX_WORDS = re.compile(r"\\(?:text|mathrm|mathbf)\{[^}]*\}")
+_LATEX_FRACTION = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
+_LATEX_SYMBOLS = {"\\times": "*", "\\cdot": "*", "\\div": "/", "×": "*", "÷": "/", "−": "-"}
+_WORKED_TOKEN = re.compile(r"\d+(?:\.\d+)?|[A-Za-z_][\w/'’-]*|[-+*/()]|\S")
+_EQUALS = re.compile(r"(?<![<>!=])=(?!=)")  # not "<=", ">=", "!=" nor "=="
+_HAS_OPERATION = re.compile(r"\d\s*[-+*/]\s*\(?\s*\d")
+_STATED = re.compile(r"\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)")
+_WHOLE_WORDS = frozenset({"a", "A"})  # one-letter words that are not variables
+
+
+def _worked_arithmetic(segment: str) -> str | None:
+    """The arithmetic written in ``segment`` ("175 diamonds + 140 rubies" -> "175 + 140"): numbers, operators
+    and parentheses, its words left out; None when it holds a variable ("2x + 3"), which is algebra."""
+    segment = segment.rsplit(":", 1)[-1]  # after a label ("Step 3: 175 + 140")
+    segment = _LATEX_FRACTION.sub(r" ((\1) / (\2)) ", segment)
+    for symbol, operator_ in _LATEX_SYMBOLS.items():
+        segment = segment.replace(symbol, operator_)
+    segment = _LATEX_WORDS.sub(" ", segment).replace("$", " ").replace("\\", " ")
+    segment = re.sub(r"(\d),(\d{3})", r"\1\2", segment)
+    segment = re.sub(r"(\d(?:\.\d+)?)\s*%", r"(\1/100)", segment)
+    segment = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d($])|(?<=\s)[xX]\s+(?=[\d($])", " * ", segment)  # "3 x 4 weeks"
+    kept = []
+    for token in _WORKED_TOKEN.findall(segment):
+        if token[0].isdigit() or token in "+-*/()":
+            kept.append(token)
+        elif len(token) == 1 and token.isalpha() and token not in _WHOLE_WORDS:
+            return None
+    while kept and kept[-1] in "+-*/(":
+        kept.pop()
+    while kept and kept[0] in "+-*/":  # a list's bullet ("- 18 / 3 = 6"), or a sign this cannot tell from one
+        kept.pop(0)
+    expression = " ".join(kept)
+    try:
+        ast.parse(expression, mode="eval")
+    except SyntaxError:  # two numbers side by side, or a stray operator: not arithmetic this reads
+        return None
+    return expression
+
+
+def worked_equations(text: str) -> list[tuple[str, float]]:
+    """Each written equation of ``text`` whose left side is arithmetic and whose right side states a number:
+    (the arithmetic, the number stated). In a chain "a + b = c * d = e" only "c * d = e" states a value."""
+    found = []
+    for line in text.splitlines():
+        sides = _EQUALS.split(line)
+        for left, right in itertools.pairwise(sides):
+            expression = _worked_arithmetic(left)
+            if expression is None or not _HAS_OPERATION.search(expression):
+                continue
+            if _HAS_OPERATION.search(_worked_arithmetic(right) or ""):
+                continue  # the chain goes on: its next "=" states the value
+            stated = _STATED.match(_LATEX_WORDS.sub(" ", right).replace("\\", " ").replace("{", " "))
+            value = parse_number(stated.group(1)) if stated else None
+            if value is not None:
+                found.append((expression, value))
+    return found
+
+
+def _slipped(expression: str, computed: float, stated: float) -> bool:
+    if math.isclose(computed, stated, rel_tol=5e-3, abs_tol=0.011):  # "= 3.33" for 10 / 3
+        return False
+    # A division stated in whole units ("35 / 15 = 2" full boxes) is rounding, not a slip.
+    return not ("/" in expression and stated in (math.floor(computed), math.ceil(computed)))
+
+
+def rerun_worked_steps(text: str, final: float | None) -> tuple[float | None, list[str]]:
+    """``final`` (the answer ``text`` states) after its equations are re-run in order, each corrected value
+    carried into the later equations that use the stated one; and a note per corrected equation."""
+    corrections: dict[float, float] = {}
+    notes = []
+    for expression, stated in worked_equations(text):
+        if corrections:
+            expression = re.sub(r"\d+(?:\.\d+)?",
+                                lambda m: format_number(corrections.get(float(m.group(0)), float(m.group(0)))),
+                                expression)
+        try:
+            computed = _evaluate(ast.parse(expression, mode="eval"), None)
+            signed = _evaluate(ast.parse(f"-{expression}", mode="eval"), None)  # its first number negative
+        except (SyntaxError, ValueError, TypeError, ZeroDivisionError, OverflowError, RecursionError):
+            continue
+        if math.isfinite(computed) and _slipped(expression, computed, stated) and _slipped(expression, signed, stated):
+            corrections[stated] = computed
+            notes.append(f"{expression} is {format_number(computed)}, not {format_number(stated)}")
+    notes = list(dict.fromkeys(notes))
+    if final is None or final not in corrections:
+        return final, notes
+    return corrections[final], notes

@@ -8,7 +8,12 @@ answer for the vote and the reward:
   computed 36": judged by the program);
 - a program that is refused, fails, loops or allocates without bound: a wrong answer for that node
   (the answer fails, with the reason), and the coordinator carries on;
-- no program at all: the number the node stated, as before.
+- no program at all (worked steps in words): the number the node stated, where its own written
+  arithmetic leads. Each equation it writes ("175 diamonds + 140 rubies + 280 emeralds = 695 gems") is
+  re-run in order, a corrected value carried into the later steps that use it, and a stated answer that
+  came from a slipped equation is judged by the corrected one (``answers.rerun_worked_steps``). On the
+  recorded GSM8K answers of problems 0..99 (730 worked answers of the 0.5B and 1.5B coders) this turned 20
+  wrong answers right and no right one wrong.
 
 A question asking for a magnitude ("How much more revenue did the mechanic earn ...?") whose value the
 coordinator cannot compute itself judges a negative answer by its size: below zero, it is a sign slip
@@ -25,7 +30,7 @@ import dataclasses
 import math
 import re
 
-from dellm.coordinator.pipeline.answers import exact_answer, final_number, format_number
+from dellm.coordinator.pipeline.answers import exact_answer, final_number, format_number, rerun_worked_steps
 from dellm.coordinator.pipeline.operations import MAGNITUDE_QUESTION, Operation
 from dellm.coordinator.sandbox import ProgramRunner, extract_program
 from dellm.coordinator.types import Chunk, NodeAnswer
@@ -67,8 +72,10 @@ async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunn
     stated = stated_number(answer.text)
     program = (extract_program(answer.text) or bare_program(answer.text)) if runner is not None else None
     if program is None or runner is None:
-        value, sign = _magnitude(stated, chunk)
-        note = ("no program" + sign) if runner is not None else sign.removeprefix("; ")
+        rerun, slips = rerun_worked_steps(answer.text, stated)
+        value, sign = _magnitude(rerun, chunk)
+        steps = f"; its written arithmetic re-run: {'; '.join(slips)}" if slips else ""
+        note = (("no program" if runner is not None else "") + steps + sign).removeprefix("; ")
         return dataclasses.replace(answer, value=value, program=note)
     execution = await runner.run(program)
     if not execution.ok or execution.value is None or not math.isfinite(execution.value):

@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from dellm.coordinator.pipeline.answers import exact_answer, prior_value, reads_arithmetic, refers_to_prior
+from dellm.coordinator.pipeline.answers import (
+    exact_answer,
+    prior_value,
+    reads_arithmetic,
+    refers_to_prior,
+    rerun_worked_steps,
+)
 
 # (text, prior, expected value): every word operator, number forms, and the dependent forms that work on
 # the result of the step a chunk depends on.
@@ -231,3 +237,31 @@ def test_a_short_factoid_matches_a_sentence_that_contains_it(a: str, b: str, sam
 
     key_a, key_b = normalize_answer(a, Operation.SEARCH_OP), normalize_answer(b, Operation.SEARCH_OP)
     assert answers_match(key_a, key_b) is same and answers_match(key_b, key_a) is same
+
+
+@pytest.mark.parametrize(("text", "final", "value", "notes"), [
+    pytest.param("175 diamonds + 140 rubies + 280 emeralds = 695 gems\nAnswer: 695", 695.0, 595.0,
+                 ["175 + 140 + 280 is 595, not 695"], id="gsm8k-67-a-slipped-sum"),
+    pytest.param("Step 1: 5 + 7 + 14 = 36 hours\nStep 2: 36 hours x 4 weeks = 144 hours\nAnswer: 144", 144.0, 104.0,
+                 ["5 + 7 + 14 is 26, not 36", "26 * 4 is 104, not 144"], id="a-slip-carried-into-later-steps"),
+    pytest.param("\\[ \\text{Total} = 175 + 140 + 280 = 695 \\]\nAnswer: \\(\\boxed{695}\\)", 695.0, 595.0,
+                 ["175 + 140 + 280 is 595, not 695"], id="latex-chain"),
+    pytest.param("\\[ \\text{James} = \\frac{2}{3} \\times 9 = 6 \\text{ hours} \\]\n9 - 6 = 3\nAnswer: 3", 3.0, 3.0,
+                 [], id="latex-fraction-right"),
+    pytest.param("252 eggs ÷ 12 eggs/dozen = 21 dozens per day\n21 dozens/day × 7 days/week = 147\n"
+                 "147 × $2 = $294\nAnswer: $294", 294.0, 294.0, [], id="units-with-slashes-right"),
+    pytest.param("(80 + 60 + 100) / 3 = 240 / 3 = 80\nAnswer: 80", 80.0, 80.0, [], id="a-chain-states-its-last-value"),
+    pytest.param("35 apples / 15 per box = 2 full boxes\nAnswer: 2", 2.0, 2.0, [], id="division-in-whole-units"),
+    pytest.param("10 / 3 = 3.33\nAnswer: 3.33", 3.33, 3.33, [], id="rounded"),
+    pytest.param("- 18 / 3 = 6 roses\n- 6 + 3 = 9\nAnswer: 9", 9.0, 9.0, [], id="bullets-are-not-signs"),
+    pytest.param("-3 + 5 = 2\nAnswer: 2", 2.0, 2.0, [], id="a-negative-first-number"),
+    pytest.param("2x + 3 = 7, so x = 2\nAnswer: 2", 2.0, 2.0, [], id="algebra-is-left-alone"),
+    pytest.param("if 5 + 3 >= 7 then 8 <= 9\nAnswer: 8", 8.0, 8.0, [], id="comparisons-are-not-equations"),
+    pytest.param("Step 3: 2 + 2 = 5\nStep 4: 10 - 1 = 9\nAnswer: 9", 9.0, 9.0, ["2 + 2 is 4, not 5"],
+                 id="a-slip-the-answer-does-not-use"),
+    pytest.param("no arithmetic here. Answer: 12", 12.0, 12.0, [], id="no-equations"),
+    pytest.param("4 + 4 = 9", None, None, ["4 + 4 is 8, not 9"], id="no-final-number"),
+])
+def test_worked_steps_arithmetic_is_re_run(text: str, final: float | None, value: float | None,
+                                          notes: list[str]) -> None:
+    assert rerun_worked_steps(text, final) == (value, notes)

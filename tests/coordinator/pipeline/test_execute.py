@@ -144,3 +144,18 @@ async def test_a_negative_answer_to_a_magnitude_question_is_judged_by_its_size(
     programs = {} if execution is None else {text.split("```python\n")[1].split("\n```")[0]: execution}
     judged = await judge_by_program(answer(text), chunk, ScriptedRunner(programs))
     assert (judged.value, judged.program) == (value, note)
+
+
+GEMS = Chunk("c1", Operation.MATH_OP, "There were 175 diamonds, 35 fewer rubies than diamonds, and twice the number "
+             "of emeralds than the rubies. How many of the gems were there in the chest?", 30, 0.7)
+
+
+async def test_worked_steps_are_judged_where_their_own_arithmetic_leads() -> None:
+    """GSM8K #67: the 1.5B's worked steps reasoned right and added wrong, twice."""
+    worked = ("Step 1: 175 diamonds - 35 = 140 rubies\nStep 2: 140 rubies * 2 = 280 emeralds\n"
+              "Step 3: 175 diamonds + 140 rubies + 280 emeralds = 695 gems\nAnswer: 695")
+    judged = await judge_by_program(answer(worked), GEMS, ScriptedRunner({}))
+    assert judged.value == 595.0 and not judged.failed
+    assert judged.program == "no program; its written arithmetic re-run: 175 + 140 + 280 is 595, not 695"
+    right = await judge_by_program(answer(worked.replace("695", "595")), GEMS, ScriptedRunner({}))
+    assert (right.value, right.program) == (595.0, "no program")
