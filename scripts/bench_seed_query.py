@@ -7,6 +7,10 @@ event, time to first answer token, total time and each stage's share. Results go
 bench-results/seed_query.json.
 
     python scripts/bench_seed_query.py --runs 5
+    python scripts/bench_seed_query.py --cold --runs 5    # a fresh network per run: `make demo`'s case
+
+``--cold`` starts the whole network anew for every run and asks the query once, as `make demo` does
+(results: bench-results/seed_query_cold.json; the issue's target for it is 3 s).
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ def main() -> int:
     parser.add_argument("--query", default=SEED_QUERY)
     parser.add_argument("--synth-model", default=QWEN, help="synthesis model or 'none'")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "seed_query.json")
+    parser.add_argument("--cold", action="store_true",
+                        help="a fresh network for every run, asked once (the `make demo` case)")
     parser.add_argument("--alone", action="store_true",
                         help="instead: one llama.cpp node answers the whole query alone (the comparison)")
     args = parser.parse_args()
@@ -100,14 +106,25 @@ def main() -> int:
     if args.alone:
         return run_and_report(args.out.with_name(args.out.stem + "_alone.json"), "bench_seed_query.py",
                               partial(run_alone, args))
+    if args.cold:
+        return run_and_report(args.out.with_name(args.out.stem + "_cold.json"), "bench_seed_query.py",
+                              partial(run_network, args))
     return run_and_report(args.out, "bench_seed_query.py", partial(run_network, args))
 
 
-def run_network(args: argparse.Namespace) -> dict[str, Any]:
+def _network_runs(args: argparse.Namespace, count: int) -> list[dict[str, object]]:
+    """``count`` runs of the query on one network started for them."""
     with LocalCluster() as cluster:
         cluster.start_coordinator(synth_model=args.synth_model, extra=["--synth-threads", "2"])
         cluster.start_nodes(DEMO_NODES)
-        runs = [asyncio.run(one_run(cluster.coordinator_address, args.query)) for _ in range(args.runs)]
+        return [asyncio.run(one_run(cluster.coordinator_address, args.query)) for _ in range(count)]
+
+
+def run_network(args: argparse.Namespace) -> dict[str, Any]:
+    if args.cold:  # each run the first query of a fresh network
+        runs = [run for _ in range(args.runs) for run in _network_runs(args, 1)]
+    else:
+        runs = _network_runs(args, args.runs)
 
     def median(key: str) -> float:
         return statistics.median(float(r[key]) for r in runs if r[key] is not None)  # type: ignore[arg-type]
@@ -128,12 +145,13 @@ def run_network(args: argparse.Namespace) -> dict[str, Any]:
             "total_s": median("total_s"),
             "stage_share": shares,
         },
-        "target_total_s": 5.0,
+        "target_total_s": 3.0 if args.cold else 5.0,
+        "cold": args.cold,
     }
     m = report["median"]
     print(f"seed query, {args.runs} runs, median: first event {m['time_to_first_event_s'] * 1000:.0f} ms, "
           f"first answer token {m['time_to_first_answer_token_s']:.2f} s, total {m['total_s']:.2f} s "
-          f"(target < 5 s)")
+          f"(target < {report['target_total_s']:g} s{', a fresh network each run' if args.cold else ''})")
     for stage, share in shares.items():
         print(f"  {stage:<18} {share:6.1%}")
     print(f"last answer: {runs[-1]['answer']!r}")
