@@ -15,8 +15,8 @@ answer for the vote and the reward:
   recorded GSM8K answers of problems 0..99 (730 worked answers of the 0.5B and 1.5B coders) this turned 20
   wrong answers right and no right one wrong.
 
-A question asking for a magnitude ("How much more revenue did the mechanic earn ...?") whose value the
-coordinator cannot compute itself judges a negative answer by its size: below zero, it is a sign slip
+A question asking for a magnitude ("How much more revenue did the mechanic earn ...?") whose arithmetic
+the coordinator does not read itself judges a negative answer by its size: below zero, it is a sign slip
 (the program subtracted in the wrong order). On GSM8K problems 0..99 the 1.5B coder gave 17 negative
 answers to such questions; none was right as it stood, and its size was right on 4 of the 9 problems.
 
@@ -30,7 +30,7 @@ import dataclasses
 import math
 import re
 
-from dellm.coordinator.pipeline.answers import exact_answer, final_number, format_number, rerun_worked_steps
+from dellm.coordinator.pipeline.answers import final_number, format_number, reads_arithmetic, rerun_worked_steps
 from dellm.coordinator.pipeline.operations import MAGNITUDE_QUESTION, Operation
 from dellm.coordinator.sandbox import ProgramRunner, extract_program
 from dellm.coordinator.types import Chunk, NodeAnswer
@@ -72,7 +72,10 @@ async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunn
     stated = stated_number(answer.text)
     program = (extract_program(answer.text) or bare_program(answer.text)) if runner is not None else None
     if program is None or runner is None:
-        rerun, slips = rerun_worked_steps(answer.text, stated)
+        # Arithmetic the coordinator reads itself is checked, not repaired: a node that writes "682 + 18 =
+        # 690" has answered 690 (a canary's liar must be caught). Only a word problem's steps are re-run.
+        rerun, slips = (stated, []) if reads_arithmetic(chunk.text, dependent=True) else rerun_worked_steps(
+            answer.text, stated)
         value, sign = _magnitude(rerun, chunk)
         steps = f"; its written arithmetic re-run: {'; '.join(slips)}" if slips else ""
         note = (("no program" if runner is not None else "") + steps + sign).removeprefix("; ")
@@ -93,6 +96,6 @@ async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunn
 def _magnitude(value: float | None, chunk: Chunk) -> tuple[float | None, str]:
     """``value``, or its size when it is below zero and ``chunk`` asks a magnitude it cannot check exactly
     (see the module's notes); and a note saying so."""
-    if value is None or value >= 0 or not MAGNITUDE_QUESTION.search(chunk.text) or exact_answer(chunk.text) is not None:
+    if value is None or value >= 0 or not MAGNITUDE_QUESTION.search(chunk.text) or reads_arithmetic(chunk.text, True):
         return value, ""
     return -value, f"; a magnitude is asked, so judged as {format_number(-value)}"

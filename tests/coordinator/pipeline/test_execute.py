@@ -159,3 +159,14 @@ async def test_worked_steps_are_judged_where_their_own_arithmetic_leads() -> Non
     assert judged.program == "no program; its written arithmetic re-run: 175 + 140 + 280 is 595, not 695"
     right = await judge_by_program(answer(worked.replace("695", "595")), GEMS, ScriptedRunner({}))
     assert (right.value, right.program) == (595.0, "no program")
+
+
+async def test_arithmetic_the_coordinator_checks_is_not_repaired() -> None:
+    """A node that writes '682 + 18 = 690' to 'What is 682 + 18?' answered 690: the check must catch it
+    (the canaries' liar), so only a word problem's worked steps are re-run."""
+    judged = await judge_by_program(answer("682 + 18 = 690. Answer: 690"),
+                                    Chunk("c1", Operation.MATH_OP, "What is 682 + 18?", 6, 0.5), ScriptedRunner({}))
+    assert (judged.value, judged.program) == (690.0, "no program")
+    dependent = Chunk("c2", Operation.MATH_OP, "then multiply the result by 2", 6, 0.5, depends_on=("c1",))
+    judged = await judge_by_program(answer("579 * 2 = 1148. Answer: 1148"), dependent, ScriptedRunner({}))
+    assert judged.value == 1148.0
