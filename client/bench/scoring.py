@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dellm.coordinator.stats import wilson_interval
+
 TOLERANCE = 1e-6
 PHASES = ("single", "network", "train", "learned")  # what a record belongs to; (c) asks "train" then "learned"
 # The single-node baseline and the self-consistency network: "alone_<prompt>" and "samples_<n>" phases.
@@ -72,21 +74,6 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     low = math.floor(position)
     high = math.ceil(position)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float] | None:
-    """The Wilson score interval of a proportion ``correct / total`` (95 % for z = 1.96); None when empty.
-
-    Unlike the normal approximation it stays inside [0, 1] and is honest at 0/n and n/n."""
-    if total <= 0:
-        return None
-    if not 0 <= correct <= total:
-        raise ValueError(f"correct must be between 0 and {total}, got {correct}")
-    p = correct / total
-    denominator = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _valid_votes(chunk: Mapping[str, Any]) -> list[Mapping[str, Any]]:

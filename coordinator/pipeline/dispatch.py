@@ -294,10 +294,13 @@ class ChunkDispatch:
             candidates = self._latencies.view(candidates, operation)
         assignment = route_chunk(self._chunk, candidates, self._in_flight, self._route_config, count=count,
                                  exclude=exclude, rng=self._rng)
-        prior = LatencyPrior(candidates, self._route_config)
-        for routed in (n for n in candidates if n.node_id in assignment.node_ids):
-            self.snapshot[routed.node_id] = routed
-            self._expected_ms[routed.node_id] = prior(routed)
+        routed = [n for n in candidates if n.node_id in assignment.node_ids]
+        # Only a node not measured yet needs the guess, which reads every candidate: build it only then.
+        prior = (LatencyPrior(candidates, self._route_config) if any(n.latency_ms is None for n in routed)
+                 else None)
+        for node in routed:
+            self.snapshot[node.node_id] = node
+            self._expected_ms[node.node_id] = prior(node) if prior is not None else node.latency_ms or 0.0
         return assignment
 
     def _route_one_more(self, reason: str) -> str | None:

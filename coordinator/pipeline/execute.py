@@ -70,13 +70,13 @@ async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunn
     if chunk.operation is not Operation.MATH_OP or answer.failed:
         return answer
     stated = stated_number(answer.text)
+    # Arithmetic the coordinator reads itself is checked, not repaired: a node that writes "682 + 18 = 690"
+    # has answered 690 (a canary's liar must be caught). Only a word problem's answers are mended.
+    word_problem = not reads_arithmetic(chunk.text, dependent=True)
     program = (extract_program(answer.text) or bare_program(answer.text)) if runner is not None else None
     if program is None or runner is None:
-        # Arithmetic the coordinator reads itself is checked, not repaired: a node that writes "682 + 18 =
-        # 690" has answered 690 (a canary's liar must be caught). Only a word problem's steps are re-run.
-        rerun, slips = (stated, []) if reads_arithmetic(chunk.text, dependent=True) else rerun_worked_steps(
-            answer.text, stated)
-        value, sign = _magnitude(rerun, chunk)
+        rerun, slips = rerun_worked_steps(answer.text, stated) if word_problem else (stated, [])
+        value, sign = _magnitude(rerun, chunk, word_problem)
         steps = f"; its written arithmetic re-run: {'; '.join(slips)}" if slips else ""
         note = (("no program" if runner is not None else "") + steps + sign).removeprefix("; ")
         return dataclasses.replace(answer, value=value, program=note)
@@ -89,13 +89,13 @@ async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunn
         note = f"stated {format_number(stated)}, its program computed {format_number(computed)}: judged by the program"
     else:
         note = f"its program computed {format_number(computed)}"
-    value, sign = _magnitude(computed, chunk)
+    value, sign = _magnitude(computed, chunk, word_problem)
     return dataclasses.replace(answer, value=value, program=note + sign)
 
 
-def _magnitude(value: float | None, chunk: Chunk) -> tuple[float | None, str]:
-    """``value``, or its size when it is below zero and ``chunk`` asks a magnitude it cannot check exactly
-    (see the module's notes); and a note saying so."""
-    if value is None or value >= 0 or not MAGNITUDE_QUESTION.search(chunk.text) or reads_arithmetic(chunk.text, True):
+def _magnitude(value: float | None, chunk: Chunk, word_problem: bool) -> tuple[float | None, str]:
+    """``value``, or its size when it is below zero and the ``word_problem`` asks a magnitude (see the
+    module's notes); and a note saying so."""
+    if value is None or value >= 0 or not word_problem or not MAGNITUDE_QUESTION.search(chunk.text):
         return value, ""
     return -value, f"; a magnitude is asked, so judged as {format_number(-value)}"

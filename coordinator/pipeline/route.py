@@ -56,6 +56,7 @@ from dellm.coordinator.config import RouteConfig
 from dellm.coordinator.errors import NoNodesAvailableError
 from dellm.coordinator.pipeline.operations import OPERATIONS, Operation, asks_for_a_fact
 from dellm.coordinator.registry.base import NodeTable
+from dellm.coordinator.stats import wilson_interval
 from dellm.coordinator.types import Assignment, Chunk, NodeRecord
 from dellm.protos.wire import NodeState
 
@@ -242,8 +243,8 @@ def clearly_strongest_model(records: Sequence[NodeRecord], operation: str, confi
         return None
     if all(t >= max(config.strength_min_trials, 1) for t in trials.values()):
         best = max(trials, key=lambda m: successes[m] / trials[m])
-        low = _wilson(successes[best], trials[best])[0]
-        if all(low > _wilson(successes[m], trials[m])[1] for m in trials if m != best):
+        low = _interval(successes[best], trials[best])[0]
+        if all(low > _interval(successes[m], trials[m])[1] for m in trials if m != best):
             return best
     by_size = sorted(trials, key=sizes.__getitem__, reverse=True)
     return by_size[0] if sizes[by_size[0]] > sizes[by_size[1]] else None
@@ -265,14 +266,9 @@ def _model_tallies(nodes: Sequence[NodeRecord], operation: str
     return trials, successes, sizes
 
 
-def _wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a success rate (95% by default)."""
-    if trials <= 0:
-        return 0.0, 1.0
-    rate = successes / trials
-    centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return centre - half, centre + half
+def _interval(successes: int, trials: int) -> tuple[float, float]:
+    """The 95% Wilson interval of a success rate; all of [0, 1] before any trial."""
+    return wilson_interval(successes, trials) or (0.0, 1.0)
 
 
 def _model_strengths(nodes: Sequence[NodeRecord], operation: str, config: RouteConfig
