@@ -144,7 +144,7 @@ def _doctor(args: argparse.Namespace, argv: list[str]) -> int:
     return 0 if can_serve(findings) else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dellm", description="Ask a network of small language models.")
     parser.add_argument("--version", action="version", version=version_line("dellm"))
     commands = parser.add_subparsers(dest="command", required=True)
@@ -214,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks on real processes on this machine")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
-    _add_gsm8k_parser(bench_commands)
+    # The benchmark's options come from dellm.client.bench, which imports much of the coordinator: a third of
+    # `dellm ask`'s start-up. So they are added only for a command line that names `bench` (and for completion).
+    words = sys.argv[1:] if argv is None else argv
+    if "bench" in words or "_ARGCOMPLETE" in os.environ:
+        _add_gsm8k_parser(bench_commands)
     autocomplete(parser)
     return parser
 
@@ -352,7 +356,7 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         if args.command == "bench":
             return _bench(args, argv)

@@ -90,7 +90,8 @@ class CanaryProbe:
         dispatch = self._config.dispatch
         request = ChunkRequest(uuid.uuid4().hex[:16], "c1", Operation.MATH_OP, prompt,
                                max_tokens_for(chunk, dispatch, programs=programs, checkable=True),
-                               dispatch.temperature, system_prompt_for(chunk, dispatch, programs=programs))
+                               dispatch.temperature,
+                               system_prompt_for(chunk, dispatch, programs=programs, checkable=True))
         answer = await judge_by_program(
             await stream_answer(node, request, self._connector, dispatch, lambda event: None), chunk, self._runner)
         got = None if answer.failed else answer.value

@@ -124,6 +124,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="samples per word problem (self-consistency; 1: one greedy answer) (default %(default)s)")
     parser.add_argument("--escalation-nodes", type=int, default=DispatchConfig.escalation_nodes,
                         help="more nodes asked when the exact value contradicts every answer (default %(default)s)")
+    parser.add_argument("--escalation-budget", type=float, default=DispatchConfig.escalation_budget_s,
+                        metavar="SECONDS",
+                        help="seconds a query waits for those nodes when it has the checked value to serve; "
+                             "0: wait for them (default %(default)s)")
     parser.add_argument("--programs", action=argparse.BooleanOptionalAction, default=CoordinatorConfig.program_aided,
                         help="math chunks are answered with a short program the coordinator runs in its sandbox, "
                              "and judged by what it computes (default: on)")
@@ -195,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         print("dellm-coordinator: --synth-budget must be 0 (none) or more", file=sys.stderr)
         return 2
     config = replace(config, synthesis=replace(config.synthesis, time_budget_s=args.synth_budget or None))
-    if args.samples < 1 or args.escalation_nodes < 0:
-        print("dellm-coordinator: --samples must be at least 1 and --escalation-nodes at least 0", file=sys.stderr)
+    if args.samples < 1 or args.escalation_nodes < 0 or not args.escalation_budget >= 0:
+        print("dellm-coordinator: --samples must be at least 1, --escalation-nodes and --escalation-budget at "
+              "least 0", file=sys.stderr)
         return 2
     config = replace(config, dispatch=replace(config.dispatch, samples=args.samples,
-                                              escalation_nodes=args.escalation_nodes))
+                                              escalation_nodes=args.escalation_nodes,
+                                              escalation_budget_s=args.escalation_budget or None))
     if args.max_tokens:
         config = replace(config, dispatch=replace(config.dispatch, max_tokens=args.max_tokens))
     try:

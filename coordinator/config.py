@@ -99,11 +99,33 @@ class DispatchConfig:
     # arithmetic): the coder models write good Python, and the executed value is what is voted on.
     program_system_prompt: str = ("You are a careful assistant. You solve arithmetic by writing a short Python "
                                   "program, then you state its result.")
+    # Arithmetic the coordinator checks exactly is asked for one line of Python, the instruction and a few
+    # examples here rather than in each prompt: a node keeps its system prompts evaluated, so the request costs
+    # only the task's tokens. The examples make the 0.5B coder write the expression rather than a value it
+    # worked out (on 37 computations: 36 expressions and no wrong value, against 11 expressions and 6 wrong
+    # values with the instruction after the task).
+    expression_system_prompt: str = (
+        "You are a careful assistant. You turn arithmetic into one line of Python for a calculator to run. Reply "
+        "with only a ```python code block holding one line, answer = <expression>, built from the numbers as "
+        "given; do not work out the result yourself. No explanations.\n\nExamples:\n"
+        "What is 48 plus 17? -> answer = 48 + 17\n"
+        "Calculate 12% of 350 -> answer = 12 / 100 * 350\n"
+        "Divide 84 by 7 -> answer = 84 / 7\n"
+        "What is 9 squared? -> answer = 9 ** 2\n"
+        "What is the square root of 81? -> answer = 81 ** 0.5\n"
+        "Triple 21 -> answer = 21 * 3\n"
+        "Take 30 away from 95 -> answer = 95 - 30\n"
+        "What is the average of 4, 8 and 9? -> answer = (4 + 8 + 9) / 3")
     program_max_tokens: int = 192  # a program plus its answer line; a word problem's program is ~100 tokens
     expression_max_tokens: int = 48  # arithmetic the coordinator checks exactly: one line, answer = <expression>
     # When the coordinator's exact value contradicts every answer, up to this many more nodes are asked
     # (other models first, then higher fitness at the operation) before the coordinator serves the value itself.
     escalation_nodes: int = 2
+    # How long a query waits for those nodes when the coordinator has the value to serve (its exact check):
+    # past it they are cancelled and the checked value is served, saying so. A 1.5B node on one thread takes
+    # 1.5-2 s for one line of code alone and 4.5-7.4 s while the other chunks run (the compound benchmark's
+    # p95 tail). None: wait for them. An answer that could not be used at all is always escalated in full.
+    escalation_budget_s: float | None = 2.0
     # Self-consistency for word problems (math the coordinator cannot check exactly; pipeline/consistency.py):
     # up to this many answers by four methods (worked steps in words, a program run in the sandbox, plan-and-solve
     # steps, a PAL-style solution() function), each once greedy, then in turn sampled at sample_temperature with
@@ -178,7 +200,10 @@ class AdmissionConfig:
     retention_s: float = 7 * 24 * 3600.0  # a node gone this long is pruned: its fitness kept in the archive
 
 
-WARM_BUDGET_S = 3.0  # dellm-coordinator's default warm-up per admitted node (under a node's 5 s Join timeout)
+# dellm-coordinator's default warm-up per admitted node, under a node's 15 s Join timeout: the 1.5B coder on
+# one thread evaluates its four system prompts (about 330 tokens, the one-line-code prompt's examples most of
+# them) in about 9.5 s. A node not warmed in time is admitted all the same.
+WARM_BUDGET_S = 10.0
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,10 @@ _PROBE = "Reply with OK."
 
 def warm_system_prompts(config: DispatchConfig) -> tuple[str, ...]:
     """The system prompts a node's chunks are sent with, most used first: plain answers (facts and
-    text), programs (arithmetic), worked steps (word problems)."""
-    return tuple(dict.fromkeys((config.system_prompt, config.program_system_prompt, REASONING_SYSTEM)))
+    text), one line of code (arithmetic the coordinator checks), programs (other math), worked steps (word
+    problems)."""
+    return tuple(dict.fromkeys((config.system_prompt, config.expression_system_prompt, config.program_system_prompt,
+                                REASONING_SYSTEM)))
 
 
 async def warm_node(client: NodeClient, system_prompts: Sequence[str], budget_s: float) -> int:

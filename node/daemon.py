@@ -146,7 +146,8 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
             stop=tuple(request.stop),
             system=request.system or None,
             examples=await self._few_shot_examples(request.prompt, request.chunk_id,
-                                                    code_ok=request.operation == dellm_pb2.MATH_OP),
+                                                    code_ok=request.operation == dellm_pb2.MATH_OP,
+                                                    system=request.system),
             seed=request.seed,
         )
         logprobs: list[float] = []
@@ -164,16 +165,17 @@ class NodeServicer(dellm_pb2_grpc.NodeServiceServicer):
         yield dellm_pb2.TokenChunk(done=True, finish_reason=finish, confidence=confidence_from_logprobs(logprobs),
                                    completion_tokens=len(logprobs))
 
-    async def _few_shot_examples(self, prompt: str, chunk_id: str, *, code_ok: bool = True
+    async def _few_shot_examples(self, prompt: str, chunk_id: str, *, code_ok: bool = True, system: str = ""
                                  ) -> tuple[tuple[str, str], ...]:
         """The most similar verified examples from this node's feedback (SQLite, off the event loop).
 
         Math chunks are answered with code (the coordinator runs it); an example answered with code
         would teach a fact or text chunk to reply ``answer = ...``, so those get none (``code_ok``). A prompt
-        that asks for a program gets no example that only states a number (``computes_nothing``)."""
+        that asks for a program, itself or in its ``system`` instruction, gets no example that only states a
+        number (``computes_nothing``)."""
         if self._config.few_shot <= 0:
             return ()
-        program = code_ok and bool(_ASKS_FOR_CODE.search(prompt))
+        program = code_ok and bool(_ASKS_FOR_CODE.search(prompt) or _ASKS_FOR_CODE.search(system))
         wanted = 3 * self._config.few_shot if program or not code_ok else self._config.few_shot  # room to filter
         try:
             found = await asyncio.to_thread(self._feedback.verified_examples, prompt, wanted)

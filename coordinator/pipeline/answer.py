@@ -227,7 +227,8 @@ async def answer_chunk(
     reference = reference_key(chunk.operation, expected, label)
     request = ChunkRequest(query_id, chunk.chunk_id, chunk.operation, prompt,
                            max_tokens_for(chunk, config.dispatch, programs=programs, checkable=checkable),
-                           config.dispatch.temperature, system_prompt_for(chunk, config.dispatch, programs=programs))
+                           config.dispatch.temperature,
+                           system_prompt_for(chunk, config.dispatch, programs=programs, checkable=checkable))
     # Word problems (math nothing can check exactly, no earlier result to use): self-consistency over four
     # greedy methods, worked steps and programs of two kinds each, then samples, voted over the numbers they
     # reach (pipeline/consistency.py).
@@ -261,10 +262,20 @@ async def answer_chunk(
         exclude = escalation_exclude(deps.registry.table(), {a.node_id for a in chunk_answers})
         log.info("chunk %s: no answer agrees with the exact value %s; asking %d more node(s)",
                  chunk.chunk_id, expected, config.dispatch.escalation_nodes)
+        escalation = dispatch(exclude=exclude, count=config.dispatch.escalation_nodes)
+        # With the checked value in hand the wait is bounded; with no usable answer at all it is not.
+        budget = config.dispatch.escalation_budget_s if result is not None else None
         try:
-            more = await dispatch(exclude=exclude, count=config.dispatch.escalation_nodes).run()
+            more = await asyncio.wait_for(escalation.run(), budget)
         except NoNodesAvailableError:
             more = None
+        except TimeoutError:
+            late = [n for n in escalation.tried - exclude if n not in {a.node_id for a in escalation.answers}]
+            log.info("chunk %s: %s not answered within the %.1f s escalation budget; the checked value is served",
+                     chunk.chunk_id, ", ".join(late) or "the nodes asked", budget)
+            chunk_answers += escalation.answers
+            cancelled += tuple(late)
+            more, result = None, None
         if more is not None:
             chunk_answers += more.answers
             cancelled += more.cancelled

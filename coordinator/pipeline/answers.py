@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.operations import PRIOR_REFERENCE, Operation
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _ANSWER_MARKER = re.compile(r"\b(?:final answer|answer|result|total)\b\s*(?:is|:|=)", re.I)
@@ -667,6 +667,18 @@ def refers_to_prior(text: str) -> bool:
     """Whether ``text`` reads as one computation on an earlier result ("double it", "add 10")."""
     reading = _reading(text)
     return reading is not None and _uses_prior(reading)
+
+
+def with_prior_value(text: str, prior: float) -> str:
+    """A dependent step's arithmetic asked on its own, the earlier result written in: "subtract that from 1200"
+    after 180 is "subtract 180 from 1200"; a step with no word pointing back ("divide by 4") is asked
+    "Starting from 180: divide by 4". Only a rewording that reads as the same computation is used."""
+    value = format_number(prior)
+    expected = exact_answer(text, prior)
+    written = PRIOR_REFERENCE.sub(value, text)
+    if written != text and expected is not None and exact_answer(written) == expected:
+        return written
+    return f"Starting from {value}: {text}"
 
 
 def prior_value(dependency_answers: Sequence[str]) -> float | None:

@@ -191,8 +191,10 @@ def decompose(query: str, config: DecomposeConfig | None = None) -> Plan:
     check_query(query, config)
     text = " ".join(query.split())
 
-    # (text, depends_on_previous_step) per part; the parts of one step run in parallel.
-    steps: list[tuple[list[str], bool]] = []
+    # (parts, depends_on_previous_step) per step; the parts of one step run in parallel. A part after the
+    # first is (text, False) when it needs nothing from the step before ("..., then divide it by 5, and what
+    # is the capital of Canada?"), else (text, True), waiting as its step does.
+    steps: list[tuple[list[tuple[str, bool]], bool]] = []
     for context, instruction in _units(text):
         leading = _LEADING_SEQUENCE.match(instruction)
         unit_sequential = bool(leading) and not context
@@ -209,25 +211,25 @@ def decompose(query: str, config: DecomposeConfig | None = None) -> Plan:
             builds_on = bool(_BUILDS_ON.search(separators[index]))
             for position, part in enumerate(_split_conjunctions(step)):
                 refers_back = bool(_REFERS_BACK.search(part)) or refers_to_prior(part)  # "multiply by 2"
+                earlier = text[: text.find(part)] if part in text else text
                 if position == 0 or refers_back:  # "find X and compare it": the second waits
-                    earlier = text[: text.find(part)] if part in text else text
                     waits = sequential and (builds_on or not self_contained(part, earlier))
-                    steps.append(([part], bool(steps) and (waits or refers_back)))
+                    steps.append(([(part, True)], bool(steps) and (waits or refers_back)))
                 else:
-                    steps[-1][0].append(part)
+                    steps[-1][0].append((part, builds_on or not self_contained(part, earlier)))
 
-    flat = [(level, part) for level, (members, _) in enumerate(steps) for part in members]
+    flat = [(level, part, waits) for level, (members, _) in enumerate(steps) for part, waits in members]
     if len(flat) > config.max_chunks:
         last_level = flat[config.max_chunks - 1][0]
-        rest = " ".join(part for _, part in flat[config.max_chunks - 1 :])
-        flat = [*flat[: config.max_chunks - 1], (last_level, rest)]
+        rest = " ".join(part for _, part, _ in flat[config.max_chunks - 1 :])
+        flat = [*flat[: config.max_chunks - 1], (last_level, rest, True)]
 
     chunks: list[Chunk] = []
     ids_by_level: dict[int, list[str]] = {}
-    for number, (level, part) in enumerate(flat, start=1):
+    for number, (level, part, waits) in enumerate(flat, start=1):
         chunk_id = f"c{number}"
         depends_on: tuple[str, ...] = ()
-        if steps[level][1] and level - 1 in ids_by_level:
+        if waits and steps[level][1] and level - 1 in ids_by_level:
             depends_on = tuple(ids_by_level[level - 1])
         operation = operation_of(part, dependent=bool(depends_on))
         chunks.append(

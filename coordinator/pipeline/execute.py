@@ -26,6 +26,7 @@ Answers to other operations pass through unchanged.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import math
 import re
@@ -41,9 +42,19 @@ PROGRAM_FAILED = "its program did not compute a number"  # how a failed program'
 _ASSIGNMENT = re.compile(r"^\s*[A-Za-z_]\w*\s*=[^=].*$")
 
 
+_ARITHMETIC_LINE = re.compile(r"^[\d\s.()+\-*/%]*\d\s*(?:\*\*|[-+*/%])[\d\s.()+\-*/%]*$")
+
+
 def bare_program(text: str) -> str | None:
     """Code a node wrote without a fenced block: its assignment lines (``answer = 15 / 100 * 240``),
-    when they parse as Python and one of them assigns ``answer`` or ``result``."""
+    when they parse as Python and one of them assigns ``answer`` or ``result``; or a reply that is one
+    line of arithmetic on numbers alone (``196 ** 0.5``, ``(12 + 18 + 27) / 3``), which is its answer's
+    expression. A worked line ("500 - 175 = 325") is neither: its stated number is its answer."""
+    stripped = text.strip()
+    if "\n" not in stripped and _ARITHMETIC_LINE.match(stripped):
+        with contextlib.suppress(SyntaxError):
+            ast.parse(stripped, mode="eval")
+            return f"answer = {stripped}"
     lines = [line.strip() for line in text.splitlines() if _ASSIGNMENT.match(line)]
     if not any(re.match(r"(answer|result)\s*=", line) for line in lines):
         return None
@@ -60,8 +71,10 @@ _FENCED = re.compile(r"```.*?(?:```|$)", re.S)
 
 def stated_number(text: str) -> float | None:
     """The number a node states as its answer, outside its code (fenced blocks and bare assignment lines);
-    None when it states none (a bare one-line program states nothing: its value is what it computes)."""
-    prose = "\n".join(line for line in _FENCED.sub("\n", text).splitlines() if not _ASSIGNMENT.match(line))
+    None when it states none (a bare one-line program or expression states nothing: its value is what it
+    computes)."""
+    prose = "\n".join(line for line in _FENCED.sub("\n", text).splitlines()
+                      if not _ASSIGNMENT.match(line) and not _ARITHMETIC_LINE.match(line.strip()))
     return final_number(prose) if prose.strip() else None
 
 

@@ -47,6 +47,8 @@ _NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
 _REF = (r"\b(?:it\b|(?:the|that|this)\s+(?:previous\s+|last\s+)?(?:result|answer|total|sum|product|difference)|"
         r"(?:that|this)\s+(?:number|amount|value)|(?:that|this)(?=\s*(?:$|[.,;!?]|(?:then|and|by|to|from)\b)))")
 _OPERAND = rf"(?:{_NUM}|{_REF})"
+# The words that point at the earlier result in a dependent step ("multiply the result by 2", "subtract that").
+PRIOR_REFERENCE = re.compile(_REF, re.I)
 _ARITHMETIC_PAIR = rf"(?:{_NUM}\s+and\s+{_OPERAND}|{_REF}\s+and\s+{_NUM})"  # "10 and 4", "it and 4"
 _ARITHMETIC_WORDS = (
     # A plus B, A times B, A to the power of B, ...: a number on one side at least

@@ -8,16 +8,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dellm.coordinator.config import DispatchConfig
-from dellm.coordinator.pipeline.answers import exact_answer, final_number
+from dellm.coordinator.pipeline.answers import exact_answer, final_number, with_prior_value
 from dellm.coordinator.pipeline.operations import OPERATIONS, Operation, operation_names
 from dellm.coordinator.types import Chunk, ChunkResult
 
 # Math chunks ask for a program: the coordinator runs it in its sandbox and votes over what it computes.
 _PROGRAM = ("{task}\nReply with only a ```python code block that computes it and stores the final number in a "
             "variable named answer, then one last line 'Answer: <number>'. No explanations.")
-# Arithmetic the coordinator can check exactly needs no working: one line of code is the whole answer.
-_EXPRESSION = ("{task}\nReply with only a one-line ```python code block of the form: answer = <expression>. "
-               "No explanations.")
+# Arithmetic the coordinator can check exactly needs no working: one line of code is the whole answer. Its
+# instruction and examples are the system prompt (DispatchConfig.expression_system_prompt), which a node keeps
+# evaluated between requests, so the node reads only the task itself.
 _WORD_PROBLEM = ("{task}\nReply with only a ```python code block that solves it: one variable per quantity in the "
                  "problem, each step on its own line, the final number stored in a variable named answer. Then one "
                  "last line 'Answer: <number>'. No explanations.")
@@ -59,12 +59,17 @@ def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult], *, pro
 
     With ``programs`` (the coordinator can run them), a math chunk asks for a program: one line when its
     arithmetic can be ``checkable`` exactly (read from the text when not given), worked steps for a
-    word problem."""
+    word problem. Checkable arithmetic is the task alone, its instruction being in its system prompt
+    (``system_prompt_for``), and a dependent step has the earlier result written in ("subtract that from
+    1200" after 180: "subtract 180 from 1200"): every prompt token costs a 0.5B node on one thread about
+    12 ms, and the small models slip less on a plain computation than on a reference to read."""
     if chunk.operation is Operation.MATH_OP and programs:
         if checkable is None:
-            checkable = exact_answer(chunk.text) is not None
-        word_problem = not checkable and not dependencies
-        template = _EXPRESSION if checkable else _WORD_PROBLEM if word_problem else _PROGRAM
+            checkable = exact_answer(chunk.text, _prior(dependencies)) is not None
+        if checkable:
+            prior = _prior(dependencies)
+            return chunk.text if prior is None else with_prior_value(chunk.text, prior)
+        template = _WORD_PROBLEM if not dependencies else _PROGRAM
     else:
         template = "{task}\n" + OPERATIONS[chunk.operation].instruction
     task = template.format(task=chunk.text)
@@ -74,10 +79,16 @@ def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult], *, pro
     return f"Results of earlier steps:\n{context}\n\nUsing those results where relevant:\n{task}"
 
 
-def system_prompt_for(chunk: Chunk, config: DispatchConfig, *, programs: bool = True) -> str:
-    """The system instruction a chunk's nodes get: plain concise text, or (math, with programs) code."""
+def _prior(dependencies: Sequence[ChunkResult]) -> float | None:
+    """The earlier result a dependent step's arithmetic works on (its last dependency's value)."""
+    return dependencies[-1].value if dependencies else None
+
+
+def system_prompt_for(chunk: Chunk, config: DispatchConfig, *, programs: bool = True, checkable: bool = False) -> str:
+    """The system instruction a chunk's nodes get: plain concise text, or (math, with programs) code: one
+    line for ``checkable`` arithmetic, a program otherwise."""
     if chunk.operation is Operation.MATH_OP and programs:
-        return config.program_system_prompt
+        return config.expression_system_prompt if checkable else config.program_system_prompt
     return config.system_prompt
 
 

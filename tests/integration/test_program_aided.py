@@ -3,9 +3,14 @@ an in-process coordinator (real sandbox) and scripted test-double nodes over rea
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from dellm.client.api import DellmClient
+from dellm.coordinator.config import CoordinatorConfig
 from dellm.protos import dellm_pb2
 from tests.conftest import Cluster, script
 
@@ -146,7 +151,7 @@ async def test_a_dependency_that_is_not_a_number_is_no_crash(cluster: Cluster) -
 async def test_a_step_on_a_checked_result_starts_before_that_result_is_answered(cluster: Cluster) -> None:
     """"123 plus 456" is 579 whatever the nodes say, so "multiply the result by 2" is asked at once with 579,
     and settles while the first step's node is still writing."""
-    rules = [{"pattern": "(?i)Using those results(?s:.*)multiply", "reply": "Answer: 1158"},
+    rules = [{"pattern": "(?i)^multiply 579 by 2$", "reply": "Answer: 1158"},  # the result written in
              {"pattern": "(?i)123 plus 456", "reply": "Answer: 579", "delay": 1.0}]
     for name in ("a", "b", "c"):
         await cluster.add_node(name, script(rules))
@@ -156,3 +161,31 @@ async def test_a_step_on_a_checked_result_starts_before_that_result_is_answered(
     assert chunk_result(events, "c1").checked_by == chunk_result(events, "c2").checked_by == "exact_check"
     assert chunk_result(events, "c2").value == pytest.approx(1158)
     assert "1158" in events[-1].final.answer.replace(",", "")
+
+
+@pytest.mark.parametrize(("budget_s", "served_by"), [(0.3, "coordinator"), (None, "exact_check")])
+async def test_an_escalation_past_its_budget_serves_the_checked_value(
+        tmp_path: Path, budget_s: float | None, served_by: str) -> None:
+    """Every answer is proven wrong and the other model is slow: within the escalation budget the query waits
+    for it; past the budget it is cancelled and the coordinator's checked value is served, saying so."""
+    config = CoordinatorConfig(canary_interval_s=0)
+    cluster = Cluster(tmp_path, replace(config, dispatch=replace(config.dispatch, escalation_budget_s=budget_s)))
+    await cluster.start_coordinator()
+    try:
+        await cluster.add_node("a", script([CAPITAL, {"pattern": "(?i)15% of 240", "reply": "Answer: 360"}],
+                                           model="small"))
+        await cluster.add_node("c", script([CAPITAL, {"pattern": "(?i)15% of 240", "reply": "Answer: 36",
+                                                      "delay": 1.5}], model="large"))
+        started = time.perf_counter()
+        events = await collect(cluster.address, PERCENT)
+        took = time.perf_counter() - started
+        c1 = chunk_result(events, "c1")
+        assert c1.value == pytest.approx(36) and c1.checked_by == served_by and "360" not in events[-1].final.answer
+        if budget_s is not None:
+            assert took < 1.4 and "c" in [n[:1] for n in c1.cancelled_node_ids]
+            assert "c" not in rewards(events, "c1")  # cut off, not judged
+        else:
+            assert rewards(events, "c1")["c"].verdict == dellm_pb2.CORRECT
+        assert rewards(events, "c1")["a"].verdict == dellm_pb2.WRONG
+    finally:
+        await cluster.close()

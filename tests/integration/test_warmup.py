@@ -53,12 +53,13 @@ async def test_an_admitted_node_is_asked_one_token_under_each_system_prompt_befo
     backend = Recording(script([CAPITAL]))
     await warming.add_node("a", backend)  # waits until the node is up
     prompts = warm_system_prompts(warming.config.dispatch)
-    assert len(prompts) == 3 and warming.config.dispatch.system_prompt == prompts[0]
+    assert len(prompts) == 4 and warming.config.dispatch.system_prompt == prompts[0]
+    assert warming.config.dispatch.expression_system_prompt in prompts
     assert [(system, tokens) for system, _, tokens in backend.seen] == [(p, 1) for p in prompts]
     async with DellmClient(warming.address) as client:
         events = [event async for event in client.ask("Name the capital of Japan")]
     assert "Tokyo" in events[-1].final.answer
-    assert len(backend.seen) == 4  # the warm-up, then the query's one chunk
+    assert len(backend.seen) == 5  # the warm-up, then the query's one chunk
     assert backend.seen[-1][1] != backend.seen[0][1]
 
 
@@ -77,7 +78,7 @@ async def test_a_slow_node_s_warm_up_stops_at_its_budget(tmp_path: Path) -> None
         slow = Recording(script([CAPITAL, {"pattern": "(?i)reply with ok", "reply": "OK", "delay": 1.0}]))
         started = time.perf_counter()
         await cluster.add_node("a", slow)
-        assert time.perf_counter() - started < 1.5  # admitted once the budget was spent, not after 3 x 1 s
+        assert time.perf_counter() - started < 1.5  # admitted once the budget was spent, not after 4 x 1 s
         assert len(slow.seen) == 1
     finally:
         await cluster.close()
@@ -89,4 +90,4 @@ async def test_a_node_already_up_is_not_warmed_again_when_it_is_admitted_again(w
     node = await warming.add_node("a", backend)
     assert warming.coordinator is not None
     await warming.coordinator.coordinator.admit(node.address)
-    assert len(backend.seen) == 3
+    assert len(backend.seen) == len(warm_system_prompts(warming.config.dispatch))

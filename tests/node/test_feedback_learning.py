@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
+from dellm.coordinator.config import DispatchConfig
 from dellm.node import state
 from dellm.node.backends.base import BackendDescription, GenerationRequest, TokenPiece
 from dellm.node.backends.prompting import chat_messages, plain_prompt
@@ -279,11 +280,13 @@ async def recording_node(tmp_path: Path, store: FeedbackStore,
         await node.stop(0.1)
 
 
-async def _generate(address: str, prompt: str, operation: int = dellm_pb2.OPERATION_UNSPECIFIED) -> str:
+async def _generate(address: str, prompt: str, operation: int = dellm_pb2.OPERATION_UNSPECIFIED,
+                    system: str = "") -> str:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = dellm_pb2_grpc.NodeServiceStub(channel)
         chunks = [c async for c in stub.Generate(dellm_pb2.GenerateRequest(query_id="q", chunk_id="c1",
-                                                                           prompt=prompt, operation=operation),
+                                                                           prompt=prompt, operation=operation,
+                                                                           system=system),
                                                  timeout=10)]
     return "".join(c.text for c in chunks)
 
@@ -370,6 +373,19 @@ async def test_a_program_prompt_gets_no_example_that_only_states_a_number(
     await _feedback(node.address, "Calculate 35% of 240" + ask, program, dellm_pb2.CORRECT, "exact_check")
 
     await _generate(node.address, "Calculate 45% of 240" + ask, dellm_pb2.MATH_OP)
+    assert [answer for _, answer in backend.requests[-1].examples] == [program]
+
+
+async def test_a_program_asked_for_by_the_system_prompt_gets_no_example_that_only_states_a_number(
+        recording_node: tuple[RunningNode, RecordingBackend]) -> None:
+    """Checked arithmetic is the bare task, its instruction in the system prompt: still a program prompt."""
+    node, backend = recording_node
+    system = DispatchConfig().expression_system_prompt
+    literal, program = "answer = 36", "```python\nanswer = 240 * 0.15\n```"
+    await _feedback(node.address, "Calculate 15% of 240", literal, dellm_pb2.CORRECT, "exact_check")
+    await _feedback(node.address, "Calculate 35% of 240", program, dellm_pb2.CORRECT, "exact_check")
+
+    await _generate(node.address, "Calculate 45% of 240", dellm_pb2.MATH_OP, system=system)
     assert [answer for _, answer in backend.requests[-1].examples] == [program]
 
 

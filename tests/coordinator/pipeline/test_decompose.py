@@ -169,6 +169,24 @@ def test_a_self_contained_step_after_then_does_not_wait(query: str, waits: bool)
             ],
             id="then-plus-refers-back",
         ),
+        pytest.param(
+            "What is 500 minus 125, then divide it by 5, and what is the capital of Canada?",
+            [
+                ("c1", "What is 500 minus 125", ()),
+                ("c2", "divide it by 5", ("c1",)),
+                ("c3", "what is the capital of Canada?", ()),
+            ],
+            id="self-contained-conjunct-of-a-dependent-step-runs-at-once",
+        ),
+        pytest.param(
+            "Add 14 and 29, then multiply the result by 3, and name the capital of Spain",
+            [
+                ("c1", "Add 14 and 29", ()),
+                ("c2", "multiply the result by 3", ("c1",)),
+                ("c3", "name the capital of Spain", ()),
+            ],
+            id="named-fact-after-a-dependent-step",
+        ),
     ],
 )
 def test_mixed_steps_depend_on_the_previous_step(query: str, expected: list[tuple[str, str, tuple[str, ...]]]) -> None:

@@ -31,6 +31,7 @@ def with_program(stated: str, body: str = PROGRAM) -> str:
     ("```python\nx = 15 * 240 / 100\nprint(x)\n```\nThe result is 36.0", 36.0),
     ("```python\nanswer = 5\n```", None),  # nothing stated outside the code: its value is what it computes
     ("answer = 1000 * 0.10", None),  # a bare one-line program states nothing either
+    ("196 ** 0.5", None),  # nor a bare expression (not 0.5)
     ("no number here", None),
 ])
 def test_stated_number_reads_the_prose_after_the_program(text: str, value: float | None) -> None:
@@ -107,6 +108,14 @@ def test_escalation_prefers_another_model(live: list[tuple[str, str]], tried: se
     ("answer == 5", None),  # a comparison, not an assignment
     ("answer = (15 +", None),  # does not parse
     ("The answer is 36.", None),
+    # a reply that is one line of arithmetic is its answer's expression
+    ("196 ** 0.5", "answer = 196 ** 0.5"),
+    (" (12 + 18 + 27) / 3\n", "answer = (12 + 18 + 27) / 3"),
+    ("-5 + 3", "answer = -5 + 3"),
+    ("500 - 175 = 325", None),  # worked arithmetic: its stated number is the answer
+    ("14", None),  # a number, stated
+    ("3 +", None),  # does not parse
+    ("12 * 7\nso 84", None),  # more than the one line
 ])
 def test_bare_program_reads_unfenced_code(text: str, program: str | None) -> None:
     assert bare_program(text) == program
