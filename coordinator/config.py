@@ -200,10 +200,11 @@ class AdmissionConfig:
     retention_s: float = 7 * 24 * 3600.0  # a node gone this long is pruned: its fitness kept in the archive
 
 
-# dellm-coordinator's default warm-up per admitted node, under a node's 15 s Join timeout: the 1.5B coder on
+# dellm-coordinator's default warm-up per admitted node, under a node's 20 s Join timeout: the 1.5B coder on
 # one thread evaluates its four system prompts (about 330 tokens, the one-line-code prompt's examples most of
-# them) in about 9.5 s. A node not warmed in time is admitted all the same.
-WARM_BUDGET_S = 10.0
+# them) in about 9.5 s, longer while other nodes start beside it. A node not warmed in time is admitted all
+# the same, and a prompt it could not finish in what is left is not started (coordinator/warmup.py).
+WARM_BUDGET_S = 14.0
 
 
 @dataclass(frozen=True)

@@ -42,14 +42,27 @@ def warm_system_prompts(config: DispatchConfig) -> tuple[str, ...]:
 
 async def warm_node(client: NodeClient, system_prompts: Sequence[str], budget_s: float) -> int:
     """Ask ``client``'s node for one token under each of ``system_prompts`` in turn, within ``budget_s`` in
-    all; how many it answered. Errors and a spent budget end the warm-up early, and are only logged."""
+    all; how many it answered. Errors and a spent budget end the warm-up early, and are only logged.
+
+    A prompt that would not be evaluated within what is left of the budget, at the pace this node has shown
+    on the prompts before it (seconds per character, the first request's start-up included, so the guess
+    errs long), is skipped rather than started: a node cannot stop evaluating a prompt half way, so a
+    request given up on at the deadline would keep it busy after admission, and the first query would wait
+    for it (the demo's 1.5B was still evaluating the one-line-code prompt's examples when it was asked)."""
     deadline = time.monotonic() + budget_s
     warmed = 0
+    spent_s, chars = 0.0, 0  # this node's pace so far
     for index, system in enumerate(system_prompts):
         left = deadline - time.monotonic()
         if left <= 0:
             break
+        size = len(system) + len(_PROBE)
+        if chars and spent_s / chars * size > left:
+            log.info("warming node %s: system prompt %d of %d skipped, about %.1f s at its pace with %.1f s left",
+                     client.node_id, index + 1, len(system_prompts), spent_s / chars * size, left)
+            continue
         request = ChunkRequest(WARM_UP_QUERY, f"w{index + 1}", Operation.GENERAL_OP, _PROBE, 1, 0.0, system)
+        started = time.monotonic()
         try:
             async for _ in client.generate(request, left):  # the call's deadline is what is left of the budget
                 pass
@@ -57,5 +70,7 @@ async def warm_node(client: NodeClient, system_prompts: Sequence[str], budget_s:
             log.info("warming node %s stopped after %d of %d system prompts: %s", client.node_id, warmed,
                      len(system_prompts), exc)
             break
+        spent_s += time.monotonic() - started
+        chars += size
         warmed += 1
     return warmed

@@ -25,7 +25,7 @@ class NodeConfig:
     max_tokens_cap: int = 1024  # a request asking for more is cut to this
     default_max_tokens: int = 128  # when a request gives none
     max_prompt_chars: int = 16_000  # longer prompts are refused with INVALID_ARGUMENT
-    join_timeout_s: float = 15.0  # one Join/Leave call (a Join includes the coordinator's warm-up of this node)
+    join_timeout_s: float = 20.0  # one Join/Leave call (a Join includes the coordinator's warm-up of this node)
     rejoin_interval_s: float = 15.0  # heartbeat Join; brings the node back after a coordinator restart
     drain_grace_s: float = 30.0  # SIGTERM: in-flight streams get this long to finish
     few_shot: int = 2  # verified examples from the node's feedback put before each prompt; 0 disables

@@ -91,3 +91,28 @@ async def test_a_node_already_up_is_not_warmed_again_when_it_is_admitted_again(w
     assert warming.coordinator is not None
     await warming.coordinator.coordinator.admit(node.address)
     assert len(backend.seen) == len(warm_system_prompts(warming.config.dispatch))
+
+
+class Paced(Recording):
+    """A test double that takes 1 ms per character of its system prompt, as a CPU evaluating a prompt does."""
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[TokenPiece]:
+        time.sleep(len(request.system or "") / 1000)
+        yield from super().generate(request, cancel)
+
+
+async def test_a_prompt_the_node_could_not_finish_in_the_budget_is_not_started(tmp_path: Path) -> None:
+    """At its pace on the first prompts, the one-line-code prompt's examples (~1,000 characters) would outlast
+    the 0.5 s left: it is skipped, so the node is not still evaluating it when it gets its first work; the
+    shorter prompts after it are warmed."""
+    cluster = Cluster(tmp_path, CoordinatorConfig(canary_interval_s=0, admission=AdmissionConfig(warm_budget_s=0.6)))
+    await cluster.start_coordinator()
+    try:
+        paced = Paced(script([CAPITAL]))
+        await cluster.add_node("a", paced)
+        dispatch = cluster.config.dispatch
+        systems = [system for system, _, _ in paced.seen]
+        assert dispatch.expression_system_prompt not in systems
+        assert systems == [p for p in warm_system_prompts(dispatch) if p != dispatch.expression_system_prompt]
+    finally:
+        await cluster.close()
