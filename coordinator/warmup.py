@@ -23,7 +23,7 @@ from dellm.coordinator.config import DispatchConfig
 from dellm.coordinator.errors import NodeCallError
 from dellm.coordinator.node_client import NodeClient
 from dellm.coordinator.pipeline.operations import Operation
-from dellm.coordinator.pipeline.prompts import REASONING_SYSTEM
+from dellm.coordinator.pipeline.prompts import REASONING_SYSTEM, operation_system_prompt
 from dellm.coordinator.types import ChunkRequest
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,13 @@ _PROBE = "Reply with OK."
 
 
 def warm_system_prompts(config: DispatchConfig) -> tuple[str, ...]:
-    """The system prompts a node's chunks are sent with, most used first: plain answers (facts and
-    text), one line of code (arithmetic the coordinator checks), programs (other math), worked steps (word
-    problems)."""
-    return tuple(dict.fromkeys((config.system_prompt, config.expression_system_prompt, config.program_system_prompt,
-                                REASONING_SYSTEM)))
+    """The system prompts a node's chunks are sent with, most used first: facts (general questions and
+    searches), one line of code (arithmetic the coordinator checks), programs (other math), worked steps (word
+    problems), then comparisons and writing."""
+    general, search, compare, generate = (operation_system_prompt(op, config) for op in (
+        Operation.GENERAL_OP, Operation.SEARCH_OP, Operation.COMPARE_OP, Operation.GENERATE_OP))
+    return tuple(dict.fromkeys((general, search, config.expression_system_prompt, config.program_system_prompt,
+                                REASONING_SYSTEM, compare, generate)))
 
 
 async def warm_node(client: NodeClient, system_prompts: Sequence[str], budget_s: float) -> int:

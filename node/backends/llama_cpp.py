@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: How many system prefixes' KV states a backend keeps (least recently used goes first). A node
-#: sees a handful of system prompts (the coordinator's plain and program prompts, and none).
-SYSTEM_PREFIX_STATES = 4
+#: sees a handful of system prompts (the coordinator's seven: one per plain operation, one line of code,
+#: programs, worked steps; and none). A kept state is small: ~28 KB a token for the 1.5B coder.
+SYSTEM_PREFIX_STATES = 8
 
 #: The user message rendered to find where a chat prompt's system part ends (any short text will do).
 _PROBE_MESSAGE = "?"

@@ -12,6 +12,8 @@ import pytest
 
 from dellm.client.api import DellmClient
 from dellm.coordinator.config import AdmissionConfig, CoordinatorConfig
+from dellm.coordinator.pipeline.operations import Operation
+from dellm.coordinator.pipeline.prompts import REASONING_SYSTEM, operation_system_prompt
 from dellm.coordinator.warmup import warm_system_prompts
 from dellm.node.backends.base import BackendDescription, GenerationRequest, TokenPiece
 from dellm.node.backends.scripted import ScriptedBackend
@@ -53,13 +55,14 @@ async def test_an_admitted_node_is_asked_one_token_under_each_system_prompt_befo
     backend = Recording(script([CAPITAL]))
     await warming.add_node("a", backend)  # waits until the node is up
     prompts = warm_system_prompts(warming.config.dispatch)
-    assert len(prompts) == 4 and warming.config.dispatch.system_prompt == prompts[0]
-    assert warming.config.dispatch.expression_system_prompt in prompts
+    dispatch = warming.config.dispatch
+    assert len(prompts) == 7 and prompts[0] == operation_system_prompt(Operation.GENERAL_OP, dispatch)
+    assert {dispatch.expression_system_prompt, dispatch.program_system_prompt, REASONING_SYSTEM} < set(prompts)
     assert [(system, tokens) for system, _, tokens in backend.seen] == [(p, 1) for p in prompts]
     async with DellmClient(warming.address) as client:
         events = [event async for event in client.ask("Name the capital of Japan")]
     assert "Tokyo" in events[-1].final.answer
-    assert len(backend.seen) == 5  # the warm-up, then the query's one chunk
+    assert len(backend.seen) == len(prompts) + 1  # the warm-up, then the query's one chunk
     assert backend.seen[-1][1] != backend.seen[0][1]
 
 
@@ -78,7 +81,7 @@ async def test_a_slow_node_s_warm_up_stops_at_its_budget(tmp_path: Path) -> None
         slow = Recording(script([CAPITAL, {"pattern": "(?i)reply with ok", "reply": "OK", "delay": 1.0}]))
         started = time.perf_counter()
         await cluster.add_node("a", slow)
-        assert time.perf_counter() - started < 1.5  # admitted once the budget was spent, not after 4 x 1 s
+        assert time.perf_counter() - started < 1.5  # admitted once the budget was spent, not after 7 x 1 s
         assert len(slow.seen) == 1
     finally:
         await cluster.close()
@@ -103,7 +106,7 @@ class Paced(Recording):
 
 async def test_a_prompt_the_node_could_not_finish_in_the_budget_is_not_started(tmp_path: Path) -> None:
     """At its pace on the first prompts, the one-line-code prompt's examples (~1,000 characters) would outlast
-    the 0.5 s left: it is skipped, so the node is not still evaluating it when it gets its first work; the
+    the ~0.35 s left: it is skipped, so the node is not still evaluating it when it gets its first work; the
     shorter prompts after it are warmed."""
     cluster = Cluster(tmp_path, CoordinatorConfig(canary_interval_s=0, admission=AdmissionConfig(warm_budget_s=0.6)))
     await cluster.start_coordinator()
@@ -112,7 +115,9 @@ async def test_a_prompt_the_node_could_not_finish_in_the_budget_is_not_started(t
         await cluster.add_node("a", paced)
         dispatch = cluster.config.dispatch
         systems = [system for system, _, _ in paced.seen]
+        order = warm_system_prompts(dispatch)
         assert dispatch.expression_system_prompt not in systems
-        assert systems == [p for p in warm_system_prompts(dispatch) if p != dispatch.expression_system_prompt]
+        assert dispatch.program_system_prompt in systems  # the shorter prompt after it is warmed
+        assert systems == sorted(systems, key=order.index)  # in their order, none twice
     finally:
         await cluster.close()
