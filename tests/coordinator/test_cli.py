@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dellm.coordinator.cli import parse_args
+from dellm.coordinator.cli import main, parse_args
 
 
 def test_config_file_sets_flags_and_flags_win(tmp_path: Path) -> None:
@@ -31,3 +31,9 @@ def test_unknown_log_level_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         parse_args(["--log-level", "verbose"])
     assert exited.value.code == 2 and "choose one of trace, debug, info, warning, error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget", ["-1", "nan"])
+def test_a_negative_or_nan_escalation_budget_is_refused(budget: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--escalation-budget", budget, "--synth-model", "none"]) == 2
+    assert "--escalation-budget at least 0" in capsys.readouterr().err
