@@ -546,6 +546,8 @@ def sections() -> list[Section]:
         one("gsm8k50c/results.json", lambda s, r: gsm8k_baseline(s, r, "gsm8k50c")))
     add("GSM8K, problems 100..149, held out: worked steps re-run, sign slips (issue 13)", "gsm8k_held_out",
         one("gsm8k100/results.json", lambda s, r: gsm8k_baseline(s, r, "gsm8k100")))
+    add("GSM8K, problems 150..199, held out (issue 13)", "gsm8k_held_out_150",
+        one("gsm8k150/results.json", lambda s, r: gsm8k_baseline(s, r, "gsm8k150")))
     add("GSM8K, problems 50..99, at 1, 3 and 5 answers (issue 13)", "gsm8k_samples",
         one("gsm8k_samples/results.json", gsm8k_samples))
     add("Portable llama.cpp builds (issue 11)", "llama_build", one("llama_build.json", llama_build))
