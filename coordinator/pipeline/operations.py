@@ -1,7 +1,7 @@
 """One table of operation types: what marks a chunk as each kind, how complex it starts, what a node is
 asked, and whether its answer can be checked exactly.
 
-The decomposer (classification, complexity), the prompts (the instruction after the task) and the
+The decomposer (classification, complexity), the prompts (the instruction in the system prompt) and the
 model planner's prompt (the list of operations) all read this table. Adding an operation is one entry
 here, in :class:`Operation` and :data:`OPERATIONS`, and one value in dellm.proto's ``Operation`` enum
 (a test checks that the two agree). Pure: no I/O.
@@ -29,7 +29,7 @@ class OperationSpec:
     operation: Operation
     keywords: re.Pattern[str] | None  # what marks a chunk as this kind; None for the fallback
     base_complexity: float  # complexity before the chunk's length and numbers add to it
-    instruction: str  # what the node is asked after the task ("{task}\n<instruction>")
+    instruction: str  # how the node is asked to answer, in the chunk's system prompt (prompts.system_prompt_for)
     checked_exactly: bool  # the coordinator can compute the right answer (arithmetic)
     # Tokens an answer needs at most (a cap on DispatchConfig.max_tokens): a short list is ~40 tokens, and
     # every token past what the answer needs is time the user waits. None: the configured budget.

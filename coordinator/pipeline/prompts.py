@@ -1,6 +1,7 @@
-"""Every prompt the coordinator writes, in one place: a chunk's prompt for its nodes (the task, the
-operation's instruction from the operations table, and the results it depends on), the synthesis
-prompt, and the model planner's prompt. Pure: no I/O.
+"""Every prompt the coordinator writes, in one place: a chunk's prompt and system prompt for its nodes (the
+task and the results it depends on; the operation's instruction from the operations table, in the system
+prompt, which a node keeps evaluated between requests), the synthesis prompt, and the model planner's
+prompt. Pure: no I/O.
 """
 
 from __future__ import annotations
