@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -35,5 +36,11 @@ def test_unknown_log_level_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("budget", ["-1", "nan"])
 def test_a_negative_or_nan_escalation_budget_is_refused(budget: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--escalation-budget", budget, "--synth-model", "none"]) == 2
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["--escalation-budget", budget, "--synth-model", "none"]) == 2
+    finally:  # main configures logging onto this test's captured stderr: later tests must not write to it
+        root.handlers[:] = handlers
+        root.setLevel(level)
     assert "--escalation-budget at least 0" in capsys.readouterr().err
