@@ -65,10 +65,10 @@ def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult], *, pro
     1200" after 180: "subtract 180 from 1200"): every prompt token costs a 0.5B node on one thread about
     12 ms, and the small models slip less on a plain computation than on a reference to read."""
     if chunk.operation is Operation.MATH_OP and programs:
+        prior = dependencies[-1].value if dependencies else None  # what the step's arithmetic works on
         if checkable is None:
-            checkable = exact_answer(chunk.text, _prior(dependencies)) is not None
+            checkable = exact_answer(chunk.text, prior) is not None
         if checkable:
-            prior = _prior(dependencies)
             return chunk.text if prior is None else with_prior_value(chunk.text, prior)
         template = _WORD_PROBLEM if not dependencies else _PROGRAM
     else:
@@ -78,11 +78,6 @@ def build_chunk_prompt(chunk: Chunk, dependencies: Sequence[ChunkResult], *, pro
         return task
     context = "\n".join(f"- {d.chunk.text}: {concise_answer(d)}" for d in dependencies)
     return f"Results of earlier steps:\n{context}\n\nUsing those results where relevant:\n{task}"
-
-
-def _prior(dependencies: Sequence[ChunkResult]) -> float | None:
-    """The earlier result a dependent step's arithmetic works on (its last dependency's value)."""
-    return dependencies[-1].value if dependencies else None
 
 
 def system_prompt_for(chunk: Chunk, config: DispatchConfig, *, programs: bool = True, checkable: bool = False) -> str:
