@@ -127,11 +127,12 @@ class DispatchConfig:
     # p95 tail). None: wait for them. An answer that could not be used at all is always escalated in full.
     escalation_budget_s: float | None = 2.0
     # Self-consistency for word problems (math the coordinator cannot check exactly; pipeline/consistency.py):
-    # up to this many answers by four methods (worked steps in words, a program run in the sandbox, plan-and-solve
-    # steps, a PAL-style solution() function), each once greedy, then in turn sampled at sample_temperature with
-    # seeds of their own, spread over the nodes (a node may answer several in turn). The chunk settles as soon as
-    # the vote is clear (two agree and none disagrees, or the leader is two ahead). 1 turns it off: one greedy
-    # program, as for other chunks.
+    # up to this many answers by four methods (a program run in the sandbox, worked steps in words, a PAL-style
+    # solution() function, plan-and-solve steps), each once greedy, then in turn sampled at sample_temperature with
+    # seeds of their own. The first, the greedy program, is asked alone of the strongest model's node and settles
+    # the chunk when its number is plausible; otherwise the rest go out over the nodes (a node may answer several
+    # in turn) until words and a program agree ahead of the rest. 1 turns it off: one greedy program, as for other
+    # chunks.
     samples: int = 5
     sample_temperature: float = 0.6
     reasoning_max_tokens: int = 320  # worked steps in words and the answer line; GSM8K's need ~100-250 tokens

@@ -16,7 +16,7 @@ from dellm.coordinator.config import CoordinatorConfig, RewardConfig, RouteConfi
 from dellm.coordinator.errors import ChunkFailedError, NoNodesAvailableError, UnknownNodeError
 from dellm.coordinator.pipeline.answers import exact_answer, format_number, reference_key
 from dellm.coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled
-from dellm.coordinator.pipeline.consistency import consistency_settled, sample_requests
+from dellm.coordinator.pipeline.consistency import consistency_settled, first_answer_settles, sample_requests
 from dellm.coordinator.pipeline.decompose import decompose, validate_plan
 from dellm.coordinator.pipeline.dispatch import ChunkDispatch, NodeConnector
 from dellm.coordinator.pipeline.execute import judge_by_program
@@ -30,6 +30,7 @@ from dellm.coordinator.pipeline.route import (
     clearly_strongest_model,
     model_of,
     redundancy_for,
+    strongest_model,
 )
 from dellm.coordinator.pipeline.synthesize import Synthesizer
 from dellm.coordinator.registry.base import NodeRegistry, NodeTable, QueryRecord
@@ -229,15 +230,12 @@ async def answer_chunk(
                            max_tokens_for(chunk, config.dispatch, programs=programs, checkable=checkable),
                            config.dispatch.temperature,
                            system_prompt_for(chunk, config.dispatch, programs=programs, checkable=checkable))
-    # Word problems (math nothing can check exactly, no earlier result to use): self-consistency over four
-    # greedy methods, worked steps and programs of two kinds each, then samples, voted over the numbers they
-    # reach (pipeline/consistency.py).
+    # Word problems (math nothing can check exactly, no earlier result to use): a greedy program first, and
+    # when it is in doubt, self-consistency over programs and worked steps, voted over the numbers they reach
+    # (pipeline/consistency.py).
     word_problem = (programs and chunk.operation is Operation.MATH_OP and expected is None and not dependencies
                     and config.dispatch.samples > 1)
-    samples = sample_requests(chunk, request, config.dispatch) if word_problem else ()
-    wanted = len(samples) or redundancy_for(chunk, config.route, checked=checkable)
-    settled = (partial(consistency_settled, chunk, planned=len(samples)) if word_problem
-               else partial(is_settled, chunk, wanted=wanted, reference=reference))
+    wanted = redundancy_for(chunk, config.route, checked=checkable)
 
     async def judge(answer: NodeAnswer) -> NodeAnswer:
         return await judge_by_program(answer, chunk, deps.runner)
@@ -247,9 +245,13 @@ async def answer_chunk(
         connector=deps.connector, route_config=config.route, config=config.dispatch, emit=emit,
         on_answer=partial(_record_answer, deps, chunk.operation.value), rng=deps.rng, shortlist=deps.shortlist,
         latencies=deps.latencies, judge=judge,
-        settled=settled)
-    outcome = await dispatch(count=wanted, samples=samples).run()
-    chunk_answers, cancelled = list(outcome.answers), outcome.cancelled
+        settled=partial(is_settled, chunk, wanted=wanted, reference=reference))
+    if word_problem:
+        chunk_answers, cancelled = await _self_consistency(chunk, sample_requests(chunk, request, config.dispatch),
+                                                           dispatch, deps.registry.table(), config.route)
+    else:
+        outcome = await dispatch(count=wanted).run()
+        chunk_answers, cancelled = list(outcome.answers), outcome.cancelled
     try:
         result: ChunkResult | None = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled)
     except ChunkFailedError:
@@ -283,6 +285,27 @@ async def answer_chunk(
     if result is None:  # raises ChunkFailedError when still no answer is usable
         result = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled)
     return result, chunk_answers, prompt
+
+
+async def _self_consistency(chunk: Chunk, samples: Sequence[ChunkRequest], dispatch: Callable[..., ChunkDispatch],
+                            table: NodeTable, route: RouteConfig) -> tuple[list[NodeAnswer], tuple[str, ...]]:
+    """A word problem's answers (pipeline/consistency.py): the plan's first request (a greedy program) to a node of
+    the strongest model alone, so that it has the cores to itself; when its answer is not plausible, the rest
+    of the plan spread over every live node, until the vote is clear."""
+    nodes = list(table)
+    strongest = strongest_model(nodes, chunk.operation.value, route)
+    weaker = frozenset(n.node_id for n in nodes if strongest is not None and model_of(n) != strongest)
+    first = await dispatch(count=1, samples=samples[:1], exclude=weaker, settled=None).run()
+    answers = list(first.answers)
+    if first_answer_settles(chunk, answers) or len(samples) < 2:
+        return answers, first.cancelled
+    rest = samples[1:]
+
+    def settled(later: Sequence[NodeAnswer]) -> bool:
+        return consistency_settled(chunk, [*answers, *later], planned=len(samples))
+
+    more = await dispatch(count=min(len(rest), max(len(nodes), 1)), samples=rest, settled=settled).run()
+    return answers + list(more.answers), first.cancelled + more.cancelled
 
 
 def escalation_exclude(table: NodeTable, tried: set[str]) -> frozenset[str]:

@@ -18,7 +18,7 @@ from dellm.coordinator.pipeline.answers import (
     is_degenerate,
     normalize_answer,
 )
-from dellm.coordinator.pipeline.execute import stated_number
+from dellm.coordinator.pipeline.execute import implausible, stated_number
 from dellm.coordinator.pipeline.operations import OPERATIONS, Operation
 from dellm.coordinator.types import Chunk, ChunkResult, NodeAnswer, Vote
 
@@ -132,7 +132,8 @@ def assemble_chunk(
         return _served_by_coordinator(chunk, expected, votes, len(groups))
     weight_by_group = [sum(v.weight for v in valid if v.group == g) for g in range(len(groups))]
     if any(s >= 0 for s, _, _ in samples):
-        winner_group = _majority_of_samples(valid, samples, weight_by_group)
+        plausible = [implausible(chunk, _group_value(key)) is None for key in groups]
+        winner_group = _majority_of_samples(valid, samples, weight_by_group, plausible)
     else:  # highest weight wins; ties go to the group that answered first (stable, reproducible)
         candidates = list(range(len(groups)))
         if len(valid) >= 2 and len(groups) == len(valid):  # a split: every answer alone in its group
@@ -160,20 +161,19 @@ def assemble_chunk(
 
 
 def _majority_of_samples(valid: Sequence[Vote], samples: Sequence[tuple[int, float, str]],
-                         weight_by_group: Sequence[float]) -> int:
-    """Self-consistency's winner (pipeline/consistency.py). Only answers of both families (worked steps in words
-    and programs) agreeing are evidence against the best single answer: the largest such group wins. Without
-    one, the group holding the greedy reasoning answer (plan index 0: what the strongest model says when asked
-    alone) wins, however many answers of one family agree on something else; then the largest group, one
-    holding any greedy answer (temperature 0), the heaviest, the first. So neither a family repeating its own
-    slip nor sampled answers outvote the network's best single answer on their own."""
-    def rank(group: int) -> tuple[bool, int, bool, int, bool, float, int]:
+                         weight_by_group: Sequence[float], plausible: Sequence[bool]) -> int:
+    """Self-consistency's winner (pipeline/consistency.py). A plausible answer (execute.implausible) beats any
+    implausible one. Among them, only answers of both families (worked steps in words and programs) agreeing
+    are evidence of more than one method's slip: the largest such group wins. Without one, the largest group,
+    then one holding a greedy answer (temperature 0), the one holding the plan's earliest answer (its first is
+    the greedy program, what the strongest model's node computes when asked alone), the heaviest, the first."""
+    def rank(group: int) -> tuple[bool, bool, int, int, bool, int, float, int]:
         members = [s for v, s in zip(valid, samples, strict=True) if v.group == group]
         spans = len({family for _, _, family in members if family}) >= 2
         greedy = any(i >= 0 and t <= 0 for i, t, _ in members)
+        earliest = min((i for i, _, _ in members if i >= 0), default=len(valid) + 1)
         size = len(members)
-        return spans, size if spans else 0, any(i == 0 for i, _, _ in members), size, greedy, \
-            weight_by_group[group], -group
+        return plausible[group], spans, size if spans else 0, size, greedy, -earliest, weight_by_group[group], -group
 
     return max(range(len(weight_by_group)), key=rank)
 

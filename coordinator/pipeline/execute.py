@@ -20,6 +20,13 @@ the coordinator does not read itself judges a negative answer by its size: below
 (the program subtracted in the wrong order). On GSM8K problems 0..99 the 1.5B coder gave 17 negative
 answers to such questions; none was right as it stood, and its size was right on 4 of the 9 problems.
 
+A word problem's answer can also be seen to be wrong without knowing the right one (``implausible``): no
+number, zero or less for a quantity asked, a fraction of a thing counted whole, or a number that is not a
+whole number of cents (a division that does not come out). Among the 818 answers the 1.5B coder gave in five
+network runs on GSM8K problems 0..199 (bench-results/gsm8k*), the 37 this calls implausible were all wrong; its
+greedy programs were right on 146 of the 220 that were plausible (66%) and on none of the 18 that were not.
+So the network trusts a plausible program and asks more of an implausible one (pipeline/consistency.py).
+
 Answers to other operations pass through unchanged.
 """
 
@@ -104,6 +111,43 @@ async def judge_by_program(answer: NodeAnswer, chunk: Chunk, runner: ProgramRunn
         note = f"its program computed {format_number(computed)}"
     value, sign = _magnitude(computed, chunk, word_problem)
     return dataclasses.replace(answer, value=value, program=note + sign)
+
+
+# Units a count can be asked in that come in parts ("How many hours ...": 2.5 is an answer); things counted
+# otherwise come whole ("How many french fries ...": 5.5 is not).
+_PARTS = (r"(?:hours?|minutes?|seconds?|days?|weeks?|months?|years?|miles?|kilomet(?:er|re)s?|km|met(?:er|re)s?|feet|"
+          r"foot|inch(?:es)?|yards?|pounds?|lbs?|ounces?|oz|grams?|kilograms?|kg|tons?|gallons?|lit(?:er|re)s?|quarts?|"
+          r"pints?|cups?|(?:tea|table)spoons?|times|percent|dollars?|cents?|euros?|laps?|servings?|acres?)")
+_COUNT_QUESTION = re.compile(
+    rf"\bhow\s+many\s+(?!(?:more|fewer|less|extra|additional|total|whole|full)?\s*{_PARTS}\b)", re.I)
+# Questions whose answer is a part by nature: their values may have any number of decimals.
+_PART_QUESTION = re.compile(r"\b(?:fraction|probability|ratio|proportion|chance|odds|average|mean)\b", re.I)
+
+
+def _question(text: str) -> str:
+    """The sentence that asks: the last one ending in '?', else the last sentence."""
+    asked = re.findall(r"[^.?!]*\?", text)
+    return asked[-1] if asked else re.split(r"(?<=[.!])\s+", text.strip())[-1]
+
+
+def implausible(chunk: Chunk, value: float | None) -> str | None:
+    """Why ``value`` cannot be the answer to the word problem ``chunk``, or None when it can (see the module's
+    notes). Not a proof: a plausible value may be wrong, and a question of an unusual kind may have an answer
+    this calls implausible, which then only costs more answers (the vote still serves it when no plausible
+    answer is found)."""
+    if value is None:
+        return "no number"
+    value = float(value)
+    if value <= 0 and MAGNITUDE_QUESTION.search(chunk.text):
+        return "zero or less, for a quantity asked"
+    question = _question(chunk.text)
+    if math.isclose(value, round(value), abs_tol=1e-6) or _PART_QUESTION.search(question):
+        return None
+    if _COUNT_QUESTION.search(question):
+        return "a fraction of a thing counted whole"
+    if not math.isclose(value * 100, round(value * 100), abs_tol=1e-6):
+        return "not a whole number of cents: a division that does not come out"
+    return None
 
 
 def _magnitude(value: float | None, chunk: Chunk, word_problem: bool) -> tuple[float | None, str]:

@@ -11,6 +11,7 @@ import pytest
 
 from dellm.client.api import DellmClient
 from dellm.coordinator.config import CoordinatorConfig
+from dellm.node.backends.scripted import ScriptedBackend
 from dellm.protos import dellm_pb2
 from tests.conftest import Cluster, script
 
@@ -189,3 +190,45 @@ async def test_an_escalation_past_its_budget_serves_the_checked_value(
         assert rewards(events, "c1")["a"].verdict == dellm_pb2.WRONG
     finally:
         await cluster.close()
+
+
+# --- word problems: a plausible program alone, or the rest of the plan --------------------------------------------
+
+FRIES = ("Dave bought a pack of fries. He ate 14 and his son ate 9, leaving 25. "
+         "How many french fries were in the pack?")
+
+
+def word_problem_node(program_body: str, worked: str, model: str, delay: float = 0.0) -> ScriptedBackend:
+    """A test-double node that answers the plan's programs (both kinds) with ``program_body`` and its worked
+    steps (both kinds) with ``worked``."""
+    return script([{"pattern": "(?s)french fries.*(?:python|solution)", "reply": f"```python\n{program_body}\n```",
+                    "delay": delay},
+                   {"pattern": "(?s)french fries.*(?:step by step|in words)", "reply": worked, "delay": delay}],
+                  model=model)
+
+
+async def test_a_plausible_program_settles_a_word_problem_alone(cluster: Cluster) -> None:
+    await cluster.add_node("a", word_problem_node("answer = 14 + 9 + 25", "Answer: 48", "m-1.5b"))
+    await cluster.add_node("b", word_problem_node("answer = 14 + 9 + 25", "Answer: 48", "m-0.5b"))
+    events = await collect(cluster.address, FRIES)
+    c1 = chunk_result(events, "c1")
+    assert c1.value == pytest.approx(48)
+    # one answer, from the stronger model's node, asked alone (the faster 0.5b is not asked at all)
+    assert [v.node_id[:1] for v in c1.votes] == ["a"]
+    asked = [n[:1] for e in events if e.WhichOneof("event") == "assignment" for n in e.assignment.node_ids]
+    assert asked == ["a"]
+
+
+async def test_an_implausible_program_asks_the_rest_of_the_plan_and_the_plausible_answers_win(
+        cluster: Cluster) -> None:
+    # the stronger node's program divides where it should add: 5.5 french fries; its worked steps are right
+    await cluster.add_node("a", word_problem_node("answer = (14 + 9 + 25) / 8 - 0.5", "14 + 9 + 25 = 48\nAnswer: 48",
+                                                  "m-1.5b"))
+    await cluster.add_node("b", word_problem_node("answer = 14 + 9 + 25", "Answer: 47", "m-0.5b", delay=0.05))
+    events = await collect(cluster.address, FRIES)
+    c1 = chunk_result(events, "c1")
+    assert c1.value == pytest.approx(48)
+    values = sorted(v.normalized for v in c1.votes)
+    assert values[:2] == ["num:48", "num:48"] and "num:5.5" in values  # the program's fraction was a lost vote
+    assert {v.node_id[:1] for v in c1.votes} == {"a", "b"}  # the rest of the plan went to every node
+    assert "5.5" not in events[-1].final.answer

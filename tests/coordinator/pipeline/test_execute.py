@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dellm.coordinator.pipeline.answer import escalation_exclude
-from dellm.coordinator.pipeline.execute import bare_program, judge_by_program, stated_number
+from dellm.coordinator.pipeline.execute import bare_program, implausible, judge_by_program, stated_number
 from dellm.coordinator.pipeline.operations import Operation
 from dellm.coordinator.registry.base import NodeTable
 from dellm.coordinator.sandbox import Execution, ScriptedRunner
@@ -179,3 +179,37 @@ async def test_arithmetic_the_coordinator_checks_is_not_repaired() -> None:
     dependent = Chunk("c2", Operation.MATH_OP, "then multiply the result by 2", 6, 0.5, depends_on=("c1",))
     judged = await judge_by_program(answer("579 * 2 = 1148. Answer: 1148"), dependent, ScriptedRunner({}))
     assert judged.value == 1148.0
+
+
+FRIES = "Dave bought a pack of fries and ate 14. Ants took one, leaving five. How many french fries were in the pack?"
+
+
+@pytest.mark.parametrize(("question", "value", "why"), [
+    (FRIES, 20, None),
+    (FRIES, 5.5, "a fraction of a thing counted whole"),
+    (FRIES, 20.0000000001, None),  # a float's rounding, not a fraction
+    (FRIES, 0, "zero or less, for a quantity asked"),
+    (FRIES, -20, "zero or less, for a quantity asked"),
+    (FRIES, None, "no number"),
+    ("How many more apples does Ann have than Bob?", 2.5, "a fraction of a thing counted whole"),
+    # counts in units that come in parts may be fractions, to the cent
+    ("Ten ducks eat 3.5 pounds of insects a week. How many pounds do they need per day?", 5, None),
+    ("A trip of 15 miles at 6 miles per hour. How many hours does it take?", 2.5, None),
+    ("A trip of 15 miles at 6 miles per hour. How many more hours than a 12 mile trip?", 0.5, None),
+    ("Ten ducks eat 3.5 pounds of insects a week. How many pounds do they need per day?", 0.7142857,
+     "not a whole number of cents: a division that does not come out"),
+    ("How many dollars did she make from 9 tires at $0.25 each?", 2.25, None),
+    ("Three pens cost $3.50. How much does one pen cost?", 1.1666667,
+     "not a whole number of cents: a division that does not come out"),
+    ("A shirt costs $12.50. How much change from $20?", 7.5, None),
+    # a question whose answer is a part by nature: any value
+    ("Of 3 marbles, 1 is red. What fraction of the marbles is red?", 0.3333333, None),
+    ("Tom scored 7, 8 and 8. What is his average score?", 7.6666667, None),
+    # only the sentence that asks decides: a count mentioned before it does not
+    ("He sold 3 cakes, on average, to many customers. How much did he earn per cake at $7 for 3?", 2.3333333,
+     "not a whole number of cents: a division that does not come out"),
+    # the size of what is asked, not its sign, when the question asks no quantity
+    ("What is the temperature change from 5 to -3 degrees?", -8, None),
+])
+def test_an_answer_that_cannot_be_right_is_implausible(question: str, value: float | None, why: str | None) -> None:
+    assert implausible(Chunk("c1", Operation.MATH_OP, question, 10, 0.9), value) == why
