@@ -9,7 +9,9 @@ one of its two natural single-sample prompts:
 - ``program``  program-aided: the very prompt and system instruction the coordinator gives a word problem
                (``build_chunk_prompt`` on a math chunk, ``DispatchConfig.program_system_prompt``), and the
                program it writes run in the same sandbox and judged the same way
-               (``judge_by_program``): a single node with an executor is still a single node.
+               (``judge_by_program``): a single node with an executor is still a single node;
+- ``function`` the coordinator's other program prompt, a PAL-style ``solution()`` function naming each
+               quantity (``prompts.function_program_prompt``), run and judged the same way.
 
 A problem's latency is the client's wall clock from the request to the judged number (the program's run
 included). Nothing here decides which prompt is better: the report picks the baseline from the figures.
@@ -30,30 +32,36 @@ from dellm.coordinator.config import DispatchConfig
 from dellm.coordinator.pipeline.answers import final_number, format_number
 from dellm.coordinator.pipeline.execute import judge_by_program
 from dellm.coordinator.pipeline.operations import Operation
-from dellm.coordinator.pipeline.prompts import REASONING_SYSTEM, build_chunk_prompt, reasoning_prompt
+from dellm.coordinator.pipeline.prompts import (
+    REASONING_SYSTEM,
+    build_chunk_prompt,
+    function_program_prompt,
+    reasoning_prompt,
+)
 from dellm.coordinator.sandbox import ProgramRunner
 from dellm.coordinator.types import Chunk, NodeAnswer
 from dellm.protos import dellm_pb2, dellm_pb2_grpc
 
-PROMPT_KINDS = ("cot", "program")
+PROMPT_KINDS = ("cot", "program", "function")
 
 
 
 @dataclass(frozen=True)
 class AlonePrompt:
-    kind: str  # "cot" | "program"
+    kind: str  # one of PROMPT_KINDS
     system: str
     text: str
-    chunk: Chunk | None  # the math chunk a program answer is judged as ("program" only)
+    chunk: Chunk | None  # the math chunk a program answer is judged as (the program prompts only)
 
 
 def alone_prompt(kind: str, question: str) -> AlonePrompt:
     """The prompt one node alone is asked ``question`` with (see the module docstring)."""
     if kind == "cot":
         return AlonePrompt(kind, REASONING_SYSTEM, reasoning_prompt(question), None)
-    if kind == "program":
+    if kind in ("program", "function"):
         chunk = Chunk("alone", Operation.MATH_OP, question, token_count=len(question.split()), complexity=1.0)
-        return AlonePrompt(kind, DispatchConfig().program_system_prompt, build_chunk_prompt(chunk, []), chunk)
+        text = build_chunk_prompt(chunk, []) if kind == "program" else function_program_prompt(question)
+        return AlonePrompt(kind, DispatchConfig().program_system_prompt, text, chunk)
     raise ValueError(f"unknown prompt {kind!r}; expected one of {PROMPT_KINDS}")
 
 

@@ -29,7 +29,7 @@ PHASE_TITLES = {
 }
 
 
-ALONE_TITLES = {"cot": "chain of thought", "program": "program + sandbox"}
+ALONE_TITLES = {"cot": "chain of thought", "program": "program + sandbox", "function": "solution() function + sandbox"}
 LEGACY_PHASES = ("single", "network", "train", "learned")
 
 
@@ -106,8 +106,10 @@ def baseline_verdict(results: Mapping[str, Any]) -> list[str]:
         ratio = (s["latency_p50_s"] / b["latency_p50_s"]) if s["latency_p50_s"] and b["latency_p50_s"] else None
         paired = results.get("paired_latency", {}).get(phase)
         how = "the baseline's"
-        if paired is not None:  # asked problem by problem with the node alone: the fair ratio on a busy machine
+        if paired is not None and paired["alone"] == base:  # asked problem by problem with the baseline itself:
+            # the fair ratio on a busy machine (paired with another alone prompt, it is not the baseline's)
             ratio, how = paired["p50_ratio"], f"{paired['alone']}'s, paired over {paired['pairs']} problems"
+        gain = round(gain, 6)  # 31/50 - 26/50 is 10 points, not 9.999999
         checks = [f"{gain:+.1f} points over the baseline ({'meets' if gain >= 10 else 'misses'} +10)",
                   f"{_pct(s['accuracy'])} absolute ({'meets' if s['accuracy'] >= 0.6 else 'misses'} 60%)",
                   "p50 ratio n/a" if ratio is None else

@@ -388,6 +388,9 @@ def test_the_program_prompt_alone_is_the_coordinators_word_problem_prompt() -> N
     program = alone_prompt("program", question)
     assert program.chunk is not None and program.text == build_chunk_prompt(program.chunk, [])
     assert "variable named answer" in program.text and program.system == DispatchConfig().program_system_prompt
+    function = alone_prompt("function", question)
+    assert function.chunk is not None and "def solution():" in function.text and "answer = solution()" in function.text
+    assert function.system == program.system
     cot = alone_prompt("cot", question)
     assert cot.chunk is None and "step by step" in cot.text and "'Answer: <number>'" in cot.text
     with pytest.raises(ValueError):
@@ -403,9 +406,10 @@ def test_alone_and_sampled_runs_on_scripted_nodes(tmp_path: Path) -> None:
     messages: list[str] = []
     results = run_gsm8k_bench(config, command="test", progress=messages.append, runs=("alone", "sampled"))
     summary = results["summary"]
-    assert set(summary) == {"alone_cot", "alone_program", "samples_1", "samples_5"}
+    assert set(summary) == {"alone_cot", "alone_program", "alone_function", "samples_1", "samples_5"}
     # step by step: right on apples, wrong on pens; the program's 60 counts, not the stated 17
     assert summary["alone_cot"]["correct"] == 1 and summary["alone_program"]["correct"] == 2
+    assert summary["alone_function"]["correct"] == 2  # the same program, asked for as a function
     pens = next(r for r in results["records"] if r["phase"] == "alone_program" and r["index"] == 1)
     assert pens["predicted"] == 60 and "judged by the program" in pens["chunks"][0]["votes"][0]["program"]
     assert summary["alone_program"]["accuracy_ci95"] == pytest.approx([0.3424, 1.0], abs=1e-4)
@@ -420,7 +424,8 @@ def test_alone_and_sampled_runs_on_scripted_nodes(tmp_path: Path) -> None:
     assert names == ["bench-scripted-strong", "bench-scripted-strong-2", "bench-scripted-weak"]
 
     markdown = (config.out / "summary.md").read_text()
-    assert "one node alone, program + sandbox **(baseline)**" in markdown
+    # the baseline is one of the two program prompts (both 2/2; the faster of them)
+    assert re.search(r"one node alone, (program|solution\(\) function) \+ sandbox \*\*\(baseline\)\*\*", markdown)
     assert "p50 / baseline p50" in markdown and "95% CI" in markdown
     assert "(a) one node alone" not in markdown  # no (a)/(b)/(c) runs in this folder
     assert any("[alone_cot 2/2]" in m for m in messages) and any("[samples_5 2/2]" in m for m in messages)
@@ -493,3 +498,24 @@ def test_a_paired_run_asks_each_problem_of_both_in_turn_and_reports_latency_rati
     assert ratio["alone"] == "alone_program" and ratio["pairs"] == 2 and ratio["median_ratio"] > 0
     assert results["runs"]["samples_3_pair"]["setup"]["paired_with"] == "alone_program"
     assert any("[paired 2/2]" in m for m in messages)
+
+
+def test_the_verdict_is_against_the_best_alone_prompt_and_pairs_only_with_it() -> None:
+    """The baseline is the better of the node's prompts alone; a latency ratio paired with the other prompt
+    is not the baseline's, and 31/50 against 26/50 is ten points exactly."""
+    from dellm.client.bench.report import baseline_verdict
+
+    def summary(correct: int, p50: float) -> dict[str, object]:
+        return {**summarize([_record(i, i < correct, p50, [_vote("a", "num:1", i < correct)], unanimous=True)
+                             for i in range(50)]), "nodes": []}
+
+    results: dict[str, object] = {
+        "summary": {"alone_cot": summary(26, 12.0), "alone_program": summary(29, 7.0),
+                    "samples_5_2x1.5b": summary(31, 21.0)},
+        "paired_latency": {"samples_5_2x1.5b": {"alone": "alone_cot", "p50_ratio": 1.75, "pairs": 50}}}
+    [line] = baseline_verdict(results)
+    assert "+4.0 points over the baseline (misses +10)" in line
+    assert "p50 3.00x the baseline's (misses <= 2x)" in line  # not the 1.75x paired with chain of thought
+    results["summary"] = {"alone_cot": summary(26, 12.0), "samples_5_2x1.5b": summary(31, 21.0)}
+    [line] = baseline_verdict(results)
+    assert "+10.0 points over the baseline (meets +10)" in line and "1.75x alone_cot's, paired" in line
