@@ -423,8 +423,10 @@ def fitness(section: Section, reports: list[tuple[str, Report]]) -> None:
                               f"last 100 {last:.2f}, {last / first - 1:+.0%} relative."]
 
 
-def gsm8k_baseline(section: Section, report: Report, where: str = "gsm8k50") -> None:
-    from dellm.client.bench.report import baseline_table, baseline_verdict
+def gsm8k_baseline(section: Section, report: Report, where: str = "gsm8k50", figures: bool = False) -> None:
+    """A paired GSM8K run: the table, the issue's three tests, and (``figures``: the newest held-out slice)
+    those tests in the summary of every figure."""
+    from dellm.client.bench.report import baseline_phase, baseline_table, baseline_verdict
 
     section.machines.add(describe_machine(report["machine"]))
     commands = sorted({run.get("command", "") for run in report.get("runs", {}).values()} - {""})
@@ -435,6 +437,27 @@ def gsm8k_baseline(section: Section, report: Report, where: str = "gsm8k50") -> 
         f"{report['slices']['evaluation'][0]}..{report['slices']['evaluation'][1] - 1}. Commands: "
         + "; ".join(f"`{c}`" for c in commands) + f". Every answer: `bench-results/{where}/results.json`.",
         "", baseline_table(report), "", *baseline_verdict(report)]
+    base = baseline_phase(report)
+    if not figures or base is None:
+        return
+    summary, paired = report["summary"], report.get("paired_latency", {})
+    b = summary[base]
+    for phase, s in summary.items():
+        if not phase.startswith("samples_") or s["accuracy"] is None:
+            continue
+        gain = round(100 * (s["accuracy"] - b["accuracy"]), 6)
+        pair = paired.get(phase, {})
+        ratio = pair.get("p50_ratio") if pair.get("alone") == base else None
+        if ratio is None and s["latency_p50_s"] and b["latency_p50_s"]:
+            ratio = s["latency_p50_s"] / b["latency_p50_s"]
+        span = f"{report['slices']['evaluation'][0]}..{report['slices']['evaluation'][1] - 1}"
+        section.figures += [
+            Figure(f"GSM8K {span}: network - best single node alone", f"{gain:+.1f} points", ">= +10 points",
+                   gain >= 10),
+            Figure(f"GSM8K {span}: network accuracy", f"{100 * s['accuracy']:.0f}%", ">= 60%", s["accuracy"] >= 0.6)]
+        if ratio is not None:
+            section.figures.append(Figure(f"GSM8K {span}: network p50 / node alone p50", f"{ratio:.2f}x", "<= 2x",
+                                          ratio <= 2))
 
 
 def gsm8k_samples(section: Section, report: Report) -> None:
@@ -548,6 +571,8 @@ def sections() -> list[Section]:
         one("gsm8k100/results.json", lambda s, r: gsm8k_baseline(s, r, "gsm8k100")))
     add("GSM8K, problems 150..199, held out (issue 13)", "gsm8k_held_out_150",
         one("gsm8k150/results.json", lambda s, r: gsm8k_baseline(s, r, "gsm8k150")))
+    add("GSM8K, problems 200..249, held out: a plausible program alone, more answers only in doubt (issue 13)",
+        "gsm8k_held_out_200", one("gsm8k200/results.json", lambda s, r: gsm8k_baseline(s, r, "gsm8k200", figures=True)))
     add("GSM8K, problems 50..99, at 1, 3 and 5 answers (issue 13)", "gsm8k_samples",
         one("gsm8k_samples/results.json", gsm8k_samples))
     add("Portable llama.cpp builds (issue 11)", "llama_build", one("llama_build.json", llama_build))
