@@ -120,8 +120,11 @@ def test_k_caps_the_examples_and_zero_gives_none(store: FeedbackStore) -> None:
     assert store.verified_examples("What is 9 + 9?" + MATH, 0) == []
 
 
-def test_new_feedback_is_seen_by_the_next_lookup(store: FeedbackStore) -> None:
-    """The TF-IDF index is cached between lookups, and rebuilt once feedback arrives."""
+def test_new_feedback_is_seen_by_the_next_lookup(store: FeedbackStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TF-IDF index is cached between lookups, and rebuilt once feedback arrives. (A build counts as cheap
+    here whatever the machine's load: a slow build is rebuilt only after a pause, which a loaded CI machine
+    made this test meet.)"""
+    monkeypatch.setattr(state, "CHEAP_INDEX_BUILD_S", 60.0)
     store.add(_entry("Name a river in France.", answer="The Seine.", at=1000.0))
     assert [e.answer for e in store.verified_examples("Name a river in Spain.", 2)] == ["The Seine."]
     assert [e.answer for e in store.verified_examples("Name a river in Spain.", 2)] == ["The Seine."]
