@@ -121,7 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="benchmark mode: use AskRequest.reference_answer as ground truth for rewards")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk answer")
     parser.add_argument("--samples", type=int, default=DispatchConfig.samples,
-                        help="samples per word problem (self-consistency; 1: one greedy answer) (default %(default)s)")
+                        help="answers per word problem at most: a plausible greedy program settles it alone, else the "
+                             "rest vote (self-consistency; 1: one greedy program) (default %(default)s)")
     parser.add_argument("--escalation-nodes", type=int, default=DispatchConfig.escalation_nodes,
                         help="more nodes asked when the exact value contradicts every answer (default %(default)s)")
     parser.add_argument("--escalation-budget", type=float, default=DispatchConfig.escalation_budget_s,
