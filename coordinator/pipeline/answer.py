@@ -15,7 +15,7 @@ from functools import partial
 from dellm.coordinator.config import CoordinatorConfig, RewardConfig, RouteConfig
 from dellm.coordinator.errors import ChunkFailedError, NoNodesAvailableError, UnknownNodeError
 from dellm.coordinator.pipeline.answers import exact_answer, format_number, reference_key
-from dellm.coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled
+from dellm.coordinator.pipeline.assemble import AssemblyError, assemble_chunk, is_settled, unusable
 from dellm.coordinator.pipeline.consistency import consistency_settled, first_answer_settles, sample_requests
 from dellm.coordinator.pipeline.decompose import decompose, validate_plan
 from dellm.coordinator.pipeline.dispatch import ChunkDispatch, NodeConnector
@@ -216,9 +216,10 @@ async def answer_chunk(
     """Stages 3 and 4 for one chunk: its result, every node answer to it, and the prompt they saw.
 
     A math answer is judged by what its own program computes (pipeline/execute.py). When the
-    coordinator's exact value contradicts every answer, or no answer can be used at all, more nodes are
-    asked (other models first); if none agrees, the result is the coordinator's value and says so (never a
-    value proven wrong).
+    coordinator's exact value contradicts every answer, or no answer to any chunk can be used at all, more
+    nodes are asked (other models first); if none agrees with the exact value, the result is the
+    coordinator's value and says so (never a value proven wrong), and if still no answer can be used, the
+    chunk fails (ChunkFailedError, listing every node tried).
     """
     config = deps.config
     programs = deps.runner is not None
@@ -255,15 +256,13 @@ async def answer_chunk(
     try:
         result: ChunkResult | None = _assembled(chunk, chunk_answers, deps, reference, expected, cancelled)
     except ChunkFailedError:
-        if expected is None:
-            raise
-        # Checked arithmetic goes to one node: an answer it could not use (empty, looping, the question
-        # repeated) is escalated like a wrong one, rather than failing the whole query.
+        # No answer could be used (empty, looping, the question repeated): other nodes are asked, as for a
+        # wrong answer to checked arithmetic, rather than failing the whole query.
         result = None
     if (result is None or result.checked_by == "coordinator") and config.dispatch.escalation_nodes > 0:
         exclude = escalation_exclude(deps.registry.table(), {a.node_id for a in chunk_answers})
-        log.info("chunk %s: no answer agrees with the exact value %s; asking %d more node(s)",
-                 chunk.chunk_id, expected, config.dispatch.escalation_nodes)
+        why = "no usable answer" if result is None else f"no answer agrees with the exact value {expected}"
+        log.info("chunk %s: %s; asking %d more node(s)", chunk.chunk_id, why, config.dispatch.escalation_nodes)
         escalation = dispatch(exclude=exclude, count=config.dispatch.escalation_nodes)
         # With the checked value in hand the wait is bounded; with no usable answer at all it is not.
         budget = config.dispatch.escalation_budget_s if result is not None else None
@@ -338,7 +337,7 @@ def _assembled(chunk: Chunk, answers: list[NodeAnswer], deps: PipelineDeps, refe
     try:
         return replace(assemble_chunk(chunk, answers, fitness, reference, expected, strongest), cancelled=cancelled)
     except AssemblyError as exc:
-        tried = ", ".join(f"{a.node_id} ({a.error})" for a in answers) or "none"
+        tried = ", ".join(f"{a.node_id} ({unusable(chunk, a)})" for a in answers) or "none"
         raise ChunkFailedError(f"chunk {chunk.chunk_id} could not be answered; nodes tried: {tried}") from exc
 
 

@@ -50,9 +50,24 @@ def answer_key(answer: NodeAnswer, chunk: Chunk) -> str:
 
 
 def votes_at_all(chunk: Chunk, answer: NodeAnswer) -> bool:
-    """Whether an answer can count in a vote: not failed, not empty, not looping, not the question repeated."""
+    """Whether an answer can count in a vote (``unusable`` says why not)."""
+    return unusable(chunk, answer) is None
+
+
+def unusable(chunk: Chunk, answer: NodeAnswer) -> str | None:
+    """Why ``answer`` gets no vote (failed, empty, too long, looping, the question repeated), or None."""
     text = answer.text.strip()
-    return bool(text) and not answer.failed and not is_degenerate(text) and not _echoes(chunk, text)
+    if answer.failed:
+        return answer.error or "failed"
+    if not text:
+        return "empty answer"
+    if len(text) > MAX_ANSWER_CHARS:
+        return "too long"
+    if _echoes(chunk, text):
+        return "it only repeats the question"
+    if is_degenerate(text):
+        return "degenerate, repeating output"
+    return None
 
 
 def is_settled(chunk: Chunk, answers: Sequence[NodeAnswer], wanted: int, reference: str | None = None) -> bool:
@@ -104,11 +119,8 @@ def assemble_chunk(
     for answer in answers:
         node_fitness = fitness.get(answer.node_id, 0.0)
         text = answer.text.strip()
-        echo = _echoes(chunk, text)
-        if answer.failed or not text or is_degenerate(text) or len(text) > MAX_ANSWER_CHARS or echo:
-            error = answer.error or ("empty answer" if not text else
-                                     "too long" if len(text) > MAX_ANSWER_CHARS else
-                                     "it only repeats the question" if echo else "degenerate, repeating output")
+        error = unusable(chunk, answer)
+        if error is not None:
             votes.append(Vote(answer.node_id, text, "", answer.confidence, node_fitness, 0.0,
                               answer.latency_ms, -1, error, program=answer.program))
             continue

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dellm.client.api import DellmClient
+from dellm.client.errors import UnavailableError
 from dellm.coordinator.config import CoordinatorConfig
 from dellm.node.backends.scripted import ScriptedBackend
 from dellm.protos import dellm_pb2
@@ -232,3 +233,31 @@ async def test_an_implausible_program_asks_the_rest_of_the_plan_and_the_plausibl
     assert values[:2] == ["num:48", "num:48"] and "num:5.5" in values  # the program's fraction was a lost vote
     assert {v.node_id[:1] for v in c1.votes} == {"a", "b"}  # the rest of the plan went to every node
     assert "5.5" not in events[-1].final.answer
+
+
+@pytest.mark.parametrize("third", [True, False], ids=["a-third-node-answers", "no-other-node"])
+async def test_a_fact_no_node_could_answer_is_escalated_not_a_failed_query(tmp_path: Path, third: bool) -> None:
+    """Both nodes asked only repeat the question (an answer, so no retry, but no vote): a third is asked
+    before the query fails, and a failure says why each answer could not be used. (An empty answer is a
+    failed node, retried on another node at once.)"""
+    config = CoordinatorConfig(canary_interval_s=0)
+    cluster = Cluster(tmp_path, replace(config, route=replace(config.route, exploration="none")))
+    await cluster.start_coordinator()
+    try:
+        question = "Name the capital of Japan"
+        await cluster.add_node("a", script([{"pattern": "(?i)capital of japan", "reply": question}], model="m-1.5b"))
+        await cluster.add_node("b", script([{"pattern": "(?i)capital of japan", "reply": question + "?"}],
+                                           model="m-0.5b"))
+        if not third:
+            with pytest.raises(UnavailableError) as failed:
+                await collect(cluster.address, question)
+            assert str(failed.value).count("(it only repeats the question)") == 2
+            return
+        await cluster.add_node("c", script([{"pattern": "(?i)capital of japan", "reply": "Tokyo"}], model="m-0.5b"))
+        events = await collect(cluster.address, question)
+        asked = [n[:1] for e in events if e.WhichOneof("event") == "assignment" for n in e.assignment.node_ids]
+        assert sorted(asked[:2]) == ["a", "b"] and asked[2:] == ["c"]  # the pair routing chose, then the escalation
+        assert events[-1].WhichOneof("event") == "final" and "Tokyo" in events[-1].final.answer
+        assert rewards(events, "c1")["c"].verdict != dellm_pb2.WRONG
+    finally:
+        await cluster.close()
