@@ -426,7 +426,7 @@ def fitness(section: Section, reports: list[tuple[str, Report]]) -> None:
 def gsm8k_baseline(section: Section, report: Report, where: str = "gsm8k50", figures: bool = False) -> None:
     """A paired GSM8K run: the table, the issue's three tests, and (``figures``: the newest held-out slice)
     those tests in the summary of every figure."""
-    from dellm.client.bench.report import baseline_phase, baseline_table, baseline_verdict
+    from dellm.client.bench.report import baseline_checks, baseline_table, baseline_verdict
 
     section.machines.add(describe_machine(report["machine"]))
     commands = sorted({run.get("command", "") for run in report.get("runs", {}).values()} - {""})
@@ -437,27 +437,18 @@ def gsm8k_baseline(section: Section, report: Report, where: str = "gsm8k50", fig
         f"{report['slices']['evaluation'][0]}..{report['slices']['evaluation'][1] - 1}. Commands: "
         + "; ".join(f"`{c}`" for c in commands) + f". Every answer: `bench-results/{where}/results.json`.",
         "", baseline_table(report), "", *baseline_verdict(report)]
-    base = baseline_phase(report)
-    if not figures or base is None:
+    if not figures:
         return
-    summary, paired = report["summary"], report.get("paired_latency", {})
-    b = summary[base]
-    for phase, s in summary.items():
-        if not phase.startswith("samples_") or s["accuracy"] is None:
-            continue
-        gain = round(100 * (s["accuracy"] - b["accuracy"]), 6)
-        pair = paired.get(phase, {})
-        ratio = pair.get("p50_ratio") if pair.get("alone") == base else None
-        if ratio is None and s["latency_p50_s"] and b["latency_p50_s"]:
-            ratio = s["latency_p50_s"] / b["latency_p50_s"]
-        span = f"{report['slices']['evaluation'][0]}..{report['slices']['evaluation'][1] - 1}"
+    span = f"{report['slices']['evaluation'][0]}..{report['slices']['evaluation'][1] - 1}"
+    for check in baseline_checks(report):
         section.figures += [
-            Figure(f"GSM8K {span}: network - best single node alone", f"{gain:+.1f} points", ">= +10 points",
-                   gain >= 10),
-            Figure(f"GSM8K {span}: network accuracy", f"{100 * s['accuracy']:.0f}%", ">= 60%", s["accuracy"] >= 0.6)]
-        if ratio is not None:
-            section.figures.append(Figure(f"GSM8K {span}: network p50 / node alone p50", f"{ratio:.2f}x", "<= 2x",
-                                          ratio <= 2))
+            Figure(f"GSM8K {span}: network - best single node alone", f"{check.gain_points:+.1f} points",
+                   ">= +10 points", check.gain_points >= 10),
+            Figure(f"GSM8K {span}: network accuracy", f"{100 * check.accuracy:.0f}%", ">= 60%",
+                   check.accuracy >= 0.6)]
+        if check.p50_ratio is not None:
+            section.figures.append(Figure(f"GSM8K {span}: network p50 / node alone p50", f"{check.p50_ratio:.2f}x",
+                                          "<= 2x", check.p50_ratio <= 2))
 
 
 def gsm8k_samples(section: Section, report: Report) -> None:

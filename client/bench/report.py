@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,31 +91,49 @@ def baseline_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def baseline_verdict(results: Mapping[str, Any]) -> list[str]:
+@dataclass(frozen=True)
+class BaselineCheck:
+    """One network run against the best single node alone: the issue's three tests' figures."""
+
+    phase: str
+    gain_points: float  # accuracy over the baseline's, in points (+10 to meet)
+    accuracy: float  # absolute (0.6 to meet)
+    p50_ratio: float | None  # p50 over the baseline's (2 to meet); None when either p50 is missing
+    ratio_how: str  # how the ratio was taken: standalone, or paired problem by problem with the baseline
+
+
+def baseline_checks(results: Mapping[str, Any]) -> list[BaselineCheck]:
     """The issue's three tests for each network run: +10 points over the baseline, 60 % absolute, p50 <= 2x."""
     summary = results["summary"]
     base = baseline_phase(results)
     if base is None:
         return []
     b = summary[base]
-    out = []
+    checks = []
     for phase in sorted((p for p in summary if p.startswith(SAMPLES_PREFIX)), key=_samples_order):
         s = summary[phase]
         if s["accuracy"] is None or b["accuracy"] is None:
             continue
-        gain = 100 * (s["accuracy"] - b["accuracy"])
         ratio = (s["latency_p50_s"] / b["latency_p50_s"]) if s["latency_p50_s"] and b["latency_p50_s"] else None
         paired = results.get("paired_latency", {}).get(phase)
         how = "the baseline's"
         if paired is not None and paired["alone"] == base:  # asked problem by problem with the baseline itself:
             # the fair ratio on a busy machine (paired with another alone prompt, it is not the baseline's)
             ratio, how = paired["p50_ratio"], f"{paired['alone']}'s, paired over {paired['pairs']} problems"
-        gain = round(gain, 6)  # 31/50 - 26/50 is 10 points, not 9.999999
-        checks = [f"{gain:+.1f} points over the baseline ({'meets' if gain >= 10 else 'misses'} +10)",
-                  f"{_pct(s['accuracy'])} absolute ({'meets' if s['accuracy'] >= 0.6 else 'misses'} 60%)",
-                  "p50 ratio n/a" if ratio is None else
-                  f"p50 {ratio:.2f}x {how} ({'meets' if ratio <= 2 else 'misses'} <= 2x)"]
-        out.append(f"- {phase_title(phase)}: " + "; ".join(checks) + ".")
+        gain = round(100 * (s["accuracy"] - b["accuracy"]), 6)  # 31/50 - 26/50 is 10 points, not 9.999999
+        checks.append(BaselineCheck(phase, gain, s["accuracy"], ratio, how))
+    return checks
+
+
+def baseline_verdict(results: Mapping[str, Any]) -> list[str]:
+    """``baseline_checks`` as lines of text."""
+    out = []
+    for c in baseline_checks(results):
+        checks = [f"{c.gain_points:+.1f} points over the baseline ({'meets' if c.gain_points >= 10 else 'misses'} +10)",
+                  f"{_pct(c.accuracy)} absolute ({'meets' if c.accuracy >= 0.6 else 'misses'} 60%)",
+                  "p50 ratio n/a" if c.p50_ratio is None else
+                  f"p50 {c.p50_ratio:.2f}x {c.ratio_how} ({'meets' if c.p50_ratio <= 2 else 'misses'} <= 2x)"]
+        out.append(f"- {phase_title(c.phase)}: " + "; ".join(checks) + ".")
     return out
 
 

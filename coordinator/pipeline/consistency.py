@@ -107,17 +107,21 @@ def sample_requests(chunk: Chunk, program_request: ChunkRequest, config: Dispatc
     return tuple(requests)
 
 
+def _plausible_vote(chunk: Chunk, answer: NodeAnswer) -> bool:
+    return votes_at_all(chunk, answer) and implausible(chunk, answer.value) is None
+
+
 def first_answer_settles(chunk: Chunk, answers: Sequence[NodeAnswer]) -> bool:
     """Does the plan's first answer settle the chunk alone? Yes when it is a plausible number (see the module
     docstring); a failed or implausible one asks for the rest of the plan."""
-    return any(a.sample == 0 and votes_at_all(chunk, a) and implausible(chunk, a.value) is None for a in answers)
+    return any(a.sample == 0 and _plausible_vote(chunk, a) for a in answers)
 
 
 def consistency_settled(chunk: Chunk, answers: Sequence[NodeAnswer], planned: int) -> bool:
     """Is the vote over a word problem's answers clear? Yes once plausible answers of both families agree and
     their group is larger than any other plausible one (see the module docstring); ``planned`` is the plan's
     length."""
-    voting = [a for a in answers if votes_at_all(chunk, a) and implausible(chunk, a.value) is None]
+    voting = [a for a in answers if _plausible_vote(chunk, a)]
     groups = family_groups([answer_key(a, chunk) for a in voting], [a.family for a in voting])
     spanning = [size for size, families in groups if len(families) >= 2]
     if not spanning:

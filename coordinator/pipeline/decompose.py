@@ -17,7 +17,14 @@ import re
 from dellm.coordinator.config import DecomposeConfig
 from dellm.coordinator.errors import InvalidQueryError
 from dellm.coordinator.pipeline.answers import reads_arithmetic, refers_to_prior
-from dellm.coordinator.pipeline.operations import MAGNITUDE_QUESTION, NUMBER, OPERATIONS, Operation, classify
+from dellm.coordinator.pipeline.operations import (
+    MAGNITUDE_QUESTION,
+    NUMBER,
+    OPERATIONS,
+    SENTENCE_BREAK,
+    Operation,
+    classify,
+)
 from dellm.coordinator.types import Chunk, Plan
 
 _SEQUENCE = re.compile(
@@ -25,8 +32,6 @@ _SEQUENCE = re.compile(
     r"|[,;]\s*(?:and\s+)?finally\s*,?\s+",
     re.IGNORECASE,
 )
-# A sentence ends at ". ", "? ", "! " or "; " before a capital, but not after a title ("Mrs. Cruz").
-_SENTENCE = re.compile(r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\bJr\.)(?<=[.?!;])\s+(?=[A-Z])")
 # A question word opens an instruction only in a question: "When Freda cooks tomatoes, they lose half their
 # volume." is a statement of a word problem.
 _QUESTION_WORD = re.compile(r"^(?:what|how|who|which|when|where|why)\b", re.I)
@@ -127,7 +132,7 @@ def _units(text: str) -> list[tuple[str, str]]:
     as the context of the next instruction or question."""
     units: list[tuple[str, str]] = []
     context: list[str] = []
-    for sentence in _SENTENCE.split(text):
+    for sentence in SENTENCE_BREAK.split(text):
         body = _clean(_LEADING_CONJUNCTION.sub("", _LEADING_SEQUENCE.sub("", sentence)))
         question = sentence.rstrip().endswith("?")
         if not question and (not _starts_action(body) or _QUESTION_WORD.match(_LEADING_FILLER.sub("", body))):

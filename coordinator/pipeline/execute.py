@@ -39,7 +39,7 @@ import math
 import re
 
 from dellm.coordinator.pipeline.answers import final_number, format_number, reads_arithmetic, rerun_worked_steps
-from dellm.coordinator.pipeline.operations import MAGNITUDE_QUESTION, Operation
+from dellm.coordinator.pipeline.operations import MAGNITUDE_QUESTION, SENTENCE_BREAK, Operation
 from dellm.coordinator.sandbox import ProgramRunner, extract_program
 from dellm.coordinator.types import Chunk, NodeAnswer
 
@@ -125,9 +125,9 @@ _PART_QUESTION = re.compile(r"\b(?:fraction|probability|ratio|proportion|chance|
 
 
 def _question(text: str) -> str:
-    """The sentence that asks: the last one ending in '?', else the last sentence."""
-    asked = re.findall(r"[^.?!]*\?", text)
-    return asked[-1] if asked else re.split(r"(?<=[.!])\s+", text.strip())[-1]
+    """The sentence that asks: the last one with a '?', else the last sentence."""
+    sentences = SENTENCE_BREAK.split(text.strip())
+    return next((s for s in reversed(sentences) if "?" in s), sentences[-1])
 
 
 def implausible(chunk: Chunk, value: float | None) -> str | None:

@@ -72,6 +72,11 @@ _ARITHMETIC_WORDS = (
     rf"{_NUM}\s*(?:%|percent|per\s+cent)\s+(?:[a-z]+\s+)?(?:of|on|more\s+than|less\s+than)\s+{_OPERAND}",
 )
 
+# A sentence ends at ". ", "? ", "! " or "; " before a capital, but not after a title ("Mrs. Cruz") nor inside a
+# number ("3.5 pounds").
+SENTENCE_BREAK = re.compile(
+    r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\bJr\.)(?<=[.?!;])\s+(?=[A-Z])")
+
 # A question that asks for a magnitude ("how many ...", "how far ..."): its answer is never below zero.
 MAGNITUDE_QUESTION = re.compile(r"\bhow\s+(?:far|long|much|many|old|tall|big|fast|often|high|heavy|large)\b", re.I)
 
