@@ -22,9 +22,9 @@ strongest model's node, is asked alone (pipeline/answer.py), and it settles the 
 implausible (``execute.implausible``: no number, zero for a quantity asked, a fraction of a thing counted
 whole, not a whole number of cents). Why: on the recorded answers of GSM8K problems 50..199 (three runs that
 asked every method), trusting a plausible program and voting only when it was not would have served 94
-right answers, the five-answer vote served 93, and the greedy program alone was right on 92. The vote's extra
-answers cost about three times the time of the program alone, for no more right answers: where more answers
-pay is where the first one can be seen to be wrong.
+right answers, the five-answer vote served 93, and the greedy program alone was right on 92
+(``scripts/gsm8k_rescore.py``). The vote's extra answers cost about three times the time of the program
+alone, for no more right answers: where more answers pay is where the first one can be seen to be wrong.
 
 **Then the rest of the plan, spread over the nodes.** An implausible first answer is a lost vote, and the
 rest of the plan goes out at once to every node (a node that has answered takes the next sample while the

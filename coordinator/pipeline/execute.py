@@ -22,9 +22,10 @@ answers to such questions; none was right as it stood, and its size was right on
 
 A word problem's answer can also be seen to be wrong without knowing the right one (``implausible``): no
 number, zero or less for a quantity asked, a fraction of a thing counted whole, or a number that is not a
-whole number of cents (a division that does not come out). Among the 818 answers the 1.5B coder gave in five
-network runs on GSM8K problems 0..199 (bench-results/gsm8k*), the 37 this calls implausible were all wrong; its
-greedy programs were right on 146 of the 220 that were plausible (66%) and on none of the 18 that were not.
+whole number of cents (a division that does not come out). Among the 851 answers the 1.5B coder gave in five
+network runs on GSM8K problems 0..199, the 37 this calls implausible were all wrong; its greedy programs were
+right on 146 of the 220 that were plausible (66%) and on none of the 18 that were not (``python
+scripts/gsm8k_rescore.py bench-results/gsm8k{50,50b,50c,100,150}/results.json``).
 So the network trusts a plausible program and asks more of an implausible one (pipeline/consistency.py).
 
 Answers to other operations pass through unchanged.
